@@ -1,0 +1,1 @@
+//! samay-dev-server (stub).

@@ -1,0 +1,25 @@
+//! aw-sync-samay: ships ActivityWatch events from the local aw-server to an upstream.
+//!
+//! The data path reads top to bottom, one owner per stage:
+//!
+//! * [`source`] — the local aw-server's REST API (what ActivityWatch recorded),
+//! * [`state`] — the SQLite state: cursors, delivered hashes (dedupe), quarantine,
+//! * [`engine`] — the sync cycle that moves events from the source, through the
+//!   state's dedupe, to the upstream, and the daemon loop that schedules cycles,
+//! * [`upstream`] — the backend's batch API (the contract in `docs/upstream-api.md`).
+//!
+//! Beside it, [`auth`] owns where bearer tokens come from (the seam for the OAuth login),
+//! and [`devserver`] is the embedded upstream used by `--dev` and the tests.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod devserver;
+pub mod engine;
+pub mod lock;
+pub mod logging;
+pub mod paths;
+pub mod source;
+pub mod state;
+pub mod status;
+pub mod upstream;

@@ -1,0 +1,75 @@
+//! The upstream batch API, as both the client and `samay-dev-server` speak it.
+//! `docs/upstream-api.md` is the prose version a backend implements.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Path of the batch endpoint, relative to `base_url`.
+pub const BATCH_PATH: &str = "v1/events/batch";
+/// Path of the health endpoint, relative to `base_url`; any HTTP answer means "reachable".
+pub const HEALTH_PATH: &str = "v1/health";
+
+/// `POST {base_url}/v1/events/batch`. A superset of the original design's data format
+/// (`events[].timestamp/duration/data`, `user_id`, `device_id`, `sync_timestamp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// Also sent as the `Idempotency-Key` header; a replay of the same id changes nothing.
+    pub batch_id: Uuid,
+    /// Persisted per installation in the state database.
+    pub device_id: Uuid,
+    /// The token's subject when the login knows it, else null.
+    pub user_id: Option<String>,
+    pub hostname: String,
+    /// RFC 3339 UTC.
+    pub sync_timestamp: String,
+    /// Metadata of every bucket that has an event in this batch.
+    pub buckets: BTreeMap<String, BucketMeta>,
+    pub events: Vec<UpEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketMeta {
+    #[serde(rename = "type")]
+    pub bucket_type: String,
+    pub client: String,
+    pub hostname: String,
+    /// RFC 3339 UTC, or null when aw-server did not report it.
+    pub created: Option<String>,
+}
+
+/// One event version. The upstream keys events by (user, device_id, bucket_id, event_id): a new
+/// `hash` for a known key replaces the stored version, the same hash is a duplicate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpEvent {
+    pub bucket_id: String,
+    /// aw-server's event id, offset by `generation << 40` when the bucket was replaced (see
+    /// `state::upstream_event_id`), so a reset aw-server database never overwrites old events.
+    pub event_id: i64,
+    /// Hex of the canonical event hash (`state::hash`).
+    pub hash: String,
+    /// RFC 3339 UTC with nanoseconds.
+    pub timestamp: String,
+    /// Seconds.
+    pub duration: f64,
+    pub data: Map<String, Value>,
+}
+
+/// 200 answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// Body of an error answer (optional on any status). For 400/422, `rejected` lists the indexes
+/// (into `events`) of the events the upstream refuses; the batch as a whole was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ErrorResponse {
+    #[serde(default)]
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Vec<usize>>,
+}
