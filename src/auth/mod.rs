@@ -50,7 +50,10 @@ pub trait TokenSource: Send + Sync {
     /// A token to use now.
     fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>>;
     /// The upstream answered 401 to `rejected`: get a fresh token once, or say why not.
-    fn refresh<'a>(&'a self, rejected: &'a AccessToken) -> BoxFuture<'a, Result<AccessToken, AuthError>>;
+    fn refresh<'a>(
+        &'a self,
+        rejected: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<AccessToken, AuthError>>;
     /// The signed-in user's subject, sent as `user_id`; `None` when unknown.
     fn user_id(&self) -> Option<String>;
     /// Where the token lives, for `--status` ("environment", "keyring", "file", ...).
@@ -72,7 +75,8 @@ impl StaticToken {
     pub fn from_env() -> Option<Self> {
         let value = std::env::var(TOKEN_ENV).ok()?;
         let value = value.trim();
-        (!value.is_empty()).then(|| Self::new(AccessToken::new(value), "environment (AW_SYNC_SAMAY_TOKEN)"))
+        (!value.is_empty())
+            .then(|| Self::new(AccessToken::new(value), "environment (AW_SYNC_SAMAY_TOKEN)"))
     }
 }
 
@@ -80,7 +84,10 @@ impl TokenSource for StaticToken {
     fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         Box::pin(async move { Ok(self.token.clone()) })
     }
-    fn refresh<'a>(&'a self, _rejected: &'a AccessToken) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
+    fn refresh<'a>(
+        &'a self,
+        _rejected: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
         Box::pin(async move {
             Err(AuthError::Rejected(format!(
                 "the {} token cannot be refreshed",
@@ -103,7 +110,10 @@ impl TokenSource for NoToken {
     fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         Box::pin(async { Err(AuthError::LoginRequired) })
     }
-    fn refresh<'a>(&'a self, _rejected: &'a AccessToken) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
+    fn refresh<'a>(
+        &'a self,
+        _rejected: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
         Box::pin(async { Err(AuthError::LoginRequired) })
     }
     fn user_id(&self) -> Option<String> {

@@ -1,1 +1,507 @@
-//! Engine (stub).
+//! The sync engine: one cycle reads every bucket from aw-server ([`scan`]), passes what changed
+//! through a bounded queue to the uploader ([`upload`]), which delivers it and records the
+//! acknowledgements; [`run_daemon`] repeats cycles on a schedule ([`backoff`]) until told to stop.
+//!
+//! The queue between the two is the "offline queue": it holds at most `offline_queue_size`
+//! events. When the upstream is slow or away it fills, the reader waits, and aw-server keeps the
+//! data — nothing is ever dropped, and memory does not grow with the backlog.
+
+pub mod backoff;
+pub mod scan;
+pub mod upload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthError, TokenSource};
+use crate::config::SyncConfig;
+use crate::source::{AwClient, SourceError};
+use crate::state::{Acked, CursorMove, EventHash, StateError, Store};
+use crate::upstream::contract::{BucketMeta, UpEvent};
+use crate::upstream::{BatchSink, UpstreamError};
+use backoff::RetryPolicy;
+pub use scan::{ScanError, ScanStats};
+pub use upload::{UploadError, UploadStats};
+
+/// Prefix of aw-sync-samay's own buckets in aw-server; never uploaded.
+pub const OWN_BUCKET_PREFIX: &str = "aw-sync-samay_";
+
+/// An event read and found new or changed, on its way to the upstream.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub acked: Acked,
+    pub event: UpEvent,
+}
+
+/// What flows from the reader to the uploader, in read order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Event(Pending),
+    /// Everything of the bucket before this point has been queued.
+    Window(CursorMove),
+}
+
+/// Events queued but not yet acknowledged, so a copy read twice in one cycle (at a window or
+/// page edge) is not queued twice. Bounded by the queue size.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    map: Mutex<HashMap<(String, i64), EventHash>>,
+}
+
+impl InFlight {
+    /// True when this version was not queued yet (and now is).
+    fn claim(&self, bucket_id: &str, event_id: i64, hash: EventHash) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.insert((bucket_id.to_string(), event_id), hash) {
+            Some(old) => old != hash,
+            None => true,
+        }
+    }
+
+    fn release(&self, bucket_id: &str, event_id: i64, hash: EventHash) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (bucket_id.to_string(), event_id);
+        if map.get(&key) == Some(&hash) {
+            map.remove(&key);
+        }
+    }
+}
+
+/// The engine's knobs, from `[sync]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub page_size: usize,
+    pub batch_size: usize,
+    pub queue_size: usize,
+    pub max_retries: u32,
+    pub lookback: Duration,
+    pub start_from: Option<DateTime<Utc>>,
+    pub interval: Duration,
+    pub retry: RetryPolicy,
+    pub linger: Duration,
+}
+
+impl Settings {
+    pub fn from_config(sync: &SyncConfig) -> Settings {
+        Settings {
+            page_size: sync.page_size.max(1),
+            batch_size: sync.batch_size.max(1),
+            queue_size: sync.offline_queue_size.max(sync.batch_size).max(1),
+            max_retries: sync.max_retries,
+            lookback: Duration::from_secs(sync.lookback),
+            start_from: None,
+            interval: Duration::from_secs(sync.sync_interval.max(1)),
+            retry: RetryPolicy::default(),
+            linger: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a cycle ended early. The daemon decides from the variant: every one of them means "try
+/// again later", and none of them stops the process.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("aw-server at {url} is not reachable: start ActivityWatch (aw-server) — {source}")]
+    SourceDown { url: String, source: SourceError },
+    #[error("reading aw-server failed: {0}")]
+    Source(SourceError),
+    #[error(transparent)]
+    Auth(AuthError),
+    #[error("the upstream did not take the events: {0}")]
+    Upstream(UpstreamError),
+    #[error(transparent)]
+    State(StateError),
+    #[error(transparent)]
+    Scan(ScanError),
+}
+
+impl CycleError {
+    /// Waiting for the user (a login), not for a fault to pass.
+    pub fn needs_login(&self) -> bool {
+        matches!(self, CycleError::Auth(_))
+    }
+}
+
+impl From<UploadError> for CycleError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Auth(e) => CycleError::Auth(e),
+            UploadError::Upstream(e) => CycleError::Upstream(e),
+            UploadError::State(e) => CycleError::State(e),
+        }
+    }
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    pub buckets: BTreeMap<String, ScanStats>,
+    pub upload: UploadStats,
+    pub elapsed: Duration,
+}
+
+impl CycleReport {
+    pub fn read(&self) -> u64 {
+        self.buckets.values().map(|s| s.read).sum()
+    }
+    pub fn queued(&self) -> u64 {
+        self.buckets.values().map(|s| s.queued).sum()
+    }
+}
+
+/// Everything a cycle needs, shared by the daemon loop, `--once` and the tests.
+pub struct Engine {
+    pub source: AwClient,
+    pub upstream: Arc<dyn BatchSink>,
+    pub tokens: Arc<dyn TokenSource>,
+    pub store: Arc<Store>,
+    pub settings: Settings,
+    pub hostname: String,
+}
+
+impl Engine {
+    /// One complete sync: every bucket read up to now, everything new delivered, cursors moved.
+    pub async fn run_cycle(&self) -> Result<CycleReport, CycleError> {
+        let started = Instant::now();
+        let result = self.cycle().await;
+        let record = result.as_ref().err().map(|e| e.to_string());
+        let store = Arc::clone(&self.store);
+        // Best effort: a failure to record the outcome must not hide the outcome itself.
+        let _ = tokio::task::spawn_blocking(move || store.record_cycle(record.as_deref())).await;
+        result.map(|mut r| {
+            r.elapsed = started.elapsed();
+            r
+        })
+    }
+
+    async fn cycle(&self) -> Result<CycleReport, CycleError> {
+        let down = |source: SourceError| {
+            if source.is_transient() {
+                CycleError::SourceDown {
+                    url: self.source.base_url().to_string(),
+                    source,
+                }
+            } else {
+                CycleError::Source(source)
+            }
+        };
+        let info = self.source.info().await.map_err(down)?;
+        let buckets = self.source.get_buckets().await.map_err(down)?;
+        let token = self.tokens.token().await.map_err(CycleError::Auth)?;
+        let now = Utc::now();
+
+        let metas: BTreeMap<String, BucketMeta> = buckets
+            .values()
+            .map(|b| {
+                (
+                    b.id.clone(),
+                    BucketMeta {
+                        bucket_type: b.bucket_type.clone(),
+                        client: b.client.clone(),
+                        hostname: b.hostname.clone(),
+                        created: b
+                            .created
+                            .map(|c| c.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                    },
+                )
+            })
+            .collect();
+
+        let inflight = Arc::new(InFlight::default());
+        let channel = self
+            .settings
+            .queue_size
+            .saturating_sub(self.settings.batch_size)
+            .max(1);
+        let (tx, rx) = mpsc::channel(channel);
+        let uploader = upload::Uploader {
+            upstream: Arc::clone(&self.upstream),
+            tokens: Arc::clone(&self.tokens),
+            store: Arc::clone(&self.store),
+            inflight: Arc::clone(&inflight),
+            buckets: Arc::new(metas),
+            device_id: self.store.device_id(),
+            hostname: self.hostname.clone(),
+            batch_size: self.settings.batch_size,
+            max_retries: self.settings.max_retries,
+            retry: self.settings.retry,
+            linger: self.settings.linger,
+        };
+        let upload_task = AbortOnDrop(tokio::spawn(uploader.run(rx, token)));
+
+        let mut report = CycleReport::default();
+        let mut scan_error = None;
+        {
+            let scanner = scan::Scanner {
+                source: &self.source,
+                store: &self.store,
+                inflight: &inflight,
+                tx: &tx,
+                page_size: self.settings.page_size,
+                lookback_ns: i64::try_from(self.settings.lookback.as_nanos()).unwrap_or(i64::MAX),
+                start_from_ns: self
+                    .settings
+                    .start_from
+                    .and_then(|s| s.timestamp_nanos_opt()),
+            };
+            for bucket in buckets.values() {
+                if bucket.id.starts_with(OWN_BUCKET_PREFIX) {
+                    continue;
+                }
+                let state = {
+                    let store = Arc::clone(&self.store);
+                    let bucket = bucket.clone();
+                    let device = info.device_id.clone();
+                    tokio::task::spawn_blocking(move || {
+                        store.bucket_state(&bucket, device.as_deref())
+                    })
+                    .await
+                    .map_err(|e| CycleError::State(StateError::Task(e.to_string())))?
+                    .map_err(CycleError::State)?
+                };
+                if state.replaced {
+                    tracing::warn!(bucket = %bucket.id, generation = state.generation,
+                        "bucket was replaced in aw-server (new database or recreated bucket): its ids start over, so its events are uploaded under a new generation and nothing uploaded before is overwritten");
+                }
+                match scanner.scan(bucket, &state, now).await {
+                    Ok(stats) => {
+                        report.buckets.insert(bucket.id.clone(), stats);
+                    }
+                    Err(ScanError::Source(SourceError::BucketNotFound(_))) => {
+                        tracing::warn!(bucket = %bucket.id, "bucket was deleted during the sync; skipped");
+                    }
+                    Err(ScanError::UploaderGone) => break,
+                    Err(e) => {
+                        scan_error = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        let upload = upload_task.join().await;
+        match (upload, scan_error) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(ScanError::Source(e))) => Err(down(e)),
+            (Ok(_), Some(ScanError::State(e))) => Err(CycleError::State(e)),
+            (Ok(_), Some(e)) => Err(CycleError::Scan(e)),
+            (Ok(stats), None) => {
+                report.upload = stats;
+                Ok(report)
+            }
+        }
+    }
+}
+
+/// Aborts the uploader when a cycle is cancelled (shutdown), so nothing outlives it.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<UploadStats, UploadError>>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<UploadStats, CycleError> {
+        let handle = &mut self.0;
+        match handle.await {
+            Ok(r) => r.map_err(CycleError::from),
+            Err(e) => Err(CycleError::State(StateError::Task(e.to_string()))),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a cycle ended, as the daemon loop sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Synced,
+    /// Waiting for a login: poll again soon, without counting a failure.
+    LoginRequired,
+    Failed,
+}
+
+/// Runs `cycle` until `shutdown` resolves: the next cycle starts `interval` after the previous
+/// one *ended* (so a slow cycle, or a laptop waking from sleep, never causes a burst of
+/// catch-up cycles), failures space cycles out (see [`backoff::cycle_delay`]), and shutdown
+/// interrupts a cycle or a wait at once.
+pub async fn run_daemon<C, F>(interval: Duration, mut cycle: C, shutdown: impl Future<Output = ()>)
+where
+    C: FnMut() -> F,
+    F: Future<Output = Outcome>,
+{
+    tokio::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        let outcome = tokio::select! {
+            o = cycle() => o,
+            _ = &mut shutdown => return,
+        };
+        let delay = match outcome {
+            Outcome::Synced => {
+                failures = 0;
+                interval
+            }
+            Outcome::LoginRequired => {
+                failures = 0;
+                interval.min(Duration::from_secs(60))
+            }
+            Outcome::Failed => {
+                failures = failures.saturating_add(1);
+                backoff::cycle_delay(interval, failures, &mut rand::rng())
+            }
+        };
+        tracing::debug!(delay_s = delay.as_secs_f64(), "next cycle scheduled");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {},
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+impl Engine {
+    /// A cycle for the daemon loop: logs the result and classifies it.
+    pub async fn daemon_cycle(&self) -> Outcome {
+        match self.run_cycle().await {
+            Ok(r) => {
+                tracing::info!(
+                    read = r.read(),
+                    delivered = r.upload.delivered,
+                    duplicates = r.upload.duplicates,
+                    quarantined = r.upload.quarantined,
+                    elapsed_ms = r.elapsed.as_millis() as u64,
+                    "sync cycle done"
+                );
+                Outcome::Synced
+            }
+            Err(e) if e.needs_login() => {
+                tracing::warn!("{e}");
+                Outcome::LoginRequired
+            }
+            Err(e) => {
+                tracing::error!("sync cycle failed, will retry: {e}");
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::time::Instant as TokioInstant;
+
+    /// Records when each cycle started (paused tokio time) and plays scripted outcomes.
+    async fn run_script(
+        interval: Duration,
+        script: Vec<(Outcome, Duration)>,
+        stop_after: Duration,
+    ) -> Vec<Duration> {
+        let t0 = TokioInstant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(AtomicU32::new(0));
+        let script = Arc::new(script);
+        let cycle = {
+            let starts = Arc::clone(&starts);
+            move || {
+                let starts = Arc::clone(&starts);
+                let calls = Arc::clone(&calls);
+                let script = Arc::clone(&script);
+                async move {
+                    starts.lock().unwrap().push(t0.elapsed());
+                    let i = calls.fetch_add(1, Ordering::SeqCst) as usize;
+                    let (outcome, takes) = script
+                        .get(i)
+                        .copied()
+                        .unwrap_or((Outcome::Synced, Duration::ZERO));
+                    tokio::time::sleep(takes).await;
+                    outcome
+                }
+            }
+        };
+        run_daemon(interval, cycle, tokio::time::sleep(stop_after)).await;
+        let v = starts.lock().unwrap().clone();
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cycles_start_one_interval_after_the_previous_one_ended() {
+        let i = Duration::from_secs(300);
+        // The second cycle takes ten intervals (a huge backlog, or a laptop asleep mid-cycle).
+        let starts = run_script(
+            i,
+            vec![
+                (Outcome::Synced, Duration::ZERO),
+                (Outcome::Synced, i * 10),
+                (Outcome::Synced, Duration::ZERO),
+            ],
+            Duration::from_secs(300 * 13 + 1),
+        )
+        .await;
+        let secs: Vec<u64> = starts.iter().map(|d| d.as_secs()).collect();
+        // No burst of missed ticks after the long cycle: 0, 300, then 300+3000+300.
+        assert_eq!(secs, vec![0, 300, 3600, 3900]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_grow_the_interval_and_a_success_resets_it() {
+        let i = Duration::from_secs(100);
+        let f = (Outcome::Failed, Duration::ZERO);
+        let ok = (Outcome::Synced, Duration::ZERO);
+        let starts = run_script(i, vec![f, f, f, ok, ok], Duration::from_secs(2000)).await;
+        let gaps: Vec<f64> = starts
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        // ~100, ~200, ~400 (±10 % jitter), then 100 after the success.
+        assert!((90.0..=110.0).contains(&gaps[0]), "{gaps:?}");
+        assert!((180.0..=220.0).contains(&gaps[1]), "{gaps:?}");
+        assert!((360.0..=440.0).contains(&gaps[2]), "{gaps:?}");
+        assert_eq!(gaps[3], 100.0, "{gaps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn login_required_polls_every_minute_without_growing() {
+        let i = Duration::from_secs(300);
+        let l = (Outcome::LoginRequired, Duration::ZERO);
+        let starts = run_script(i, vec![l, l, l, l], Duration::from_secs(200)).await;
+        let secs: Vec<u64> = starts.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, vec![0, 60, 120, 180]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_interrupts_a_running_cycle() {
+        let i = Duration::from_secs(300);
+        let started = TokioInstant::now();
+        // The first cycle would run for an hour; shutdown comes after one second.
+        let starts = run_script(
+            i,
+            vec![(Outcome::Synced, Duration::from_secs(3600))],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(starts.len(), 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn inflight_claims_a_version_once() {
+        let f = InFlight::default();
+        assert!(f.claim("b", 1, [1; 16]));
+        assert!(!f.claim("b", 1, [1; 16]));
+        assert!(f.claim("b", 1, [2; 16]), "a grown version is new");
+        f.release("b", 1, [1; 16]);
+        assert!(
+            !f.claim("b", 1, [2; 16]),
+            "releasing an older version keeps the newer claim"
+        );
+        f.release("b", 1, [2; 16]);
+        assert!(f.claim("b", 1, [2; 16]));
+    }
+}

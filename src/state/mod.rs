@@ -1,1 +1,720 @@
-//! State (stub).
+//! The sync state, in SQLite: per-bucket cursors, the hash of every acknowledged event version
+//! (the dedupe memory), the quarantine of events the upstream refused, and the installation's
+//! device id.
+//!
+//! Everything the upstream acknowledged is recorded in one transaction together with the cursor
+//! moves it allows, so the state can never claim more than the upstream holds. The database runs
+//! in WAL mode with `synchronous = NORMAL`: a killed process loses nothing that was committed; a
+//! power cut may lose the last acknowledgements, which only means re-sending events the upstream
+//! then absorbs as duplicates.
+
+pub mod hash;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use crate::source::Bucket;
+pub use hash::{event_hash, hash_hex, EventHash, Span};
+
+/// Upstream event ids are aw-server's id plus `generation << GENERATION_SHIFT`: a bucket whose
+/// database was replaced restarts its ids, and must not overwrite what the old one uploaded.
+pub const GENERATION_SHIFT: u32 = 40;
+
+/// The id the upstream keys an event by; `None` when aw-server's id does not fit (never seen in
+/// practice: ids are a per-database counter).
+pub fn upstream_event_id(generation: u32, aw_id: i64) -> Option<i64> {
+    if !(0..(1i64 << GENERATION_SHIFT)).contains(&aw_id) || generation >= (1 << 22) {
+        return None;
+    }
+    Some((i64::from(generation) << GENERATION_SHIFT) | aw_id)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the disk holding the state database {path} is full: free some space; nothing is lost, syncing resumes by itself")]
+    DiskFull { path: PathBuf },
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the directory for the state database {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state task failed: {0}")]
+    Task(String),
+    #[error("state database {path} is from a newer aw-sync-samay (schema {found}, this one knows {known})")]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+}
+
+/// What the engine needs to know of a bucket before scanning it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketState {
+    pub generation: u32,
+    /// Start (ns) of the first window not yet fully acknowledged; `None` before the first one.
+    pub cursor_ns: Option<i64>,
+    /// Width (ns) of the scan windows that worked last time, so a catch-up resumes at its pace.
+    pub window_ns: Option<i64>,
+    /// True when this call found the bucket replaced and started a new generation.
+    pub replaced: bool,
+}
+
+/// What the state remembers of an event the upstream holds (or refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub hash: EventHash,
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+/// An acknowledged event version.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub bucket_id: String,
+    pub event_id: i64,
+    pub hash: EventHash,
+    pub span: Span,
+}
+
+/// An event the upstream refused; kept with its payload so nothing is lost and `--status` can
+/// show it.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub acked: Acked,
+    pub reason: String,
+    pub event_json: String,
+}
+
+/// A cursor move: every event of `bucket_id` starting before `cursor_ns` was acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorMove {
+    pub bucket_id: String,
+    pub generation: u32,
+    pub cursor_ns: i64,
+    pub window_ns: i64,
+}
+
+/// Per-bucket numbers for `--status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BucketStatus {
+    pub bucket_id: String,
+    pub generation: u32,
+    pub cursor: Option<String>,
+    /// Distinct events acknowledged by the upstream (all generations).
+    pub delivered: u64,
+    /// Of `delivered`, the events of the current generation (what aw-server holds now).
+    pub delivered_current: u64,
+    /// Event versions acknowledged (a grown heartbeat event counts each time it was sent).
+    pub versions_sent: u64,
+    pub quarantined: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineEntry {
+    pub bucket_id: String,
+    pub event_id: i64,
+    pub reason: String,
+    pub at: String,
+    pub event: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CycleRecord {
+    pub last_cycle: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS buckets (
+    bucket_id     TEXT PRIMARY KEY,
+    generation    INTEGER NOT NULL DEFAULT 0,
+    created       TEXT,
+    server_device TEXT,
+    cursor_ns     INTEGER,
+    window_ns     INTEGER,
+    versions_sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sent (
+    bucket_id   TEXT NOT NULL,
+    event_id    INTEGER NOT NULL,
+    hash        BLOB NOT NULL,
+    start_ns    INTEGER NOT NULL,
+    end_ns      INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket_id, event_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    bucket_id  TEXT NOT NULL,
+    event_id   INTEGER NOT NULL,
+    hash       BLOB NOT NULL,
+    reason     TEXT NOT NULL,
+    event_json TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    PRIMARY KEY (bucket_id, event_id, hash)
+);
+";
+
+/// The state database. Two connections: lookups (the reader's dedupe) never wait behind the
+/// uploader's commits, which WAL allows.
+pub struct Store {
+    path: PathBuf,
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+    device_id: Uuid,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let err = |source| classify(path, source);
+        let write = Connection::open(path).map_err(err)?;
+        write
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(err)?;
+        write.execute_batch(SCHEMA).map_err(err)?;
+        let found: Option<i64> = write
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(err)?
+            .and_then(|v| v.parse().ok());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StateError::NewerSchema {
+                    path: path.to_path_buf(),
+                    found: v,
+                    known: SCHEMA_VERSION,
+                })
+            }
+            Some(_) => {}
+            None => {
+                write
+                    .execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
+                        [SCHEMA_VERSION.to_string()],
+                    )
+                    .map_err(err)?;
+            }
+        }
+        let existing: Option<String> = write
+            .query_row("SELECT value FROM meta WHERE key = 'device_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        let device_id = match existing.and_then(|s| Uuid::parse_str(&s).ok()) {
+            Some(id) => id,
+            None => {
+                let id = Uuid::new_v4();
+                write
+                    .execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('device_id', ?1)",
+                        [id.to_string()],
+                    )
+                    .map_err(err)?;
+                id
+            }
+        };
+        let read = Connection::open(path).map_err(err)?;
+        read.execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(err)?;
+        rusqlite::vtab::array::load_module(&read).map_err(err)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+            device_id,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The installation's id, sent as `device_id`; made once and kept.
+    pub fn device_id(&self) -> Uuid {
+        self.device_id
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |source| classify(&self.path, source)
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is still safe to use.
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bucket's state, registering it on first sight. A bucket whose `created` time or
+    /// aw-server device id changed was replaced (deleted and recreated, or a new database): its
+    /// ids start over, so it gets a new generation and a fresh cursor.
+    pub fn bucket_state(
+        &self,
+        bucket: &Bucket,
+        server_device: Option<&str>,
+    ) -> Result<BucketState, StateError> {
+        let created = bucket.created.map(|c| c.to_rfc3339());
+        let conn = self.writer();
+        let row: Option<(u32, Option<String>, Option<String>, Option<i64>, Option<i64>)> = conn
+            .query_row(
+                "SELECT generation, created, server_device, cursor_ns, window_ns FROM buckets WHERE bucket_id = ?1",
+                [&bucket.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some((generation, old_created, old_device, cursor_ns, window_ns)) = row else {
+            conn.execute(
+                "INSERT INTO buckets (bucket_id, generation, created, server_device) VALUES (?1, 0, ?2, ?3)",
+                params![bucket.id, created, server_device],
+            )
+            .map_err(self.err())?;
+            return Ok(BucketState {
+                generation: 0,
+                cursor_ns: None,
+                window_ns: None,
+                replaced: false,
+            });
+        };
+        let differs = |old: &Option<String>, new: Option<&str>| match (old.as_deref(), new) {
+            (Some(o), Some(n)) => o != n,
+            _ => false,
+        };
+        if differs(&old_created, created.as_deref()) || differs(&old_device, server_device) {
+            let generation = generation + 1;
+            conn.execute(
+                "UPDATE buckets SET generation = ?2, created = ?3, server_device = ?4, cursor_ns = NULL, window_ns = NULL WHERE bucket_id = ?1",
+                params![bucket.id, generation, created, server_device],
+            )
+            .map_err(self.err())?;
+            return Ok(BucketState {
+                generation,
+                cursor_ns: None,
+                window_ns: None,
+                replaced: true,
+            });
+        }
+        if old_created.is_none() && created.is_some()
+            || old_device.is_none() && server_device.is_some()
+        {
+            conn.execute(
+                "UPDATE buckets SET created = COALESCE(created, ?2), server_device = COALESCE(server_device, ?3) WHERE bucket_id = ?1",
+                params![bucket.id, created, server_device],
+            )
+            .map_err(self.err())?;
+        }
+        Ok(BucketState {
+            generation,
+            cursor_ns,
+            window_ns,
+            replaced: false,
+        })
+    }
+
+    /// The acknowledged (or quarantined) hash of each of these upstream event ids that has one.
+    pub fn lookup(
+        &self,
+        bucket_id: &str,
+        event_ids: &[i64],
+    ) -> Result<HashMap<i64, Known>, StateError> {
+        let mut out = HashMap::with_capacity(event_ids.len());
+        if event_ids.is_empty() {
+            return Ok(out);
+        }
+        let conn = self.reader();
+        let ids: Rc<Vec<SqlValue>> =
+            Rc::new(event_ids.iter().map(|&i| SqlValue::from(i)).collect());
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT event_id, hash, start_ns, end_ns FROM sent WHERE bucket_id = ?1 AND event_id IN rarray(?2)",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![bucket_id, ids], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(self.err())?;
+        for row in rows {
+            let (id, bytes, start_ns, end_ns) = row.map_err(self.err())?;
+            if let Ok(hash) = <EventHash>::try_from(bytes.as_slice()) {
+                out.insert(
+                    id,
+                    Known {
+                        hash,
+                        start_ns,
+                        end_ns,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records acknowledged and quarantined events and the cursor moves they allow, atomically.
+    pub fn commit(
+        &self,
+        acked: &[Acked],
+        quarantined: &[Quarantined],
+        cursors: &[CursorMove],
+    ) -> Result<(), StateError> {
+        if acked.is_empty() && quarantined.is_empty() && cursors.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(self.err())?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO sent (bucket_id, event_id, hash, start_ns, end_ns, quarantined)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (bucket_id, event_id) DO UPDATE SET
+                       hash = excluded.hash, start_ns = excluded.start_ns,
+                       end_ns = excluded.end_ns, quarantined = excluded.quarantined",
+                )
+                .map_err(self.err())?;
+            let mut versions: HashMap<&str, i64> = HashMap::new();
+            for a in acked {
+                upsert
+                    .execute(params![
+                        a.bucket_id,
+                        a.event_id,
+                        &a.hash[..],
+                        a.span.start_ns,
+                        a.span.end_ns(),
+                        0
+                    ])
+                    .map_err(self.err())?;
+                *versions.entry(a.bucket_id.as_str()).or_default() += 1;
+            }
+            let now = Utc::now().to_rfc3339();
+            let mut quarantine = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO quarantine (bucket_id, event_id, hash, reason, event_json, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(self.err())?;
+            for q in quarantined {
+                let a = &q.acked;
+                upsert
+                    .execute(params![
+                        a.bucket_id,
+                        a.event_id,
+                        &a.hash[..],
+                        a.span.start_ns,
+                        a.span.end_ns(),
+                        1
+                    ])
+                    .map_err(self.err())?;
+                quarantine
+                    .execute(params![
+                        a.bucket_id,
+                        a.event_id,
+                        &a.hash[..],
+                        q.reason,
+                        q.event_json,
+                        now
+                    ])
+                    .map_err(self.err())?;
+            }
+            let mut bump = tx
+                .prepare_cached(
+                    "UPDATE buckets SET versions_sent = versions_sent + ?2 WHERE bucket_id = ?1",
+                )
+                .map_err(self.err())?;
+            for (bucket, n) in versions {
+                bump.execute(params![bucket, n]).map_err(self.err())?;
+            }
+            // A cursor only ever moves forward, and only within the generation it was read in.
+            let mut cursor = tx
+                .prepare_cached(
+                    "UPDATE buckets SET cursor_ns = MAX(COALESCE(cursor_ns, ?3), ?3), window_ns = ?4
+                     WHERE bucket_id = ?1 AND generation = ?2",
+                )
+                .map_err(self.err())?;
+            for c in cursors {
+                cursor
+                    .execute(params![c.bucket_id, c.generation, c.cursor_ns, c.window_ns])
+                    .map_err(self.err())?;
+            }
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    /// Remembers how the last cycle ended, for `--status`.
+    pub fn record_cycle(&self, error: Option<&str>) -> Result<(), StateError> {
+        let now = Utc::now().to_rfc3339();
+        let conn = self.writer();
+        let set = |k: &str, v: Option<&str>| -> Result<(), StateError> {
+            match v {
+                Some(v) => conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![k, v],
+                ),
+                None => conn.execute("DELETE FROM meta WHERE key = ?1", [k]),
+            }
+            .map(|_| ())
+            .map_err(self.err())
+        };
+        set("last_cycle", Some(&now))?;
+        match error {
+            None => {
+                set("last_success", Some(&now))?;
+                set("last_error", None)
+            }
+            Some(e) => set("last_error", Some(e)),
+        }
+    }
+
+    pub fn cycle_record(&self) -> Result<CycleRecord, StateError> {
+        let conn = self.reader();
+        let get = |k: &str| -> Result<Option<String>, StateError> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                .optional()
+                .map_err(self.err())
+        };
+        Ok(CycleRecord {
+            last_cycle: get("last_cycle")?,
+            last_success: get("last_success")?,
+            last_error: get("last_error")?,
+        })
+    }
+
+    pub fn bucket_statuses(&self) -> Result<Vec<BucketStatus>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare(
+                "SELECT b.bucket_id, b.generation, b.cursor_ns, b.versions_sent,
+                        (SELECT COUNT(*) FROM sent s WHERE s.bucket_id = b.bucket_id AND s.quarantined = 0),
+                        (SELECT COUNT(*) FROM sent s WHERE s.bucket_id = b.bucket_id AND s.quarantined = 1),
+                        (SELECT COUNT(*) FROM sent s WHERE s.bucket_id = b.bucket_id AND s.quarantined = 0
+                            AND (s.event_id >> 40) = b.generation)
+                 FROM buckets b ORDER BY b.bucket_id",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(BucketStatus {
+                    bucket_id: r.get(0)?,
+                    generation: r.get(1)?,
+                    cursor: r.get::<_, Option<i64>>(2)?.map(ns_to_rfc3339),
+                    versions_sent: r.get::<_, i64>(3)?.max(0) as u64,
+                    delivered: r.get::<_, i64>(4)?.max(0) as u64,
+                    quarantined: r.get::<_, i64>(5)?.max(0) as u64,
+                    delivered_current: r.get::<_, i64>(6)?.max(0) as u64,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    pub fn quarantine(&self, limit: usize) -> Result<Vec<QuarantineEntry>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare(
+                "SELECT bucket_id, event_id, reason, at, event_json FROM quarantine ORDER BY at DESC LIMIT ?1",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                let json: String = r.get(4)?;
+                Ok(QuarantineEntry {
+                    bucket_id: r.get(0)?,
+                    event_id: r.get(1)?,
+                    reason: r.get(2)?,
+                    at: r.get(3)?,
+                    event: serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json)),
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+}
+
+/// Nanoseconds since the epoch as RFC 3339 UTC with nanoseconds, the form sent upstream.
+pub fn ns_to_rfc3339(ns: i64) -> String {
+    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn classify(path: &Path, source: rusqlite::Error) -> StateError {
+    if let rusqlite::Error::SqliteFailure(e, _) = &source {
+        if e.code == rusqlite::ErrorCode::DiskFull {
+            return StateError::DiskFull {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    StateError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(id: &str, created: &str) -> Bucket {
+        Bucket {
+            id: id.into(),
+            bucket_type: "currentwindow".into(),
+            client: "test".into(),
+            hostname: "h".into(),
+            created: Some(created.parse().unwrap()),
+            data: Default::default(),
+        }
+    }
+
+    fn acked(bucket: &str, id: i64, h: u8) -> Acked {
+        Acked {
+            bucket_id: bucket.into(),
+            event_id: id,
+            hash: [h; 16],
+            span: Span {
+                start_ns: id * 1000,
+                duration_ns: 10,
+            },
+        }
+    }
+
+    #[test]
+    fn device_id_is_kept_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sqlite");
+        let a = Store::open(&p).unwrap().device_id();
+        let b = Store::open(&p).unwrap().device_id();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn commit_then_lookup_and_cursor_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let b = bucket("b1", "2024-01-01T00:00:00Z");
+        assert_eq!(s.bucket_state(&b, Some("dev")).unwrap().cursor_ns, None);
+        let mv = |c| CursorMove {
+            bucket_id: "b1".into(),
+            generation: 0,
+            cursor_ns: c,
+            window_ns: 5,
+        };
+        s.commit(&[acked("b1", 1, 1), acked("b1", 2, 2)], &[], &[mv(100)])
+            .unwrap();
+        s.commit(&[acked("b1", 2, 3)], &[], &[mv(50)]).unwrap();
+        let found = s.lookup("b1", &[1, 2, 3]).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[&2].hash, [3; 16]);
+        let st = s.bucket_state(&b, Some("dev")).unwrap();
+        assert_eq!(st.cursor_ns, Some(100));
+        let status = s.bucket_statuses().unwrap();
+        assert_eq!(status[0].delivered, 2);
+        assert_eq!(status[0].versions_sent, 3);
+    }
+
+    #[test]
+    fn a_replaced_bucket_gets_a_new_generation_and_fresh_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let old = bucket("b1", "2024-01-01T00:00:00Z");
+        s.bucket_state(&old, Some("dev")).unwrap();
+        s.commit(
+            &[],
+            &[],
+            &[CursorMove {
+                bucket_id: "b1".into(),
+                generation: 0,
+                cursor_ns: 7,
+                window_ns: 1,
+            }],
+        )
+        .unwrap();
+        let new = bucket("b1", "2025-01-01T00:00:00Z");
+        let st = s.bucket_state(&new, Some("dev")).unwrap();
+        assert!(st.replaced);
+        assert_eq!((st.generation, st.cursor_ns), (1, None));
+        // A cursor move read under the old generation is ignored.
+        s.commit(
+            &[],
+            &[],
+            &[CursorMove {
+                bucket_id: "b1".into(),
+                generation: 0,
+                cursor_ns: 9,
+                window_ns: 1,
+            }],
+        )
+        .unwrap();
+        assert_eq!(s.bucket_state(&new, Some("dev")).unwrap().cursor_ns, None);
+        // A new aw-server device id is a replacement too.
+        assert_eq!(s.bucket_state(&new, Some("other")).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn upstream_ids_of_generations_never_collide() {
+        assert_eq!(upstream_event_id(0, 5), Some(5));
+        let g1 = upstream_event_id(1, 5).unwrap();
+        assert_ne!(g1, 5);
+        assert_eq!(g1 & ((1 << GENERATION_SHIFT) - 1), 5);
+        assert_eq!(upstream_event_id(0, -1), None);
+        assert_eq!(upstream_event_id(0, 1 << GENERATION_SHIFT), None);
+        assert!(upstream_event_id((1 << 22) - 1, (1 << 40) - 1).unwrap() <= i64::MAX);
+    }
+
+    #[test]
+    fn quarantine_is_recorded_and_deduped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        s.bucket_state(&bucket("b1", "2024-01-01T00:00:00Z"), None)
+            .unwrap();
+        let q = Quarantined {
+            acked: acked("b1", 9, 4),
+            reason: "422: bad".into(),
+            event_json: r#"{"timestamp":"x"}"#.into(),
+        };
+        s.commit(&[], &[q], &[]).unwrap();
+        assert_eq!(s.lookup("b1", &[9]).unwrap()[&9].hash, [4; 16]);
+        let st = s.bucket_statuses().unwrap();
+        assert_eq!((st[0].delivered, st[0].quarantined), (0, 1));
+        let entries = s.quarantine(10).unwrap();
+        assert_eq!(entries[0].reason, "422: bad");
+    }
+}

@@ -4,3 +4,27 @@ pub mod client;
 pub mod contract;
 
 pub use client::{UpstreamClient, UpstreamError};
+
+use crate::auth::{AccessToken, BoxFuture};
+use contract::{BatchRequest, BatchResponse};
+
+/// Where the uploader sends batches. [`UpstreamClient`] is the real one; the engine's tests
+/// put a scripted fake here to inject faults under paused time.
+pub trait BatchSink: Send + Sync {
+    /// One attempt; retry policy is the caller's.
+    fn send_batch<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        batch: &'a BatchRequest,
+    ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>>;
+}
+
+impl BatchSink for UpstreamClient {
+    fn send_batch<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        batch: &'a BatchRequest,
+    ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
+        Box::pin(UpstreamClient::send_batch(self, token, batch))
+    }
+}

@@ -1,0 +1,356 @@
+//! Reading one bucket from aw-server: which events are new or changed since the cursor.
+//!
+//! aw-server answers a range query with every event that *overlaps* the range, newest first,
+//! clipped to the range. So the scan:
+//!
+//! * walks forward in time windows `[a, b)` (one open window `[a, ∞)` at the end, and in the
+//!   steady state only that one), so the cursor can move after each window while a big backlog
+//!   is caught up, and memory stays bounded by one page;
+//! * pages backwards inside a window with `end = ` the oldest start seen, remembering the ids
+//!   already handled at that edge, so events sharing a timestamp across a page edge are neither
+//!   lost nor repeated (aw-sync drops them);
+//! * never trusts a copy that may be clipped — its start equals the query start, or its end
+//!   equals the query end — and fetches such an event by id for its true extent (aw-sync uploads
+//!   the clipped copy and loses the rest of the duration);
+//! * hashes what it reads and skips what the state says the upstream already holds unchanged,
+//!   or what is already queued.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use super::{InFlight, Item, Pending};
+use crate::source::{AwClient, Bucket, Event, SourceError};
+use crate::state::{
+    event_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove, Known,
+    Span, StateError, Store,
+};
+use crate::upstream::contract::UpEvent;
+
+const SECOND: i64 = 1_000_000_000;
+const DAY: i64 = 86_400 * SECOND;
+const MIN_WINDOW: i64 = SECOND;
+const MAX_WINDOW: i64 = 30 * DAY;
+/// How close (ns) a returned end must be to the query's end to count as possibly clipped: the
+/// servers round durations through float seconds (Python to microseconds).
+const END_TOLERANCE: i64 = 2_000;
+/// A page whose events all share one timestamp is re-read with a doubled limit, up to this
+/// multiple of the page size.
+const MAX_TIE_GROWTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("more than {0} events of bucket {1} share the timestamp {2}")]
+    TooManyTies(usize, String, String),
+    /// The uploader stopped (its own error says why); reading has no point.
+    #[error("the uploader stopped")]
+    UploaderGone,
+}
+
+/// What a scan of one bucket saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Events aw-server returned (including copies re-read at edges).
+    pub read: u64,
+    /// Events queued for upload (new or changed).
+    pub queued: u64,
+    /// Events fetched by id because the range query clipped them.
+    pub fetched: u64,
+    /// Events that cannot be represented (timestamp outside 1677–2262, negative duration).
+    pub unrepresentable: u64,
+    pub requests: u64,
+}
+
+pub(crate) struct Scanner<'a> {
+    pub source: &'a AwClient,
+    pub store: &'a Arc<Store>,
+    pub inflight: &'a InFlight,
+    pub tx: &'a mpsc::Sender<Item>,
+    pub page_size: usize,
+    pub lookback_ns: i64,
+    pub start_from_ns: Option<i64>,
+}
+
+fn floor_us(ns: i64) -> i64 {
+    ns - ns.rem_euclid(1_000)
+}
+
+fn at(ns: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_nanos(ns)
+}
+
+impl Scanner<'_> {
+    /// Scans `bucket` (read under generation `state.generation`) up to `now`.
+    pub async fn scan(
+        &self,
+        bucket: &Bucket,
+        state: &BucketState,
+        now: DateTime<Utc>,
+    ) -> Result<ScanStats, ScanError> {
+        let mut stats = ScanStats::default();
+        let t0 = floor_us(now.timestamp_nanos_opt().unwrap_or(i64::MAX));
+        let from = state.cursor_ns.map(|c| c.saturating_sub(self.lookback_ns));
+        let from = match (from, self.start_from_ns) {
+            (Some(f), Some(s)) => Some(f.max(s)),
+            (f, s) => f.or(s),
+        };
+        let lo = match from {
+            Some(f) => floor_us(f),
+            None => match self.earliest(&bucket.id, &mut stats).await? {
+                Some(lo) => lo,
+                None => {
+                    // An empty bucket: everything before now is delivered.
+                    self.mark(bucket, state, t0, state.window_ns.unwrap_or(DAY))
+                        .await?;
+                    return Ok(stats);
+                }
+            },
+        };
+        let mut a = lo;
+        let mut width = state.window_ns.unwrap_or(DAY).clamp(MIN_WINDOW, MAX_WINDOW);
+        // Close to now, one open window: a steady-state cycle is one request per bucket.
+        let open_span = (2 * self.lookback_ns).max(DAY);
+        loop {
+            let open = t0.saturating_sub(a) <= open_span || a.saturating_add(width) >= t0;
+            let b = (!open).then(|| a + width);
+            let n = self.scan_window(bucket, state, a, b, &mut stats).await?;
+            let page = self.page_size as u64;
+            if !open {
+                if n > 2 * page {
+                    width = (width / 2).max(MIN_WINDOW);
+                } else if n < page / 2 {
+                    width = width.saturating_mul(2).min(MAX_WINDOW);
+                }
+            }
+            let cursor = b.unwrap_or(t0);
+            self.mark(bucket, state, cursor, width).await?;
+            match b {
+                Some(b) => a = b,
+                None => return Ok(stats),
+            }
+        }
+    }
+
+    async fn mark(
+        &self,
+        bucket: &Bucket,
+        state: &BucketState,
+        cursor_ns: i64,
+        window_ns: i64,
+    ) -> Result<(), ScanError> {
+        self.tx
+            .send(Item::Window(CursorMove {
+                bucket_id: bucket.id.clone(),
+                generation: state.generation,
+                cursor_ns,
+                window_ns,
+            }))
+            .await
+            .map_err(|_| ScanError::UploaderGone)
+    }
+
+    /// A time at or before the bucket's oldest event start, found by probing backwards with
+    /// exponentially growing steps (aw-server only serves newest-first); `None` when empty.
+    async fn earliest(
+        &self,
+        bucket_id: &str,
+        stats: &mut ScanStats,
+    ) -> Result<Option<i64>, ScanError> {
+        stats.requests += 1;
+        let newest = self
+            .source
+            .get_events(bucket_id, None, None, Some(1))
+            .await?;
+        let Some(first) = newest.first() else {
+            return Ok(None);
+        };
+        let mut oldest_seen = first.timestamp.timestamp_nanos_opt().unwrap_or(i64::MIN);
+        let mut step = DAY;
+        for _ in 0..64 {
+            let probe = floor_us(oldest_seen.saturating_sub(step));
+            if probe == i64::MIN || probe <= floor_us(i64::MIN + 1_000) {
+                return Ok(Some(probe));
+            }
+            stats.requests += 1;
+            let older = self
+                .source
+                .get_events(bucket_id, None, Some(at(probe)), Some(1))
+                .await?;
+            match older.first() {
+                None => return Ok(Some(probe)),
+                Some(e) => oldest_seen = e.timestamp.timestamp_nanos_opt().unwrap_or(i64::MIN),
+            }
+            step = step.saturating_mul(2);
+        }
+        Ok(Some(floor_us(oldest_seen.saturating_sub(step))))
+    }
+
+    /// Reads window `[a, b)` (`b = None`: open) page by page, queueing what changed. Returns the
+    /// number of events aw-server returned.
+    async fn scan_window(
+        &self,
+        bucket: &Bucket,
+        state: &BucketState,
+        a: i64,
+        b: Option<i64>,
+        stats: &mut ScanStats,
+    ) -> Result<u64, ScanError> {
+        let mut end_q = b;
+        let mut limit = self.page_size;
+        // Ids already handled whose (returned) start equals the current page edge.
+        let mut edge_ids: HashSet<i64> = HashSet::new();
+        let mut returned = 0u64;
+        loop {
+            stats.requests += 1;
+            let page = self
+                .source
+                .get_events(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
+                .await?;
+            let full = page.len() >= limit;
+            returned += page.len() as u64;
+            stats.read += page.len() as u64;
+            let min_start = page
+                .iter()
+                .filter_map(|e| e.timestamp.timestamp_nanos_opt())
+                .min();
+            let mut page_edge_ids = HashSet::new();
+            let mut candidates = Vec::with_capacity(page.len());
+            for ev in page {
+                let Some(id) = ev.id else {
+                    tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
+                    continue;
+                };
+                let Some(ret) = Span::of(&ev) else {
+                    stats.unrepresentable += 1;
+                    tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
+                        "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
+                    continue;
+                };
+                if Some(ret.start_ns) == min_start {
+                    page_edge_ids.insert(id);
+                }
+                if end_q == Some(ret.start_ns) && edge_ids.contains(&id) {
+                    continue; // seen on the previous page
+                }
+                if b.is_some_and(|b| ret.start_ns >= b) {
+                    continue; // starts at the window's end: the next window's
+                }
+                let Some(up_id) = upstream_event_id(state.generation, id) else {
+                    tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
+                    continue;
+                };
+                candidates.push((ev, ret, id, up_id));
+            }
+
+            let ids: Vec<i64> = candidates.iter().map(|c| c.3).collect();
+            let known = {
+                let store = Arc::clone(self.store);
+                let bucket_id = bucket.id.clone();
+                tokio::task::spawn_blocking(move || store.lookup(&bucket_id, &ids))
+                    .await
+                    .map_err(|e| ScanError::State(StateError::Task(e.to_string())))??
+            };
+            let mut batch = Vec::new();
+            for (ev, ret, id, up_id) in candidates {
+                let clipped_start = ret.start_ns == a;
+                let clipped_end = end_q.is_some_and(|e| (ret.end_ns() - e).abs() <= END_TOLERANCE);
+                let k: Option<&Known> = known.get(&up_id);
+                let event = if clipped_start || clipped_end {
+                    // A straddler at the window start whose end is what the upstream holds is
+                    // unchanged (heartbeats only move the end): skip the extra request, which
+                    // keeps an idle cycle at one request per bucket.
+                    if clipped_start
+                        && !clipped_end
+                        && k.is_some_and(|k| k.start_ns < a && k.end_ns == ret.end_ns())
+                    {
+                        continue;
+                    }
+                    stats.requests += 1;
+                    stats.fetched += 1;
+                    match self.source.get_event(&bucket.id, id).await {
+                        Ok(Some(e)) => e,
+                        Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    ev
+                };
+                let Some((hash, span)) = event_hash(&event) else {
+                    stats.unrepresentable += 1;
+                    continue;
+                };
+                if b.is_some_and(|b| span.start_ns >= b) {
+                    continue;
+                }
+                if k.is_some_and(|k| k.hash == hash) {
+                    continue;
+                }
+                if !self.inflight.claim(&bucket.id, up_id, hash) {
+                    continue;
+                }
+                batch.push(make_pending(bucket, up_id, hash, span, event));
+            }
+            stats.queued += batch.len() as u64;
+            for p in batch {
+                self.tx
+                    .send(Item::Event(p))
+                    .await
+                    .map_err(|_| ScanError::UploaderGone)?;
+            }
+
+            if !full {
+                return Ok(returned);
+            }
+            let Some(edge) = min_start else {
+                return Ok(returned);
+            };
+            if end_q == Some(edge) {
+                // The whole page shared the edge timestamp: widen the page, same edge.
+                limit = limit.saturating_mul(2);
+                if limit > self.page_size.saturating_mul(MAX_TIE_GROWTH) {
+                    return Err(ScanError::TooManyTies(
+                        limit / 2,
+                        bucket.id.clone(),
+                        ns_to_rfc3339(edge),
+                    ));
+                }
+                edge_ids.extend(page_edge_ids);
+            } else {
+                end_q = Some(edge);
+                limit = self.page_size;
+                edge_ids = page_edge_ids;
+            }
+        }
+    }
+}
+
+fn make_pending(
+    bucket: &Bucket,
+    event_id: i64,
+    hash: [u8; 16],
+    span: Span,
+    event: Event,
+) -> Pending {
+    Pending {
+        acked: Acked {
+            bucket_id: bucket.id.clone(),
+            event_id,
+            hash,
+            span,
+        },
+        event: UpEvent {
+            bucket_id: bucket.id.clone(),
+            event_id,
+            hash: hash_hex(&hash),
+            timestamp: ns_to_rfc3339(span.start_ns),
+            duration: event.duration,
+            data: event.data,
+        },
+    }
+}
