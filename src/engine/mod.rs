@@ -12,6 +12,7 @@ pub mod upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,16 @@ impl CycleReport {
     }
 }
 
+/// Running totals since the process started (cycles that failed midway included), for tests,
+/// benchmarks and the status bucket.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Events aw-server returned.
+    pub events_read: AtomicU64,
+    /// Requests made to aw-server while scanning.
+    pub source_requests: AtomicU64,
+}
+
 /// Everything a cycle needs, shared by the daemon loop, `--once` and the tests.
 pub struct Engine {
     pub source: AwClient,
@@ -162,6 +173,7 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub settings: Settings,
     pub hostname: String,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -241,6 +253,7 @@ impl Engine {
                 source: &self.source,
                 store: &self.store,
                 inflight: &inflight,
+                metrics: &self.metrics,
                 tx: &tx,
                 page_size: self.settings.page_size,
                 lookback_ns: i64::try_from(self.settings.lookback.as_nanos()).unwrap_or(i64::MAX),

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{InFlight, Item, Pending};
+use super::{InFlight, Item, Metrics, Pending};
+use std::sync::atomic::Ordering;
 use crate::source::{AwClient, Bucket, Event, SourceError};
 use crate::state::{
     event_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove, Known,
@@ -33,8 +34,9 @@ const SECOND: i64 = 1_000_000_000;
 const DAY: i64 = 86_400 * SECOND;
 const MIN_WINDOW: i64 = SECOND;
 const MAX_WINDOW: i64 = 30 * DAY;
-/// How close (ns) a returned end must be to the query's end to count as possibly clipped: the
-/// servers round durations through float seconds (Python to microseconds).
+/// Slack (ns) when comparing a returned end with the query's end: the servers round durations
+/// through float seconds (Python to microseconds). Python also rounds the query's end *up* to
+/// the next millisecond, so an end-clipped copy can end up to 1 ms after the query's end.
 const END_TOLERANCE: i64 = 2_000;
 /// A page whose events all share one timestamp is re-read with a doubled limit, up to this
 /// multiple of the page size.
@@ -71,6 +73,7 @@ pub(crate) struct Scanner<'a> {
     pub source: &'a AwClient,
     pub store: &'a Arc<Store>,
     pub inflight: &'a InFlight,
+    pub metrics: &'a Metrics,
     pub tx: &'a mpsc::Sender<Item>,
     pub page_size: usize,
     pub lookback_ns: i64,
@@ -213,6 +216,8 @@ impl Scanner<'_> {
                 .get_events(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
                 .await?;
             let full = page.len() >= limit;
+            self.metrics.events_read.fetch_add(page.len() as u64, Ordering::Relaxed);
+            self.metrics.source_requests.fetch_add(1, Ordering::Relaxed);
             returned += page.len() as u64;
             stats.read += page.len() as u64;
             let min_start = page
