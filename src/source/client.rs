@@ -1,7 +1,585 @@
-//! Typed async client for aw-server's REST API (stub: filled in by the source work).
-pub struct AwClient;
+//! Typed async client for aw-server's REST API.
+//!
+//! Shaped like aw-client-rust's current (unpublished) async API so the two stay easy to compare,
+//! but with typed errors: the sync engine must tell "aw-server is down, retry later" apart from
+//! "this bucket was deleted" and from "the server sent something we do not understand", and it
+//! must never panic on anything that came over the wire.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::model::{Bucket, Event, ServerInfo};
+
+/// aw-server is local: if it cannot accept a connection within this, it is down or wedged.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Python aw-server reads ~6.7k events/s, so a large page can legitimately take tens of seconds.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of an error body to keep: Python aw-server in `--testing` answers a 500 with a whole
+/// Werkzeug debugger page, which would otherwise flood the log.
+const BODY_SNIPPET_CHARS: usize = 200;
+
+/// Why a call to aw-server failed, typed so the caller can choose between retrying later,
+/// forgetting a bucket, and reporting a bug.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("unreachable")]
-    Unreachable,
+    /// No answer: connection refused, reset or timed out. aw-server is probably not running
+    /// (yet); retry later.
+    #[error("aw-server at {url} is unreachable: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The bucket does not exist (any more): it was deleted, possibly mid-run, or the database
+    /// was replaced.
+    #[error("bucket {0:?} does not exist on aw-server")]
+    BucketNotFound(String),
+    /// An HTTP error status other than a missing bucket.
+    #[error("aw-server answered {status} for {url}: {body}")]
+    Status {
+        status: u16,
+        url: String,
+        /// The start of the response body, truncated to about 200 characters.
+        body: String,
+    },
+    /// A success status whose body is not the JSON we expect (a proxy page, a different server
+    /// on the port, a format change).
+    #[error("aw-server sent an unexpected body for {url}: {detail}")]
+    Malformed { url: String, detail: String },
+    /// The client could not be built from the given host/port (or the TLS backend failed to
+    /// initialise); retrying will not help.
+    #[error("invalid aw-server client configuration: {detail}")]
+    InvalidConfig { detail: String },
+}
+
+impl SourceError {
+    /// Whether the same request may succeed later without anything changing on our side.
+    ///
+    /// Plain 500s are not transient: on both servers they come from a bug or a broken database
+    /// and repeat deterministically. 502/503/504 (a proxy or a starting server) and 408/429 are.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Unreachable { .. } => true,
+            SourceError::Status { status, .. } => matches!(status, 408 | 429 | 502 | 503 | 504),
+            SourceError::BucketNotFound(_)
+            | SourceError::Malformed { .. }
+            | SourceError::InvalidConfig { .. } => false,
+        }
+    }
+}
+
+/// A client for one aw-server. Cheap to clone: clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct AwClient {
+    http: reqwest::Client,
+    /// `http://host:port`, no trailing slash.
+    base_url: String,
+    api_key: Option<String>,
+}
+
+impl AwClient {
+    /// `host` is used as is in the URL and therefore in the `Host` header: aw-server-rust
+    /// answers 400 unless that is `127.0.0.1` or `localhost`, so pass one of those.
+    pub fn new(host: &str, port: u16) -> Result<Self, SourceError> {
+        if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+            return Err(SourceError::InvalidConfig {
+                detail: format!("{host:?} is not a host name or address"),
+            });
+        }
+        // A bare IPv6 address must be bracketed in a URL.
+        let authority = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let base_url = format!("http://{authority}");
+        url::Url::parse(&base_url).map_err(|e| SourceError::InvalidConfig {
+            detail: format!("{base_url}: {e}"),
+        })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(60))
+            // aw-server is always local; an HTTP(S)_PROXY meant for the upstream must not
+            // capture loopback traffic.
+            .no_proxy()
+            .user_agent(concat!("aw-sync-samay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SourceError::InvalidConfig {
+                detail: format!("building the HTTP client: {e}"),
+            })?;
+        Ok(AwClient {
+            http,
+            base_url,
+            api_key: None,
+        })
+    }
+
+    /// aw-server-rust with `[auth] api_key` set refuses every endpoint but `/info` without
+    /// `Authorization: Bearer <key>`; Python aw-server ignores the header.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty());
+        self
+    }
+
+    /// `http://host:port`, for messages.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /api/0/info`. Also the cheapest "is it up" probe.
+    pub async fn info(&self) -> Result<ServerInfo, SourceError> {
+        let url = self.url(&["info"], &[]);
+        let bytes = self
+            .send_ok(self.request(Method::GET, &url), &url, None)
+            .await?;
+        parse(&url, &bytes)
+    }
+
+    /// `GET /api/0/buckets/`, keyed by bucket id.
+    pub async fn get_buckets(&self) -> Result<BTreeMap<String, Bucket>, SourceError> {
+        // The trailing slash matters: Python aw-server redirects `/buckets` to `/buckets/`.
+        let url = format!("{}/api/0/buckets/", self.base_url);
+        let bytes = self
+            .send_ok(self.request(Method::GET, &url), &url, None)
+            .await?;
+        parse(&url, &bytes)
+    }
+
+    /// `GET /api/0/buckets/{id}/events`, newest first. Both servers return only events that
+    /// overlap `[start, end]`, **clipped** to it: never store a returned event as the original
+    /// when a bound was given (see `get_event` for the unclipped row). `limit: None` means all.
+    pub async fn get_events(
+        &self,
+        bucket_id: &str,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        limit: Option<u64>,
+    ) -> Result<Vec<Event>, SourceError> {
+        let start = start.map(format_timestamp);
+        let end = end.map(format_timestamp);
+        let limit = limit.map(|l| l.to_string());
+        let mut query: Vec<(&str, &str)> = Vec::with_capacity(3);
+        if let Some(s) = &start {
+            query.push(("start", s));
+        }
+        if let Some(e) = &end {
+            query.push(("end", e));
+        }
+        if let Some(l) = &limit {
+            query.push(("limit", l));
+        }
+        let url = self.url(&["buckets", bucket_id, "events"], &query);
+        let bytes = self
+            .send_ok(self.request(Method::GET, &url), &url, Some(bucket_id))
+            .await?;
+        parse(&url, &bytes)
+    }
+
+    /// One event by id, unclipped. `Ok(None)` when the bucket exists but the event does not.
+    ///
+    /// Python aw-server answers a missing event with 404 and body `null`, and a missing bucket
+    /// with 404 and "There's no bucket named ..."; the body tells the two apart.
+    /// aw-server-rust (at least up to 59eaae3) answers a missing event with **500** and an
+    /// internal error message. That could not be verified here, so it is reported as
+    /// `SourceError::Status { status: 500, .. }` rather than guessed to be `None`.
+    pub async fn get_event(&self, bucket_id: &str, id: i64) -> Result<Option<Event>, SourceError> {
+        let url = self.url(&["buckets", bucket_id, "events", &id.to_string()], &[]);
+        let response = self.send(self.request(Method::GET, &url), &url).await?;
+        let status = response.status();
+        let bytes = read_body(response, &url).await?;
+        if status == StatusCode::NOT_FOUND {
+            if says_no_such_bucket(&bytes) {
+                return Err(SourceError::BucketNotFound(bucket_id.to_owned()));
+            }
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(status_error(status, &url, &bytes));
+        }
+        // A 200 with `null` is what "absent" would look like if a server stopped using 404.
+        parse::<Option<Event>>(&url, &bytes)
+    }
+
+    /// `GET /api/0/buckets/{id}/events/count`: every event in the bucket.
+    pub async fn event_count(&self, bucket_id: &str) -> Result<u64, SourceError> {
+        let url = self.url(&["buckets", bucket_id, "events", "count"], &[]);
+        let bytes = self
+            .send_ok(self.request(Method::GET, &url), &url, Some(bucket_id))
+            .await?;
+        parse(&url, &bytes)
+    }
+
+    /// `POST /api/0/buckets/{id}`. Returns `true` if created, `false` if it already existed
+    /// (both servers answer 304 then, and leave the existing bucket untouched).
+    pub async fn create_bucket(
+        &self,
+        bucket_id: &str,
+        bucket_type: &str,
+        client: &str,
+        hostname: &str,
+    ) -> Result<bool, SourceError> {
+        #[derive(Serialize)]
+        struct NewBucket<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            bucket_type: &'a str,
+            client: &'a str,
+            hostname: &'a str,
+        }
+        let url = self.url(&["buckets", bucket_id], &[]);
+        let body = NewBucket {
+            id: bucket_id,
+            bucket_type,
+            client,
+            hostname,
+        };
+        let response = self
+            .send(self.request(Method::POST, &url).json(&body), &url)
+            .await?;
+        let status = response.status();
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok(false);
+        }
+        let bytes = read_body(response, &url).await?;
+        if !status.is_success() {
+            return Err(status_error(status, &url, &bytes));
+        }
+        Ok(true)
+    }
+
+    /// `POST /api/0/buckets/{id}/events`. Ids are stripped first: a POSTed event that carries
+    /// an `id` REPLACES that row on both servers, even a row in another bucket.
+    pub async fn insert_events(
+        &self,
+        bucket_id: &str,
+        events: &[Event],
+    ) -> Result<(), SourceError> {
+        let url = self.url(&["buckets", bucket_id, "events"], &[]);
+        let body: Vec<NewEvent<'_>> = events.iter().map(NewEvent::from).collect();
+        // Python answers `null`, aw-server-rust the inserted events: neither is needed.
+        self.send_ok(
+            self.request(Method::POST, &url).json(&body),
+            &url,
+            Some(bucket_id),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /api/0/buckets/{id}/heartbeat?pulsetime=S`. Returns the stored event: the merged
+    /// one (same id, longer duration) when the server merged, else the newly inserted one.
+    /// The id is stripped for the same reason as in `insert_events`.
+    pub async fn heartbeat(
+        &self,
+        bucket_id: &str,
+        event: &Event,
+        pulsetime: f64,
+    ) -> Result<Event, SourceError> {
+        let pulsetime = pulsetime.to_string();
+        let url = self.url(
+            &["buckets", bucket_id, "heartbeat"],
+            &[("pulsetime", &pulsetime)],
+        );
+        let bytes = self
+            .send_ok(
+                self.request(Method::POST, &url)
+                    .json(&NewEvent::from(event)),
+                &url,
+                Some(bucket_id),
+            )
+            .await?;
+        parse(&url, &bytes)
+    }
+
+    /// `DELETE /api/0/buckets/{id}/events/{event_id}`. Deleting an id that does not exist is
+    /// not an error on Python aw-server (it answers `{"success": 0}`).
+    pub async fn delete_event(&self, bucket_id: &str, id: i64) -> Result<(), SourceError> {
+        let url = self.url(&["buckets", bucket_id, "events", &id.to_string()], &[]);
+        self.send_ok(self.request(Method::DELETE, &url), &url, Some(bucket_id))
+            .await?;
+        Ok(())
+    }
+
+    /// `DELETE /api/0/buckets/{id}?force=1`: outside testing mode both servers refuse without
+    /// `force`.
+    pub async fn delete_bucket(&self, bucket_id: &str) -> Result<(), SourceError> {
+        let url = self.url(&["buckets", bucket_id], &[("force", "1")]);
+        self.send_ok(self.request(Method::DELETE, &url), &url, Some(bucket_id))
+            .await?;
+        Ok(())
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> String {
+        let mut url = format!("{}/api/0", self.base_url);
+        for segment in segments {
+            url.push('/');
+            push_path_segment(&mut url, segment);
+        }
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(
+                &url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(query)
+                    .finish(),
+            );
+        }
+        url
+    }
+
+    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        let builder = self.http.request(method, url);
+        match &self.api_key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    async fn send(
+        &self,
+        builder: RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, SourceError> {
+        builder
+            .send()
+            .await
+            .map_err(|source| unreachable(url, source))
+    }
+
+    /// Sends, requires a 2xx and returns the whole body. A 404 on a bucket-scoped endpoint
+    /// (`bucket` is set) is `BucketNotFound`.
+    async fn send_ok(
+        &self,
+        builder: RequestBuilder,
+        url: &str,
+        bucket: Option<&str>,
+    ) -> Result<Vec<u8>, SourceError> {
+        let response = self.send(builder, url).await?;
+        let status = response.status();
+        let bytes = read_body(response, url).await?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        match bucket {
+            Some(id) if status == StatusCode::NOT_FOUND => {
+                Err(SourceError::BucketNotFound(id.to_owned()))
+            }
+            _ => Err(status_error(status, url, &bytes)),
+        }
+    }
+}
+
+/// An event as POSTed: never with an id (see `insert_events`).
+#[derive(Serialize)]
+struct NewEvent<'a> {
+    timestamp: &'a DateTime<Utc>,
+    duration: f64,
+    data: &'a Map<String, Value>,
+}
+
+impl<'a> From<&'a Event> for NewEvent<'a> {
+    fn from(e: &'a Event) -> Self {
+        NewEvent {
+            timestamp: &e.timestamp,
+            duration: e.duration,
+            data: &e.data,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with `Z` and microseconds, truncated. `Z` because an unencoded `+00:00`
+/// turns into a space and is refused; microseconds because that is Python aw-server's
+/// precision (it truncates further, to milliseconds, when storing).
+pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a bucket id is always one
+/// path segment. `.` and `..` are encoded too: left bare, they would be resolved as dot
+/// segments and address another resource.
+fn push_path_segment(out: &mut String, segment: &str) {
+    let dots_only = !segment.is_empty() && segment.bytes().all(|b| b == b'.');
+    for b in segment.bytes() {
+        let unreserved = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~' | b'.');
+        if unreserved && !(dots_only && b == b'.') {
+            out.push(b as char);
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+fn unreachable(url: &str, source: reqwest::Error) -> SourceError {
+    SourceError::Unreachable {
+        url: url.to_owned(),
+        source,
+    }
+}
+
+/// A body that stops mid-way means the connection broke (server killed): that is the same
+/// situation as not reaching it at all.
+/// The body is read whole and parsed with `from_slice`: the fastest path for large pages.
+async fn read_body(response: reqwest::Response, url: &str) -> Result<Vec<u8>, SourceError> {
+    // Usually zero-copy: the buffer is uniquely owned once the body is collected.
+    response
+        .bytes()
+        .await
+        .map(Vec::from)
+        .map_err(|e| unreachable(url, e))
+}
+
+fn status_error(status: StatusCode, url: &str, body: &[u8]) -> SourceError {
+    SourceError::Status {
+        status: status.as_u16(),
+        url: url.to_owned(),
+        body: snippet(body, BODY_SNIPPET_CHARS),
+    }
+}
+
+/// The first `max` characters of a body, lossily decoded, with an ellipsis when cut.
+fn snippet(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Whether a 404 body says the *bucket* is missing (as opposed to an event in it).
+/// Python: "There's no bucket named X"; aw-server-rust: "The requested bucket 'X' does not
+/// exist" (its newer missing-event message says "...does not exist in bucket", which must
+/// not match).
+fn says_no_such_bucket(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("no bucket named") || text.contains("requested bucket")
+}
+
+fn parse<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError> {
+    serde_json::from_slice(bytes).map_err(|e| SourceError::Malformed {
+        url: url.to_owned(),
+        // serde's message carries line and column; the snippet shows what came instead.
+        detail: format!("{e}; body starts with {:?}", snippet(bytes, 80)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+
+    #[test]
+    fn timestamps_are_utc_z_with_truncated_microseconds() {
+        let t = Utc
+            .with_ymd_and_hms(2024, 1, 1, 12, 0, 0)
+            .single()
+            .expect("valid")
+            + TimeDelta::nanoseconds(123_456_999);
+        assert_eq!(format_timestamp(t), "2024-01-01T12:00:00.123456Z");
+        let whole = Utc
+            .with_ymd_and_hms(2024, 1, 1, 12, 0, 0)
+            .single()
+            .expect("valid");
+        assert_eq!(format_timestamp(whole), "2024-01-01T12:00:00.000000Z");
+    }
+
+    #[test]
+    fn bucket_ids_become_one_path_segment() {
+        let c = AwClient::new("127.0.0.1", 5600).expect("client");
+        assert_eq!(
+            c.url(&["buckets", "aw-watcher-window_my.host-1", "events"], &[]),
+            "http://127.0.0.1:5600/api/0/buckets/aw-watcher-window_my.host-1/events"
+        );
+        assert_eq!(
+            c.url(&["buckets", "a/b c?d#e%f"], &[]),
+            "http://127.0.0.1:5600/api/0/buckets/a%2Fb%20c%3Fd%23e%25f"
+        );
+        assert_eq!(
+            c.url(&["buckets", ".."], &[]),
+            "http://127.0.0.1:5600/api/0/buckets/%2E%2E"
+        );
+        assert_eq!(
+            c.url(&["buckets", "ü"], &[]),
+            "http://127.0.0.1:5600/api/0/buckets/%C3%BC"
+        );
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        let c = AwClient::new("localhost", 5666).expect("client");
+        assert_eq!(
+            c.url(&["x"], &[("start", "2024-01-01T12:00:00.000000+00:00")]),
+            "http://localhost:5666/api/0/x?start=2024-01-01T12%3A00%3A00.000000%2B00%3A00"
+        );
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_and_bad_hosts_refused() {
+        let c = AwClient::new("::1", 5600).expect("client");
+        assert_eq!(c.base_url(), "http://[::1]:5600");
+        assert!(matches!(
+            AwClient::new("evil.com/x", 1),
+            Err(SourceError::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            AwClient::new("", 1),
+            Err(SourceError::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn snippets_are_truncated_on_char_boundaries() {
+        let body = "é".repeat(500);
+        let s = snippet(body.as_bytes(), 200);
+        assert_eq!(s.chars().count(), 201);
+        assert!(s.ends_with('…'));
+        assert_eq!(snippet(b"short", 200), "short");
+    }
+
+    #[test]
+    fn missing_bucket_bodies_are_told_from_missing_event_bodies() {
+        assert!(says_no_such_bucket(
+            br#"{"message": "There's no bucket named b1. You have requested this URI"}"#
+        ));
+        assert!(says_no_such_bucket(
+            br#"{"message":"The requested bucket 'b1' does not exist"}"#
+        ));
+        assert!(!says_no_such_bucket(b"null"));
+        assert!(!says_no_such_bucket(
+            br#"{"message":"The requested event '5' does not exist in bucket 'b1'"}"#
+        ));
+    }
+
+    #[test]
+    fn transient_classification() {
+        let status = |s| SourceError::Status {
+            status: s,
+            url: String::new(),
+            body: String::new(),
+        };
+        assert!(status(503).is_transient());
+        assert!(!status(500).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(!SourceError::BucketNotFound("b".into()).is_transient());
+    }
+
+    #[test]
+    fn malformed_bodies_report_serde_position() {
+        let err = parse::<Vec<Event>>("u", b"[{\"id\": 1,}]").expect_err("malformed");
+        match err {
+            SourceError::Malformed { detail, .. } => {
+                assert!(detail.contains("line 1 column"), "{detail}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
 }

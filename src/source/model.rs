@@ -1,7 +1,7 @@
 //! The JSON shapes aw-server (Rust and Python) serve.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// `GET /api/0/info`.
@@ -22,15 +22,17 @@ pub struct Bucket {
     pub id: String,
     #[serde(rename = "type")]
     pub bucket_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub client: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub hostname: String,
     /// When the bucket was created; a different value for the same id means the bucket (or the
     /// whole database) was replaced and its event ids started over.
     #[serde(default)]
     pub created: Option<DateTime<Utc>>,
-    #[serde(default)]
+    /// Python aw-server keeps this column nullable, so `null` must read as empty rather than
+    /// failing the whole bucket list.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub data: Map<String, Value>,
 }
 
@@ -43,6 +45,119 @@ pub struct Event {
     pub timestamp: DateTime<Utc>,
     /// Seconds, as the servers send it.
     pub duration: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub data: Map<String, Value>,
+}
+
+impl Event {
+    /// An event without an id, as a client creates it (the server assigns the id).
+    pub fn new(timestamp: DateTime<Utc>, duration: f64, data: Map<String, Value>) -> Self {
+        Event {
+            id: None,
+            timestamp,
+            duration,
+            data,
+        }
+    }
+
+    /// `duration` as a `TimeDelta`, rounded to the nanosecond. The servers send floats, so a
+    /// NaN, negative or absurdly large value from a corrupt row saturates instead of panicking.
+    pub fn duration_delta(&self) -> TimeDelta {
+        if !self.duration.is_finite() || self.duration <= 0.0 {
+            return TimeDelta::zero();
+        }
+        let nanos = (self.duration * 1e9).round();
+        if nanos >= i64::MAX as f64 {
+            TimeDelta::MAX
+        } else {
+            TimeDelta::nanoseconds(nanos as i64)
+        }
+    }
+
+    /// `timestamp + duration`; saturates at chrono's maximum instead of overflowing.
+    pub fn end(&self) -> DateTime<Utc> {
+        self.timestamp
+            .checked_add_signed(self.duration_delta())
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
+/// Treats JSON `null` like a missing field: both servers are tolerant writers and we must not
+/// reject a whole page of events for one null.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn both_servers_timestamp_formats_parse_to_the_same_instant() {
+        let rust: Event = serde_json::from_slice(
+            br#"{"id":1,"timestamp":"2024-01-01T12:00:00.123456000Z","duration":1.5,"data":{}}"#,
+        )
+        .expect("aw-server-rust format");
+        let python: Event = serde_json::from_slice(
+            br#"{"id":1,"timestamp":"2024-01-01T12:00:00.123456+00:00","duration":1.5,"data":{}}"#,
+        )
+        .expect("Python aw-server format");
+        let expected = Utc
+            .with_ymd_and_hms(2024, 1, 1, 12, 0, 0)
+            .single()
+            .expect("valid date")
+            + TimeDelta::microseconds(123_456);
+        assert_eq!(rust.timestamp, expected);
+        assert_eq!(python.timestamp, expected);
+        assert_eq!(rust, python);
+    }
+
+    #[test]
+    fn nanoseconds_and_offsets_are_kept_exactly() {
+        let ns: Event = serde_json::from_slice(
+            br#"{"timestamp":"2024-01-01T12:00:00.123456789Z","duration":0,"data":{}}"#,
+        )
+        .expect("ns");
+        assert_eq!(ns.timestamp.timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(ns.id, None);
+        // A non-UTC offset is the same instant, converted.
+        let offset: Event = serde_json::from_slice(
+            br#"{"timestamp":"2024-01-01T14:00:00.123456789+02:00","duration":0,"data":{}}"#,
+        )
+        .expect("offset");
+        assert_eq!(offset.timestamp, ns.timestamp);
+    }
+
+    #[test]
+    fn integer_durations_and_null_data_are_accepted() {
+        let e: Event = serde_json::from_slice(
+            br#"{"id":7,"timestamp":"2024-01-01T12:00:00Z","duration":3600,"data":null}"#,
+        )
+        .expect("integer duration");
+        assert_eq!(e.duration, 3600.0);
+        assert!(e.data.is_empty());
+        assert_eq!(e.end() - e.timestamp, TimeDelta::hours(1));
+    }
+
+    #[test]
+    fn end_saturates_on_garbage_durations() {
+        let mut e = Event::new(Utc::now(), f64::NAN, Map::new());
+        assert_eq!(e.end(), e.timestamp);
+        e.duration = -5.0;
+        assert_eq!(e.end(), e.timestamp);
+        e.duration = 1e300;
+        assert_eq!(e.end(), DateTime::<Utc>::MAX_UTC);
+    }
+
+    #[test]
+    fn serializing_without_id_omits_it() {
+        let e = Event::new(Utc::now(), 1.0, Map::new());
+        let v = serde_json::to_value(&e).expect("serialize");
+        assert!(v.get("id").is_none());
+    }
 }

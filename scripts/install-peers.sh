@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs the real peers the integration tests run against into .peers/ under the repo root.
+#
+# Tests talk to real servers (not mocks) because the interesting facts — clipping, id counters,
+# heartbeat merging, error shapes — are the servers' behaviour, not ours. A fresh machine has
+# none of them, so this script must work from scratch and be cheap to re-run (idempotent).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="$ROOT/.peers"
+mkdir -p "$PEERS"
+
+log() { printf 'install-peers: %s\n' "$*"; }
+
+# need_apt PKG...: install only the Debian packages that are missing, running `apt-get update`
+# at most once per script run. Later peers (keyring, browser) use it; nothing calls it yet.
+APT_UPDATED=0
+need_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "apt: already installed: $*"
+        return 0
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt: apt-get update"
+        "${sudo[@]}" apt-get update
+        APT_UPDATED=1
+    fi
+    log "apt: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# install_aw_server: Python aw-server 0.12.0 in .peers/aw-venv. `peewee<4` is pinned because
+# peewee 4.x makes every bucket request answer 500.
+install_aw_server() {
+    local venv="$PEERS/aw-venv"
+    if "$venv/bin/aw-server" --version >/dev/null 2>&1; then
+        log "aw-server: already installed in $venv ($("$venv/bin/aw-server" --version 2>&1 | tail -n1))"
+        return 0
+    fi
+    local python="${PYTHON:-python3}"
+    if ! command -v "$python" >/dev/null 2>&1; then
+        log "aw-server: $python not found"
+        return 1
+    fi
+    if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        # Debian splits venv/ensurepip into python3-venv.
+        need_apt python3-venv
+    fi
+    log "aw-server: creating venv $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    log "aw-server: pip install aw-server==0.12.0 'peewee<4'"
+    "$venv/bin/pip" install --disable-pip-version-check --quiet 'aw-server==0.12.0' 'peewee<4'
+    "$venv/bin/aw-server" --version >/dev/null 2>&1 || {
+        log "aw-server: installed but '$venv/bin/aw-server --version' fails"
+        return 1
+    }
+    log "aw-server: installed ($("$venv/bin/aw-server" --version 2>&1 | tail -n1))"
+}
+
+install_aw_server
+# Later: install_oidc_provider (npm), install_keyring (need_apt gnome-keyring ...), ...
+
+log "done"
