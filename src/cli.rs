@@ -1,1 +1,186 @@
-//! cli (stub).
+//! The command line. Without a mode flag the process is the daemon aw-qt starts (with nothing
+//! but `--testing`), so every flag is optional and the defaults must be what aw-qt expects.
+//! The connection flags (`--testing`, `--host`, `--port`, `--verbose`) are the ones every
+//! ActivityWatch watcher takes.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// aw-sync-samay: syncs the events of the local ActivityWatch server to an upstream.
+///
+/// Without a mode flag, runs as a daemon (this is how aw-qt starts it).
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(name = "aw-sync-samay", version)]
+pub struct Args {
+    /// Talk to the testing aw-server (port 5666) and use the testing config, state and log files.
+    #[arg(long)]
+    pub testing: bool,
+
+    /// Host of the local aw-server.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port of the local aw-server [default: `port` from aw-server-rust's config, else 5600,
+    /// or 5666 with --testing].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Config file to use instead of the default one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log debug messages.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Run one complete sync, then exit (non-zero if it failed).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Print what has been synced and what is pending, then exit.
+    #[arg(long, conflicts_with_all = ["once", "dev"])]
+    pub status: bool,
+
+    /// With --status: print JSON instead of text.
+    #[arg(long, requires = "status")]
+    pub json: bool,
+
+    /// Sync to an embedded development upstream instead of the configured one.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Read and prepare batches but send nothing (with --once).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Sign in to the upstream in the browser (coming with the login).
+    #[arg(long, conflicts_with = "logout")]
+    pub login: bool,
+
+    /// Forget the stored tokens (coming with the login).
+    #[arg(long)]
+    pub logout: bool,
+
+    /// With --login: print the sign-in URL instead of opening a browser (coming with the login).
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// Complete a login from the redirect URL the OS hands over (coming with the login).
+    #[arg(long, value_name = "URL")]
+    pub callback: Option<String>,
+
+    /// Register the URL scheme handler for login callbacks (coming with the login).
+    #[arg(long)]
+    pub register_scheme: bool,
+}
+
+impl Args {
+    /// The aw-server port: `--port` when given, else what aw-server-rust is configured with
+    /// (see [`crate::paths::aw_server_port`]). Resolved late because reading aw-server's config
+    /// may log a warning, which should reach the log file.
+    pub fn resolved_port(&self) -> u16 {
+        self.port
+            .unwrap_or_else(|| crate::paths::aw_server_port(self.testing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("aw-sync-samay").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_what_aw_qt_expects() {
+        let args = parse(&[]).expect("no arguments parse");
+        assert!(!args.testing);
+        assert_eq!(args.host, "127.0.0.1");
+        assert_eq!(args.port, None);
+        assert_eq!(args.config, None);
+        assert!(!args.verbose && !args.once && !args.status && !args.json && !args.dev);
+        assert!(!args.dry_run && !args.login && !args.logout && !args.no_browser);
+        assert!(!args.register_scheme && args.callback.is_none());
+
+        let args = parse(&["--testing"]).expect("aw-qt's testing launch parses");
+        assert!(args.testing);
+    }
+
+    #[test]
+    fn connection_flags() {
+        let args = parse(&[
+            "--host",
+            "localhost",
+            "--port",
+            "5601",
+            "--config",
+            "/tmp/x.toml",
+            "-v",
+        ])
+        .expect("parses");
+        assert_eq!(args.host, "localhost");
+        assert_eq!(args.port, Some(5601));
+        assert_eq!(args.config, Some(PathBuf::from("/tmp/x.toml")));
+        assert!(args.verbose);
+        assert_eq!(args.resolved_port(), 5601);
+    }
+
+    #[test]
+    fn bad_port_is_refused() {
+        for bad in ["70000", "abc", "-1"] {
+            assert!(parse(&["--port", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes() {
+        let args = parse(&["--once", "--dry-run", "--dev"]).expect("parses");
+        assert!(args.once && args.dry_run && args.dev);
+
+        let args = parse(&["--status", "--json"]).expect("parses");
+        assert!(args.status && args.json);
+    }
+
+    #[test]
+    fn status_conflicts_with_once_and_dev() {
+        for other in ["--once", "--dev"] {
+            let err = parse(&["--status", other]).expect_err("conflict");
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{other}");
+        }
+    }
+
+    #[test]
+    fn json_requires_status() {
+        let err = parse(&["--json"]).expect_err("--json alone");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn reserved_login_flags_parse() {
+        let args = parse(&["--login", "--no-browser"]).expect("parses");
+        assert!(args.login && args.no_browser);
+        let args = parse(&["--logout"]).expect("parses");
+        assert!(args.logout);
+        let args = parse(&["--callback", "samay://cb?code=x&state=y"]).expect("parses");
+        assert_eq!(args.callback.as_deref(), Some("samay://cb?code=x&state=y"));
+        let args = parse(&["--register-scheme"]).expect("parses");
+        assert!(args.register_scheme);
+        assert!(parse(&["--login", "--logout"]).is_err());
+        assert!(parse(&["--callback"]).is_err());
+    }
+
+    #[test]
+    fn unknown_flag_is_refused() {
+        let err = parse(&["--bogus"]).expect_err("unknown");
+        assert_eq!(err.kind(), ErrorKind::UnknownArgument);
+    }
+}

@@ -1,10 +1,23 @@
 //! The config file `<config_dir>/activitywatch/aw-sync-samay/aw-sync-samay[-testing].toml`.
-//! These serde structs with their defaults are the single source of truth for every key.
+//! These serde structs with their defaults are the single source of truth for every key: the
+//! commented-out file written on first run is generated from [`Config::default`], and a key the
+//! user leaves commented out keeps its default, so a later version's new defaults reach them.
+//!
+//! Loading never guesses: a value of the wrong type or out of range stops the program with the
+//! file, line, column and key to fix; an unknown key (a typo, or a key from another version) is
+//! only a warning, because refusing to start over it would make aw-qt crash-loop the module.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Unknown keys are not refused (no `deny_unknown_fields`): [`load`] reports them as warnings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     pub auth: AuthConfig,
     pub sync: SyncConfig,
@@ -29,7 +42,12 @@ impl Default for AuthConfig {
             enabled: true,
             client_id: String::new(),
             redirect_uri: "http://127.0.0.1:54783/callback".into(),
-            scopes: vec!["openid".into(), "profile".into(), "email".into(), "offline_access".into()],
+            scopes: vec![
+                "openid".into(),
+                "profile".into(),
+                "email".into(),
+                "offline_access".into(),
+            ],
             auth_url: String::new(),
             token_url: String::new(),
             issuer: String::new(),
@@ -76,5 +94,644 @@ impl Default for SyncConfig {
             request_timeout: 30,
             gzip: true,
         }
+    }
+}
+
+/// `sync.lookback` at most: re-reading more than a month each cycle is a mistake, not a setting.
+pub const MAX_LOOKBACK_SECS: u64 = 30 * 24 * 3600;
+
+/// A config as loaded from a file, with what the user should be told about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Keys that were ignored (unknown), one sentence each, for the log.
+    pub warnings: Vec<String>,
+    /// The file did not exist and was written with the commented-out defaults.
+    pub created: bool,
+}
+
+/// Why the config could not be used. Each message is one line that says which file, where, and
+/// what to change; the daemon prints it and exits, since syncing with a config the user did not
+/// mean would be worse than not syncing.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot create the default config file {}: {source} (check the directory's permissions, or pass --config FILE)",
+        path.display()
+    )]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The TOML is malformed, or a value has the wrong type. `key` is the dotted key when the
+    /// error is in a value.
+    #[error("{}:{line}:{column}: {}", path.display(), describe_parse(key.as_deref(), message))]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
+
+    /// A value parsed but is not acceptable ([`Config::validate`]). `path` and `position`
+    /// (line, column of the key) are filled in when the config came from a file.
+    #[error("{}invalid `{key}`: {message}", location_prefix(path.as_deref(), *position))]
+    Invalid {
+        path: Option<PathBuf>,
+        position: Option<(usize, usize)>,
+        key: String,
+        message: String,
+    },
+}
+
+fn describe_parse(key: Option<&str>, message: &str) -> String {
+    match key {
+        Some(key) => format!("invalid value for `{key}`: {message}"),
+        None => format!("invalid TOML: {message}"),
+    }
+}
+
+fn location_prefix(path: Option<&Path>, position: Option<(usize, usize)>) -> String {
+    match (path, position) {
+        (Some(path), Some((line, column))) => format!("{}:{line}:{column}: ", path.display()),
+        (Some(path), None) => format!("{}: ", path.display()),
+        (None, _) => String::new(),
+    }
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            path: None,
+            position: None,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The key the error is about, for callers that want to point at it.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } | ConfigError::Create { .. } => None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what types cannot: ranges, and that `sync.base_url` is a URL events may be sent
+    /// to. The error names the key (dotted, as written in the file).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_base_url(&self.sync.base_url)?;
+        let s = &self.sync;
+        check_range("sync.batch_size", s.batch_size as u64, 1, 10_000)?;
+        if s.offline_queue_size < s.batch_size {
+            return Err(ConfigError::invalid(
+                "sync.offline_queue_size",
+                format!(
+                    "{} is smaller than `sync.batch_size` ({}); it must hold at least one batch, raise it or lower `sync.batch_size`",
+                    s.offline_queue_size, s.batch_size
+                ),
+            ));
+        }
+        check_range("sync.sync_interval", s.sync_interval, 1, u64::MAX)?;
+        check_range("sync.page_size", s.page_size as u64, 10, 100_000)?;
+        check_range("sync.request_timeout", s.request_timeout, 1, u64::MAX)?;
+        check_range("sync.max_retries", u64::from(s.max_retries), 0, 100)?;
+        if s.lookback > MAX_LOOKBACK_SECS {
+            return Err(ConfigError::invalid(
+                "sync.lookback",
+                format!(
+                    "{} seconds is more than 30 days; use at most {MAX_LOOKBACK_SECS}",
+                    s.lookback
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let expected = if max == u64::MAX {
+        format!("at least {min}")
+    } else if min == 0 {
+        format!("at most {max}")
+    } else {
+        format!("between {min} and {max}")
+    };
+    Err(ConfigError::invalid(
+        key,
+        format!("{value} is out of range; use a value {expected}"),
+    ))
+}
+
+/// Empty means "not configured" (the daemon idles and says so). Otherwise events and bearer
+/// tokens go there, so it must be https, except to this machine (a local proxy or `--dev`-like
+/// setups), where plain http cannot be sniffed on the network.
+fn validate_base_url(base_url: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "sync.base_url";
+    if base_url.is_empty() {
+        return Ok(());
+    }
+    let url = url::Url::parse(base_url).map_err(|e| {
+        ConfigError::invalid(
+            KEY,
+            format!("{base_url:?} is not a URL ({e}); expected e.g. \"https://sync.example.com\""),
+        )
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::invalid(
+            KEY,
+            "must not contain a user name or password; credentials come from the login",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "{base_url:?} must not have a query or fragment; the API paths are appended to it"
+            ),
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&url) => Ok(()),
+        "http" => Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "{base_url:?} uses plain http to another machine, which would send events and tokens unencrypted; use https://"
+            ),
+        )),
+        other => Err(ConfigError::invalid(
+            KEY,
+            format!("{base_url:?} has scheme {other:?}; use https://"),
+        )),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// One line per key, shown above it in the generated file. Kept next to the structs; a test
+/// checks that every key has one and every entry is a key, so the file cannot drift.
+const KEY_DOCS: &[(&str, &str)] = &[
+    (
+        "auth.enabled",
+        "Use the OAuth login (--login) to get bearer tokens for the upstream.",
+    ),
+    (
+        "auth.client_id",
+        "OAuth client id registered with the identity provider.",
+    ),
+    (
+        "auth.redirect_uri",
+        "Loopback redirect for the login; another port is used when this one is taken.",
+    ),
+    (
+        "auth.scopes",
+        "OAuth scopes requested at login.",
+    ),
+    (
+        "auth.auth_url",
+        "Authorization endpoint; empty: found by OpenID discovery of `issuer`.",
+    ),
+    (
+        "auth.token_url",
+        "Token endpoint; empty: found by OpenID discovery of `issuer`.",
+    ),
+    (
+        "auth.issuer",
+        "OpenID issuer URL of the identity provider.",
+    ),
+    (
+        "sync.enabled",
+        "Sync at all; false: the daemon runs but sends nothing.",
+    ),
+    (
+        "sync.base_url",
+        "Upstream base URL (https; http only to localhost). Empty: not configured, nothing is sent.",
+    ),
+    (
+        "sync.sync_interval",
+        "Seconds between sync cycles (at least 1).",
+    ),
+    (
+        "sync.batch_size",
+        "Events per upload batch (1-10000).",
+    ),
+    (
+        "sync.max_retries",
+        "Retries of one batch on timeouts, 429, 5xx and network errors (at most 100).",
+    ),
+    (
+        "sync.offline_queue_size",
+        "Events read but not yet acknowledged, at most (at least batch_size).",
+    ),
+    (
+        "sync.lookback",
+        "Seconds re-read behind the cursor each cycle, to catch grown and back-dated events (at most 30 days).",
+    ),
+    (
+        "sync.page_size",
+        "Events fetched from aw-server per request (10-100000).",
+    ),
+    (
+        "sync.request_timeout",
+        "Seconds one upstream request may take (at least 1).",
+    ),
+    (
+        "sync.gzip",
+        "gzip the upload bodies.",
+    ),
+];
+
+fn key_doc(key: &str) -> Option<&'static str> {
+    KEY_DOCS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, doc)| *doc)
+}
+
+/// The text of the file written on first run: every key with its default, commented out, with
+/// a line saying what it does. Section headers stay uncommented so that uncommenting a key is
+/// all a user has to do. Parses to [`Config::default`].
+pub fn default_file_contents() -> Result<String, toml::ser::Error> {
+    let defaults = toml::to_string(&Config::default())?;
+    let mut out = String::from(
+        "# aw-sync-samay configuration.\n\
+         #\n\
+         # Every key is listed below with its default value, commented out. To change one, remove\n\
+         # the \"# \" in front of it (keep it under its [section]) and edit the value. Keys left\n\
+         # commented out keep their defaults, so newer defaults reach you after an update.\n",
+    );
+    let mut section = String::new();
+    for line in defaults.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            out.push('\n');
+        } else if trimmed.starts_with('[') {
+            section = trimmed.trim_matches(|c| c == '[' || c == ']').to_owned();
+            if !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            let _ = writeln!(out, "{trimmed}");
+        } else {
+            if let Some((key, _)) = trimmed.split_once(" = ") {
+                let path = if section.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{section}.{key}")
+                };
+                if let Some(doc) = key_doc(&path) {
+                    let _ = writeln!(out, "# {doc}");
+                }
+            }
+            let _ = writeln!(out, "# {line}");
+        }
+    }
+    Ok(out)
+}
+
+/// Loads the config from `path`; on first run (no file) writes the commented-out defaults there
+/// first, so the user has a documented file to edit. Missing keys take their defaults, unknown
+/// keys become [`LoadedConfig::warnings`], and the result is [validated](Config::validate).
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let created = create_default_file(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (config, warnings) = parse(&text, path)?;
+    config.validate().map_err(|e| match e {
+        ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+            position: key_position(&text, &key),
+            path: Some(path.to_owned()),
+            key,
+            message,
+        },
+        other => other,
+    })?;
+    Ok(LoadedConfig {
+        config,
+        path: path.to_owned(),
+        warnings,
+        created,
+    })
+}
+
+/// Writes the default file unless one exists. `create_new` rather than a check-then-write, so
+/// two instances starting together never clobber a file a user just wrote.
+fn create_default_file(path: &Path) -> Result<bool, ConfigError> {
+    let create_err = |source| ConfigError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(create_err)?;
+    }
+    let contents = default_file_contents().map_err(|e| create_err(std::io::Error::other(e)))?;
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(create_err(e)),
+    };
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(create_err)?;
+    Ok(true)
+}
+
+/// Parses config text; `path` is only for messages. Returns the config and the warnings about
+/// unknown keys.
+pub fn parse(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+    let parse_error = |err: toml::de::Error, key: Option<String>| {
+        let (line, column) = err
+            .span()
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message: friendly_message(err.message(), key.as_deref()),
+            key,
+        }
+    };
+    let table = toml::de::DeTable::parse(text).map_err(|e| parse_error(e, None))?;
+    let mut unknown = Vec::new();
+    let config: Config = serde_ignored::deserialize(toml::de::Deserializer::from(table), |p| {
+        unknown.push(p.to_string())
+    })
+    .map_err(|e| {
+        let key = e.span().and_then(|span| key_at(text, &span));
+        parse_error(e, key)
+    })?;
+    let warnings = unknown
+        .into_iter()
+        .map(|key| format!("unknown key `{key}` in {} (ignored)", path.display()))
+        .collect();
+    Ok((config, warnings))
+}
+
+/// serde speaks Rust ("expected usize"); the user wrote TOML. Flattened to one line, with the
+/// default as an example of a good value.
+fn friendly_message(message: &str, key: Option<&str>) -> String {
+    let mut message = message.trim().replace('\n', "; ");
+    for rust in ["usize", "u64", "u32", "u16", "u8"] {
+        message = message.replace(
+            &format!("expected {rust}"),
+            "expected a non-negative integer",
+        );
+    }
+    for table in ["Config", "AuthConfig", "SyncConfig"] {
+        message = message.replace(&format!("expected struct {table}"), "expected a table");
+    }
+    if let Some(default) = key.and_then(default_value_of) {
+        let _ = write!(message, " (default: {default})");
+    }
+    message
+}
+
+/// The default of a key, as TOML, to show as an example; `None` for tables (too long for one
+/// line) and unknown keys.
+fn default_value_of(key: &str) -> Option<String> {
+    let mut value = toml::Value::try_from(Config::default()).ok()?;
+    for part in key.split('.') {
+        value = value.get(part)?.clone();
+    }
+    (!value.is_table()).then(|| value.to_string())
+}
+
+/// 1-based line and column (in characters) of a byte offset, as editors count them.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key whose value (or key) covers `span` in the document, to name it in errors.
+fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+    let table = toml::de::DeTable::parse(text).ok()?;
+    find_key(table.get_ref(), span.start, "")
+}
+
+fn find_key(table: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+    for (key, value) in table.iter() {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        if let toml::de::DeValue::Table(inner) = value.get_ref() {
+            if let Some(found) = find_key(inner, offset, &path) {
+                return Some(found);
+            }
+        }
+        if value.span().contains(&offset) || key.span().contains(&offset) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Line and column of a dotted key in the document, to point validation errors at it.
+fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
+    let table = toml::de::DeTable::parse(text).ok()?;
+    let mut current = table.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (k, v) = current.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
+        if parts.peek().is_none() {
+            return Some(line_col(text, k.span().start));
+        }
+        match v.get_ref() {
+            toml::de::DeValue::Table(inner) => current = inner,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn every_key_is_documented_and_every_doc_is_a_key() {
+        let defaults = toml::Value::try_from(Config::default()).expect("serializes");
+        let mut keys = Vec::new();
+        collect_keys(&defaults, "", &mut keys);
+        for key in &keys {
+            assert!(key_doc(key).is_some(), "no doc line for `{key}`");
+        }
+        for (key, _) in KEY_DOCS {
+            assert!(keys.iter().any(|k| k == key), "doc for `{key}`, not a key");
+        }
+        let text = default_file_contents().expect("renders");
+        let docs = text
+            .lines()
+            .filter(|l| l.starts_with("# ") && !l.contains(" = "))
+            .count();
+        // the 4 header lines plus one per key
+        assert_eq!(docs, 4 + keys.len(), "{text}");
+    }
+
+    fn collect_keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (k, v) in table {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_table() {
+                    collect_keys(v, &path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_file_parses_to_defaults_commented_and_uncommented() {
+        let text = default_file_contents().expect("renders");
+        let (config, warnings) = parse(&text, Path::new("x.toml")).expect("parses");
+        assert_eq!(config, Config::default());
+        assert!(warnings.is_empty());
+
+        // Uncomment every value line: the values written must be the defaults themselves.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(uncommented, text);
+        let (config, warnings) = parse(&uncommented, Path::new("x.toml")).expect("parses");
+        assert_eq!(config, Config::default(), "{uncommented}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        // byte offset of `=` on line 2: "bé " is 4 bytes, 3 characters
+        assert_eq!(line_col(text, 10), (2, 4));
+    }
+
+    #[test]
+    fn base_url_rules() {
+        let ok = [
+            "",
+            "https://sync.example.com",
+            "https://sync.example.com/api/",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+            "http://127.0.0.1:9000",
+            "http://127.1.2.3",
+            "http://[::1]:8080",
+        ];
+        for url in ok {
+            validate_base_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        let bad = [
+            "sync.example.com",
+            "http://sync.example.com",
+            "http://192.168.1.2",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "ftp://example.com",
+            "https://user:pw@example.com",
+            "https://example.com/?a=b",
+            " ",
+        ];
+        for url in bad {
+            let err = validate_base_url(url).expect_err(url);
+            assert_eq!(err.key(), Some("sync.base_url"));
+        }
+        let err = validate_base_url("http://sync.example.com").expect_err("http");
+        assert!(err.to_string().contains("use https://"), "{err}");
+    }
+
+    #[test]
+    fn ranges() {
+        type Change = fn(&mut SyncConfig);
+        let cases: Vec<(&str, Change)> = vec![
+            ("sync.batch_size", |s| s.batch_size = 0),
+            ("sync.batch_size", |s| {
+                s.batch_size = 10_001;
+                s.offline_queue_size = 20_000;
+            }),
+            ("sync.offline_queue_size", |s| s.offline_queue_size = 99),
+            ("sync.sync_interval", |s| s.sync_interval = 0),
+            ("sync.page_size", |s| s.page_size = 9),
+            ("sync.page_size", |s| s.page_size = 100_001),
+            ("sync.request_timeout", |s| s.request_timeout = 0),
+            ("sync.max_retries", |s| s.max_retries = 101),
+            ("sync.lookback", |s| s.lookback = MAX_LOOKBACK_SECS + 1),
+        ];
+        for (key, change) in cases {
+            let mut config = Config::default();
+            change(&mut config.sync);
+            let err = config.validate().expect_err(key);
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let mut edges = Config::default();
+        edges.sync.batch_size = 10_000;
+        edges.sync.offline_queue_size = 10_000;
+        edges.sync.page_size = 10;
+        edges.sync.max_retries = 100;
+        edges.sync.lookback = MAX_LOOKBACK_SECS;
+        edges.validate().expect("upper edges are inside");
+        edges.sync.batch_size = 1;
+        edges.sync.offline_queue_size = 1;
+        edges.sync.sync_interval = 1;
+        edges.sync.request_timeout = 1;
+        edges.sync.max_retries = 0;
+        edges.sync.lookback = 0;
+        edges.validate().expect("lower edges are inside");
     }
 }

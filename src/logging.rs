@@ -1,1 +1,323 @@
-//! logging (stub).
+//! Logging to stderr and to a per-run file in aw-core's log directory, in aw-core's format, so
+//! that aw-qt's crash dialog (which shows the newest log file whose name contains the module
+//! name) shows ours, and so our lines read like the other modules' lines.
+//!
+//! Logging must never be the reason the daemon stops: if the file cannot be created, the
+//! daemon says so on stderr and logs to stderr only.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::paths;
+
+/// How many log files of one variant (normal or testing) are kept; older ones are deleted at
+/// start-up. Each run writes one file, so this is "the last 10 runs".
+pub const KEEP_LOG_FILES: usize = 10;
+
+/// aw-core's variable for the log level (`DEBUG`, `INFO`, `WARNING`, ...).
+pub const LOG_LEVEL_ENV: &str = "LOG_LEVEL";
+/// tracing's usual variable; full directives (`aw_sync_samay::engine=trace`), so it wins.
+pub const RUST_LOG_ENV: &str = "RUST_LOG";
+
+/// Keeps the file writer's background thread alive; dropping it flushes the file. Hold it for
+/// the life of `main`.
+#[must_use = "dropping the guard stops writing the log file"]
+pub struct LogGuard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+    file: Option<PathBuf>,
+}
+
+impl LogGuard {
+    /// The file this run logs to, if any (for `--status` and for telling the user).
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+}
+
+/// Installs the global subscriber: stderr always, plus a new file in `log_dir` named by
+/// [`paths::log_file_name`]. Level: info, debug for this crate with `verbose`; `LOG_LEVEL` or
+/// `RUST_LOG` override both. Also deletes this variant's log files beyond the newest
+/// [`KEEP_LOG_FILES`], and makes panics go to the log file too, since aw-qt's crash dialog shows
+/// the file, not stderr.
+///
+/// Fails only if a global subscriber is already installed.
+pub fn init(testing: bool, verbose: bool, log_dir: Option<&Path>) -> anyhow::Result<LogGuard> {
+    let mut warnings = Vec::new();
+    let (directives, filter_warnings) = filter_directives(
+        verbose,
+        std::env::var(LOG_LEVEL_ENV).ok().as_deref(),
+        std::env::var(RUST_LOG_ENV).ok().as_deref(),
+    );
+    warnings.extend(filter_warnings);
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+
+    let mut file = None;
+    if let Some(dir) = log_dir {
+        let now = chrono::Local::now().naive_local();
+        match open_log_file(dir, &paths::log_file_name(testing, now)) {
+            Ok(opened) => file = Some(opened),
+            Err(e) => warnings.push(format!(
+                "cannot create a log file in {}: {e}; logging to stderr only",
+                dir.display()
+            )),
+        }
+    }
+
+    let (file_layer, worker, file_path) = match file {
+        Some((handle, path)) => {
+            let (writer, worker) = tracing_appender::non_blocking(handle);
+            let layer = tracing_subscriber::fmt::layer()
+                .event_format(AwFormat)
+                .with_ansi(false)
+                .with_writer(writer);
+            (Some(layer), Some(worker), Some(path))
+        }
+        None => (None, None, None),
+    };
+    let stderr_layer = tracing_subscriber::fmt::layer()
+        .event_format(AwFormat)
+        .with_ansi(false)
+        .with_writer(io::stderr);
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr_layer)
+        .with(file_layer)
+        .try_init()?;
+
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    if let Some(dir) = log_dir.filter(|_| file_path.is_some()) {
+        match prune_logs(dir, testing, KEEP_LOG_FILES) {
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot prune old logs in {}: {e}", dir.display()),
+        }
+    }
+    install_panic_hook();
+
+    Ok(LogGuard {
+        _worker: worker,
+        file: file_path,
+    })
+}
+
+/// Panics are otherwise printed to stderr only, which aw-qt does not keep.
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("{info}");
+        previous(info);
+    }));
+}
+
+/// Appends (a restart within the same second reuses the name; it must not truncate the
+/// previous run's lines).
+fn open_log_file(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    Ok((file, path))
+}
+
+/// The filter directives and any warnings about unusable overrides. `RUST_LOG` (directives)
+/// wins over `LOG_LEVEL` (a level name, aw-core style), which wins over `--verbose`.
+fn filter_directives(
+    verbose: bool,
+    log_level: Option<&str>,
+    rust_log: Option<&str>,
+) -> (String, Vec<String>) {
+    let mut warnings = Vec::new();
+    if let Some(rust_log) = rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        match EnvFilter::try_new(rust_log) {
+            Ok(_) => return (rust_log.to_owned(), warnings),
+            Err(e) => warnings.push(format!("ignoring {RUST_LOG_ENV}={rust_log:?}: {e}")),
+        }
+    }
+    if let Some(level) = log_level.map(str::trim).filter(|s| !s.is_empty()) {
+        match level.to_ascii_lowercase().as_str() {
+            l @ ("trace" | "debug" | "info" | "warn" | "error" | "off") => {
+                return (l.to_owned(), warnings)
+            }
+            "warning" => return ("warn".to_owned(), warnings),
+            "critical" | "fatal" => return ("error".to_owned(), warnings),
+            _ => warnings.push(format!(
+                "ignoring {LOG_LEVEL_ENV}={level:?}: expected DEBUG, INFO, WARNING or ERROR"
+            )),
+        }
+    }
+    // Debug for our own code only: dependencies' debug output (hyper, rustls) would drown it.
+    let directives = if verbose {
+        "info,aw_sync_samay=debug,samay_dev_server=debug"
+    } else {
+        "info"
+    };
+    (directives.to_owned(), warnings)
+}
+
+/// Is `name` one of this variant's log files? Testing files also start with the normal prefix
+/// (`aw-sync-samay_testing_…`), so the timestamp must follow the prefix directly.
+fn is_own_log(name: &str, testing: bool) -> bool {
+    name.strip_prefix(&paths::log_file_prefix(testing))
+        .is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_digit()) && rest.ends_with(".log")
+        })
+}
+
+/// Deletes this variant's log files in `dir` beyond the newest `keep`, returning the deleted
+/// paths. Newest by name: the names carry the start time in a sortable format. Other files
+/// (and the other variant's logs) are never touched.
+pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<PathBuf>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| is_own_log(name, testing))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    let mut removed = Vec::new();
+    for name in names.into_iter().skip(keep) {
+        let path = dir.join(name);
+        std::fs::remove_file(&path)?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// aw-core's `%(asctime)s [%(levelname)-5s]: %(message)s  (%(name)s:%(lineno)s)`, with the
+/// tracing target for the logger name and span context before the message.
+struct AwFormat;
+
+impl<S, N> FormatEvent<S, N> for AwFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        write!(
+            writer,
+            "{} [{:<5}]: ",
+            chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f"),
+            meta.level().as_str()
+        )?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(writer, "{}", span.name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(writer, "{{{fields}}}")?;
+                    }
+                }
+                write!(writer, ": ")?;
+            }
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer, "  ({})", meta.target())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_precedence() {
+        assert_eq!(filter_directives(false, None, None).0, "info");
+        assert!(filter_directives(true, None, None)
+            .0
+            .contains("aw_sync_samay=debug"));
+        assert_eq!(filter_directives(true, Some("WARNING"), None).0, "warn");
+        assert_eq!(filter_directives(false, Some("DEBUG"), None).0, "debug");
+        assert_eq!(filter_directives(false, Some("critical"), None).0, "error");
+        assert_eq!(
+            filter_directives(false, Some("DEBUG"), Some("aw_sync_samay=trace")).0,
+            "aw_sync_samay=trace"
+        );
+        // empty variables are as good as unset
+        assert_eq!(filter_directives(false, Some(""), Some(" ")).0, "info");
+    }
+
+    #[test]
+    fn bad_overrides_warn_and_fall_back() {
+        let (directives, warnings) = filter_directives(false, Some("loud"), None);
+        assert_eq!(directives, "info");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("LOG_LEVEL"), "{warnings:?}");
+
+        let (directives, warnings) = filter_directives(false, Some("debug"), Some("a=[=bad"));
+        assert_eq!(directives, "debug");
+        assert!(warnings[0].contains("RUST_LOG"), "{warnings:?}");
+    }
+
+    #[test]
+    fn own_logs_are_told_apart() {
+        assert!(is_own_log("aw-sync-samay_2024-01-01T00-00-00.log", false));
+        assert!(!is_own_log(
+            "aw-sync-samay_testing_2024-01-01T00-00-00.log",
+            false
+        ));
+        assert!(is_own_log(
+            "aw-sync-samay_testing_2024-01-01T00-00-00.log",
+            true
+        ));
+        assert!(!is_own_log("aw-sync-samay_2024-01-01T00-00-00.log", true));
+        assert!(!is_own_log("aw-sync-samay_2024-01-01T00-00-00.txt", false));
+        assert!(!is_own_log("aw-watcher-afk_2024-01-01T00-00-00.log", false));
+    }
+
+    #[test]
+    fn prune_keeps_newest_of_the_variant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = |testing: bool, day: u32| {
+            let now = chrono::NaiveDate::from_ymd_opt(2024, 1, day)
+                .and_then(|d| d.and_hms_opt(12, 0, 0))
+                .expect("date");
+            paths::log_file_name(testing, now)
+        };
+        for day in 1..=13 {
+            std::fs::write(dir.path().join(name(false, day)), "x").expect("write");
+        }
+        for day in 1..=3 {
+            std::fs::write(dir.path().join(name(true, day)), "x").expect("write");
+        }
+        std::fs::write(dir.path().join("notes.txt"), "x").expect("write");
+
+        let removed = prune_logs(dir.path(), false, 10).expect("prune");
+        assert_eq!(removed.len(), 3);
+        for day in 1..=3 {
+            assert!(!dir.path().join(name(false, day)).exists(), "day {day}");
+            assert!(
+                dir.path().join(name(true, day)).exists(),
+                "testing day {day}"
+            );
+        }
+        for day in 4..=13 {
+            assert!(dir.path().join(name(false, day)).exists(), "day {day}");
+        }
+        assert!(dir.path().join("notes.txt").exists());
+    }
+
+    #[test]
+    fn open_log_file_fails_cleanly_when_dir_is_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, "x").expect("write");
+        assert!(open_log_file(&not_a_dir.join("logs"), "a.log").is_err());
+    }
+}
