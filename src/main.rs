@@ -95,7 +95,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             dev_db_path()?.display()
         );
         dev = Some(server);
-        (url, Arc::new(StaticToken::new(token, "dev upstream (in-process)")))
+        (
+            url,
+            Arc::new(StaticToken::new(token, "dev upstream (in-process)")),
+        )
     } else {
         let tokens: Arc<dyn TokenSource> = match StaticToken::from_env() {
             Some(t) => Arc::new(t),
@@ -106,7 +109,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     if !config.sync.enabled && !args.dev {
         if args.once {
-            bail!("sync is disabled (sync.enabled = false in {})", config_path.display());
+            bail!(
+                "sync is disabled (sync.enabled = false in {})",
+                config_path.display()
+            );
         }
         tracing::warn!(config = %config_path.display(), "sync is disabled in the config; idling until stopped");
         shutdown_signal().await;
@@ -154,7 +160,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(server) = dev {
         if args.once {
-            eprintln!("inspect what was stored with: samay-dev-server --db {}", dev_db_path()?.display());
+            eprintln!(
+                "inspect what was stored with: samay-dev-server --db {}",
+                dev_db_path()?.display()
+            );
         }
         server.shutdown().await;
     }
@@ -232,7 +241,10 @@ async fn start_dev_upstream() -> anyhow::Result<devserver::DevServer> {
             Err(e) => last = Some(e),
         }
     }
-    Err(last.map_or_else(|| anyhow::anyhow!("no port"), |e| e.context("starting the dev upstream")))
+    Err(last.map_or_else(
+        || anyhow::anyhow!("no port"),
+        |e| e.context("starting the dev upstream"),
+    ))
 }
 
 /// SIGINT or SIGTERM (aw-qt stops modules with SIGTERM).

@@ -22,13 +22,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::{InFlight, Item, Metrics, Pending};
-use std::sync::atomic::Ordering;
 use crate::source::{AwClient, Bucket, Event, SourceError};
 use crate::state::{
     event_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove, Known,
     Span, StateError, Store,
 };
 use crate::upstream::contract::UpEvent;
+use std::sync::atomic::Ordering;
 
 const SECOND: i64 = 1_000_000_000;
 const DAY: i64 = 86_400 * SECOND;
@@ -216,7 +216,9 @@ impl Scanner<'_> {
                 .get_events(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
                 .await?;
             let full = page.len() >= limit;
-            self.metrics.events_read.fetch_add(page.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .events_read
+                .fetch_add(page.len() as u64, Ordering::Relaxed);
             self.metrics.source_requests.fetch_add(1, Ordering::Relaxed);
             returned += page.len() as u64;
             stats.read += page.len() as u64;
