@@ -1,1 +1,79 @@
-fn main() {}
+//! samay-dev-server: a local upstream for aw-sync-samay (development, demos, tests).
+//! All behaviour lives in `aw_sync_samay::devserver`; this only parses arguments and waits for
+//! Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aw_sync_samay::devserver::{self, DevServerConfig};
+use clap::Parser;
+
+/// Serve the upstream batch API over SQLite on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "samay-dev-server", version)]
+struct Args {
+    /// Address to listen on (loopback only; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:5680")]
+    bind: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long, default_value = "samay-dev-server.sqlite")]
+    db: PathBuf,
+    /// Accepted bearer token; repeat for several. Without any, a random one is made and printed.
+    #[arg(long = "token", env = "SAMAY_DEV_TOKEN", value_delimiter = ',')]
+    tokens: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = Args::parse();
+    args.tokens.retain(|t| !t.trim().is_empty());
+    if args.tokens.is_empty() {
+        // A dev server is useless without a token the user can paste, so print the one we make.
+        let token = format!("dev-{:032x}", rand::random::<u128>());
+        println!("no --token given; accepting generated token: {token}");
+        args.tokens.push(token);
+    }
+    let server = devserver::spawn(DevServerConfig {
+        bind: args.bind,
+        db_path: args.db.clone(),
+        tokens: args.tokens,
+    })
+    .await?;
+    println!(
+        "samay-dev-server listening on {} (database {})",
+        server.base_url(),
+        args.db.display()
+    );
+    wait_for_signal().await;
+    println!("samay-dev-server stopping");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

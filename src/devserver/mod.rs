@@ -1,1 +1,306 @@
-//! samay-dev-server (stub).
+//! samay-dev-server: the upstream batch API (`docs/upstream-api.md`) over SQLite, for
+//! development, demos and tests. It is the reference for what a backend must do (keying,
+//! versions, duplicates, idempotent replays, all-or-nothing batches) and, through [`Faults`],
+//! the way tests make the upstream misbehave on purpose.
+//!
+//! Inspection (`/`, `/v1/inspect*`) and fault (`/v1/_faults`) endpoints need no token, which is
+//! why the server refuses to bind anything but a loopback address.
+
+mod faults;
+mod http;
+mod page;
+mod store;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+pub use faults::{FaultCounters, FaultReport, FaultSettings, Faults, DEFAULT_MAX_BODY_BYTES};
+pub use http::TokenRegistry;
+pub use store::{BucketSummary, DeviceSummary, Inspect, StoredEvent};
+
+use http::{AppState, DropConnection};
+use store::Store;
+
+/// The user every configured token authenticates as. The dev server keys events by the token's
+/// subject, not by the batch's `user_id` (which is only informational), exactly as a real backend
+/// must: otherwise any token could write into any user's data.
+pub const DEV_USER: &str = "dev";
+
+/// Open connections at most; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight requests before cutting connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct DevServerConfig {
+    /// Must be a loopback address; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// The SQLite database (created if missing; WAL mode).
+    pub db_path: PathBuf,
+    /// Accepted bearer tokens, each authenticating as [`DEV_USER`].
+    pub tokens: Vec<String>,
+}
+
+/// A running dev server. Dropping it stops the server (without waiting); [`DevServer::shutdown`]
+/// stops it and waits for in-flight requests.
+pub struct DevServer {
+    addr: SocketAddr,
+    state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DevServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The shared fault settings; changes apply to the next request.
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// Accepts `token` from now on, as [`DEV_USER`].
+    pub fn add_token(&self, token: impl Into<String>) {
+        self.add_token_for(token, DEV_USER);
+    }
+
+    /// Accepts `token` from now on as `user` (an OAuth provider registering what it issued).
+    pub fn add_token_for(&self, token: impl Into<String>, user: impl Into<String>) {
+        self.state
+            .tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.into(), user.into());
+    }
+
+    /// Stops accepting `token` (an expired or revoked token).
+    pub fn remove_token(&self, token: &str) {
+        self.state
+            .tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    /// The token registry itself, for a component that manages tokens on its own.
+    pub fn tokens(&self) -> TokenRegistry {
+        self.state.tokens.clone()
+    }
+
+    /// What `GET /v1/inspect` answers.
+    pub async fn inspect(&self) -> anyhow::Result<Inspect> {
+        let store = self.state.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.inspect()).await??)
+    }
+
+    /// What `GET /v1/inspect/events` answers (all of it, ordered by device, bucket, event_id).
+    pub async fn stored_events(
+        &self,
+        device_id: Option<&str>,
+        bucket_id: Option<&str>,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let store = self.state.store.clone();
+        let device_id = device_id.map(str::to_owned);
+        let bucket_id = bucket_id.map(str::to_owned);
+        Ok(tokio::task::spawn_blocking(move || {
+            store.events(device_id.as_deref(), bucket_id.as_deref(), u32::MAX)
+        })
+        .await??)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a few seconds), and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Opens the database, binds, and serves in a background task.
+pub async fn spawn(cfg: DevServerConfig) -> anyhow::Result<DevServer> {
+    let (listener, state) = prepare(&cfg).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        run(listener, task_state, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok(DevServer {
+        addr,
+        state,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// Serves in the current task until `shutdown` completes (for embedding, e.g. a Ctrl-C future).
+pub async fn serve_until(
+    cfg: DevServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (listener, state) = prepare(&cfg).await?;
+    tracing::info!(
+        "samay-dev-server listening on http://{}",
+        listener.local_addr()?
+    );
+    run(listener, state, shutdown).await;
+    Ok(())
+}
+
+async fn prepare(cfg: &DevServerConfig) -> anyhow::Result<(TcpListener, AppState)> {
+    anyhow::ensure!(
+        cfg.bind.ip().is_loopback(),
+        "refusing to bind {}: inspection and fault endpoints have no auth, so the dev server listens on loopback only",
+        cfg.bind
+    );
+    let path = cfg.db_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    let tokens: HashMap<String, String> = cfg
+        .tokens
+        .iter()
+        .map(|t| (t.clone(), DEV_USER.to_string()))
+        .collect();
+    let state = AppState {
+        store: Arc::new(store),
+        tokens: Arc::new(RwLock::new(tokens)),
+        faults: Faults::default(),
+    };
+    let listener = TcpListener::bind(cfg.bind)
+        .await
+        .with_context(|| format!("binding {}", cfg.bind))?;
+    Ok((listener, state))
+}
+
+/// The accept loop: one task per connection, bounded, graceful on shutdown.
+async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
+    let router = http::router(state);
+    let (closing, close_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Usually EMFILE or a connection reset before accept; back off briefly.
+                    tracing::warn!("dev server accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        connections.spawn(serve_connection(
+            stream,
+            router.clone(),
+            close_rx.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// The service error that makes hyper close the connection without writing a response: how
+/// the `drop_*` faults simulate a connection lost before the answer arrived.
+#[derive(Debug)]
+struct DroppedByFault;
+
+impl std::fmt::Display for DroppedByFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for DroppedByFault {}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    mut closing: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(request)
+                .await
+                .unwrap_or_else(|never: Infallible| match never {});
+            if response.extensions().get::<DropConnection>().is_some() {
+                return Err(DroppedByFault);
+            }
+            Ok(response)
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!("dev server connection: {e}");
+            }
+        }
+        _ = closing.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}

@@ -1,7 +1,585 @@
-//! HTTP client for the upstream batch API (stub).
-pub struct UpstreamClient;
-#[derive(Debug, thiserror::Error)]
+//! HTTP client for the upstream batch API (`docs/upstream-api.md`).
+//!
+//! One call is one attempt: the engine owns retries, backoff, token refresh and batch splitting,
+//! so this module's job is to turn every possible answer into an [`UpstreamError`] variant that
+//! tells the engine which of those to do. Nothing here trusts the upstream: bodies are read with a
+//! bound, `rejected` indexes are range-checked, and redirects are not followed (a redirect would
+//! either drop the bearer token or send it somewhere we did not configure).
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
+use reqwest::{redirect, StatusCode};
+use url::Url;
+
+use super::contract::{BatchRequest, BatchResponse, ErrorResponse, BATCH_PATH, HEALTH_PATH};
+use crate::auth::AccessToken;
+
+/// Header carrying the batch id, so a backend can answer a replay without parsing the body.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The most of an answer's body we read. Real answers are tiny; a misconfigured proxy may send
+/// an HTML page, and a hostile one an endless stream.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// The most of an upstream's error text we keep in an error message (logs, `--status`).
+const MAX_MESSAGE_CHARS: usize = 300;
+/// Connect timeout cap: a dead host should fail fast even when the request timeout is generous.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a batch was not delivered, shaped by what the caller should do next.
+///
+/// Messages never contain the bearer token: it is not formatted anywhere here, and text coming
+/// from the upstream is scrubbed of it in case a backend echoes the `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("network")]
-    Network,
+    /// No HTTP answer: connect error, reset, closed connection, timeout. Retry with backoff; the
+    /// batch may or may not have been stored, which the `Idempotency-Key` makes harmless.
+    #[error("upstream unreachable: {0}")]
+    Network(String),
+    /// 401: the token is missing, wrong or expired. Refresh the token once, then give up.
+    #[error("upstream refused the token (401)")]
+    Unauthorized,
+    /// 408, 429, 5xx except 501: the upstream is overloaded or broken for now. Retry, waiting at
+    /// least `retry_after` when the upstream said so.
+    #[error("upstream answered {status}; retry later{}", fmt_retry_after(.retry_after))]
+    Retryable {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// 413: the body is too large. Split the batch.
+    #[error("upstream refused the batch as too large (413); split it")]
+    TooLarge,
+    /// 400/422: the upstream refuses the batch and stored nothing of it. `rejected` holds the
+    /// in-range indexes into `events` of the events it blames (deduplicated, sorted), or `None`
+    /// when it named none: isolate those events and resend the rest.
+    #[error("upstream rejected the batch ({status}): {message}")]
+    Rejected {
+        status: u16,
+        message: String,
+        rejected: Option<Vec<usize>>,
+    },
+    /// Any other 4xx, 501, or a redirect: retrying the same request will not help; a human must
+    /// look (wrong base_url, wrong API version, ...).
+    #[error("upstream answered {status}: {message}")]
+    Fatal { status: u16, message: String },
+    /// A 2xx whose body is not a `BatchResponse` (a proxy's page, a truncated body). The batch
+    /// may have been stored; retry, and the `Idempotency-Key` makes that harmless.
+    #[error("upstream answered 2xx with an unreadable body: {0}")]
+    Malformed(String),
+    /// The client could not be built (bad base_url, TLS backend failure). Not a delivery
+    /// outcome: only [`UpstreamClient::new`] returns it.
+    #[error("upstream client configuration: {0}")]
+    Config(String),
+}
+
+fn fmt_retry_after(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!(" (Retry-After {}s)", d.as_secs()),
+        None => String::new(),
+    }
+}
+
+impl UpstreamError {
+    /// Whether sending the same batch again later can succeed as is (after a backoff).
+    /// `Unauthorized` and `TooLarge` are not: they need a new token or a split first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Network(_) | Self::Retryable { .. } | Self::Malformed(_)
+        )
+    }
+
+    /// The wait the upstream asked for (429/503 `Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Retryable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status behind the error, when there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Unauthorized => Some(401),
+            Self::TooLarge => Some(413),
+            Self::Retryable { status, .. }
+            | Self::Rejected { status, .. }
+            | Self::Fatal { status, .. } => Some(*status),
+            Self::Network(_) | Self::Malformed(_) | Self::Config(_) => None,
+        }
+    }
+}
+
+/// Speaks the batch API to one upstream. Cheap to clone (the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    batch_url: Url,
+    health_url: Url,
+    gzip: bool,
+}
+
+impl UpstreamClient {
+    /// `base_url` may end with `/` or not; the API paths are joined under it, so
+    /// `https://x/api` posts to `https://x/api/v1/events/batch`. `timeout` bounds a whole
+    /// request (connect, send, answer). `gzip` compresses request bodies.
+    pub fn new(base_url: &str, timeout: Duration, gzip: bool) -> Result<Self, UpstreamError> {
+        let base = base_url_dir(base_url)?;
+        let batch_url = join(&base, BATCH_PATH)?;
+        let health_url = join(&base, HEALTH_PATH)?;
+        let http = reqwest::Client::builder()
+            .redirect(redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_keepalive(Duration::from_secs(60))
+            .user_agent(concat!("aw-sync-samay/", env!("CARGO_PKG_VERSION")))
+            .use_rustls_tls()
+            .build()
+            .map_err(|e| UpstreamError::Config(error_chain(&e)))?;
+        Ok(Self {
+            http,
+            batch_url,
+            health_url,
+            gzip,
+        })
+    }
+
+    /// Where batches go.
+    pub fn batch_url(&self) -> &Url {
+        &self.batch_url
+    }
+
+    /// Where health checks go.
+    pub fn health_url(&self) -> &Url {
+        &self.health_url
+    }
+
+    /// Sends one batch, once. A `200` with a `BatchResponse` is the only success; see
+    /// [`UpstreamError`] for what each failure asks of the caller.
+    pub async fn send_batch(
+        &self,
+        token: &AccessToken,
+        batch: &BatchRequest,
+    ) -> Result<BatchResponse, UpstreamError> {
+        let json = serde_json::to_vec(batch)
+            // Only non-string map keys or a failing Serialize impl can get here; neither exists in
+            // the contract types, so this is a bug, not a condition to retry.
+            .map_err(|e| UpstreamError::Fatal {
+                status: 0,
+                message: format!("cannot serialize batch: {e}"),
+            })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(AUTHORIZATION, bearer(token)?);
+        let key = HeaderValue::from_str(&batch.batch_id.to_string()).map_err(|e| {
+            UpstreamError::Fatal {
+                status: 0,
+                message: format!("batch id header: {e}"),
+            }
+        })?;
+        headers.insert(IDEMPOTENCY_KEY, key);
+        let body = if self.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            gzip(&json).map_err(|e| UpstreamError::Fatal {
+                status: 0,
+                message: format!("gzip: {e}"),
+            })?
+        } else {
+            json
+        };
+
+        let response = self
+            .http
+            .post(self.batch_url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(network)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_bounded(response).await?;
+
+        if status.is_success() {
+            return serde_json::from_slice::<BatchResponse>(&body).map_err(|e| {
+                UpstreamError::Malformed(format!("{e}; body: {}", snippet(&body, token)))
+            });
+        }
+        Err(classify(
+            status,
+            retry_after,
+            location.as_deref(),
+            &body,
+            batch.events.len(),
+            token,
+        ))
+    }
+
+    /// `GET {base_url}/v1/health` without a token. `Ok` on any 2xx; anything else is classified
+    /// like a batch answer, so a 404 (wrong base_url) shows up as `Fatal` rather than "healthy".
+    pub async fn health(&self) -> Result<(), UpstreamError> {
+        let response = self
+            .http
+            .get(self.health_url.clone())
+            .send()
+            .await
+            .map_err(network)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_bounded(response).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(classify(
+            status,
+            retry_after,
+            location.as_deref(),
+            &body,
+            0,
+            &AccessToken::new(""),
+        ))
+    }
+}
+
+/// Parses `base_url` as the directory the API paths live under (a trailing `/` is added, because
+/// `Url::join` would otherwise replace the last path segment).
+fn base_url_dir(base_url: &str) -> Result<Url, UpstreamError> {
+    let trimmed = base_url.trim();
+    let with_slash = if trimmed.ends_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/")
+    };
+    let url = Url::parse(&with_slash)
+        .map_err(|e| UpstreamError::Config(format!("base_url {trimmed:?}: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(UpstreamError::Config(format!(
+            "base_url {trimmed:?}: scheme must be http or https"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(UpstreamError::Config(format!(
+            "base_url {trimmed:?}: must not have a query or fragment"
+        )));
+    }
+    Ok(url)
+}
+
+fn join(base: &Url, path: &str) -> Result<Url, UpstreamError> {
+    base.join(path)
+        .map_err(|e| UpstreamError::Config(format!("joining {path}: {e}")))
+}
+
+/// The `Authorization` value, marked sensitive so reqwest/hyper never print it. A token that is
+/// not a valid header value can never be accepted; answering `Unauthorized` lets the token source
+/// replace it (or tell the user to log in again) instead of wedging the queue.
+fn bearer(token: &AccessToken) -> Result<HeaderValue, UpstreamError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.secret()))
+        .map_err(|_| UpstreamError::Unauthorized)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        Compression::fast(),
+    );
+    encoder.write_all(bytes)?;
+    encoder.finish()
+}
+
+fn network(e: reqwest::Error) -> UpstreamError {
+    UpstreamError::Network(error_chain(&e.without_url()))
+}
+
+/// "outer: inner: innermost", because reqwest's own message ("error sending request") hides
+/// the useful part (connection refused, closed before message completed, timed out).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of the answer; the rest is ignored, which is enough to
+/// classify it (a valid `BatchResponse` is a few dozen bytes).
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(network)? {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// Maps a non-2xx answer to the caller's next step.
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    location: Option<&str>,
+    body: &[u8],
+    n_events: usize,
+    token: &AccessToken,
+) -> UpstreamError {
+    let code = status.as_u16();
+    let parsed: Option<ErrorResponse> = serde_json::from_slice(body).ok();
+    let message = match &parsed {
+        Some(e) if !e.error.is_empty() => truncate(&scrub(&e.error, token)),
+        _ => snippet(body, token),
+    };
+    match code {
+        401 => UpstreamError::Unauthorized,
+        413 => UpstreamError::TooLarge,
+        408 | 429 => UpstreamError::Retryable {
+            status: code,
+            retry_after,
+        },
+        501 => UpstreamError::Fatal {
+            status: code,
+            message,
+        },
+        500..=599 => UpstreamError::Retryable {
+            status: code,
+            retry_after,
+        },
+        400 | 422 => {
+            let rejected = parsed.and_then(|e| e.rejected).map(|mut idx| {
+                idx.retain(|&i| i < n_events);
+                idx.sort_unstable();
+                idx.dedup();
+                idx
+            });
+            UpstreamError::Rejected {
+                status: code,
+                message,
+                rejected: rejected.filter(|v| !v.is_empty()),
+            }
+        }
+        300..=399 => UpstreamError::Fatal {
+            status: code,
+            message: format!(
+                "redirect to {} not followed; fix base_url",
+                location
+                    .map(|l| truncate(&scrub(l, token)))
+                    .unwrap_or_else(|| "?".into())
+            ),
+        },
+        _ => UpstreamError::Fatal {
+            status: code,
+            message,
+        },
+    }
+}
+
+/// The upstream's body as text for an error message: lossy UTF-8, token scrubbed, truncated.
+fn snippet(body: &[u8], token: &AccessToken) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4 * MAX_MESSAGE_CHARS)]);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_string();
+    }
+    truncate(&scrub(text, token))
+}
+
+fn scrub(text: &str, token: &AccessToken) -> String {
+    let secret = token.secret();
+    if secret.len() >= 4 && text.contains(secret) {
+        text.replace(secret, "<redacted>")
+    } else {
+        text.to_string()
+    }
+}
+
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3), relative to `now`.
+/// A date in the past means "now" (zero); anything unparsable is ignored (`None`) so the
+/// caller falls back to its own backoff.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only, so a parse failure can only be overflow: treat as "very long".
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds() {
+        let now = SystemTime::now();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_http_date_future_and_past() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let future = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&future, now),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_garbage_is_ignored() {
+        let now = SystemTime::now();
+        for bad in [
+            "",
+            "soon",
+            "-5",
+            "1.5",
+            "12s",
+            "Mon, 32 Foo 2020 99:99:99 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn base_url_joining() {
+        let cases = [
+            ("https://x/api", "https://x/api/v1/events/batch"),
+            ("https://x/api/", "https://x/api/v1/events/batch"),
+            ("https://x", "https://x/v1/events/batch"),
+            ("https://x/", "https://x/v1/events/batch"),
+            (
+                "http://127.0.0.1:5680",
+                "http://127.0.0.1:5680/v1/events/batch",
+            ),
+        ];
+        for (base, want) in cases {
+            let client = UpstreamClient::new(base, Duration::from_secs(1), true).expect(base);
+            assert_eq!(client.batch_url().as_str(), want, "{base}");
+        }
+        let client = UpstreamClient::new("https://x/api", Duration::from_secs(1), true).unwrap();
+        assert_eq!(client.health_url().as_str(), "https://x/api/v1/health");
+    }
+
+    #[test]
+    fn bad_base_urls_are_config_errors() {
+        for bad in ["", "not a url", "ftp://x/", "https://x/api?q=1"] {
+            assert!(
+                matches!(
+                    UpstreamClient::new(bad, Duration::from_secs(1), true),
+                    Err(UpstreamError::Config(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn classification() {
+        let t = AccessToken::new("sekrit-token");
+        let c = |code: u16, body: &str, n: usize| {
+            classify(
+                StatusCode::from_u16(code).unwrap(),
+                None,
+                None,
+                body.as_bytes(),
+                n,
+                &t,
+            )
+        };
+        assert_eq!(c(401, "", 1), UpstreamError::Unauthorized);
+        assert_eq!(c(413, "", 1), UpstreamError::TooLarge);
+        assert!(matches!(
+            c(503, "", 1),
+            UpstreamError::Retryable { status: 503, .. }
+        ));
+        assert!(matches!(
+            c(408, "", 1),
+            UpstreamError::Retryable { status: 408, .. }
+        ));
+        assert!(matches!(
+            c(501, "", 1),
+            UpstreamError::Fatal { status: 501, .. }
+        ));
+        assert!(matches!(
+            c(404, "", 1),
+            UpstreamError::Fatal { status: 404, .. }
+        ));
+        assert!(matches!(
+            c(302, "", 1),
+            UpstreamError::Fatal { status: 302, .. }
+        ));
+        // Out-of-range and duplicate indexes are dropped; none left means "no blame".
+        assert_eq!(
+            c(422, r#"{"error":"bad","rejected":[7,1,1,99]}"#, 3),
+            UpstreamError::Rejected {
+                status: 422,
+                message: "bad".into(),
+                rejected: Some(vec![1])
+            }
+        );
+        assert_eq!(
+            c(400, r#"{"error":"bad","rejected":[99]}"#, 3),
+            UpstreamError::Rejected {
+                status: 400,
+                message: "bad".into(),
+                rejected: None
+            }
+        );
+        // An echoed token never reaches the message.
+        let e = c(400, "token sekrit-token is bad", 3);
+        assert!(!e.to_string().contains("sekrit-token"), "{e}");
+    }
 }

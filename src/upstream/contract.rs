@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 /// Path of the batch endpoint, relative to `base_url`.
 pub const BATCH_PATH: &str = "v1/events/batch";
-/// Path of the health endpoint, relative to `base_url`; any HTTP answer means "reachable".
+/// Path of the health endpoint, relative to `base_url`: `GET` without auth answers 200
+/// `{"ok":true}`. Any HTTP answer means "reachable"; only a 2xx means "this is the API".
 pub const HEALTH_PATH: &str = "v1/health";
 
 /// `POST {base_url}/v1/events/batch`. A superset of the original design's data format

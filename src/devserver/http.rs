@@ -1,0 +1,445 @@
+//! The dev server's routes: the batch API as `docs/upstream-api.md` specifies it, plus the
+//! unauthenticated inspection and fault endpoints that only make sense on loopback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper::body::Body as _;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::faults::{After, Before, Faults};
+use super::page;
+use super::store::{IncomingBatch, Outcome, Store};
+use crate::upstream::contract::{BatchResponse, BucketMeta, ErrorResponse, UpEvent};
+
+/// Bearer token → the user (subject) it authenticates. Shared so an OAuth provider running in
+/// the same process can register the tokens it issues.
+pub type TokenRegistry = Arc<RwLock<HashMap<String, String>>>;
+
+/// How long a client may take to send its body before it is answered 408.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default and maximum number of events `GET /v1/inspect/events` returns.
+const DEFAULT_EVENTS_LIMIT: u32 = 10_000;
+const MAX_EVENTS_LIMIT: u32 = 1_000_000;
+
+/// Marker on a response: the connection wrapper closes the connection instead of sending it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropConnection;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<Store>,
+    pub tokens: TokenRegistry,
+    pub faults: Faults,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/health", get(health))
+        .route("/v1/events/batch", post(post_batch))
+        .route("/v1/inspect", get(inspect))
+        .route("/v1/inspect/events", get(inspect_events))
+        .route(
+            "/v1/_faults",
+            get(get_faults).post(post_faults).delete(delete_faults),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorResponse {
+            error: message.into(),
+            rejected: None,
+        }),
+    )
+        .into_response()
+}
+
+fn drop_connection() -> Response {
+    let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    response.extensions_mut().insert(DropConnection);
+    response
+}
+
+async fn health() -> Response {
+    Json(json!({"ok": true})).into_response()
+}
+
+/// The user the request's bearer token belongs to, if the token is known.
+fn authenticate(tokens: &TokenRegistry, headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let tokens = tokens.read().unwrap_or_else(|poison| poison.into_inner());
+    tokens.get(token.trim()).cloned()
+}
+
+enum ReadError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+async fn read_limited(mut body: Body, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => return Ok(out),
+            Some(Err(e)) => return Err(ReadError::Broken(e.to_string())),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if (out.len() + data.len()) as u64 > limit {
+                        return Err(ReadError::TooLarge);
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+/// Decompresses at most `limit` bytes, so a gzip bomb costs us `limit`, not memory exhaustion.
+fn gunzip_limited(wire: &[u8], limit: u64) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::new();
+    let decoder = flate2::read::GzDecoder::new(wire);
+    decoder
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| ReadError::Broken(format!("bad gzip body: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(ReadError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// The batch envelope, parsed leniently: buckets and events stay JSON until checked one by one,
+/// so one malformed event is named by index instead of failing the whole body.
+#[derive(Deserialize)]
+struct Envelope {
+    batch_id: Uuid,
+    device_id: Uuid,
+    #[serde(default)]
+    hostname: String,
+    #[serde(default)]
+    buckets: BTreeMap<String, Value>,
+    events: Vec<Value>,
+}
+
+/// Why some events of a batch are refused; the batch is stored not at all.
+struct Rejection {
+    status: StatusCode,
+    message: String,
+    rejected: Vec<usize>,
+}
+
+/// Checks every event; invalid ones make a 400, otherwise "poison" ones (fault settings) a 422.
+/// Both lists are reported together so a client can isolate every bad event in one round.
+fn validate(envelope: Envelope, faults: &Faults) -> Result<IncomingBatch, Rejection> {
+    let mut buckets = BTreeMap::new();
+    let mut bad_buckets = BTreeMap::new();
+    for (id, meta) in envelope.buckets {
+        match serde_json::from_value::<BucketMeta>(meta) {
+            Ok(meta) => {
+                buckets.insert(id, meta);
+            }
+            Err(e) => {
+                bad_buckets.insert(id, e.to_string());
+            }
+        }
+    }
+    let (poison_buckets, poison_key) = faults.poison();
+    let mut events = Vec::with_capacity(envelope.events.len());
+    let mut invalid: Vec<(usize, String)> = Vec::new();
+    let mut poisoned = Vec::new();
+    for (i, raw) in envelope.events.into_iter().enumerate() {
+        let event = match serde_json::from_value::<UpEvent>(raw) {
+            Ok(event) => event,
+            Err(e) => {
+                invalid.push((i, format!("not an event: {e}")));
+                continue;
+            }
+        };
+        let problem = if event.bucket_id.trim().is_empty() {
+            Some("empty bucket_id".to_string())
+        } else if let Some(e) = bad_buckets.get(&event.bucket_id) {
+            Some(format!(
+                "bad metadata for bucket {:?}: {e}",
+                event.bucket_id
+            ))
+        } else if !buckets.contains_key(&event.bucket_id) {
+            Some(format!("bucket {:?} missing from buckets", event.bucket_id))
+        } else if chrono::DateTime::parse_from_rfc3339(&event.timestamp).is_err() {
+            Some(format!("unparsable timestamp {:?}", event.timestamp))
+        } else if !event.duration.is_finite() || event.duration < 0.0 {
+            Some(format!("bad duration {}", event.duration))
+        } else if event.hash.is_empty() {
+            Some("empty hash".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            invalid.push((i, problem));
+        } else if poison_buckets.contains(&event.bucket_id)
+            || poison_key
+                .as_ref()
+                .is_some_and(|k| event.data.contains_key(k))
+        {
+            poisoned.push(i);
+        }
+        events.push(event);
+    }
+    if let Some((first, why)) = invalid.first() {
+        let mut rejected: Vec<usize> = invalid.iter().map(|(i, _)| *i).chain(poisoned).collect();
+        rejected.sort_unstable();
+        return Err(Rejection {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "{} invalid event(s); first: event {first}: {why}",
+                invalid.len()
+            ),
+            rejected,
+        });
+    }
+    if !poisoned.is_empty() {
+        return Err(Rejection {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!(
+                "{} event(s) refused by the reject_* fault settings",
+                poisoned.len()
+            ),
+            rejected: poisoned,
+        });
+    }
+    Ok(IncomingBatch {
+        batch_id: envelope.batch_id,
+        device_id: envelope.device_id,
+        hostname: envelope.hostname,
+        buckets,
+        events,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!("dev server database: {e}");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("database: {e}"),
+            ))
+        }
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("database task: {e}"),
+        )),
+    }
+}
+
+fn ok(answer: &BatchResponse) -> Response {
+    Json(answer).into_response()
+}
+
+async fn post_batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let slow_ms = state.faults.slow_ms();
+    if slow_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(slow_ms)).await;
+    }
+    match state.faults.take_before() {
+        Before::Drop => return drop_connection(),
+        Before::Fail500 => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "injected fault: fail_500",
+            )
+        }
+        Before::Fail429 { retry_after_secs } => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "injected fault: fail_429");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs.into());
+            return response;
+        }
+        Before::None => {}
+    }
+    let Some(user) = authenticate(&state.tokens, &headers) else {
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    };
+
+    let limit = state.faults.max_body_bytes();
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body above {limit} bytes"),
+        )
+    };
+    let wire = match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body, limit)).await {
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+        Ok(Err(ReadError::TooLarge)) => return too_large(),
+        Ok(Err(ReadError::Broken(e))) => {
+            return error(StatusCode::BAD_REQUEST, format!("reading body: {e}"))
+        }
+        Ok(Ok(wire)) => wire,
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let json = match encoding.as_deref() {
+        None | Some("") | Some("identity") => wire,
+        Some("gzip") | Some("x-gzip") => match gunzip_limited(&wire, limit) {
+            Ok(json) => json,
+            Err(ReadError::TooLarge) => return too_large(),
+            Err(ReadError::Broken(e)) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        Some(other) => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {other:?}"),
+            )
+        }
+    };
+    let envelope: Envelope = match serde_json::from_slice(&json) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed batch JSON: {e}"),
+            )
+        }
+    };
+    let batch_id = envelope.batch_id;
+    if let Some(key) = headers.get("idempotency-key") {
+        if key
+            .to_str()
+            .ok()
+            .and_then(|k| Uuid::parse_str(k.trim()).ok())
+            != Some(batch_id)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key does not match batch_id",
+            );
+        }
+    }
+
+    // A replay answers as the first time did, even if validation rules changed since.
+    let store = state.store.clone();
+    let replay_user = user.clone();
+    match blocking(move || store.replay(&replay_user, batch_id)).await {
+        Ok(Some(answer)) => return ok(&answer),
+        Ok(None) => {}
+        Err(response) => return response,
+    }
+    let batch = match validate(envelope, &state.faults) {
+        Ok(batch) => batch,
+        Err(r) => {
+            return (
+                r.status,
+                Json(ErrorResponse {
+                    error: r.message,
+                    rejected: Some(r.rejected),
+                }),
+            )
+                .into_response();
+        }
+    };
+    let store = state.store.clone();
+    let outcome = match blocking(move || store.store(&user, &batch)).await {
+        Ok(outcome) => outcome,
+        Err(response) => return response,
+    };
+    match outcome {
+        Outcome::Replayed(answer) => ok(&answer),
+        Outcome::Stored(answer) => match state.faults.take_after() {
+            After::Drop => drop_connection(),
+            After::Garbage => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html>garbage: injected fault</html>",
+            )
+                .into_response(),
+            After::None => ok(&answer),
+        },
+    }
+}
+
+async fn inspect(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    match blocking(move || store.inspect()).await {
+        Ok(summary) => Json(summary).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    device_id: Option<String>,
+    bucket_id: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn inspect_events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+    let store = state.store.clone();
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_EVENTS_LIMIT)
+        .min(MAX_EVENTS_LIMIT);
+    match blocking(move || store.events(q.device_id.as_deref(), q.bucket_id.as_deref(), limit))
+        .await
+    {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn index(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    match blocking(move || store.inspect()).await {
+        Ok(summary) => Html(page::render(&summary, &state.faults.report())).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn get_faults(State(state): State<AppState>) -> Response {
+    Json(state.faults.report()).into_response()
+}
+
+async fn post_faults(
+    State(state): State<AppState>,
+    Json(patch): Json<Map<String, Value>>,
+) -> Response {
+    match state.faults.merge_json(&patch) {
+        Ok(_) => Json(state.faults.report()).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("fault settings: {e}")),
+    }
+}
+
+async fn delete_faults(State(state): State<AppState>) -> Response {
+    state.faults.clear();
+    Json(state.faults.report()).into_response()
+}
