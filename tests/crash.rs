@@ -19,7 +19,7 @@ async fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing_upstream()
     rig.insert("afk", &series(800, 30.0, 60, "a")).await;
     // Slow answers stretch the sync so kills land while reading, batching, uploading and
     // committing.
-    rig.dev.faults().update(|f| f.slow_ms = 3);
+    rig.dev.faults().update(|f| f.slow_ms = 5);
     let home = rig.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let config = write_config(
@@ -35,14 +35,14 @@ async fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing_upstream()
     eprintln!("CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = 0;
-    for _ in 0..12 {
+    for _ in 0..25 {
         let mut child = sync_command(&home, rig.aw.port(), &config, TEST_TOKEN)
             .arg("--once")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn aw-sync-samay");
-        let delay = Duration::from_millis(rng.random_range(20..1500));
+        let delay = Duration::from_millis(rng.random_range(30..700));
         tokio::time::sleep(delay).await;
         match child.try_wait().expect("wait") {
             Some(_) => break, // finished before the kill: the sync is complete

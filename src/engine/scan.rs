@@ -216,6 +216,7 @@ impl Scanner<'_> {
                 .get_events(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
                 .await?;
             let full = page.len() >= limit;
+            tracing::debug!(bucket = %bucket.id, a, ?end_q, limit, got = page.len(), "page");
             self.metrics
                 .events_read
                 .fetch_add(page.len() as u64, Ordering::Relaxed);
@@ -265,8 +266,10 @@ impl Scanner<'_> {
             };
             let mut batch = Vec::new();
             for (ev, ret, id, up_id) in candidates {
-                let clipped_start = ret.start_ns == a;
-                let clipped_end = end_q.is_some_and(|e| (ret.end_ns() - e).abs() <= END_TOLERANCE);
+                // Unclipped copies start after `a` and end before the query's end; anything at
+                // or beyond either edge may be a clipped copy, whichever server rounded how.
+                let clipped_start = ret.start_ns <= a;
+                let clipped_end = end_q.is_some_and(|e| ret.end_ns() >= e - END_TOLERANCE);
                 let k: Option<&Known> = known.get(&up_id);
                 let event = if clipped_start || clipped_end {
                     // A straddler at the window start whose end is what the upstream holds is
@@ -280,6 +283,7 @@ impl Scanner<'_> {
                     }
                     stats.requests += 1;
                     stats.fetched += 1;
+                    tracing::debug!(bucket = %bucket.id, id, clipped_start, clipped_end, "fetching a possibly clipped event by id");
                     match self.source.get_event(&bucket.id, id).await {
                         Ok(Some(e)) => e,
                         Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile

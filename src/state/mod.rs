@@ -62,6 +62,9 @@ pub enum StateError {
     },
 }
 
+/// `generation, created, server_device, cursor_ns, window_ns` of a `buckets` row.
+type BucketRow = (u32, Option<String>, Option<String>, Option<i64>, Option<i64>);
+
 /// What the engine needs to know of a bucket before scanning it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketState {
@@ -290,7 +293,7 @@ impl Store {
     ) -> Result<BucketState, StateError> {
         let created = bucket.created.map(|c| c.to_rfc3339());
         let conn = self.writer();
-        let row: Option<(u32, Option<String>, Option<String>, Option<i64>, Option<i64>)> = conn
+        let row: Option<BucketRow> = conn
             .query_row(
                 "SELECT generation, created, server_device, cursor_ns, window_ns FROM buckets WHERE bucket_id = ?1",
                 [&bucket.id],
@@ -696,7 +699,8 @@ mod tests {
         assert_eq!(g1 & ((1 << GENERATION_SHIFT) - 1), 5);
         assert_eq!(upstream_event_id(0, -1), None);
         assert_eq!(upstream_event_id(0, 1 << GENERATION_SHIFT), None);
-        assert!(upstream_event_id((1 << 22) - 1, (1 << 40) - 1).unwrap() <= i64::MAX);
+        assert!(upstream_event_id((1 << 22) - 1, (1 << 40) - 1).is_some_and(|id| id > 0));
+        assert_eq!(upstream_event_id(1 << 22, 1), None);
     }
 
     #[test]

@@ -1,1 +1,4 @@
 pub mod awserver;
+pub mod bin;
+pub mod devserver;
+pub mod rig;

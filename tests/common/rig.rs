@@ -47,6 +47,11 @@ pub fn test_settings() -> Settings {
 
 impl Rig {
     pub async fn new() -> Rig {
+        // RUST_LOG=aw_sync_samay=debug shows what the engine did when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let aw = tokio::task::spawn_blocking(AwServer::start)
             .await
             .expect("aw-server starts");
@@ -71,7 +76,12 @@ impl Rig {
         )
     }
 
-    pub fn engine_full(&self, settings: Settings, tokens: Arc<dyn TokenSource>, state: &str) -> Engine {
+    pub fn engine_full(
+        &self,
+        settings: Settings,
+        tokens: Arc<dyn TokenSource>,
+        state: &str,
+    ) -> Engine {
         let store = Store::open(&self.dir.path().join(state)).expect("state opens");
         let upstream = UpstreamClient::new(&self.dev.base_url(), Duration::from_secs(5), true)
             .expect("upstream client");
@@ -96,7 +106,10 @@ impl Rig {
     pub async fn insert(&self, bucket: &str, events: &[Event]) {
         // Python aw-server inserts a list in one request; chunk to keep requests small.
         for chunk in events.chunks(500) {
-            self.client().insert_events(bucket, chunk).await.expect("insert");
+            self.client()
+                .insert_events(bucket, chunk)
+                .await
+                .expect("insert");
         }
     }
 
@@ -127,7 +140,11 @@ impl Rig {
         assert_eq!(src_ids, up_ids, "bucket {bucket}: ids differ");
         for (s, u) in source.iter().zip(&up) {
             let up_ts: DateTime<Utc> = u.timestamp.parse().expect("upstream timestamp");
-            assert_eq!(s.timestamp, up_ts, "bucket {bucket} event {:?}: timestamp", s.id);
+            assert_eq!(
+                s.timestamp, up_ts,
+                "bucket {bucket} event {:?}: timestamp",
+                s.id
+            );
             assert!(
                 (s.duration - u.duration).abs() < 1e-6,
                 "bucket {bucket} event {:?}: duration {} upstream {}",
