@@ -140,6 +140,23 @@ impl Scanner<'_> {
         }
     }
 
+    /// The state's record of these upstream ids, off the async threads.
+    async fn lookup(
+        &self,
+        bucket_id: &str,
+        ids: Vec<i64>,
+    ) -> Result<std::collections::HashMap<i64, Known>, ScanError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let store = Arc::clone(self.store);
+        let bucket_id = bucket_id.to_string();
+        tokio::task::spawn_blocking(move || store.lookup(&bucket_id, &ids))
+            .await
+            .map_err(|e| ScanError::State(StateError::Task(e.to_string())))?
+            .map_err(ScanError::State)
+    }
+
     async fn mark(
         &self,
         bucket: &Bucket,
@@ -256,28 +273,29 @@ impl Scanner<'_> {
                 candidates.push((ev, ret, id, up_id));
             }
 
-            let ids: Vec<i64> = candidates.iter().map(|c| c.3).collect();
-            let known = {
-                let store = Arc::clone(self.store);
-                let bucket_id = bucket.id.clone();
-                tokio::task::spawn_blocking(move || store.lookup(&bucket_id, &ids))
-                    .await
-                    .map_err(|e| ScanError::State(StateError::Task(e.to_string())))??
-            };
-            let mut batch = Vec::new();
+            // What the upstream holds of the straddlers at the window start, to skip fetching
+            // the unchanged ones (usually none or one per page).
+            let straddlers: Vec<i64> = candidates
+                .iter()
+                .filter(|c| c.1.start_ns <= a)
+                .map(|c| c.3)
+                .collect();
+            let held = self.lookup(&bucket.id, straddlers).await?;
+            let mut claimed = Vec::with_capacity(candidates.len());
             for (ev, ret, id, up_id) in candidates {
                 // Unclipped copies start after `a` and end before the query's end; anything at
                 // or beyond either edge may be a clipped copy, whichever server rounded how.
                 let clipped_start = ret.start_ns <= a;
                 let clipped_end = end_q.is_some_and(|e| ret.end_ns() >= e - END_TOLERANCE);
-                let k: Option<&Known> = known.get(&up_id);
                 let event = if clipped_start || clipped_end {
                     // A straddler at the window start whose end is what the upstream holds is
                     // unchanged (heartbeats only move the end): skip the extra request, which
                     // keeps an idle cycle at one request per bucket.
                     if clipped_start
                         && !clipped_end
-                        && k.is_some_and(|k| k.start_ns < a && k.end_ns == ret.end_ns())
+                        && held
+                            .get(&up_id)
+                            .is_some_and(|k| k.start_ns < a && k.end_ns == ret.end_ns())
                     {
                         continue;
                     }
@@ -299,13 +317,27 @@ impl Scanner<'_> {
                 if b.is_some_and(|b| span.start_ns >= b) {
                     continue;
                 }
-                if k.is_some_and(|k| k.hash == hash) {
-                    continue;
+                // Claim before asking the state: the uploader records an acknowledgement before
+                // it releases the claim, so one of the two checks always sees the other side's
+                // work and a version is never queued twice.
+                if self.inflight.claim(&bucket.id, up_id, hash) {
+                    claimed.push(make_pending(bucket, up_id, hash, span, event));
                 }
-                if !self.inflight.claim(&bucket.id, up_id, hash) {
-                    continue;
+            }
+            let known = self
+                .lookup(
+                    &bucket.id,
+                    claimed.iter().map(|p| p.acked.event_id).collect(),
+                )
+                .await?;
+            let mut batch = Vec::with_capacity(claimed.len());
+            for p in claimed {
+                let a = &p.acked;
+                if known.get(&a.event_id).is_some_and(|k| k.hash == a.hash) {
+                    self.inflight.release(&a.bucket_id, a.event_id, a.hash);
+                } else {
+                    batch.push(p);
                 }
-                batch.push(make_pending(bucket, up_id, hash, span, event));
             }
             stats.queued += batch.len() as u64;
             for p in batch {

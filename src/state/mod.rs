@@ -63,7 +63,13 @@ pub enum StateError {
 }
 
 /// `generation, created, server_device, cursor_ns, window_ns` of a `buckets` row.
-type BucketRow = (u32, Option<String>, Option<String>, Option<i64>, Option<i64>);
+type BucketRow = (
+    u32,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// What the engine needs to know of a bucket before scanning it.
 #[derive(Debug, Clone, PartialEq, Eq)]
