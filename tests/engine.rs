@@ -447,3 +447,37 @@ async fn events_at_now_and_in_the_future_are_delivered() {
     assert_eq!(r.upload.delivered, 4);
     rig.assert_exact("b").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_deleted_or_created_mid_run_are_handled_without_failing_the_cycle() {
+    let rig = Rig::new().await;
+    rig.bucket("a-first").await;
+    rig.bucket("z-last").await;
+    rig.insert("a-first", &series(200, 10.0, 60, "a")).await;
+    rig.insert("z-last", &series(20, 10.0, 60, "z")).await;
+    // A slow upstream and a small queue hold the reader inside the first bucket.
+    rig.dev.faults().update(|f| f.slow_ms = 20);
+    let mut settings = test_settings();
+    settings.queue_size = 20;
+    let engine = Arc::new(rig.engine_with(settings));
+    let cycle = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { engine.run_cycle().await }
+    });
+    for _ in 0..500 {
+        if rig.dev.faults().counters().batches_stored >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.client().delete_bucket("z-last").await.unwrap();
+    rig.bucket("m-new").await;
+    rig.insert("m-new", &series(5, 10.0, 60, "m")).await;
+    let report = cycle.await.unwrap().expect("the cycle survives a bucket deleted under it");
+    assert!(!report.buckets.contains_key("z-last"), "the deleted bucket was skipped");
+    rig.assert_exact("a-first").await;
+    rig.dev.faults().clear();
+    // The bucket created mid-run is picked up by the next cycle.
+    engine.run_cycle().await.unwrap();
+    rig.assert_exact("m-new").await;
+}
