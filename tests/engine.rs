@@ -473,8 +473,14 @@ async fn buckets_deleted_or_created_mid_run_are_handled_without_failing_the_cycl
     rig.client().delete_bucket("z-last").await.unwrap();
     rig.bucket("m-new").await;
     rig.insert("m-new", &series(5, 10.0, 60, "m")).await;
-    let report = cycle.await.unwrap().expect("the cycle survives a bucket deleted under it");
-    assert!(!report.buckets.contains_key("z-last"), "the deleted bucket was skipped");
+    let report = cycle
+        .await
+        .unwrap()
+        .expect("the cycle survives a bucket deleted under it");
+    assert!(
+        !report.buckets.contains_key("z-last"),
+        "the deleted bucket was skipped"
+    );
     rig.assert_exact("a-first").await;
     rig.dev.faults().clear();
     // The bucket created mid-run is picked up by the next cycle.
