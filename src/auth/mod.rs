@@ -35,7 +35,7 @@ impl fmt::Debug for AccessToken {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No token at all (never logged in, or logged out): idle, say "run --login".
-    #[error("login required: run aw-sync-samay --login")]
+    #[error("login required: no upstream token; set AW_SYNC_SAMAY_TOKEN (the browser login, --login, is not in this build yet)")]
     LoginRequired,
     /// The token was rejected and cannot be refreshed (static token, or `invalid_grant`).
     #[error("the token was rejected by the upstream and cannot be refreshed: {0}")]
