@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
-use aw_sync_samay::auth::{AccessToken, NoToken, StaticToken, TokenSource};
+use aw_sync_samay::auth::{AccessToken, AuthError, NoToken, StaticToken, TokenSource, TOKEN_ENV};
 use aw_sync_samay::cli::Args;
 use aw_sync_samay::config::{self, Config};
-use aw_sync_samay::engine::{run_daemon, Engine, Settings};
+use aw_sync_samay::engine::{run_daemon, CycleError, Engine, Settings};
 use aw_sync_samay::lock::InstanceLock;
 use aw_sync_samay::source::AwClient;
 use aw_sync_samay::state::Store;
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Only errors from before logging was up get here (the others were logged).
             eprintln!("aw-sync-samay: {e:#}");
             ExitCode::from(1)
         }
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.login || args.logout || args.callback.is_some() || args.register_scheme {
-        bail!("the browser login is not part of this build yet: set AW_SYNC_SAMAY_TOKEN to a bearer token for the upstream");
+        bail!("the browser login is not part of this build yet: set {TOKEN_ENV} to a bearer token for the upstream");
     }
     let log_dir = if args.status {
         None
@@ -59,7 +59,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         paths::log_dir().ok()
     };
     let _log = logging::init(args.testing, args.verbose, log_dir.as_deref())?;
+    // A fatal error is logged here, while the log file's writer is alive (aw-qt's crash dialog
+    // shows that file), and only once: the log already goes to stderr.
+    match run_logged(args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
 
+async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     let config_path = match &args.config {
         Some(p) => p.clone(),
         None => paths::config_file(args.testing)?,
@@ -182,6 +193,11 @@ async fn once(engine: &Engine) -> ExitCode {
                 r.elapsed.as_secs_f64()
             );
             ExitCode::SUCCESS
+        }
+        // The browser login is not part of this build: don't send the user to `--login`.
+        Err(CycleError::Auth(AuthError::LoginRequired)) => {
+            eprintln!("aw-sync-samay: sync failed: login required: set {TOKEN_ENV} to a bearer token for the upstream");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("aw-sync-samay: sync failed: {e}");
