@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
-use aw_sync_samay::auth::{AccessToken, AuthError, NoToken, StaticToken, TokenSource, TOKEN_ENV};
+use aw_sync_samay::auth::{AccessToken, NoToken, StaticToken, TokenSource, TOKEN_ENV};
 use aw_sync_samay::cli::Args;
 use aw_sync_samay::config::{self, Config};
-use aw_sync_samay::engine::{run_daemon, CycleError, Engine, Settings};
+use aw_sync_samay::engine::{run_daemon, Engine, Settings};
 use aw_sync_samay::lock::InstanceLock;
 use aw_sync_samay::source::AwClient;
 use aw_sync_samay::state::Store;
@@ -194,13 +194,9 @@ async fn once(engine: &Engine) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        // The browser login is not part of this build: don't send the user to `--login`.
-        Err(CycleError::Auth(AuthError::LoginRequired)) => {
-            eprintln!("aw-sync-samay: sync failed: login required: set {TOKEN_ENV} to a bearer token for the upstream");
-            ExitCode::from(2)
-        }
         Err(e) => {
-            eprintln!("aw-sync-samay: sync failed: {e}");
+            // Through tracing: one line on stderr, and the same line in the log file.
+            tracing::error!("sync failed: {e}");
             ExitCode::from(2)
         }
     }
