@@ -816,9 +816,12 @@ async fn malformed_or_failing_event_answers_fail_the_cycle_cleanly_and_record_no
                 CycleError::Source(SourceError::Status { status: 500, .. })
             )
         }),
-        // A proxy or a starting server: "aw-server is down, retry", not a bug report.
+        // The server answered: say what it answered, not "start ActivityWatch".
         (Fault::Status(503), |e| {
-            matches!(e, CycleError::SourceDown { .. })
+            matches!(
+                e,
+                CycleError::Source(SourceError::Status { status: 503, .. })
+            )
         }),
     ];
     for (i, (fault, expected)) in cases.into_iter().enumerate() {
@@ -881,15 +884,11 @@ async fn malformed_or_failing_event_answers_fail_the_cycle_cleanly_and_record_no
     assert_exact_from_stub(&dev, &engine.store.device_id().to_string(), &stub).await;
 }
 
-/// FINDING (fails today, hence ignored): the engine scans buckets one after the other and stops
-/// at the first bucket whose read fails (`engine::cycle`: `Err(e) => { scan_error = Some(e);
-/// break; }`). A bucket aw-server answers with a deterministic error — a 500 from a corrupt
-/// row, or a row the client cannot parse — therefore stops every bucket sorted after it, on
-/// every cycle, forever: one broken `aw-watcher-afk_*` bucket silently starves
-/// `aw-watcher-window_*`. Only `BucketNotFound` is skipped per bucket. Expected: the cycle still
-/// reports the failure, but the healthy buckets are delivered.
+/// Regression: the engine used to stop the cycle at the first bucket whose read failed, so a
+/// bucket aw-server answers with a deterministic error — a 500 from a corrupt row, or a row the
+/// client cannot parse — starved every bucket sorted after it, on every cycle, forever. The
+/// cycle still reports the failure, but the healthy buckets are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: one bucket with a persistent read error starves the buckets after it"]
 async fn a_bucket_that_always_fails_does_not_starve_the_buckets_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev_server(dir.path()).await;

@@ -193,7 +193,7 @@ impl Engine {
 
     async fn cycle(&self) -> Result<CycleReport, CycleError> {
         let down = |source: SourceError| {
-            if source.is_transient() {
+            if matches!(source, SourceError::Unreachable { .. }) {
                 CycleError::SourceDown {
                     url: self.source.base_url().to_string(),
                     source,
@@ -289,9 +289,17 @@ impl Engine {
                         tracing::warn!(bucket = %bucket.id, "bucket was deleted during the sync; skipped");
                     }
                     Err(ScanError::UploaderGone) => break,
-                    Err(e) => {
+                    // aw-server gone, or our own state failing: no other bucket can do better.
+                    Err(e @ ScanError::Source(SourceError::Unreachable { .. }))
+                    | Err(e @ ScanError::State(_)) => {
                         scan_error = Some(e);
                         break;
+                    }
+                    // Something wrong with this bucket only (a 500 on it, an unparsable event):
+                    // the others still sync, and the cycle reports the failure.
+                    Err(e) => {
+                        tracing::error!(bucket = %bucket.id, "reading the bucket failed: {e}");
+                        scan_error.get_or_insert(e);
                     }
                 }
             }
