@@ -30,10 +30,44 @@ pub struct AuthConfig {
     pub client_id: String,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
-    /// Empty: taken from OpenID discovery of `issuer` (login issue).
+    /// Empty: taken from OpenID discovery of `issuer`.
     pub auth_url: String,
     pub token_url: String,
     pub issuer: String,
+    /// RFC 7009 revocation endpoint; empty: from discovery (none: logout only forgets).
+    pub revocation_url: String,
+    /// OpenID Connect userinfo endpoint; empty: from discovery.
+    pub userinfo_url: String,
+    /// Where tokens are kept: the OS keyring, or a 0600 file in the data dir.
+    pub token_storage: TokenStorage,
+    /// How the browser hands the login back: loopback listener, private-use URI scheme, or
+    /// loopback with the scheme as the fallback.
+    pub callback: CallbackMode,
+    /// The private-use redirect URI used when the loopback listener can't be.
+    pub deep_link_uri: String,
+    /// Seconds to wait for the browser to come back.
+    pub login_timeout: u64,
+    /// Open the browser login when the daemon starts logged out.
+    pub login_on_start: bool,
+}
+
+/// `auth.token_storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenStorage {
+    /// The OS keyring when one answers, else the file with a loud warning.
+    Auto,
+    Keyring,
+    File,
+}
+
+/// `auth.callback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallbackMode {
+    Auto,
+    Loopback,
+    DeepLink,
 }
 
 impl Default for AuthConfig {
@@ -51,6 +85,13 @@ impl Default for AuthConfig {
             auth_url: String::new(),
             token_url: String::new(),
             issuer: String::new(),
+            revocation_url: String::new(),
+            userinfo_url: String::new(),
+            token_storage: TokenStorage::Auto,
+            callback: CallbackMode::Auto,
+            deep_link_uri: "samay://callback".into(),
+            login_timeout: 300,
+            login_on_start: false,
         }
     }
 }
@@ -324,6 +365,34 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "auth.issuer",
         "OpenID issuer URL of the identity provider.",
+    ),
+    (
+        "auth.revocation_url",
+        "Token revocation endpoint (RFC 7009) used by --logout; empty: from discovery.",
+    ),
+    (
+        "auth.userinfo_url",
+        "OpenID userinfo endpoint, for \"Logged in as\"; empty: from discovery.",
+    ),
+    (
+        "auth.token_storage",
+        "\"auto\" (OS keyring, else a 0600 file with a warning), \"keyring\" or \"file\" (plain text: base64 is not encryption).",
+    ),
+    (
+        "auth.callback",
+        "\"auto\" (loopback, deep link if it can't listen), \"loopback\" or \"deep-link\".",
+    ),
+    (
+        "auth.deep_link_uri",
+        "Private-use redirect URI for the deep-link fallback (register it with --register-scheme).",
+    ),
+    (
+        "auth.login_timeout",
+        "Seconds --login waits for the browser to come back.",
+    ),
+    (
+        "auth.login_on_start",
+        "Open the browser login once when the daemon starts logged out.",
     ),
     (
         "sync.enabled",

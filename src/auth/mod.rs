@@ -1,6 +1,10 @@
 //! Where bearer tokens come from. The engine only sees [`TokenSource`]; the environment token
 //! (`AW_SYNC_SAMAY_TOKEN`) is one implementation, the OAuth login another.
 
+pub mod callback;
+pub mod store;
+pub mod tokens;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,1 @@
+//! The browser callback: loopback listener, deep link, paste-back (stub).

@@ -1,0 +1,1 @@
+//! Token storage: OS keyring or 0600 file (stub).
