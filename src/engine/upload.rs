@@ -203,6 +203,11 @@ impl Uploader {
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
+            if !refreshed {
+                // Cheap for every source; lets a login session refresh ahead of expiry, so a
+                // long catch-up never sends a token that is about to lapse.
+                *token = self.tokens.token().await?;
+            }
             stats.requests += 1;
             let err = match self.upstream.send_batch(token, &request).await {
                 Ok(answer) => {

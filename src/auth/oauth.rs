@@ -1,0 +1,822 @@
+//! The OAuth 2 / OpenID Connect side of the login: finding the provider's endpoints, the
+//! authorization-code flow with PKCE (`--login`), keeping a valid access token for the daemon
+//! ([`OAuthSession`], a [`TokenSource`]), and `--logout`.
+//!
+//! The security rules this follows are in `docs/login.md`; the ones that shape the code:
+//! PKCE S256 with a fresh verifier every login, a one-time `state` checked before the exchange,
+//! `iss` checked when the provider sends it (RFC 9207), no redirects followed from the token
+//! endpoint, rotated refresh tokens persisted *before* the new access token is used, and one
+//! refresher at a time across processes (a reused rotated refresh token revokes the whole grant).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, EndpointNotSet, EndpointSet,
+    ExtraTokenFields, PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardErrorResponse, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::callback::{self, CallbackWaiter, Finish, WaitOptions};
+use super::store::TokenStore;
+use super::tokens::{Account, StoredTokens};
+use super::{AccessToken, AuthError, BoxFuture, TokenSource};
+use crate::config::AuthConfig;
+
+/// The provider's endpoints, from the config or from OpenID discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// The issuer identifier; `None` for a plain OAuth 2 server configured by endpoints only.
+    pub issuer: Option<String>,
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub userinfo_endpoint: Option<Url>,
+    pub revocation_endpoint: Option<Url>,
+    /// RFC 9207: the provider promises an `iss` on every authorization response.
+    pub iss_parameter_supported: bool,
+}
+
+impl Provider {
+    /// Which stored entry the tokens of this provider and client live in.
+    pub fn account(&self, client_id: &str) -> Account {
+        Account {
+            issuer: self
+                .issuer
+                .clone()
+                .unwrap_or_else(|| self.token_endpoint.to_string()),
+            client_id: client_id.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("the login is not configured: {0}")]
+    NotConfigured(String),
+    #[error("OpenID discovery at {url} failed: {detail}")]
+    Discovery { url: String, detail: String },
+    #[error(transparent)]
+    Callback(#[from] callback::CallbackError),
+    #[error("the sign-in response came from another issuer ({got}, expected {expected}): refusing it")]
+    IssuerMismatch { got: String, expected: String },
+    #[error("the sign-in response carries no issuer although {0} promises one: refusing it")]
+    IssuerMissing(String),
+    #[error("the provider refused the code exchange: {0}")]
+    Exchange(String),
+    #[error("storing the tokens failed: {0}")]
+    Store(String),
+}
+
+/// The token response with the OpenID Connect `id_token` field kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct IdTokenFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+impl ExtraTokenFields for IdTokenFields {}
+
+type TokenResp = StandardTokenResponse<IdTokenFields, BasicTokenType>;
+type OidcClient<HasAuth> = oauth2::Client<
+    BasicErrorResponse,
+    TokenResp,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    HasAuth,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// An HTTP client for the provider: never follows redirects (RFC 9700: a redirect from the
+/// token endpoint would carry the code or refresh token elsewhere), bounded in time.
+pub fn http_client() -> Result<oauth2::reqwest::Client, AuthError> {
+    oauth2::reqwest::Client::builder()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| AuthError::Transient(format!("cannot build an HTTP client: {e}")))
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: Url,
+    token_endpoint: Url,
+    #[serde(default)]
+    userinfo_endpoint: Option<Url>,
+    #[serde(default)]
+    revocation_endpoint: Option<Url>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+
+/// Endpoints from the config, filling what is missing from the issuer's discovery document.
+pub async fn resolve_provider(
+    cfg: &AuthConfig,
+    http: &oauth2::reqwest::Client,
+) -> Result<Provider, LoginError> {
+    let parse = |key: &str, v: &str| -> Result<Option<Url>, LoginError> {
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        Url::parse(v.trim())
+            .map(Some)
+            .map_err(|e| LoginError::NotConfigured(format!("auth.{key} = {v:?} is not a URL: {e}")))
+    };
+    let auth = parse("auth_url", &cfg.auth_url)?;
+    let token = parse("token_url", &cfg.token_url)?;
+    let userinfo = parse("userinfo_url", &cfg.userinfo_url)?;
+    let revocation = parse("revocation_url", &cfg.revocation_url)?;
+    let issuer = cfg.issuer.trim().trim_end_matches('/').to_string();
+    if let (Some(a), Some(t)) = (&auth, &token) {
+        if issuer.is_empty() || (userinfo.is_some() && revocation.is_some()) {
+            return Ok(Provider {
+                issuer: (!issuer.is_empty()).then_some(issuer),
+                authorization_endpoint: a.clone(),
+                token_endpoint: t.clone(),
+                userinfo_endpoint: userinfo,
+                revocation_endpoint: revocation,
+                iss_parameter_supported: false,
+            });
+        }
+    }
+    if issuer.is_empty() {
+        return Err(LoginError::NotConfigured(
+            "set auth.issuer (OpenID discovery), or auth.auth_url and auth.token_url".into(),
+        ));
+    }
+    let url = format!("{issuer}/.well-known/openid-configuration");
+    let fail = |detail: String| LoginError::Discovery {
+        url: url.clone(),
+        detail,
+    };
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("HTTP {}", resp.status())));
+    }
+    let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+    let d: Discovery = serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+    // OpenID Connect Discovery §4.3: the document must be for the issuer we asked.
+    if d.issuer.trim_end_matches('/') != issuer {
+        return Err(fail(format!(
+            "the document is for issuer {} instead of {issuer}",
+            d.issuer
+        )));
+    }
+    Ok(Provider {
+        issuer: Some(d.issuer),
+        authorization_endpoint: auth.unwrap_or(d.authorization_endpoint),
+        token_endpoint: token.unwrap_or(d.token_endpoint),
+        userinfo_endpoint: userinfo.or(d.userinfo_endpoint),
+        revocation_endpoint: revocation.or(d.revocation_endpoint),
+        iss_parameter_supported: d.authorization_response_iss_parameter_supported,
+    })
+}
+
+fn client(provider: &Provider, client_id: &str) -> OidcClient<EndpointNotSet> {
+    oauth2::Client::new(ClientId::new(client_id.to_string()))
+        .set_token_uri(TokenUrl::from_url(provider.token_endpoint.clone()))
+}
+
+/// Opens the authorization URL "in a browser".
+pub type Opener = Box<dyn Fn(&Url) + Send + Sync>;
+
+/// What `--login` is asked to do besides the defaults.
+pub struct LoginOptions {
+    /// Print the URL and accept the redirected URL pasted on stdin instead of opening a browser.
+    pub no_browser: bool,
+    /// How the browser is opened; `None`: the system browser (`$BROWSER` honoured). `--dev`
+    /// passes a function that plays the user in-process.
+    pub opener: Option<Opener>,
+}
+
+/// `--login`: the authorization-code flow with PKCE through the system browser. Returns the
+/// stored tokens; the caller prints "Logged in as …".
+pub async fn login(
+    cfg: &AuthConfig,
+    store: &TokenStore,
+    provider: &Provider,
+    opts: LoginOptions,
+) -> Result<StoredTokens, LoginError> {
+    if cfg.client_id.trim().is_empty() {
+        return Err(LoginError::NotConfigured("set auth.client_id".into()));
+    }
+    let http = http_client().map_err(|e| LoginError::Exchange(e.to_string()))?;
+    let waiter = CallbackWaiter::start(
+        cfg,
+        WaitOptions {
+            paste_from_stdin: opts.no_browser,
+            ..WaitOptions::default()
+        },
+    )
+    .await?;
+    let redirect = waiter.redirect_uri().clone();
+    let client = client(provider, &cfg.client_id)
+        .set_auth_uri(AuthUrl::from_url(provider.authorization_endpoint.clone()))
+        .set_redirect_uri(RedirectUrl::from_url(redirect.clone()));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(cfg.scopes.iter().map(|s| Scope::new(s.clone())))
+        .set_pkce_challenge(challenge);
+    if cfg.scopes.iter().any(|s| s == "offline_access") {
+        // OpenID Connect Core §11: offline_access is only honoured with prompt=consent.
+        request = request.add_extra_param("prompt", "consent");
+    }
+    let (url, state) = request.url();
+
+    eprintln!("To sign in, open this URL in a browser:\n\n  {url}\n");
+    match &opts.opener {
+        Some(open) => open(&url),
+        None if opts.no_browser => {
+            eprintln!("Then paste the address the browser was sent to (it starts with {redirect}) here.");
+        }
+        None => {
+            let outcome = super::browser::open(&url);
+            tracing::info!(?outcome, "browser");
+        }
+    }
+    let timeout = Duration::from_secs(cfg.login_timeout.max(1));
+    let pending = waiter.wait(state.secret(), timeout).await?;
+
+    // RFC 9207: a response from another issuer is a mix-up attack.
+    if let Some(expected) = &provider.issuer {
+        match pending.iss.as_deref() {
+            Some(got) if got.trim_end_matches('/') != expected.trim_end_matches('/') => {
+                let e = LoginError::IssuerMismatch {
+                    got: got.to_string(),
+                    expected: expected.clone(),
+                };
+                pending.finish(Finish::Failure {
+                    message: e.to_string(),
+                    hint: "Run aw-sync-samay --login again.".into(),
+                });
+                return Err(e);
+            }
+            None if provider.iss_parameter_supported => {
+                let e = LoginError::IssuerMissing(expected.clone());
+                pending.finish(Finish::Failure {
+                    message: e.to_string(),
+                    hint: "Run aw-sync-samay --login again.".into(),
+                });
+                return Err(e);
+            }
+            _ => {}
+        }
+    }
+
+    let exchanged = client
+        .exchange_code(AuthorizationCode::new(pending.code.clone()))
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await;
+    let response = match exchanged {
+        Ok(r) => r,
+        Err(e) => {
+            let e = LoginError::Exchange(describe_token_error(&e));
+            pending.finish(Finish::Failure {
+                message: e.to_string(),
+                hint: "Run aw-sync-samay --login again.".into(),
+            });
+            return Err(e);
+        }
+    };
+    let account = provider.account(&cfg.client_id);
+    let mut tokens = from_response(&response, None, &account, Utc::now());
+    identify(&mut tokens, provider, &http).await;
+    if let Err(e) = store.save(&tokens).await {
+        let e = LoginError::Store(e.to_string());
+        pending.finish(Finish::Failure {
+            message: e.to_string(),
+            hint: "Unlock the keyring, or set auth.token_storage = \"file\", then log in again."
+                .into(),
+        });
+        return Err(e);
+    }
+    pending.finish(Finish::Success {
+        username: display_name(&tokens),
+    });
+    Ok(tokens)
+}
+
+/// What "Logged in as …" shows.
+pub fn display_name(t: &StoredTokens) -> String {
+    t.username
+        .clone()
+        .or_else(|| t.subject.clone())
+        .unwrap_or_else(|| "(unknown user)".into())
+}
+
+fn from_response(
+    r: &TokenResp,
+    previous_refresh: Option<&str>,
+    account: &Account,
+    requested_at: DateTime<Utc>,
+) -> StoredTokens {
+    let id_token = r.extra_fields().id_token.clone();
+    let claims = id_token.as_deref().and_then(id_token_claims);
+    StoredTokens {
+        access_token: r.access_token().secret().clone(),
+        // A provider that does not rotate sends no new refresh token: keep the old one.
+        refresh_token: r
+            .refresh_token()
+            .map(|t| t.secret().clone())
+            .or_else(|| previous_refresh.map(str::to_string)),
+        // From the local time just before the request: clock skew with the provider is moot.
+        expires_at: r
+            .expires_in()
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| requested_at + d),
+        scope: r.scopes().map(|s| {
+            s.iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }),
+        id_token,
+        subject: claims.as_ref().and_then(|c| c.sub.clone()),
+        username: claims.as_ref().and_then(Claims::name),
+        issuer: account.issuer.clone(),
+        client_id: account.client_id.clone(),
+        obtained_at: requested_at,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    preferred_username: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+impl Claims {
+    fn name(&self) -> Option<String> {
+        self.preferred_username
+            .clone()
+            .or_else(|| self.email.clone())
+            .or_else(|| self.name.clone())
+            .or_else(|| self.sub.clone())
+    }
+}
+
+/// The claims of an ID token, read for display only: the token came straight from the token
+/// endpoint over the channel we authenticated, so its signature adds nothing here (OpenID
+/// Connect Core §3.1.3.7 allows skipping it for that reason); nothing is authorised by it.
+fn id_token_claims(jwt: &str) -> Option<Claims> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Fills subject and username from userinfo when the provider has it (else from the ID token).
+async fn identify(t: &mut StoredTokens, provider: &Provider, http: &oauth2::reqwest::Client) {
+    let Some(url) = &provider.userinfo_endpoint else {
+        return;
+    };
+    let resp = http
+        .get(url.clone())
+        .bearer_auth(&t.access_token)
+        .send()
+        .await;
+    let claims: Option<Claims> = match resp {
+        Ok(r) if r.status().is_success() => r.json().await.ok(),
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "userinfo refused the new token");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("userinfo unreachable: {e}");
+            None
+        }
+    };
+    if let Some(c) = claims {
+        if t.subject.is_none() {
+            t.subject = c.sub.clone();
+        }
+        if let Some(n) = c.name() {
+            t.username = Some(n);
+        }
+    }
+}
+
+fn describe_token_error<RE: std::error::Error>(
+    e: &RequestTokenError<RE, StandardErrorResponse<BasicErrorResponseType>>,
+) -> String {
+    match e {
+        RequestTokenError::ServerResponse(r) => match r.error_description() {
+            Some(d) => format!("{}: {d}", r.error()),
+            None => r.error().to_string(),
+        },
+        RequestTokenError::Request(e) => format!("request failed: {e}"),
+        RequestTokenError::Parse(e, _) => format!("unreadable answer: {e}"),
+        RequestTokenError::Other(s) => s.clone(),
+    }
+}
+
+/// The daemon's token source after a login: hands out the stored access token and refreshes it
+/// before it expires — one refresher at a time, in this process (a mutex) and across processes
+/// (a lock file, then the stored token is read again, since another process may have rotated
+/// it meanwhile).
+pub struct OAuthSession {
+    client_id: String,
+    provider: tokio::sync::OnceCell<Provider>,
+    cfg: AuthConfig,
+    store: TokenStore,
+    lock_path: PathBuf,
+    current: tokio::sync::Mutex<Option<StoredTokens>>,
+    subject: StdMutex<Option<String>>,
+}
+
+/// Refresh this long before expiry: a third of the token's lifetime, at most 10 minutes (gh
+/// refreshes 10 minutes early; tokens living seconds need a proportional margin).
+pub fn refresh_margin(lifetime: chrono::Duration) -> chrono::Duration {
+    (lifetime / 3).min(chrono::Duration::minutes(10))
+}
+
+impl OAuthSession {
+    pub fn new(cfg: &AuthConfig, store: TokenStore, lock_dir: &Path) -> OAuthSession {
+        OAuthSession {
+            client_id: cfg.client_id.clone(),
+            provider: tokio::sync::OnceCell::new(),
+            cfg: cfg.clone(),
+            store,
+            lock_path: lock_dir.join("aw-sync-samay-refresh.lock"),
+            current: tokio::sync::Mutex::new(None),
+            subject: StdMutex::new(None),
+        }
+    }
+
+    /// With the provider already known (tests, `--dev`).
+    pub fn with_provider(self, provider: Provider) -> OAuthSession {
+        let _ = self.provider.set(provider);
+        self
+    }
+
+    pub fn store(&self) -> &TokenStore {
+        &self.store
+    }
+
+    async fn provider(&self) -> Result<&Provider, AuthError> {
+        self.provider
+            .get_or_try_init(|| async {
+                let http = http_client()?;
+                resolve_provider(&self.cfg, &http)
+                    .await
+                    .map_err(|e| AuthError::Transient(e.to_string()))
+            })
+            .await
+    }
+
+    async fn load(&self) -> Result<Option<StoredTokens>, AuthError> {
+        self.store.load().await.map_err(|e| {
+            AuthError::Transient(format!("reading the stored tokens failed: {e}"))
+        })
+    }
+
+    fn remember(&self, t: &StoredTokens) {
+        *self.subject.lock().unwrap_or_else(|p| p.into_inner()) = t.subject.clone();
+    }
+
+    fn fresh(t: &StoredTokens, now: DateTime<Utc>) -> bool {
+        match t.expires_at {
+            // No expiry given: use it until the upstream says 401.
+            None => true,
+            Some(exp) => now + refresh_margin(exp - t.obtained_at) < exp,
+        }
+    }
+
+    /// Refreshes under the cross-process lock. `stale` is the access token known to be bad (or
+    /// about to be); if the store already holds a different, fresh one, another process did
+    /// the refresh and that one is used.
+    async fn refresh_locked(&self, stale: &str) -> Result<StoredTokens, AuthError> {
+        let lock = acquire_refresh_lock(&self.lock_path).await?;
+        let result = self.refresh_inner(stale).await;
+        drop(lock);
+        result
+    }
+
+    async fn refresh_inner(&self, stale: &str) -> Result<StoredTokens, AuthError> {
+        let Some(stored) = self.load().await? else {
+            return Err(AuthError::LoginRequired);
+        };
+        if stored.access_token != stale && Self::fresh(&stored, Utc::now()) {
+            return Ok(stored);
+        }
+        let Some(refresh) = stored.refresh_token.clone() else {
+            return Err(AuthError::Rejected(
+                "the access token expired and the provider gave no refresh token: run aw-sync-samay --login".into(),
+            ));
+        };
+        let provider = self.provider().await?;
+        let http = http_client()?;
+        let client = client(provider, &self.client_id);
+        let refresh_token = RefreshToken::new(refresh.clone());
+        let mut attempt = 0u32;
+        loop {
+            let requested_at = Utc::now();
+            match client
+                .exchange_refresh_token(&refresh_token)
+                .request_async(&http)
+                .await
+            {
+                Ok(r) => {
+                    let mut t = from_response(
+                        &r,
+                        Some(&refresh),
+                        &provider.account(&self.client_id),
+                        requested_at,
+                    );
+                    t.subject = t.subject.or(stored.subject.clone());
+                    t.username = t.username.or(stored.username.clone());
+                    // Persist first: a rotated refresh token that only lived in memory would be
+                    // lost by a crash, and the old one is already spent.
+                    self.store.save(&t).await.map_err(|e| {
+                        AuthError::Transient(format!("storing the refreshed tokens failed: {e}"))
+                    })?;
+                    tracing::info!(expires_at = ?t.expires_at, "access token refreshed");
+                    return Ok(t);
+                }
+                Err(RequestTokenError::ServerResponse(r))
+                    if *r.error() == BasicErrorResponseType::InvalidGrant =>
+                {
+                    // Final (RFC 6749 §5.2): the grant is gone. Forget it so status says so.
+                    let _ = self.store.delete().await;
+                    tracing::warn!("the provider ended the session (invalid_grant): run aw-sync-samay --login");
+                    return Err(AuthError::LoginRequired);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let detail = describe_token_error(&e);
+                    if attempt >= 3 {
+                        return Err(AuthError::Transient(format!("token refresh failed: {detail}")));
+                    }
+                    let wait = crate::engine::backoff::RetryPolicy::default().delay(
+                        attempt,
+                        None,
+                        &mut rand::rng(),
+                    );
+                    tracing::warn!(%detail, attempt, "token refresh failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+impl TokenSource for OAuthSession {
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
+        Box::pin(async move {
+            let mut current = self.current.lock().await;
+            if current.is_none() {
+                *current = self.load().await?;
+            }
+            let Some(t) = current.as_ref() else {
+                return Err(AuthError::LoginRequired);
+            };
+            if !Self::fresh(t, Utc::now()) {
+                let stale = t.access_token.clone();
+                match self.refresh_locked(&stale).await {
+                    Ok(new) => *current = Some(new),
+                    Err(AuthError::LoginRequired) => {
+                        *current = None;
+                        return Err(AuthError::LoginRequired);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let t = current.as_ref().ok_or(AuthError::LoginRequired)?;
+            self.remember(t);
+            Ok(AccessToken::new(t.access_token.clone()))
+        })
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        rejected: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
+        Box::pin(async move {
+            let mut current = self.current.lock().await;
+            // Someone in this process refreshed since `rejected` was handed out.
+            if let Some(t) = current.as_ref() {
+                if t.access_token != rejected.secret() {
+                    return Ok(AccessToken::new(t.access_token.clone()));
+                }
+            }
+            match self.refresh_locked(rejected.secret()).await {
+                Ok(t) => {
+                    self.remember(&t);
+                    let token = AccessToken::new(t.access_token.clone());
+                    *current = Some(t);
+                    Ok(token)
+                }
+                Err(e) => {
+                    if matches!(e, AuthError::LoginRequired) {
+                        *current = None;
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn user_id(&self) -> Option<String> {
+        self.subject.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+}
+
+/// The cross-process refresh lock: an exclusive lock on a file, taken off the async threads and
+/// given up on after 30 s (a refresh never takes that long; a stuck holder must not hang us).
+async fn acquire_refresh_lock(path: &Path) -> Result<std::fs::File, AuthError> {
+    use fs4::fs_std::FileExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AuthError::Transient(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let path = path.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        f.lock_exclusive()?;
+        Ok(f)
+    });
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(Ok(Ok(f))) => Ok(f),
+        Ok(Ok(Err(e))) => Err(AuthError::Transient(format!("refresh lock: {e}"))),
+        Ok(Err(e)) => Err(AuthError::Transient(format!("refresh lock: {e}"))),
+        Err(_) => Err(AuthError::Transient(
+            "another aw-sync-samay has held the token refresh lock for 30 s".into(),
+        )),
+    }
+}
+
+/// What `--logout` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutReport {
+    pub had_tokens: bool,
+    /// `Some(Ok)` revoked at the provider, `Some(Err(why))` tried and failed, `None` not tried
+    /// (no revocation endpoint, or no refresh token).
+    pub revoked: Option<Result<(), String>>,
+    pub deleted: bool,
+}
+
+/// `--logout`: revoke the refresh token at the provider (RFC 7009), then delete the stored
+/// tokens — even when the revocation fails, which is reported. Sync state is kept.
+pub async fn logout(cfg: &AuthConfig, store: &TokenStore) -> Result<LogoutReport, AuthError> {
+    let tokens = store
+        .load()
+        .await
+        .map_err(|e| AuthError::Transient(format!("reading the stored tokens failed: {e}")))?;
+    let Some(tokens) = tokens else {
+        return Ok(LogoutReport {
+            had_tokens: false,
+            revoked: None,
+            deleted: false,
+        });
+    };
+    let http = http_client()?;
+    let revoked = match resolve_provider(cfg, &http).await {
+        Ok(p) => match (&p.revocation_endpoint, &tokens.refresh_token) {
+            (Some(url), Some(rt)) => Some(revoke(&http, url, rt, &cfg.client_id).await),
+            (Some(url), None) => Some(revoke_access(&http, url, &tokens, &cfg.client_id).await),
+            (None, _) => None,
+        },
+        Err(e) => Some(Err(e.to_string())),
+    };
+    let deleted = store
+        .delete()
+        .await
+        .map_err(|e| AuthError::Transient(format!("deleting the stored tokens failed: {e}")))?;
+    Ok(LogoutReport {
+        had_tokens: true,
+        revoked,
+        deleted,
+    })
+}
+
+async fn revoke_access(
+    http: &oauth2::reqwest::Client,
+    url: &Url,
+    t: &StoredTokens,
+    client_id: &str,
+) -> Result<(), String> {
+    post_revocation(http, url, &t.access_token, "access_token", client_id).await
+}
+
+async fn revoke(
+    http: &oauth2::reqwest::Client,
+    url: &Url,
+    refresh_token: &str,
+    client_id: &str,
+) -> Result<(), String> {
+    post_revocation(http, url, refresh_token, "refresh_token", client_id).await
+}
+
+/// RFC 7009 §2.1 by hand: oauth2's `revoke_token` refuses non-https endpoints, loopback
+/// providers included, and the request is one form POST.
+async fn post_revocation(
+    http: &oauth2::reqwest::Client,
+    url: &Url,
+    token: &str,
+    hint: &str,
+    client_id: &str,
+) -> Result<(), String> {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .append_pair("token_type_hint", hint)
+        .append_pair("client_id", client_id)
+        .finish();
+    let resp = http
+        .post(url.clone())
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("revocation request failed: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("the provider answered {} to the revocation", resp.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_a_third_capped_at_ten_minutes() {
+        assert_eq!(
+            refresh_margin(chrono::Duration::seconds(3)),
+            chrono::Duration::seconds(1)
+        );
+        assert_eq!(
+            refresh_margin(chrono::Duration::hours(1)),
+            chrono::Duration::minutes(10)
+        );
+    }
+
+    fn tokens(obtained: DateTime<Utc>, expires: Option<DateTime<Utc>>) -> StoredTokens {
+        StoredTokens {
+            access_token: "a".into(),
+            refresh_token: Some("r".into()),
+            expires_at: expires,
+            scope: None,
+            id_token: None,
+            subject: None,
+            username: None,
+            issuer: "i".into(),
+            client_id: "c".into(),
+            obtained_at: obtained,
+        }
+    }
+
+    #[test]
+    fn freshness_uses_the_margin_and_tolerates_missing_expiry() {
+        let t0 = Utc::now();
+        let t = tokens(t0, Some(t0 + chrono::Duration::seconds(300)));
+        assert!(OAuthSession::fresh(&t, t0 + chrono::Duration::seconds(150)));
+        assert!(!OAuthSession::fresh(&t, t0 + chrono::Duration::seconds(201)));
+        // Without expires_in: never refreshed proactively (no refresh loop), only on a 401.
+        let forever = tokens(t0, None);
+        assert!(OAuthSession::fresh(&forever, t0 + chrono::Duration::days(400)));
+    }
+
+    #[test]
+    fn id_token_claims_are_read_for_display() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"u1","preferred_username":"alice","email":"a@x"}"#);
+        let jwt = format!("e30.{payload}.sig");
+        let c = id_token_claims(&jwt).unwrap();
+        assert_eq!(c.sub.as_deref(), Some("u1"));
+        assert_eq!(c.name().as_deref(), Some("alice"));
+        assert!(id_token_claims("garbage").is_none());
+        assert!(id_token_claims("a.!!!.c").is_none());
+    }
+}
