@@ -66,7 +66,21 @@ install_aw_server() {
     log "aw-server: installed ($("$venv/bin/aw-server" --version 2>&1 | tail -n1))"
 }
 
+# install_keyring: a real Secret Service for tests/keyring.rs. gnome-keyring gives
+# gnome-keyring-daemon, libsecret-tools gives secret-tool (the test checks the secret is really
+# in the Secret Service), and dbus-daemon gives dbus-run-session (a private session bus per test;
+# on Debian 12 it lives in dbus-daemon, not dbus-x11).
+install_keyring() {
+    need_apt gnome-keyring libsecret-tools dbus-daemon
+    local tool
+    for tool in dbus-run-session gnome-keyring-daemon secret-tool; do
+        command -v "$tool" >/dev/null 2>&1 || { log "keyring: $tool missing after install"; return 1; }
+    done
+    log "keyring: gnome-keyring-daemon, secret-tool and dbus-run-session present"
+}
+
 install_aw_server
+install_keyring
 # Later: install_oidc_provider (npm), install_keyring (need_apt gnome-keyring ...), ...
 
 log "done"
