@@ -66,7 +66,30 @@ install_aw_server() {
     log "aw-server: installed ($("$venv/bin/aw-server" --version 2>&1 | tail -n1))"
 }
 
+# install_oidc: oidc-provider (a certified OpenID provider, npm) in .peers/oidc, from the pinned
+# peers/oidc/package.json + package-lock.json (`npm ci`). peers/oidc/provider.mjs loads it from
+# there. Skipped when the installed lock file matches the pinned one.
+install_oidc() {
+    local src="$ROOT/peers/oidc" dst="$PEERS/oidc"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        log "oidc: node and npm are required (Node >= 20)"
+        return 1
+    fi
+    if [ -f "$dst/node_modules/oidc-provider/package.json" ] &&
+        cmp -s "$src/package-lock.json" "$dst/package-lock.json"; then
+        log "oidc: already installed in $dst (oidc-provider $(node -p "require('$dst/node_modules/oidc-provider/package.json').version"))"
+        return 0
+    fi
+    log "oidc: npm ci in $dst"
+    mkdir -p "$dst"
+    cp "$src/package.json" "$src/package-lock.json" "$dst/"
+    # `npm ci --prefix` misreads the project here (npm 11: "Missing: oidc@0.0.0"); cd instead.
+    (cd "$dst" && npm ci --no-audit --no-fund --loglevel=error)
+    log "oidc: installed (oidc-provider $(node -p "require('$dst/node_modules/oidc-provider/package.json').version"))"
+}
+
 install_aw_server
+install_oidc
 # Later: install_oidc_provider (npm), install_keyring (need_apt gnome-keyring ...), ...
 
 log "done"
