@@ -79,8 +79,31 @@ install_keyring() {
     log "keyring: gnome-keyring-daemon, secret-tool and dbus-run-session present"
 }
 
+# install_oidc: oidc-provider (a certified OpenID provider, npm) in .peers/oidc, from the pinned
+# peers/oidc/package.json + package-lock.json (`npm ci`). peers/oidc/provider.mjs loads it from
+# there. Skipped when the installed lock file matches the pinned one.
+install_oidc() {
+    local src="$ROOT/peers/oidc" dst="$PEERS/oidc"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        log "oidc: node and npm are required (Node >= 20)"
+        return 1
+    fi
+    if [ -f "$dst/node_modules/oidc-provider/package.json" ] &&
+        cmp -s "$src/package-lock.json" "$dst/package-lock.json"; then
+        log "oidc: already installed in $dst (oidc-provider $(node -p "require('$dst/node_modules/oidc-provider/package.json').version"))"
+        return 0
+    fi
+    log "oidc: npm ci in $dst"
+    mkdir -p "$dst"
+    cp "$src/package.json" "$src/package-lock.json" "$dst/"
+    # `npm ci --prefix` misreads the project here (npm 11: "Missing: oidc@0.0.0"); cd instead.
+    (cd "$dst" && npm ci --no-audit --no-fund --loglevel=error)
+    log "oidc: installed (oidc-provider $(node -p "require('$dst/node_modules/oidc-provider/package.json').version"))"
+}
+
 install_aw_server
 install_keyring
-# Later: install_oidc_provider (npm), install_keyring (need_apt gnome-keyring ...), ...
+install_oidc
+# install_keyring (need_apt gnome-keyring ...), ...
 
 log "done"

@@ -1,4 +1,5 @@
 pub mod awserver;
 pub mod bin;
 pub mod devserver;
+pub mod oidc;
 pub mod rig;
