@@ -13,7 +13,7 @@ mkdir -p "$PEERS"
 log() { printf 'install-peers: %s\n' "$*"; }
 
 # need_apt PKG...: install only the Debian packages that are missing, running `apt-get update`
-# at most once per script run. Later peers (keyring, browser) use it; nothing calls it yet.
+# at most once per script run (install_keyring uses it).
 APT_UPDATED=0
 need_apt() {
     local missing=() pkg
