@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use aw_sync_samay::devserver::{self, DevServerConfig};
+use aw_sync_samay::devserver::{self, DevServerConfig, OidcConfig, DEV_CLIENT_ID};
 use clap::Parser;
 
 /// Serve the upstream batch API over SQLite on loopback.
@@ -21,6 +22,17 @@ struct Args {
     /// Accepted bearer token; repeat for several. Without any, a random one is made and printed.
     #[arg(long = "token", env = "SAMAY_DEV_TOKEN", value_delimiter = ',')]
     tokens: Vec<String>,
+    /// Sign every OAuth authorization request in at once as USER (or as the request's
+    /// login_hint), without showing the sign-in page: for scripts and headless tests.
+    #[arg(long, value_name = "USER")]
+    auto_approve: Option<String>,
+    /// Lifetime in seconds of the access tokens the OAuth provider issues.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    access_token_ttl: u64,
+    /// Also accept bearer tokens of this other OpenID provider (checked at its userinfo
+    /// endpoint), e.g. a local oidc-provider.
+    #[arg(long, value_name = "URL")]
+    external_issuer: Option<url::Url>,
 }
 
 #[tokio::main]
@@ -39,17 +51,35 @@ async fn main() -> anyhow::Result<()> {
         println!("no --token given; accepting generated token: {token}");
         args.tokens.push(token);
     }
-    let server = devserver::spawn(DevServerConfig {
-        bind: args.bind,
-        db_path: args.db.clone(),
-        tokens: args.tokens,
-    })
+    let server = devserver::spawn_with(
+        DevServerConfig {
+            bind: args.bind,
+            db_path: args.db.clone(),
+            tokens: args.tokens,
+        },
+        OidcConfig {
+            auto_approve: args.auto_approve.clone(),
+            access_token_ttl: Duration::from_secs(args.access_token_ttl),
+            external_issuer: args.external_issuer.clone(),
+        },
+    )
     .await?;
     println!(
         "samay-dev-server listening on {} (database {})",
         server.base_url(),
         args.db.display()
     );
+    println!(
+        "OpenID provider: issuer {issuer}, client_id {DEV_CLIENT_ID}, discovery {issuer}/.well-known/openid-configuration{auto}",
+        issuer = server.issuer(),
+        auto = match &args.auto_approve {
+            Some(user) => format!(", auto-approving as {user:?}"),
+            None => String::new(),
+        }
+    );
+    if let Some(issuer) = &args.external_issuer {
+        println!("also accepting access tokens of {issuer}");
+    }
     wait_for_signal().await;
     println!("samay-dev-server stopping");
     server.shutdown().await;

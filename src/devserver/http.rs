@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::faults::{After, Before, Faults};
+use super::oidc::{self, Bearer, Provider};
 use super::page;
 use super::store::{IncomingBatch, Outcome, Store};
 use crate::upstream::contract::{BatchResponse, BucketMeta, ErrorResponse, UpEvent};
@@ -42,9 +43,11 @@ pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub tokens: TokenRegistry,
     pub faults: Faults,
+    pub oidc: Arc<Provider>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
+    let provider = oidc::router(state.oidc.clone());
     Router::new()
         .route("/", get(index))
         .route("/v1/health", get(health))
@@ -57,6 +60,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
+        .merge(provider)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -80,15 +84,22 @@ async fn health() -> Response {
     Json(json!({"ok": true})).into_response()
 }
 
-/// The user the request's bearer token belongs to, if the token is known.
-fn authenticate(tokens: &TokenRegistry, headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
+/// The user the request's bearer token belongs to: a static token, else an access token the
+/// provider issued (or the external issuer vouches for).
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Bearer {
+    let Some(token) = oidc::bearer_token(headers) else {
+        return Bearer::Invalid;
+    };
+    let known = state
+        .tokens
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(token)
+        .cloned();
+    match known {
+        Some(user) => Bearer::User(user),
+        None => state.oidc.authenticate(token).await,
     }
-    let tokens = tokens.read().unwrap_or_else(|poison| poison.into_inner());
-    tokens.get(token.trim()).cloned()
 }
 
 enum ReadError {
@@ -282,13 +293,27 @@ async fn post_batch(State(state): State<AppState>, headers: HeaderMap, body: Bod
         }
         Before::None => {}
     }
-    let Some(user) = authenticate(&state.tokens, &headers) else {
-        let mut response = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return response;
+    let user = match authenticate(&state, &headers).await {
+        Bearer::User(user) => user,
+        Bearer::Invalid => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "missing, unknown, expired or revoked bearer token",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return response;
+        }
+        // Not a 401: the client would throw away tokens that may well be good.
+        Bearer::Unavailable(why) => {
+            tracing::warn!("cannot check a bearer token: {why}");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check the token now: {why}"),
+            );
+        }
     };
 
     let limit = state.faults.max_body_bytes();

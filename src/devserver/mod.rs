@@ -3,11 +3,16 @@
 //! versions, duplicates, idempotent replays, all-or-nothing batches) and, through [`Faults`],
 //! the way tests make the upstream misbehave on purpose.
 //!
-//! Inspection (`/`, `/v1/inspect*`) and fault (`/v1/_faults`) endpoints need no token, which is
-//! why the server refuses to bind anything but a loopback address.
+//! It is also a small OpenID provider ([`OidcConfig`], `oidc.rs`): the login of aw-sync-samay is
+//! developed and tested against it, and the batch endpoint accepts the access tokens it issues.
+//!
+//! Inspection (`/`, `/v1/inspect*`), fault (`/v1/_faults`) and provider counter (`/v1/_oauth`)
+//! endpoints need no token, which is why the server refuses to bind anything but a loopback
+//! address.
 
 mod faults;
 mod http;
+mod oidc;
 mod page;
 mod store;
 
@@ -31,9 +36,11 @@ use tower::ServiceExt;
 
 pub use faults::{FaultCounters, FaultReport, FaultSettings, Faults, DEFAULT_MAX_BODY_BYTES};
 pub use http::TokenRegistry;
+pub use oidc::{OAuthCounters, OidcConfig, DEFAULT_ACCESS_TOKEN_TTL, DEV_CLIENT_ID};
 pub use store::{BucketSummary, DeviceSummary, Inspect, StoredEvent};
 
 use http::{AppState, DropConnection};
+use oidc::{Clock, Provider};
 use store::Store;
 
 /// The user every configured token authenticates as. The dev server keys events by the token's
@@ -56,6 +63,18 @@ pub struct DevServerConfig {
     pub db_path: PathBuf,
     /// Accepted bearer tokens, each authenticating as [`DEV_USER`].
     pub tokens: Vec<String>,
+}
+
+/// `127.0.0.1:0`, `samay-dev-server.sqlite` in the working directory, no static tokens: so a
+/// caller names only what it cares about (`DevServerConfig { db_path, ..Default::default() }`).
+impl Default for DevServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: PathBuf::from("samay-dev-server.sqlite"),
+            tokens: Vec::new(),
+        }
+    }
 }
 
 /// A running dev server. Dropping it stops the server (without waiting); [`DevServer::shutdown`]
@@ -105,6 +124,28 @@ impl DevServer {
             .remove(token);
     }
 
+    /// The OpenID issuer identifier: the base URL (discovery at
+    /// `{issuer}/.well-known/openid-configuration`).
+    pub fn issuer(&self) -> String {
+        self.base_url()
+    }
+
+    /// Moves the OpenID provider's clock forward, so tests expire codes, access tokens and the
+    /// external-issuer cache without sleeping. Static tokens and stored events are unaffected.
+    pub fn advance_clock(&self, by: Duration) {
+        self.state.oidc.clock().advance(by);
+    }
+
+    /// Turns auto-approval on (as `user`, or each request's `login_hint`) or off (sign-in page).
+    pub fn set_auto_approve(&self, user: Option<String>) {
+        self.state.oidc.set_auto_approve(user);
+    }
+
+    /// What `GET /v1/_oauth` answers.
+    pub async fn oauth_counters(&self) -> anyhow::Result<OAuthCounters> {
+        self.state.oidc.counters().await
+    }
+
     /// The token registry itself, for a component that manages tokens on its own.
     pub fn tokens(&self) -> TokenRegistry {
         self.state.tokens.clone()
@@ -150,9 +191,17 @@ impl Drop for DevServer {
     }
 }
 
-/// Opens the database, binds, and serves in a background task.
+/// Opens the database, binds, and serves in a background task, with the OpenID provider in its
+/// default configuration (sign-in page, one-hour access tokens).
 pub async fn spawn(cfg: DevServerConfig) -> anyhow::Result<DevServer> {
-    let (listener, state) = prepare(&cfg).await?;
+    spawn_with(cfg, OidcConfig::default()).await
+}
+
+/// [`spawn`] with the OpenID provider configured. A separate argument rather than fields of
+/// [`DevServerConfig`], so every existing `DevServerConfig { bind, db_path, tokens }` literal
+/// keeps compiling.
+pub async fn spawn_with(cfg: DevServerConfig, oidc: OidcConfig) -> anyhow::Result<DevServer> {
+    let (listener, state) = prepare(&cfg, &oidc).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task_state = state.clone();
@@ -175,7 +224,7 @@ pub async fn serve_until(
     cfg: DevServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (listener, state) = prepare(&cfg).await?;
+    let (listener, state) = prepare(&cfg, &OidcConfig::default()).await?;
     tracing::info!(
         "samay-dev-server listening on http://{}",
         listener.local_addr()?
@@ -184,7 +233,10 @@ pub async fn serve_until(
     Ok(())
 }
 
-async fn prepare(cfg: &DevServerConfig) -> anyhow::Result<(TcpListener, AppState)> {
+async fn prepare(
+    cfg: &DevServerConfig,
+    oidc: &OidcConfig,
+) -> anyhow::Result<(TcpListener, AppState)> {
     anyhow::ensure!(
         cfg.bind.ip().is_loopback(),
         "refusing to bind {}: inspection and fault endpoints have no auth, so the dev server listens on loopback only",
@@ -192,6 +244,16 @@ async fn prepare(cfg: &DevServerConfig) -> anyhow::Result<(TcpListener, AppState
     );
     let path = cfg.db_path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    // Bound before the provider is made: the issuer is the base URL, port included.
+    let listener = TcpListener::bind(cfg.bind)
+        .await
+        .with_context(|| format!("binding {}", cfg.bind))?;
+    let issuer = format!("http://{}", listener.local_addr()?);
+    let path = cfg.db_path.clone();
+    let oidc = oidc.clone();
+    let provider =
+        tokio::task::spawn_blocking(move || Provider::open(&path, issuer, &oidc, Clock::default()))
+            .await??;
     let tokens: HashMap<String, String> = cfg
         .tokens
         .iter()
@@ -201,10 +263,8 @@ async fn prepare(cfg: &DevServerConfig) -> anyhow::Result<(TcpListener, AppState
         store: Arc::new(store),
         tokens: Arc::new(RwLock::new(tokens)),
         faults: Faults::default(),
+        oidc: Arc::new(provider),
     };
-    let listener = TcpListener::bind(cfg.bind)
-        .await
-        .with_context(|| format!("binding {}", cfg.bind))?;
     Ok((listener, state))
 }
 

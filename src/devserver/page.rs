@@ -43,7 +43,7 @@ pub(crate) fn render(summary: &Inspect, faults: &FaultReport) -> String {
     )
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
