@@ -1,6 +1,7 @@
 //! Where bearer tokens come from. The engine only sees [`TokenSource`]; the environment token
 //! (`AW_SYNC_SAMAY_TOKEN`) is one implementation, the OAuth login another.
 
+pub mod browser;
 pub mod callback;
 pub mod store;
 pub mod tokens;

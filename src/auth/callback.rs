@@ -1,1 +1,0 @@
-//! The browser callback: loopback listener, deep link, paste-back (stub).
