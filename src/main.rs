@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
-use aw_sync_samay::auth::{AccessToken, NoToken, StaticToken, TokenSource, TOKEN_ENV};
+use aw_sync_samay::auth::oauth::{self, LoginOptions, OAuthSession};
+use aw_sync_samay::auth::store::TokenStore;
+use aw_sync_samay::auth::{callback, NoToken, StaticToken, TokenSource, TOKEN_ENV};
 use aw_sync_samay::cli::Args;
-use aw_sync_samay::config::{self, Config};
+use aw_sync_samay::config::{self, AuthConfig, CallbackMode, Config, TokenStorage};
 use aw_sync_samay::engine::{run_daemon, Engine, Settings};
 use aw_sync_samay::lock::InstanceLock;
 use aw_sync_samay::source::AwClient;
@@ -50,10 +52,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.login || args.logout || args.callback.is_some() || args.register_scheme {
-        bail!("the browser login is not part of this build yet: set {TOKEN_ENV} to a bearer token for the upstream");
+    // Started by the OS for a deep link: hand the URL over and exit, no config, no log file.
+    if let Some(url) = &args.callback {
+        let answer = callback::deliver(url).await?;
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
     }
-    let log_dir = if args.status {
+    let log_dir = if args.status || args.login || args.logout || args.register_scheme {
         None
     } else {
         paths::log_dir().ok()
@@ -90,6 +95,23 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     if args.status {
         return status_command(&args, &config, &source, &state_path).await;
     }
+    if args.login {
+        return login_command(&args, &config, &config_path).await;
+    }
+    if args.logout {
+        return logout_command(&config, &config_path).await;
+    }
+    if args.register_scheme {
+        let exe = std::env::current_exe().context("finding this program's path")?;
+        let done = callback::register_scheme(&config.auth.deep_link_uri, &exe)?;
+        for f in &done.files {
+            println!("wrote {}", f.display());
+        }
+        for s in &done.steps {
+            println!("{s}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let lock_path = paths::lock_file(&args.host, port)?;
     let _lock = InstanceLock::acquire(&lock_path)?;
@@ -97,25 +119,20 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     let store = Arc::new(Store::open(&state_path).context("opening the sync state")?);
     let mut dev = None;
     let (base_url, tokens): (String, Arc<dyn TokenSource>) = if args.dev {
-        let server = start_dev_upstream().await?;
-        let token = dev_token();
-        server.add_token(token.secret());
+        let (server, session) = start_dev_upstream(&config.auth).await?;
         let url = server.base_url();
         eprintln!(
             "dev upstream: {url} (inspect in a browser; stored in {})",
             dev_db_path()?.display()
         );
         dev = Some(server);
-        (
-            url,
-            Arc::new(StaticToken::new(token, "dev upstream (in-process)")),
-        )
+        (url, session)
     } else {
-        let tokens: Arc<dyn TokenSource> = match StaticToken::from_env() {
-            Some(t) => Arc::new(t),
-            None => Arc::new(NoToken),
-        };
-        (config.sync.base_url.clone(), tokens)
+        let tokens = token_source(&config).await?;
+        if let Some(session) = &tokens.1 {
+            login_on_start(&config, session, args.once).await;
+        }
+        (config.sync.base_url.clone(), tokens.0)
     };
 
     if !config.sync.enabled && !args.dev {
@@ -217,10 +234,7 @@ async fn status_command(
             config.sync.gzip,
         )?)
     };
-    let token = match StaticToken::from_env() {
-        Some(t) => t.describe(),
-        None => "none: set AW_SYNC_SAMAY_TOKEN".to_string(),
-    };
+    let token = token_status(config).await;
     let st = status::gather(source, upstream.as_ref(), token, state_path).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
@@ -234,29 +248,230 @@ fn dev_db_path() -> anyhow::Result<PathBuf> {
     Ok(paths::data_dir()?.join("dev-upstream.sqlite"))
 }
 
-/// A random token for the in-process dev upstream; it never leaves this process.
-fn dev_token() -> AccessToken {
-    AccessToken::new(uuid::Uuid::new_v4().simple().to_string())
-}
-
-async fn start_dev_upstream() -> anyhow::Result<devserver::DevServer> {
+/// The embedded upstream for `--dev`, with its OpenID provider approving every sign-in at once,
+/// and a session logged in to it through the real flow (PKCE, loopback callback) — the browser
+/// being an in-process HTTP client that follows the provider's redirect.
+async fn start_dev_upstream(
+    auth: &AuthConfig,
+) -> anyhow::Result<(devserver::DevServer, Arc<dyn TokenSource>)> {
     let db_path = dev_db_path()?;
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "dev".into());
     let mut last = None;
+    let mut server = None;
     for port in [DEV_PORT, 0] {
         let cfg = devserver::DevServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
             db_path: db_path.clone(),
-            tokens: Vec::new(),
+            ..Default::default()
         };
-        match devserver::spawn(cfg).await {
-            Ok(s) => return Ok(s),
+        let oidc = devserver::OidcConfig {
+            auto_approve: Some(user.clone()),
+            ..Default::default()
+        };
+        match devserver::spawn_with(cfg, oidc).await {
+            Ok(s) => {
+                server = Some(s);
+                break;
+            }
             Err(e) => last = Some(e),
         }
     }
-    Err(last.map_or_else(
-        || anyhow::anyhow!("no port"),
-        |e| e.context("starting the dev upstream"),
-    ))
+    let Some(server) = server else {
+        return Err(last.map_or_else(
+            || anyhow::anyhow!("no port"),
+            |e| e.context("starting the dev upstream"),
+        ));
+    };
+    let mut auth = auth.clone();
+    auth.issuer = server.issuer();
+    auth.client_id = devserver::DEV_CLIENT_ID.to_string();
+    auth.auth_url.clear();
+    auth.token_url.clear();
+    auth.userinfo_url.clear();
+    auth.revocation_url.clear();
+    auth.callback = CallbackMode::Loopback;
+    auth.login_timeout = 30;
+    let http = oauth::http_client()?;
+    let provider = oauth::resolve_provider(&auth, &http).await?;
+    let store = TokenStore::open(
+        TokenStorage::File,
+        oauth::configured_account(&auth),
+        &paths::data_dir()?.join("dev"),
+    )
+    .await?;
+    let opener: oauth::Opener = Box::new(|url| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let browser = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(3))
+                .build();
+            if let Ok(b) = browser {
+                let _ = b.get(url).send().await;
+            }
+        });
+    });
+    let tokens = oauth::login(
+        &auth,
+        &store,
+        &provider,
+        LoginOptions {
+            no_browser: false,
+            opener: Some(opener),
+        },
+    )
+    .await
+    .context("logging in to the dev upstream")?;
+    eprintln!(
+        "dev upstream: logged in as {}",
+        oauth::display_name(&tokens)
+    );
+    let session = OAuthSession::new(&auth, store, &paths::cache_dir()?).with_provider(provider);
+    Ok((server, Arc::new(session)))
+}
+
+/// The daemon's token source: `AW_SYNC_SAMAY_TOKEN` when set (used as is), else the login
+/// session when `[auth]` is configured, else none (the daemon idles: "login required").
+async fn token_source(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn TokenSource>, Option<Arc<OAuthSession>>)> {
+    if let Some(t) = StaticToken::from_env() {
+        return Ok((Arc::new(t), None));
+    }
+    if !oauth::login_configured(&config.auth) {
+        return Ok((Arc::new(NoToken), None));
+    }
+    let store = open_token_store(&config.auth).await?;
+    let session = Arc::new(OAuthSession::new(&config.auth, store, &paths::cache_dir()?));
+    Ok((session.clone(), Some(session)))
+}
+
+async fn open_token_store(auth: &AuthConfig) -> anyhow::Result<TokenStore> {
+    TokenStore::open(
+        auth.token_storage,
+        oauth::configured_account(auth),
+        &paths::data_dir()?,
+    )
+    .await
+    .context("opening the token storage")
+}
+
+/// `auth.login_on_start`: a daemon started logged out opens the browser login once, in the
+/// background, so enabling the module is the "Login" click. Never otherwise.
+async fn login_on_start(config: &Config, session: &Arc<OAuthSession>, once: bool) {
+    if once || !config.auth.login_on_start {
+        return;
+    }
+    if !matches!(session.store().load().await, Ok(None)) {
+        return;
+    }
+    tracing::info!("logged out and auth.login_on_start = true: opening the browser to log in");
+    let auth = config.auth.clone();
+    tokio::spawn(async move {
+        let result = async {
+            let http = oauth::http_client()?;
+            let provider = oauth::resolve_provider(&auth, &http).await?;
+            let store = open_token_store(&auth).await?;
+            let opts = LoginOptions {
+                no_browser: false,
+                opener: None,
+            };
+            anyhow::Ok(oauth::login(&auth, &store, &provider, opts).await?)
+        }
+        .await;
+        match result {
+            Ok(t) => tracing::info!("Logged in as {}", oauth::display_name(&t)),
+            Err(e) => tracing::warn!("the login did not complete: {e:#}"),
+        }
+    });
+}
+
+async fn login_command(
+    args: &Args,
+    config: &Config,
+    config_path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let auth = &config.auth;
+    if !oauth::login_configured(auth) {
+        bail!(
+            "the login is not configured: set auth.client_id and auth.issuer (or auth.auth_url and auth.token_url) in {}",
+            config_path.display()
+        );
+    }
+    let http = oauth::http_client()?;
+    let provider = oauth::resolve_provider(auth, &http).await?;
+    let store = open_token_store(auth).await?;
+    let opts = LoginOptions {
+        no_browser: args.no_browser,
+        opener: None,
+    };
+    let tokens = oauth::login(auth, &store, &provider, opts).await?;
+    println!("Logged in as {}", oauth::display_name(&tokens));
+    println!("Tokens stored in {}.", store.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logout_command(
+    config: &Config,
+    config_path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let auth = &config.auth;
+    if !oauth::login_configured(auth) {
+        bail!(
+            "the login is not configured in {}: nothing to log out of",
+            config_path.display()
+        );
+    }
+    let store = open_token_store(auth).await?;
+    let report = oauth::logout(auth, &store).await?;
+    if !report.had_tokens {
+        println!("Not logged in: nothing stored in {}.", store.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &report.revoked {
+        Some(Ok(())) => println!("Revoked the session at the provider."),
+        Some(Err(why)) => println!(
+            "Could not revoke the session at the provider ({why}); it ends when its tokens expire."
+        ),
+        None => println!(
+            "The provider has no revocation endpoint; the session ends when its tokens expire."
+        ),
+    }
+    if report.deleted {
+        println!("Deleted the stored tokens from {}.", store.describe());
+    }
+    println!("Sync state and cursors are kept: the next login resumes where the sync stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The token line of `--status`: where tokens come from and who is logged in.
+async fn token_status(config: &Config) -> String {
+    if let Some(t) = StaticToken::from_env() {
+        return t.describe();
+    }
+    if !oauth::login_configured(&config.auth) {
+        return format!("none: configure [auth] and run aw-sync-samay --login, or set {TOKEN_ENV}");
+    }
+    match open_token_store(&config.auth).await {
+        Err(e) => format!("token storage unavailable: {e:#}"),
+        Ok(store) => match store.load().await {
+            Ok(Some(t)) => format!(
+                "{}: logged in as {}",
+                store.describe(),
+                oauth::display_name(&t)
+            ),
+            Ok(None) => format!(
+                "{}: login required: run aw-sync-samay --login",
+                store.describe()
+            ),
+            Err(e) => format!(
+                "{}: unreadable ({e}): run aw-sync-samay --login",
+                store.describe()
+            ),
+        },
+    }
 }
 
 /// SIGINT or SIGTERM (aw-qt stops modules with SIGTERM).

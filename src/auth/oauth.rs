@@ -19,15 +19,14 @@ use oauth2::basic::{
     BasicTokenIntrospectionResponse, BasicTokenType,
 };
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, CsrfToken, EndpointNotSet, EndpointSet,
-    ExtraTokenFields, PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    StandardErrorResponse, StandardRevocableToken, StandardTokenResponse, TokenResponse,
-    TokenUrl,
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, EndpointNotSet, EndpointSet, ExtraTokenFields,
+    PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
+    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::callback::{self, CallbackWaiter, Finish, WaitOptions};
+use super::callback::{self, CallbackOptions, CallbackWaiter, Finish, PendingCallback};
 use super::store::TokenStore;
 use super::tokens::{Account, StoredTokens};
 use super::{AccessToken, AuthError, BoxFuture, TokenSource};
@@ -59,6 +58,28 @@ impl Provider {
     }
 }
 
+/// Whether `[auth]` says enough for a login: a client id, and an issuer or both endpoints.
+pub fn login_configured(cfg: &AuthConfig) -> bool {
+    cfg.enabled
+        && !cfg.client_id.trim().is_empty()
+        && (!cfg.issuer.trim().is_empty()
+            || (!cfg.auth_url.trim().is_empty() && !cfg.token_url.trim().is_empty()))
+}
+
+/// The stored entry for the configured provider and client, known without any network call
+/// (the issuer as configured, else the token endpoint), so the daemon finds its tokens offline.
+pub fn configured_account(cfg: &AuthConfig) -> Account {
+    let issuer = cfg.issuer.trim().trim_end_matches('/');
+    Account {
+        issuer: if issuer.is_empty() {
+            cfg.token_url.trim().to_string()
+        } else {
+            issuer.to_string()
+        },
+        client_id: cfg.client_id.trim().to_string(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     #[error("the login is not configured: {0}")]
@@ -67,7 +88,9 @@ pub enum LoginError {
     Discovery { url: String, detail: String },
     #[error(transparent)]
     Callback(#[from] callback::CallbackError),
-    #[error("the sign-in response came from another issuer ({got}, expected {expected}): refusing it")]
+    #[error(
+        "the sign-in response came from another issuer ({got}, expected {expected}): refusing it"
+    )]
     IssuerMismatch { got: String, expected: String },
     #[error("the sign-in response carries no issuer although {0} promises one: refusing it")]
     IssuerMissing(String),
@@ -219,11 +242,11 @@ pub async fn login(
         return Err(LoginError::NotConfigured("set auth.client_id".into()));
     }
     let http = http_client().map_err(|e| LoginError::Exchange(e.to_string()))?;
-    let waiter = CallbackWaiter::start(
+    let mut waiter = CallbackWaiter::start(
         cfg,
-        WaitOptions {
+        CallbackOptions {
             paste_from_stdin: opts.no_browser,
-            ..WaitOptions::default()
+            ..CallbackOptions::default()
         },
     )
     .await?;
@@ -242,15 +265,19 @@ pub async fn login(
     }
     let (url, state) = request.url();
 
-    eprintln!("To sign in, open this URL in a browser:\n\n  {url}\n");
     match &opts.opener {
         Some(open) => open(&url),
         None if opts.no_browser => {
-            eprintln!("Then paste the address the browser was sent to (it starts with {redirect}) here.");
+            eprintln!("To sign in, open this URL in a browser:\n\n  {url}\n");
+            eprintln!(
+                "Then paste the address the browser was sent to (it starts with {redirect}) here."
+            );
         }
         None => {
+            // Always printed: the browser may open on another screen, or not at all.
+            eprintln!("To sign in, open this URL in a browser:\n\n  {url}\n");
             let outcome = super::browser::open(&url);
-            tracing::info!(?outcome, "browser");
+            tracing::info!("browser: {outcome}");
         }
     }
     let timeout = Duration::from_secs(cfg.login_timeout.max(1));
@@ -264,19 +291,11 @@ pub async fn login(
                     got: got.to_string(),
                     expected: expected.clone(),
                 };
-                pending.finish(Finish::Failure {
-                    message: e.to_string(),
-                    hint: "Run aw-sync-samay --login again.".into(),
-                });
-                return Err(e);
+                return Err(fail(pending, e, AGAIN).await);
             }
             None if provider.iss_parameter_supported => {
                 let e = LoginError::IssuerMissing(expected.clone());
-                pending.finish(Finish::Failure {
-                    message: e.to_string(),
-                    hint: "Run aw-sync-samay --login again.".into(),
-                });
-                return Err(e);
+                return Err(fail(pending, e, AGAIN).await);
             }
             _ => {}
         }
@@ -291,11 +310,7 @@ pub async fn login(
         Ok(r) => r,
         Err(e) => {
             let e = LoginError::Exchange(describe_token_error(&e));
-            pending.finish(Finish::Failure {
-                message: e.to_string(),
-                hint: "Run aw-sync-samay --login again.".into(),
-            });
-            return Err(e);
+            return Err(fail(pending, e, AGAIN).await);
         }
     };
     let account = provider.account(&cfg.client_id);
@@ -303,17 +318,28 @@ pub async fn login(
     identify(&mut tokens, provider, &http).await;
     if let Err(e) = store.save(&tokens).await {
         let e = LoginError::Store(e.to_string());
-        pending.finish(Finish::Failure {
-            message: e.to_string(),
-            hint: "Unlock the keyring, or set auth.token_storage = \"file\", then log in again."
-                .into(),
-        });
-        return Err(e);
+        let hint = "Unlock the keyring, or set auth.token_storage = \"file\", then log in again.";
+        return Err(fail(pending, e, hint).await);
     }
-    pending.finish(Finish::Success {
-        username: display_name(&tokens),
-    });
+    pending
+        .finish(Finish::Success {
+            username: display_name(&tokens),
+        })
+        .await;
     Ok(tokens)
+}
+
+const AGAIN: &str = "Run aw-sync-samay --login again.";
+
+/// Shows the failure in the browser tab, then hands it back to be returned.
+async fn fail(pending: PendingCallback, e: LoginError, hint: &str) -> LoginError {
+    pending
+        .finish(Finish::Failure {
+            message: e.to_string(),
+            hint: Some(hint.to_string()),
+        })
+        .await;
+    e
 }
 
 /// What "Logged in as …" shows.
@@ -344,12 +370,9 @@ fn from_response(
             .expires_in()
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .map(|d| requested_at + d),
-        scope: r.scopes().map(|s| {
-            s.iter()
-                .map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }),
+        scope: r
+            .scopes()
+            .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
         id_token,
         subject: claims.as_ref().and_then(|c| c.sub.clone()),
         username: claims.as_ref().and_then(Claims::name),
@@ -488,9 +511,10 @@ impl OAuthSession {
     }
 
     async fn load(&self) -> Result<Option<StoredTokens>, AuthError> {
-        self.store.load().await.map_err(|e| {
-            AuthError::Transient(format!("reading the stored tokens failed: {e}"))
-        })
+        self.store
+            .load()
+            .await
+            .map_err(|e| AuthError::Transient(format!("reading the stored tokens failed: {e}")))
     }
 
     fn remember(&self, t: &StoredTokens) {
@@ -561,14 +585,18 @@ impl OAuthSession {
                 {
                     // Final (RFC 6749 §5.2): the grant is gone. Forget it so status says so.
                     let _ = self.store.delete().await;
-                    tracing::warn!("the provider ended the session (invalid_grant): run aw-sync-samay --login");
+                    tracing::warn!(
+                        "the provider ended the session (invalid_grant): run aw-sync-samay --login"
+                    );
                     return Err(AuthError::LoginRequired);
                 }
                 Err(e) => {
                     attempt += 1;
                     let detail = describe_token_error(&e);
                     if attempt >= 3 {
-                        return Err(AuthError::Transient(format!("token refresh failed: {detail}")));
+                        return Err(AuthError::Transient(format!(
+                            "token refresh failed: {detail}"
+                        )));
                     }
                     let wait = crate::engine::backoff::RetryPolicy::default().delay(
                         attempt,
@@ -640,7 +668,10 @@ impl TokenSource for OAuthSession {
     }
 
     fn user_id(&self) -> Option<String> {
-        self.subject.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.subject
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn describe(&self) -> String {
@@ -762,7 +793,10 @@ async fn post_revocation(
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("the provider answered {} to the revocation", resp.status()))
+        Err(format!(
+            "the provider answered {} to the revocation",
+            resp.status()
+        ))
     }
 }
 
@@ -802,10 +836,16 @@ mod tests {
         let t0 = Utc::now();
         let t = tokens(t0, Some(t0 + chrono::Duration::seconds(300)));
         assert!(OAuthSession::fresh(&t, t0 + chrono::Duration::seconds(150)));
-        assert!(!OAuthSession::fresh(&t, t0 + chrono::Duration::seconds(201)));
+        assert!(!OAuthSession::fresh(
+            &t,
+            t0 + chrono::Duration::seconds(201)
+        ));
         // Without expires_in: never refreshed proactively (no refresh loop), only on a 401.
         let forever = tokens(t0, None);
-        assert!(OAuthSession::fresh(&forever, t0 + chrono::Duration::days(400)));
+        assert!(OAuthSession::fresh(
+            &forever,
+            t0 + chrono::Duration::days(400)
+        ));
     }
 
     #[test]
