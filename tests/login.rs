@@ -83,8 +83,16 @@ impl LoginRig {
     }
 
     async fn run(&self, args: &[&str], user: Option<&PlayUser>) -> Output {
+        self.run_traced(args, user, false).await
+    }
+
+    /// With `RUST_LOG=trace`: every log line of every crate, to look for secrets in.
+    async fn run_traced(&self, args: &[&str], user: Option<&PlayUser>, trace: bool) -> Output {
         let mut c = self.cmd();
         c.args(args);
+        if trace {
+            c.env("RUST_LOG", "trace");
+        }
         if let Some(u) = user {
             u.apply(&mut c);
         }
@@ -179,7 +187,11 @@ fn all_logs(home: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sync_with_tokens_expiring_every_few_seconds_then_logout_revokes() {
     let rig = LoginRig::new(3, "").await;
-    let out = rig.login("alice").await;
+    let play = PlayUser::default();
+    let out = rig
+        .run_traced(&["--login", "--verbose"], Some(&play), true)
+        .await;
+    let mut printed = text(&out);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("Logged in as alice"),
@@ -200,7 +212,8 @@ async fn login_sync_with_tokens_expiring_every_few_seconds_then_logout_revokes()
     }
     rig.dev.faults().update(|f| f.slow_ms = 120);
     let started = Instant::now();
-    let out = rig.run(&["--once", "--verbose"], None).await;
+    let out = rig.run_traced(&["--once", "--verbose"], None, true).await;
+    printed.push_str(&text(&out));
     let took = started.elapsed();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -234,7 +247,7 @@ async fn login_sync_with_tokens_expiring_every_few_seconds_then_logout_revokes()
     assert!(body.contains("invalid_grant"), "{body}");
 
     // Nothing secret in any log line, stdout or stderr at trace level.
-    let logs = all_logs(rig.home.path());
+    let logs = all_logs(rig.home.path()) + &printed;
     assert!(!logs.is_empty());
     for secret in [
         &first.access_token,
@@ -435,4 +448,176 @@ async fn login_into_the_real_secret_service() {
         !rig.data_dir().join("tokens").exists(),
         "no plain-text file was written"
     );
+}
+
+/// Reads the child's stderr until the authorization URL appears (bounded by the child's own
+/// login timeout), keeping everything read for messages.
+fn read_auth_url(
+    stderr: std::process::ChildStderr,
+) -> (Option<String>, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.trim_start().starts_with("http") && line.contains("code_challenge=") {
+                let _ = tx.send(line.trim().to_string());
+                sent = true;
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    (rx.recv_timeout(Duration::from_secs(30)).ok(), handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_browser_accepts_the_redirected_url_pasted_on_stdin() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let rig = LoginRig::new(3600, "").await;
+    let mut c = rig.cmd();
+    // A display-less SSH session: nothing would open a browser even if we let it.
+    c.args(["--login", "--no-browser"])
+        .env("SSH_CONNECTION", "10.0.0.1 22 10.0.0.2 22")
+        .env_remove("BROWSER")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let (url, err_thread) = read_auth_url(child.stderr.take().unwrap());
+    let url = url.expect("the URL is printed");
+    // The user signs in on another machine; its browser ends on an address nobody answers.
+    let redirect = tokio::task::spawn_blocking(move || {
+        PlayUser {
+            deliver: false,
+            ..Default::default()
+        }
+        .run(&url)
+    })
+    .await
+    .unwrap()
+    .redirect
+    .expect("a final redirect");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{redirect}").unwrap();
+    drop(stdin);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = err_thread.join().unwrap();
+    assert!(out.status.success(), "{}\n{err}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Logged in as alice"));
+    assert!(err.contains("paste"), "the user is told to paste: {err}");
+    assert!(rig.stored().await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deep_link_fallback_hands_the_response_to_the_waiting_login() {
+    let rig = LoginRig::new(3600, "callback = \"deep-link\"").await;
+    let redirect_file = rig.home.path().join("redirect");
+    let play = PlayUser {
+        deliver: false,
+        redirect_file: Some(redirect_file.clone()),
+        ..Default::default()
+    };
+    let mut c = rig.cmd();
+    c.arg("--login")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    play.apply(&mut c);
+    let child = c.spawn().unwrap();
+    // The provider sends the browser to samay://callback?...; the "OS" starts --callback.
+    let mut link = None;
+    for _ in 0..300 {
+        if let Ok(s) = std::fs::read_to_string(&redirect_file) {
+            if !s.trim().is_empty() {
+                link = Some(s.trim().to_string());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let link = link.expect("the provider redirected to the deep link");
+    assert!(link.starts_with("samay://callback?"), "{link}");
+    let handoff = rig.run(&["--callback", &link], None).await;
+    assert!(handoff.status.success(), "{}", text(&handoff));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Logged in as alice"));
+    // A replayed link finds no login waiting.
+    let again = rig.run(&["--callback", &link], None).await;
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("no login is in progress"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_opens_the_browser_only_when_login_on_start_is_set() {
+    for login_on_start in [false, true] {
+        let rig = LoginRig::new(3600, &format!("login_on_start = {login_on_start}")).await;
+        let log = rig.home.path().join("play.log");
+        let play = PlayUser {
+            log: Some(log.clone()),
+            ..Default::default()
+        };
+        let mut c = rig.cmd();
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        play.apply(&mut c);
+        let mut daemon = c.spawn().unwrap();
+        let mut logged_in = false;
+        for _ in 0..60 {
+            if rig.stored().await.is_some() {
+                logged_in = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon keeps running"
+        );
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(daemon.id().to_string())
+            .status();
+        let _ = daemon.wait();
+        assert_eq!(
+            logged_in, login_on_start,
+            "login_on_start = {login_on_start}"
+        );
+        assert_eq!(
+            log.exists(),
+            login_on_start,
+            "browser opened: {}",
+            log.exists()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_scheme_installs_the_desktop_handler() {
+    let rig = LoginRig::new(3600, "").await;
+    let out = rig.run(&["--register-scheme"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let desktop = rig
+        .home
+        .path()
+        .join("data/applications/aw-sync-samay-callback.desktop");
+    let entry = std::fs::read_to_string(&desktop).expect("desktop entry written");
+    assert!(
+        entry.contains("MimeType=x-scheme-handler/samay;"),
+        "{entry}"
+    );
+    assert!(entry.contains("--callback %u"), "{entry}");
 }
