@@ -101,9 +101,15 @@ install_oidc() {
     log "oidc: installed (oidc-provider $(node -p "require('$dst/node_modules/oidc-provider/package.json').version"))"
 }
 
+# install_desktop_tools: desktop-file-validate checks the deep-link handler --register-scheme writes.
+install_desktop_tools() {
+    need_apt desktop-file-utils
+}
+
 install_aw_server
 install_keyring
 install_oidc
+install_desktop_tools
 # install_keyring (need_apt gnome-keyring ...), ...
 
 log "done"
