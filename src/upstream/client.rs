@@ -203,32 +203,13 @@ impl UpstreamClient {
             .send()
             .await
             .map_err(network)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_bounded(response).await?;
-
-        if status.is_success() {
-            return serde_json::from_slice::<BatchResponse>(&body).map_err(|e| {
-                UpstreamError::Malformed(format!("{e}; body: {}", snippet(&body, token)))
+        let answer = Answer::read(response).await?;
+        if answer.status.is_success() {
+            return serde_json::from_slice::<BatchResponse>(&answer.body).map_err(|e| {
+                UpstreamError::Malformed(format!("{e}; body: {}", snippet(&answer.body, token)))
             });
         }
-        Err(classify(
-            status,
-            retry_after,
-            location.as_deref(),
-            &body,
-            batch.events.len(),
-            token,
-        ))
+        Err(answer.classify(batch.events.len(), token))
     }
 
     /// `GET {base_url}/v1/health` without a token. `Ok` on any 2xx; anything else is classified
@@ -240,29 +221,52 @@ impl UpstreamClient {
             .send()
             .await
             .map_err(network)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_bounded(response).await?;
-        if status.is_success() {
+        let answer = Answer::read(response).await?;
+        if answer.status.is_success() {
             return Ok(());
         }
-        Err(classify(
+        Err(answer.classify(0, &AccessToken::new("")))
+    }
+}
+
+/// What the client keeps of an answer: enough to classify it, the body bounded.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Result<Answer, UpstreamError> {
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after =
+            header(RETRY_AFTER).and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let location = header(reqwest::header::LOCATION);
+        let status = response.status();
+        Ok(Answer {
             status,
             retry_after,
-            location.as_deref(),
-            &body,
-            0,
-            &AccessToken::new(""),
-        ))
+            location,
+            body: read_bounded(response).await?,
+        })
+    }
+
+    fn classify(&self, events: usize, token: &AccessToken) -> UpstreamError {
+        classify(
+            self.status,
+            self.retry_after,
+            self.location.as_deref(),
+            &self.body,
+            events,
+            token,
+        )
     }
 }
 
