@@ -138,7 +138,7 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     if !config.sync.enabled && !args.dev {
         if args.once {
             bail!(
-                "sync is disabled (sync.enabled = false in {})",
+                "sync is disabled: set sync.enabled = true in {} to sync",
                 config_path.display()
             );
         }

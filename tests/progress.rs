@@ -385,8 +385,7 @@ async fn once_on_a_terminal_redraws_the_progress_table_in_place() {
     // The last frame stays: its total row says everything was delivered.
     let last_total = out
         .split(['\r', '\n'])
-        .filter(|l| l.contains("total "))
-        .next_back()
+        .rfind(|l| l.contains("total "))
         .unwrap_or_else(|| panic!("{out:?}"));
     let fields: Vec<&str> = last_total
         .trim_start_matches("\x1b[2K")

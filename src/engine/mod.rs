@@ -109,11 +109,11 @@ impl Settings {
 pub enum CycleError {
     #[error("aw-server at {url} is not reachable: start ActivityWatch (aw-server) — {source}")]
     SourceDown { url: String, source: SourceError },
-    #[error("reading aw-server failed: {0}")]
+    #[error("reading aw-server failed: {0} (see aw-server's log; nothing is lost, the next sync resumes where this one stopped)")]
     Source(SourceError),
     #[error(transparent)]
     Auth(AuthError),
-    #[error("the upstream did not take the events: {0}")]
+    #[error("the upstream did not take the events: {0} (check the network and sync.base_url; nothing is lost, the next sync resumes where this one stopped)")]
     Upstream(UpstreamError),
     #[error(transparent)]
     State(StateError),
