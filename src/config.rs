@@ -158,7 +158,7 @@ pub struct LoadedConfig {
 /// mean would be worse than not syncing.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the config file {}: {source}", path.display())]
+    #[error("cannot read the config file {}: {source} (check that it is readable, or pass --config FILE)", path.display())]
     Read {
         path: PathBuf,
         #[source]

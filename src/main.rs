@@ -20,7 +20,7 @@ use aw_sync_samay::lock::InstanceLock;
 use aw_sync_samay::source::AwClient;
 use aw_sync_samay::state::Store;
 use aw_sync_samay::upstream::UpstreamClient;
-use aw_sync_samay::{devserver, logging, paths, status};
+use aw_sync_samay::{devserver, logging, paths, progress, status};
 
 /// Where `--dev` serves its embedded upstream when the port is free (else any free port).
 const DEV_PORT: u16 = 5680;
@@ -138,7 +138,7 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     if !config.sync.enabled && !args.dev {
         if args.once {
             bail!(
-                "sync is disabled (sync.enabled = false in {})",
+                "sync is disabled: set sync.enabled = true in {} to sync",
                 config_path.display()
             );
         }
@@ -198,8 +198,19 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// One cycle with live progress on stderr (redrawn in place on a terminal, a plain line every
+/// few seconds otherwise), then the one-line summary on stdout.
 async fn once(engine: &Engine) -> ExitCode {
-    match engine.run_cycle().await {
+    let mut renderer = progress::stderr_renderer();
+    let result = progress::watch(
+        &mut renderer,
+        &engine.metrics,
+        &engine.source,
+        &engine.store,
+        engine.run_cycle(),
+    )
+    .await;
+    match result {
         Ok(r) => {
             println!(
                 "synced: {} events read, {} delivered ({} already held upstream), {} quarantined, in {:.1} s",

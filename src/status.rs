@@ -120,10 +120,17 @@ pub async fn gather(
 }
 
 impl Status {
-    /// The human form: one line per fact, a table of buckets.
+    /// The human form, readable at a glance: connection, sync, what to do next, then a table
+    /// of buckets. The first word of each line says what it is about (scripts use `--json`).
     pub fn render(&self) -> String {
+        self.render_at(chrono::Utc::now())
+    }
+
+    /// [`Status::render`] as seen at `now` (relative times are computed from it).
+    pub fn render_at(&self, now: chrono::DateTime<chrono::Utc>) -> String {
         let mut out = String::new();
         let mark = |ok: bool| if ok { "ok  " } else { "DOWN" };
+        let _ = writeln!(out, "Connection");
         let _ = writeln!(
             out,
             "aw-server  {} {} ({})",
@@ -131,23 +138,32 @@ impl Status {
             self.aw_server.url,
             self.aw_server.detail
         );
+        let upstream_url = if self.upstream.url.is_empty() {
+            "-"
+        } else {
+            &self.upstream.url
+        };
         let _ = writeln!(
             out,
             "upstream   {} {} ({})",
             mark(self.upstream.reachable),
-            self.upstream.url,
+            upstream_url,
             self.upstream.detail
         );
         let _ = writeln!(out, "token      {}", self.token);
-        let _ = writeln!(out, "state      {}", self.state_db);
-        let never = "never".to_string();
+
+        let _ = writeln!(out, "\nSync");
         let _ = writeln!(
             out,
-            "last sync  {}   last cycle {}",
-            self.last_cycle.last_success.as_ref().unwrap_or(&never),
-            self.last_cycle.last_cycle.as_ref().unwrap_or(&never)
+            "last sync  {}",
+            when(self.last_cycle.last_success.as_deref(), now)
         );
         if let Some(e) = &self.last_cycle.last_error {
+            let _ = writeln!(
+                out,
+                "last try   {} — failed",
+                when(self.last_cycle.last_cycle.as_deref(), now)
+            );
             let _ = writeln!(out, "last error {e}");
         }
         let _ = writeln!(
@@ -155,17 +171,34 @@ impl Status {
             "pending    {}   quarantined {}",
             self.pending, self.quarantined
         );
+        let _ = writeln!(out, "state      {}", self.state_db);
+
+        let todo = self.next_steps();
+        if !todo.is_empty() {
+            let _ = writeln!(out, "\nTo do");
+            for t in &todo {
+                let _ = writeln!(out, "  - {t}");
+            }
+        }
+
         if !self.buckets.is_empty() {
+            let w = self
+                .buckets
+                .iter()
+                .map(|b| b.state.bucket_id.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max("bucket".len());
             let _ = writeln!(
                 out,
-                "\n{:<40} {:>10} {:>10} {:>9} {:>11}  cursor",
+                "\n{:<w$}  {:>9}  {:>8}  {:>7}  {:>11}  cursor",
                 "bucket", "delivered", "versions", "pending", "quarantined"
             );
             for b in &self.buckets {
                 let pending = b.pending.map_or("?".to_string(), |p| p.to_string());
                 let _ = writeln!(
                     out,
-                    "{:<40} {:>10} {:>10} {:>9} {:>11}  {}",
+                    "{:<w$}  {:>9}  {:>8}  {:>7}  {:>11}  {}",
                     b.state.bucket_id,
                     b.state.delivered,
                     b.state.versions_sent,
@@ -176,7 +209,10 @@ impl Status {
             }
         }
         if !self.quarantine.is_empty() {
-            let _ = writeln!(out, "\nquarantined events (newest first):");
+            let _ = writeln!(
+                out,
+                "\nquarantined events (newest first; the upstream refused them — fix the upstream or the event, they are not retried):"
+            );
             for q in &self.quarantine {
                 let _ = writeln!(
                     out,
@@ -186,5 +222,186 @@ impl Status {
             }
         }
         out
+    }
+
+    /// What the user should do, from what is wrong (empty when nothing is).
+    fn next_steps(&self) -> Vec<String> {
+        let mut todo = Vec::new();
+        if !self.aw_server.reachable {
+            todo.push(format!(
+                "aw-server is not answering at {}: start ActivityWatch (aw-qt or aw-server), or pass --port/--testing if it listens elsewhere",
+                self.aw_server.url
+            ));
+        }
+        if self.upstream.url.is_empty() {
+            todo.push(
+                "no upstream: set sync.base_url in the config file (or try --dev --once)".into(),
+            );
+        } else if !self.upstream.reachable {
+            todo.push(format!(
+                "the upstream is not answering at {}: check the network, and sync.base_url in the config file",
+                self.upstream.url
+            ));
+        }
+        if self.last_cycle.last_success.is_none() && self.last_cycle.last_error.is_none() {
+            todo.push(
+                "no sync has run yet: start the daemon (or aw-qt), or run aw-sync-samay --once"
+                    .into(),
+            );
+        }
+        if self.quarantined > 0 {
+            todo.push(format!(
+                "{} event(s) were refused by the upstream and quarantined: see below, and the log",
+                self.quarantined
+            ));
+        }
+        todo
+    }
+}
+
+/// "3 min ago (2026-11-25 14:05:00 +01:00)" for an RFC 3339 time; "never" for none.
+fn when(t: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(t) = t else {
+        return "never".into();
+    };
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(at) => {
+            let local = at.with_timezone(&chrono::Local);
+            format!(
+                "{} ({})",
+                ago(now.signed_duration_since(at.with_timezone(&chrono::Utc))),
+                local.format("%Y-%m-%d %H:%M:%S %:z")
+            )
+        }
+        Err(_) => t.to_string(),
+    }
+}
+
+/// A duration before now, in the largest whole unit: "just now", "42 s ago", "3 min ago",
+/// "5 h ago", "2 days ago"; a time in the future (a clock change) says so.
+pub fn ago(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    if s < 0 {
+        return "in the future (check the clock)".into();
+    }
+    match s {
+        0..=4 => "just now".into(),
+        5..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=172_799 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration as D, TimeZone, Utc};
+
+    #[test]
+    fn relative_times_use_the_largest_whole_unit() {
+        assert_eq!(ago(D::seconds(2)), "just now");
+        assert_eq!(ago(D::seconds(42)), "42 s ago");
+        assert_eq!(ago(D::seconds(200)), "3 min ago");
+        assert_eq!(ago(D::hours(5)), "5 h ago");
+        assert_eq!(ago(D::days(3)), "3 days ago");
+        assert!(ago(D::seconds(-30)).contains("future"));
+    }
+
+    fn status(aw_ok: bool, up_url: &str, error: Option<&str>) -> Status {
+        let reach = |url: &str, ok: bool| Reach {
+            url: url.into(),
+            reachable: ok,
+            detail: if ok {
+                "ok".into()
+            } else {
+                "connection refused".into()
+            },
+        };
+        Status {
+            aw_server: reach("http://127.0.0.1:5600", aw_ok),
+            upstream: reach(up_url, !up_url.is_empty()),
+            token: "environment (AW_SYNC_SAMAY_TOKEN)".into(),
+            state_db: "/tmp/state.sqlite".into(),
+            device_id: None,
+            buckets: vec![
+                BucketLine {
+                    state: BucketStatus {
+                        bucket_id: "aw-watcher-window_a-rather-long-hostname".into(),
+                        generation: 0,
+                        cursor: Some("2026-11-25T13:05:00Z".into()),
+                        delivered: 81234,
+                        delivered_current: 81234,
+                        versions_sent: 84002,
+                        quarantined: 0,
+                    },
+                    pending: Some(0),
+                },
+                BucketLine {
+                    state: BucketStatus {
+                        bucket_id: "afk".into(),
+                        generation: 0,
+                        cursor: None,
+                        delivered: 5,
+                        delivered_current: 5,
+                        versions_sent: 5,
+                        quarantined: 0,
+                    },
+                    pending: None,
+                },
+            ],
+            pending: 0,
+            quarantined: 0,
+            last_cycle: CycleRecord {
+                last_cycle: Some("2026-11-25T13:05:00+00:00".into()),
+                last_success: Some("2026-11-25T13:02:00+00:00".into()),
+                last_error: error.map(Into::into),
+            },
+            quarantine: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_text_groups_connection_sync_and_an_aligned_bucket_table() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 13, 5, 30).unwrap();
+        let text = status(true, "https://up/health", None).render_at(now);
+        let line = |p: &str| text.lines().find(|l| l.starts_with(p)).unwrap_or("");
+        assert!(line("last sync ").contains("3 min ago ("), "{text}");
+        assert!(!text.contains("To do"), "nothing to do: {text}");
+        assert!(!text.contains("last error"), "{text}");
+        let header = text.lines().position(|l| l.starts_with("bucket ")).unwrap();
+        let rows: Vec<&str> = text.lines().skip(header).take(3).collect();
+        // Every column ends at the same place in every row.
+        let end_of = |row: &str, i: usize| {
+            let mut ends = Vec::new();
+            let b = row.as_bytes();
+            for j in 0..b.len() {
+                if b[j] != b' ' && (j + 1 == b.len() || b[j + 1] == b' ') {
+                    ends.push(j);
+                }
+            }
+            ends[i]
+        };
+        for col in 1..5 {
+            let e: Vec<usize> = rows.iter().map(|r| end_of(r, col)).collect();
+            assert!(e.iter().all(|x| *x == e[0]), "column {col}: {rows:#?}");
+        }
+        let afk: Vec<&str> = rows[2].split_whitespace().collect();
+        assert_eq!(afk, ["afk", "5", "5", "?", "0", "-"]);
+    }
+
+    #[test]
+    fn what_is_wrong_comes_with_what_to_do() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 13, 5, 30).unwrap();
+        let text =
+            status(false, "", Some("login required: run aw-sync-samay --login")).render_at(now);
+        assert!(text.contains("aw-server  DOWN"), "{text}");
+        assert!(text.contains("start ActivityWatch"), "{text}");
+        assert!(text.contains("set sync.base_url"), "{text}");
+        assert!(
+            text.contains("last error login required: run aw-sync-samay --login"),
+            "{text}"
+        );
+        assert!(text.contains("last try   30 s ago"), "{text}");
     }
 }

@@ -12,7 +12,7 @@ pub mod upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,11 +109,11 @@ impl Settings {
 pub enum CycleError {
     #[error("aw-server at {url} is not reachable: start ActivityWatch (aw-server) — {source}")]
     SourceDown { url: String, source: SourceError },
-    #[error("reading aw-server failed: {0}")]
+    #[error("reading aw-server failed: {0} (see aw-server's log; nothing is lost, the next sync resumes where this one stopped)")]
     Source(SourceError),
     #[error(transparent)]
     Auth(AuthError),
-    #[error("the upstream did not take the events: {0}")]
+    #[error("the upstream did not take the events: {0} (check the network and sync.base_url; nothing is lost, the next sync resumes where this one stopped)")]
     Upstream(UpstreamError),
     #[error(transparent)]
     State(StateError),
@@ -163,6 +163,52 @@ pub struct Metrics {
     pub events_read: AtomicU64,
     /// Requests made to aw-server while scanning.
     pub source_requests: AtomicU64,
+    /// Events the upstream acknowledged (duplicates included).
+    pub events_delivered: AtomicU64,
+    /// The same two, per bucket (one entry per bucket, looked up once per page or batch).
+    buckets: Mutex<BTreeMap<String, Arc<BucketCounters>>>,
+}
+
+/// Per-bucket running totals (see [`Metrics::bucket`]).
+#[derive(Debug, Default)]
+pub struct BucketCounters {
+    pub read: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+impl Metrics {
+    /// The counters of `bucket_id`, created at first use.
+    pub fn bucket(&self, bucket_id: &str) -> Arc<BucketCounters> {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(bucket_id) {
+            return Arc::clone(c);
+        }
+        let c = Arc::new(BucketCounters::default());
+        map.insert(bucket_id.to_string(), Arc::clone(&c));
+        c
+    }
+
+    /// `(bucket, read, delivered)` for every bucket seen so far, by bucket id.
+    pub fn per_bucket(&self) -> Vec<(String, u64, u64)> {
+        let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    c.read.load(Ordering::Relaxed),
+                    c.delivered.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// Counts `n` events of `bucket_id` acknowledged by the upstream.
+    pub(crate) fn delivered(&self, bucket_id: &str, n: u64) {
+        self.events_delivered.fetch_add(n, Ordering::Relaxed);
+        self.bucket(bucket_id)
+            .delivered
+            .fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Everything a cycle needs, shared by the daemon loop, `--once` and the tests.
@@ -243,6 +289,7 @@ impl Engine {
             max_retries: self.settings.max_retries,
             retry: self.settings.retry,
             linger: self.settings.linger,
+            metrics: Arc::clone(&self.metrics),
         };
         let upload_task = AbortOnDrop(tokio::spawn(uploader.run(rx, token)));
 

@@ -238,6 +238,10 @@ impl Scanner<'_> {
                 .events_read
                 .fetch_add(page.len() as u64, Ordering::Relaxed);
             self.metrics.source_requests.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .bucket(&bucket.id)
+                .read
+                .fetch_add(page.len() as u64, Ordering::Relaxed);
             returned += page.len() as u64;
             stats.read += page.len() as u64;
             let min_start = page

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::backoff::RetryPolicy;
-use super::{InFlight, Item, Pending};
+use super::{InFlight, Item, Metrics, Pending};
 use crate::auth::{AccessToken, AuthError, TokenSource};
 use crate::state::{Acked, CursorMove, Quarantined, StateError, Store};
 use crate::upstream::contract::{BatchRequest, BucketMeta};
@@ -60,6 +60,7 @@ pub(crate) struct Uploader {
     pub retry: RetryPolicy,
     /// How long a partial batch waits for more events before it is sent anyway.
     pub linger: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Uploader {
@@ -127,6 +128,7 @@ impl Uploader {
                 Delivery::Acked { duplicates } => {
                     stats.delivered += chunk.len() as u64;
                     stats.duplicates += duplicates;
+                    self.count_delivered(&chunk);
                     let acked: Vec<Acked> = chunk.iter().map(|p| p.acked.clone()).collect();
                     self.commit(acked, Vec::new(), Vec::new()).await?;
                     self.release(&chunk);
@@ -170,6 +172,18 @@ impl Uploader {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Per-bucket delivery counters for progress displays: one map lookup per run of events
+    /// of the same bucket (a batch is usually one run).
+    fn count_delivered(&self, chunk: &[Pending]) {
+        let mut rest = chunk;
+        while let Some(first) = rest.first() {
+            let id = &first.acked.bucket_id;
+            let n = rest.iter().take_while(|p| &p.acked.bucket_id == id).count();
+            self.metrics.delivered(id, n as u64);
+            rest = &rest[n..];
+        }
     }
 
     fn release(&self, chunk: &[Pending]) {
@@ -473,6 +487,7 @@ mod tests {
             max_retries,
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
+            metrics: Default::default(),
         };
         let (tx, rx) = mpsc::channel(1000);
         for i in items {
@@ -701,6 +716,7 @@ mod tests {
             max_retries: 0,
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
+            metrics: Default::default(),
         };
         let (tx, rx) = mpsc::channel(10);
         let task = tokio::spawn(up.run(rx, AccessToken::new("t0")));
