@@ -60,6 +60,8 @@ pub(crate) struct Uploader {
     pub retry: RetryPolicy,
     /// How long a partial batch waits for more events before it is sent anyway.
     pub linger: Duration,
+    /// Record nothing in the state (`--dry-run`): the sink only looked at the batches.
+    pub dry_run: bool,
 }
 
 impl Uploader {
@@ -185,6 +187,9 @@ impl Uploader {
         quarantined: Vec<Quarantined>,
         moves: Vec<CursorMove>,
     ) -> Result<(), UploadError> {
+        if self.dry_run {
+            return Ok(());
+        }
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.commit(&acked, &quarantined, &moves))
             .await
@@ -473,6 +478,7 @@ mod tests {
             max_retries,
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
+            dry_run: false,
         };
         let (tx, rx) = mpsc::channel(1000);
         for i in items {
@@ -701,6 +707,7 @@ mod tests {
             max_retries: 0,
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
+            dry_run: false,
         };
         let (tx, rx) = mpsc::channel(10);
         let task = tokio::spawn(up.run(rx, AccessToken::new("t0")));
