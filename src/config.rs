@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Unknown keys are not refused (no `deny_unknown_fields`): [`load`] reports them as warnings.
@@ -119,6 +120,77 @@ pub struct SyncConfig {
     pub request_timeout: u64,
     /// gzip the upload bodies.
     pub gzip: bool,
+    /// Bucket-id patterns (`*`, `?`) to sync; empty: every bucket.
+    pub include_buckets: Vec<String>,
+    /// Bucket-id patterns never synced; wins over `include_buckets`.
+    pub exclude_buckets: Vec<String>,
+    /// Nothing that ended before this instant is uploaded: an RFC 3339 date-time, or a date
+    /// (midnight, local time). Written as `""` when unset, so the key shows in the default file.
+    #[serde(
+        serialize_with = "serialize_opt_string",
+        deserialize_with = "deserialize_opt_string"
+    )]
+    pub start_from: Option<String>,
+    /// `[[sync.redact]]` rules: data fields dropped or replaced by a keyed hash.
+    pub redact: Vec<RedactRule>,
+}
+
+/// One `[[sync.redact]]` table. Unlike the rest of the file, a misspelt key here is an error,
+/// not a warning: `dorp = ["title"]` taken as "no rule" would upload what the user meant to hide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRule {
+    /// Bucket-id pattern the rule applies to (`*`, `?`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<String>,
+    /// Bucket type the rule applies to (e.g. "currentwindow", "web.tab.current"; `*`, `?` work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<String>,
+    /// Top-level data fields removed.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Top-level data fields replaced by "blake3:<keyed hash>" (see [`crate::privacy::keyed_hash`]).
+    #[serde(default)]
+    pub hash: Vec<String>,
+}
+
+fn serialize_opt_string<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or(""))
+}
+
+/// `""` (what the default file says) means unset.
+fn deserialize_opt_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then_some(s))
+}
+
+impl SyncConfig {
+    /// `start_from` as an instant. A date alone is midnight local time: what a user writing
+    /// "from 2025-01-01 on" means on their own calendar.
+    pub fn start_from_instant(&self) -> Result<Option<DateTime<Utc>>, ConfigError> {
+        let Some(text) = self.start_from.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+            return Ok(Some(t.with_timezone(&Utc)));
+        }
+        let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+            ConfigError::invalid(
+                "sync.start_from",
+                format!("{text:?} is neither an RFC 3339 date-time (\"2025-01-31T08:00:00+01:00\") nor a date (\"2025-01-31\")"),
+            )
+        })?;
+        let midnight = date.and_time(chrono::NaiveTime::MIN);
+        let local = midnight
+            .and_local_timezone(chrono::Local)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            // A midnight skipped by a DST change: the same wall time read as UTC, near enough.
+            .unwrap_or_else(|| midnight.and_utc());
+        Ok(Some(local))
+    }
 }
 
 impl Default for SyncConfig {
@@ -134,6 +206,10 @@ impl Default for SyncConfig {
             page_size: 1000,
             request_timeout: 30,
             gzip: true,
+            include_buckets: Vec::new(),
+            exclude_buckets: Vec::new(),
+            start_from: None,
+            redact: Vec::new(),
         }
     }
 }
@@ -213,7 +289,7 @@ fn location_prefix(path: Option<&Path>, position: Option<(usize, usize)>) -> Str
 }
 
 impl ConfigError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             path: None,
             position: None,
@@ -261,6 +337,8 @@ impl Config {
                 ),
             ));
         }
+        s.start_from_instant()?;
+        crate::privacy::Privacy::from_config(s)?;
         Ok(())
     }
 }
@@ -434,6 +512,22 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "sync.gzip",
         "gzip the upload bodies.",
     ),
+    (
+        "sync.include_buckets",
+        "Bucket ids to sync, as patterns (* any characters, ? one), e.g. [\"aw-watcher-window_*\"]; empty: all.",
+    ),
+    (
+        "sync.exclude_buckets",
+        "Bucket ids never synced, as patterns; wins over include_buckets. aw-sync-samay's own buckets are never synced.",
+    ),
+    (
+        "sync.start_from",
+        "Upload nothing that ended before this: \"2025-01-31\" (local midnight) or \"2025-01-31T08:00:00+01:00\"; empty: everything. An event running across it is sent whole.",
+    ),
+    (
+        "sync.redact",
+        "Redaction rules, as [[sync.redact]] tables with buckets=\"<pattern>\" and/or types=\"<bucket type>\", drop=[\"title\"] (fields removed), hash=[\"url\"] (fields replaced by a hash keyed with a secret that never leaves this machine).",
+    ),
 ];
 
 fn key_doc(key: &str) -> Option<&'static str> {
@@ -581,7 +675,7 @@ fn friendly_message(message: &str, key: Option<&str>) -> String {
             "expected a non-negative integer",
         );
     }
-    for table in ["Config", "AuthConfig", "SyncConfig"] {
+    for table in ["Config", "AuthConfig", "SyncConfig", "RedactRule"] {
         message = message.replace(&format!("expected struct {table}"), "expected a table");
     }
     if let Some(default) = key.and_then(default_value_of) {
@@ -762,6 +856,87 @@ mod tests {
         }
         let err = validate_base_url("http://sync.example.com").expect_err("http");
         assert!(err.to_string().contains("use https://"), "{err}");
+    }
+
+    fn load_text(text: &str) -> Result<LoadedConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        load(&path)
+    }
+
+    #[test]
+    fn privacy_keys_load() {
+        let loaded = load_text(
+            "[sync]\ninclude_buckets = [\"aw-watcher-*\"]\nexclude_buckets = [\"*afk*\"]\n\
+             start_from = \"2025-01-31T08:00:00+01:00\"\n\n\
+             [[sync.redact]]\nbuckets = \"aw-watcher-window_*\"\ndrop = [\"title\"]\n\n\
+             [[sync.redact]]\ntypes = \"web.tab.current\"\nhash = [\"url\"]\n",
+        )
+        .expect("loads");
+        let s = &loaded.config.sync;
+        assert_eq!(s.include_buckets, ["aw-watcher-*"]);
+        assert_eq!(s.redact.len(), 2);
+        assert_eq!(s.redact[1].types.as_deref(), Some("web.tab.current"));
+        assert_eq!(
+            s.start_from_instant().unwrap(),
+            Some("2025-01-31T07:00:00Z".parse().unwrap())
+        );
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn start_from_forms() {
+        let mut s = SyncConfig::default();
+        assert_eq!(s.start_from_instant().unwrap(), None);
+        s.start_from = Some("2025-03-01".into());
+        let t = s.start_from_instant().unwrap().expect("a date");
+        let local = t.with_timezone(&chrono::Local);
+        assert_eq!(
+            local.format("%Y-%m-%d %H:%M").to_string(),
+            "2025-03-01 00:00",
+            "local midnight"
+        );
+        for bad in ["yesterday", "2025-13-01", "2025-01-01 08:00"] {
+            s.start_from = Some(bad.into());
+            let err = s.start_from_instant().expect_err(bad);
+            assert_eq!(err.key(), Some("sync.start_from"));
+        }
+    }
+
+    #[test]
+    fn bad_privacy_values_point_at_the_key() {
+        let cases = [
+            (
+                "[sync]\nbatch_size = 5\ninclude_buckets = [\"aw-[ab]\"]\n",
+                "c.toml:3:1: invalid `sync.include_buckets`",
+            ),
+            (
+                "[sync]\nexclude_buckets = [\"\"]\n",
+                "c.toml:2:1: invalid `sync.exclude_buckets`",
+            ),
+            (
+                "[sync]\n\nstart_from = \"last tuesday\"\n",
+                "c.toml:3:1: invalid `sync.start_from`",
+            ),
+            (
+                "[sync]\n\n[[sync.redact]]\nbuckets = \"*\"\n",
+                "invalid `sync.redact`: rule 1: has neither `drop` nor `hash`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load_text(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{err}\n  wanted: {want}");
+        }
+    }
+
+    #[test]
+    fn a_misspelt_redact_key_is_an_error_not_a_warning() {
+        let err = load_text("[sync]\n[[sync.redact]]\nbuckets = \"*\"\ndorp = [\"title\"]\n")
+            .expect_err("dorp");
+        let text = err.to_string();
+        assert!(text.contains("c.toml:4:1"), "{text}");
+        assert!(text.contains("dorp"), "{text}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod lock;
 pub mod logging;
 pub mod paths;
+pub mod privacy;
 pub mod progress;
 pub mod source;
 pub mod state;

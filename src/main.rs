@@ -113,6 +113,10 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    if args.dry_run {
+        return dry_run_command(&args, &config, source, &state_path).await;
+    }
+
     let lock_path = paths::lock_file(&args.host, port)?;
     let _lock = InstanceLock::acquire(&lock_path)?;
 
@@ -226,6 +230,39 @@ async fn once(engine: &Engine) -> ExitCode {
             // Through tracing: one line on stderr, and the same line in the log file.
             tracing::error!("sync failed: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `--once --dry-run`: what a sync would send now, filtered and redacted, sending and recording
+/// nothing. No instance lock (it writes nothing, so it may run beside the daemon), no upstream,
+/// no token.
+async fn dry_run_command(
+    args: &Args,
+    config: &Config,
+    source: AwClient,
+    state_path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    if !args.once {
+        bail!("--dry-run goes with --once: aw-sync-samay --once --dry-run");
+    }
+    let store = Arc::new(Store::open(state_path).context("opening the sync state")?);
+    let sink = Arc::new(aw_sync_samay::upstream::dry_run::DryRunSink::default());
+    let engine = Engine::dry_run(
+        source,
+        store,
+        Settings::from_config(&config.sync),
+        gethostname::gethostname().to_string_lossy().into_owned(),
+        Arc::clone(&sink),
+    );
+    match engine.run_cycle().await {
+        Ok(r) => {
+            print!("{}", sink.report().render(&r));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            tracing::error!("dry run failed: {e}");
+            Ok(ExitCode::from(2))
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{AuthError, TokenSource};
 use crate::config::SyncConfig;
+use crate::privacy::{self, Privacy};
 use crate::source::{AwClient, SourceError};
 use crate::state::{Acked, CursorMove, EventHash, StateError, Store};
 use crate::upstream::contract::{BucketMeta, UpEvent};
@@ -85,20 +86,39 @@ pub struct Settings {
     pub interval: Duration,
     pub retry: RetryPolicy,
     pub linger: Duration,
+    /// Which buckets are synced and what is redacted (`include_buckets`, `exclude_buckets`,
+    /// `redact`).
+    pub privacy: Privacy,
+    /// Read, filter and redact as usual, hand the batches to the sink, but record nothing in
+    /// the state: no acknowledgements, no cursor moves, no new buckets or fingerprints
+    /// (`--once --dry-run`; the sink is then a [`crate::upstream::dry_run::DryRunSink`]).
+    pub dry_run: bool,
 }
 
 impl Settings {
+    /// From a config that [`crate::config::load`] validated; an invalid `start_from` or
+    /// pattern (only possible when the config was not validated) is logged and left out.
     pub fn from_config(sync: &SyncConfig) -> Settings {
+        let start_from = sync.start_from_instant().unwrap_or_else(|e| {
+            tracing::error!("{e}; ignored");
+            None
+        });
+        let privacy = Privacy::from_config(sync).unwrap_or_else(|e| {
+            tracing::error!("{e}; ignored");
+            Privacy::default()
+        });
         Settings {
             page_size: sync.page_size.max(1),
             batch_size: sync.batch_size.max(1),
             queue_size: sync.offline_queue_size.max(sync.batch_size).max(1),
             max_retries: sync.max_retries,
             lookback: Duration::from_secs(sync.lookback),
-            start_from: None,
+            start_from,
             interval: Duration::from_secs(sync.sync_interval.max(1)),
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
+            privacy,
+            dry_run: false,
         }
     }
 }
@@ -142,6 +162,10 @@ impl From<UploadError> for CycleError {
 #[derive(Debug, Clone, Default)]
 pub struct CycleReport {
     pub buckets: BTreeMap<String, ScanStats>,
+    /// Buckets left out by `include_buckets` / `exclude_buckets`.
+    pub excluded: Vec<String>,
+    /// Buckets read again from the start because their filter settings changed.
+    pub rescanned: Vec<String>,
     pub upload: UploadStats,
     pub elapsed: Duration,
 }
@@ -223,14 +247,42 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine for `--once --dry-run`: its cycle reads, filters and redacts as a real one, but
+    /// hands the batches to `sink` and records nothing in `store`. Needs no upstream and no
+    /// token (the sink never looks at the placeholder one).
+    pub fn dry_run(
+        source: AwClient,
+        store: Arc<Store>,
+        mut settings: Settings,
+        hostname: String,
+        sink: Arc<crate::upstream::dry_run::DryRunSink>,
+    ) -> Engine {
+        settings.dry_run = true;
+        Engine {
+            source,
+            upstream: sink,
+            tokens: Arc::new(crate::auth::StaticToken::new(
+                crate::auth::AccessToken::new("dry-run"),
+                "dry run (nothing is sent)",
+            )),
+            store,
+            settings,
+            hostname,
+            metrics: Default::default(),
+        }
+    }
+
     /// One complete sync: every bucket read up to now, everything new delivered, cursors moved.
     pub async fn run_cycle(&self) -> Result<CycleReport, CycleError> {
         let started = Instant::now();
         let result = self.cycle().await;
-        let record = result.as_ref().err().map(|e| e.to_string());
-        let store = Arc::clone(&self.store);
-        // Best effort: a failure to record the outcome must not hide the outcome itself.
-        let _ = tokio::task::spawn_blocking(move || store.record_cycle(record.as_deref())).await;
+        if !self.settings.dry_run {
+            let record = result.as_ref().err().map(|e| e.to_string());
+            let store = Arc::clone(&self.store);
+            // Best effort: a failure to record the outcome must not hide the outcome itself.
+            let _ =
+                tokio::task::spawn_blocking(move || store.record_cycle(record.as_deref())).await;
+        }
         result.map(|mut r| {
             r.elapsed = started.elapsed();
             r
@@ -290,11 +342,16 @@ impl Engine {
             retry: self.settings.retry,
             linger: self.settings.linger,
             metrics: Arc::clone(&self.metrics),
+            dry_run: self.settings.dry_run,
         };
         let upload_task = AbortOnDrop(tokio::spawn(uploader.run(rx, token)));
 
         let mut report = CycleReport::default();
         let mut scan_error = None;
+        let start_from_ns = self
+            .settings
+            .start_from
+            .and_then(|s| s.timestamp_nanos_opt());
         {
             let scanner = scan::Scanner {
                 source: &self.source,
@@ -304,31 +361,59 @@ impl Engine {
                 tx: &tx,
                 page_size: self.settings.page_size,
                 lookback_ns: i64::try_from(self.settings.lookback.as_nanos()).unwrap_or(i64::MAX),
-                start_from_ns: self
-                    .settings
-                    .start_from
-                    .and_then(|s| s.timestamp_nanos_opt()),
+                start_from_ns,
+                redaction_key: self.store.redaction_key(),
             };
+            let unfiltered = privacy::unfiltered_fingerprint();
             for bucket in buckets.values() {
                 if bucket.id.starts_with(OWN_BUCKET_PREFIX) {
                     continue;
                 }
-                let state = {
+                // Never registered in the state: re-including it later finds no cursor and
+                // reads it whole.
+                if !self.settings.privacy.includes(&bucket.id) {
+                    report.excluded.push(bucket.id.clone());
+                    continue;
+                }
+                let redaction = self
+                    .settings
+                    .privacy
+                    .redaction(&bucket.id, &bucket.bucket_type);
+                let fingerprint = privacy::fingerprint(&redaction, start_from_ns);
+                let (mut state, reset) = {
                     let store = Arc::clone(&self.store);
                     let bucket = bucket.clone();
                     let device = info.device_id.clone();
+                    let write = !self.settings.dry_run;
+                    let unfiltered = unfiltered.clone();
                     tokio::task::spawn_blocking(move || {
-                        store.bucket_state(&bucket, device.as_deref())
+                        let state = if write {
+                            store.bucket_state(&bucket, device.as_deref())?
+                        } else {
+                            store.peek_bucket_state(&bucket, device.as_deref())?
+                        };
+                        let reset = store.filter_fingerprint(
+                            &bucket.id,
+                            &fingerprint,
+                            &unfiltered,
+                            write,
+                        )?;
+                        Ok::<_, StateError>((state, reset))
                     })
                     .await
                     .map_err(|e| CycleError::State(StateError::Task(e.to_string())))?
                     .map_err(CycleError::State)?
                 };
+                if reset && state.cursor_ns.is_some() {
+                    tracing::info!(bucket = %bucket.id, "the privacy filters of this bucket changed: reading it again from the start (what the upstream holds unchanged is not re-sent)");
+                    report.rescanned.push(bucket.id.clone());
+                    state.cursor_ns = None;
+                }
                 if state.replaced {
                     tracing::warn!(bucket = %bucket.id, generation = state.generation,
                         "bucket was replaced in aw-server (new database or recreated bucket): its ids start over, so its events are uploaded under a new generation and nothing uploaded before is overwritten");
                 }
-                match scanner.scan(bucket, &state, now).await {
+                match scanner.scan(bucket, &state, &redaction, now).await {
                     Ok(stats) => {
                         report.buckets.insert(bucket.id.clone(), stats);
                     }

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::{InFlight, Item, Metrics, Pending};
+use crate::privacy::Redaction;
 use crate::source::{AwClient, Bucket, Event, SourceError};
 use crate::state::{
     event_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove, Known,
@@ -78,6 +79,8 @@ pub(crate) struct Scanner<'a> {
     pub page_size: usize,
     pub lookback_ns: i64,
     pub start_from_ns: Option<i64>,
+    /// Keys the hashes of redacted fields ([`crate::privacy::keyed_hash`]).
+    pub redaction_key: [u8; 32],
 }
 
 fn floor_us(ns: i64) -> i64 {
@@ -94,6 +97,7 @@ impl Scanner<'_> {
         &self,
         bucket: &Bucket,
         state: &BucketState,
+        redaction: &Redaction,
         now: DateTime<Utc>,
     ) -> Result<ScanStats, ScanError> {
         let mut stats = ScanStats::default();
@@ -122,7 +126,9 @@ impl Scanner<'_> {
         loop {
             let open = t0.saturating_sub(a) <= open_span || a.saturating_add(width) >= t0;
             let b = (!open).then(|| a + width);
-            let n = self.scan_window(bucket, state, a, b, &mut stats).await?;
+            let n = self
+                .scan_window(bucket, state, redaction, a, b, &mut stats)
+                .await?;
             let page = self.page_size as u64;
             if !open {
                 if n > 2 * page {
@@ -217,6 +223,7 @@ impl Scanner<'_> {
         &self,
         bucket: &Bucket,
         state: &BucketState,
+        redaction: &Redaction,
         a: i64,
         b: Option<i64>,
         stats: &mut ScanStats,
@@ -295,8 +302,12 @@ impl Scanner<'_> {
                     // A straddler at the window start whose end is what the upstream holds is
                     // unchanged (heartbeats only move the end): skip the extra request, which
                     // keeps an idle cycle at one request per bucket.
+                    // Only with a cursor: a bucket read from the start (first time, or its filters
+                    // changed) must re-hash even a same-span straddler, whose redaction may have
+                    // changed.
                     if clipped_start
                         && !clipped_end
+                        && state.cursor_ns.is_some()
                         && held
                             .get(&up_id)
                             .is_some_and(|k| k.start_ns < a && k.end_ns == ret.end_ns())
@@ -314,6 +325,19 @@ impl Scanner<'_> {
                 } else {
                     ev
                 };
+                // The range query returns what overlaps the window; an event that ended before
+                // `start_from` (or at it, having started before) is not uploaded. One running
+                // across it is sent whole: clipping it would invent an event aw-server never had.
+                if let (Some(s), Some(span)) = (self.start_from_ns, Span::of(&event)) {
+                    if span.end_ns() <= s && span.start_ns < s {
+                        continue;
+                    }
+                }
+                // Redacted before hashing: the hash, and so the dedupe, is of what is sent.
+                let mut event = event;
+                if !redaction.is_empty() {
+                    redaction.apply(&self.redaction_key, &mut event.data);
+                }
                 let Some((hash, span)) = event_hash(&event) else {
                     stats.unrepresentable += 1;
                     continue;

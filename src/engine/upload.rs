@@ -61,6 +61,8 @@ pub(crate) struct Uploader {
     /// How long a partial batch waits for more events before it is sent anyway.
     pub linger: Duration,
     pub metrics: Arc<Metrics>,
+    /// Record nothing in the state (`--dry-run`): the sink only looked at the batches.
+    pub dry_run: bool,
 }
 
 impl Uploader {
@@ -199,6 +201,9 @@ impl Uploader {
         quarantined: Vec<Quarantined>,
         moves: Vec<CursorMove>,
     ) -> Result<(), UploadError> {
+        if self.dry_run {
+            return Ok(());
+        }
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.commit(&acked, &quarantined, &moves))
             .await
@@ -488,6 +493,7 @@ mod tests {
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
             metrics: Default::default(),
+            dry_run: false,
         };
         let (tx, rx) = mpsc::channel(1000);
         for i in items {
@@ -717,6 +723,7 @@ mod tests {
             retry: RetryPolicy::default(),
             linger: Duration::from_millis(100),
             metrics: Default::default(),
+            dry_run: false,
         };
         let (tx, rx) = mpsc::channel(10);
         let task = tokio::spawn(up.run(rx, AccessToken::new("t0")));

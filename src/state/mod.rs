@@ -149,7 +149,8 @@ pub struct CycleRecord {
     pub last_error: Option<String>,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `buckets.filter_fp` (the privacy filters a bucket was synced under).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -163,7 +164,8 @@ CREATE TABLE IF NOT EXISTS buckets (
     server_device TEXT,
     cursor_ns     INTEGER,
     window_ns     INTEGER,
-    versions_sent INTEGER NOT NULL DEFAULT 0
+    versions_sent INTEGER NOT NULL DEFAULT 0,
+    filter_fp     TEXT
 );
 CREATE TABLE IF NOT EXISTS sent (
     bucket_id   TEXT NOT NULL,
@@ -192,6 +194,7 @@ pub struct Store {
     write: Mutex<Connection>,
     read: Mutex<Connection>,
     device_id: Uuid,
+    redaction_key: [u8; 32],
 }
 
 impl Store {
@@ -225,6 +228,16 @@ impl Store {
                     known: SCHEMA_VERSION,
                 })
             }
+            Some(1) => {
+                // Schema 1 had no filters: `filter_fp` stays NULL, read as "unfiltered".
+                let tx = write.unchecked_transaction().map_err(err)?;
+                tx.execute_batch(
+                    "ALTER TABLE buckets ADD COLUMN filter_fp TEXT;
+                     UPDATE meta SET value = '2' WHERE key = 'schema';",
+                )
+                .map_err(err)?;
+                tx.commit().map_err(err)?;
+            }
             Some(_) => {}
             None => {
                 write
@@ -254,6 +267,19 @@ impl Store {
                 id
             }
         };
+        let redaction_key = match meta_hex::<32>(&write, "redaction_key").map_err(err)? {
+            Some(key) => key,
+            None => {
+                let key: [u8; 32] = rand::random();
+                write
+                    .execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('redaction_key', ?1)",
+                        [hash_hex_n(&key)],
+                    )
+                    .map_err(err)?;
+                key
+            }
+        };
         let read = Connection::open(path).map_err(err)?;
         read.execute_batch("PRAGMA busy_timeout = 5000;")
             .map_err(err)?;
@@ -263,7 +289,16 @@ impl Store {
             write: Mutex::new(write),
             read: Mutex::new(read),
             device_id,
+            redaction_key,
         })
+    }
+
+    /// The secret that keys the hashes of `[[sync.redact]]` `hash` fields: made once per
+    /// installation, kept here, never sent. Without it a hashed value cannot be tested against
+    /// guesses. A new state database means a new key, so hashed fields change (and are re-sent
+    /// as new versions).
+    pub fn redaction_key(&self) -> [u8; 32] {
+        self.redaction_key
     }
 
     pub fn path(&self) -> &Path {
@@ -297,8 +332,32 @@ impl Store {
         bucket: &Bucket,
         server_device: Option<&str>,
     ) -> Result<BucketState, StateError> {
+        self.bucket_state_inner(bucket, server_device, true)
+    }
+
+    /// What [`Store::bucket_state`] would answer, writing nothing (for `--dry-run`).
+    pub fn peek_bucket_state(
+        &self,
+        bucket: &Bucket,
+        server_device: Option<&str>,
+    ) -> Result<BucketState, StateError> {
+        self.bucket_state_inner(bucket, server_device, false)
+    }
+
+    fn bucket_state_inner(
+        &self,
+        bucket: &Bucket,
+        server_device: Option<&str>,
+        write: bool,
+    ) -> Result<BucketState, StateError> {
         let created = bucket.created.map(|c| c.to_rfc3339());
         let conn = self.writer();
+        let execute = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StateError> {
+            if write {
+                conn.execute(sql, p).map_err(self.err())?;
+            }
+            Ok(())
+        };
         let row: Option<BucketRow> = conn
             .query_row(
                 "SELECT generation, created, server_device, cursor_ns, window_ns FROM buckets WHERE bucket_id = ?1",
@@ -308,11 +367,10 @@ impl Store {
             .optional()
             .map_err(self.err())?;
         let Some((generation, old_created, old_device, cursor_ns, window_ns)) = row else {
-            conn.execute(
+            execute(
                 "INSERT INTO buckets (bucket_id, generation, created, server_device) VALUES (?1, 0, ?2, ?3)",
                 params![bucket.id, created, server_device],
-            )
-            .map_err(self.err())?;
+            )?;
             return Ok(BucketState {
                 generation: 0,
                 cursor_ns: None,
@@ -326,11 +384,10 @@ impl Store {
         };
         if differs(&old_created, created.as_deref()) || differs(&old_device, server_device) {
             let generation = generation + 1;
-            conn.execute(
+            execute(
                 "UPDATE buckets SET generation = ?2, created = ?3, server_device = ?4, cursor_ns = NULL, window_ns = NULL WHERE bucket_id = ?1",
                 params![bucket.id, generation, created, server_device],
-            )
-            .map_err(self.err())?;
+            )?;
             return Ok(BucketState {
                 generation,
                 cursor_ns: None,
@@ -341,11 +398,10 @@ impl Store {
         if old_created.is_none() && created.is_some()
             || old_device.is_none() && server_device.is_some()
         {
-            conn.execute(
+            execute(
                 "UPDATE buckets SET created = COALESCE(created, ?2), server_device = COALESCE(server_device, ?3) WHERE bucket_id = ?1",
                 params![bucket.id, created, server_device],
-            )
-            .map_err(self.err())?;
+            )?;
         }
         Ok(BucketState {
             generation,
@@ -353,6 +409,45 @@ impl Store {
             window_ns,
             replaced: false,
         })
+    }
+
+    /// Compares the privacy-filter fingerprint a bucket is about to be read under with the one
+    /// it was synced under, and when they differ clears its cursor (and, with `write`, stores
+    /// the new fingerprint in the same statement). Returns true when the bucket must be read
+    /// again from the start: events that now pass the filters, or now look different, are then
+    /// found, while the `sent` hashes keep what the upstream already holds unchanged from being
+    /// sent again. A NULL fingerprint (a bucket synced before filters existed) counts as
+    /// `unfiltered`.
+    pub fn filter_fingerprint(
+        &self,
+        bucket_id: &str,
+        fingerprint: &str,
+        unfiltered: &str,
+        write: bool,
+    ) -> Result<bool, StateError> {
+        let conn = self.writer();
+        let stored: Option<Option<String>> = conn
+            .query_row(
+                "SELECT filter_fp FROM buckets WHERE bucket_id = ?1",
+                [bucket_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some(stored) = stored else {
+            return Ok(false); // not registered (dry run): no cursor to reset
+        };
+        let changed = stored.as_deref().unwrap_or(unfiltered) != fingerprint;
+        if write && (changed || stored.is_none()) {
+            conn.execute(
+                "UPDATE buckets SET filter_fp = ?2,
+                   cursor_ns = CASE WHEN ?3 THEN NULL ELSE cursor_ns END
+                 WHERE bucket_id = ?1",
+                params![bucket_id, fingerprint, changed],
+            )
+            .map_err(self.err())?;
+        }
+        Ok(changed)
     }
 
     /// The acknowledged (or quarantined) hash of each of these upstream event ids that has one.
@@ -579,6 +674,30 @@ impl Store {
     }
 }
 
+/// A `meta` value written by [`hash_hex_n`], when present and well-formed.
+fn meta_hex<const N: usize>(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<[u8; N]>, rusqlite::Error> {
+    let text: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    Ok(text.and_then(|t| {
+        let mut out = [0u8; N];
+        if t.len() != 2 * N {
+            return None;
+        }
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }))
+}
+
+fn hash_hex_n(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Nanoseconds since the epoch as RFC 3339 UTC with nanoseconds, the form sent upstream.
 pub fn ns_to_rfc3339(ns: i64) -> String {
     DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -707,6 +826,77 @@ mod tests {
         assert_eq!(upstream_event_id(0, 1 << GENERATION_SHIFT), None);
         assert!(upstream_event_id((1 << 22) - 1, (1 << 40) - 1).is_some_and(|id| id > 0));
         assert_eq!(upstream_event_id(1 << 22, 1), None);
+    }
+
+    #[test]
+    fn schema_1_migrates_and_its_buckets_count_as_unfiltered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sqlite");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE buckets (bucket_id TEXT PRIMARY KEY, generation INTEGER NOT NULL DEFAULT 0,
+                   created TEXT, server_device TEXT, cursor_ns INTEGER, window_ns INTEGER,
+                   versions_sent INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO meta VALUES ('schema', '1');
+                 INSERT INTO buckets (bucket_id, cursor_ns) VALUES ('b1', 500), ('b2', 600);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        let key = s.redaction_key();
+        let schema: String = s
+            .reader()
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(schema, "2");
+        let cursor = |id: &str| -> Option<i64> {
+            s.reader()
+                .query_row(
+                    "SELECT cursor_ns FROM buckets WHERE bucket_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        // Unfiltered as before: adopted, cursor kept.
+        assert!(!s.filter_fingerprint("b1", "u", "u", true).unwrap());
+        assert_eq!(cursor("b1"), Some(500));
+        assert!(!s.filter_fingerprint("b1", "u", "u", true).unwrap());
+        // A dry run sees the change but writes nothing.
+        assert!(s.filter_fingerprint("b2", "f", "u", false).unwrap());
+        assert_eq!(cursor("b2"), Some(600));
+        // Now filtered: cursor reset, once.
+        assert!(s.filter_fingerprint("b2", "f", "u", true).unwrap());
+        assert_eq!(cursor("b2"), None);
+        assert!(!s.filter_fingerprint("b2", "f", "u", true).unwrap());
+        // Not registered: nothing to reset.
+        assert!(!s.filter_fingerprint("nope", "f", "u", true).unwrap());
+        drop(s);
+        assert_eq!(
+            Store::open(&p).unwrap().redaction_key(),
+            key,
+            "the key is kept"
+        );
+    }
+
+    #[test]
+    fn peeking_a_bucket_state_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let b = bucket("b1", "2024-01-01T00:00:00Z");
+        let peeked = s.peek_bucket_state(&b, Some("dev")).unwrap();
+        assert_eq!(peeked.cursor_ns, None);
+        assert!(s.bucket_statuses().unwrap().is_empty());
+        s.bucket_state(&b, Some("dev")).unwrap();
+        let replaced = s
+            .peek_bucket_state(&bucket("b1", "2025-01-01T00:00:00Z"), Some("dev"))
+            .unwrap();
+        assert!(replaced.replaced);
+        assert_eq!(s.bucket_statuses().unwrap()[0].generation, 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod contract;
+pub mod dry_run;
 
 pub use client::{UpstreamClient, UpstreamError};
 

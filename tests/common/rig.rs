@@ -42,6 +42,8 @@ pub fn test_settings() -> Settings {
             max_retry_after: Duration::from_millis(50),
         },
         linger: Duration::from_millis(5),
+        privacy: Default::default(),
+        dry_run: false,
     }
 }
 
