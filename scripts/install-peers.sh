@@ -106,10 +106,17 @@ install_desktop_tools() {
     need_apt desktop-file-utils
 }
 
+# install_packaging_tools: tests/packaging.rs checks the launchd plist with xmllint and the
+# systemd user unit with systemd-analyze.
+install_packaging_tools() {
+    need_apt libxml2-utils systemd
+}
+
 install_aw_server
 install_keyring
 install_oidc
 install_desktop_tools
+install_packaging_tools
 # install_keyring (need_apt gnome-keyring ...), ...
 
 log "done"

@@ -15,17 +15,20 @@ use aw_sync_samay::auth::store::TokenStore;
 use aw_sync_samay::auth::{callback, NoToken, StaticToken, TokenSource, TOKEN_ENV};
 use aw_sync_samay::cli::Args;
 use aw_sync_samay::config::{self, AuthConfig, CallbackMode, Config, TokenStorage};
-use aw_sync_samay::engine::{run_daemon, Engine, Settings};
+use aw_sync_samay::engine::{run_daemon, status_bucket, Engine, Settings};
+use aw_sync_samay::lifecycle::Lifecycle;
 use aw_sync_samay::lock::InstanceLock;
 use aw_sync_samay::source::AwClient;
 use aw_sync_samay::state::Store;
 use aw_sync_samay::upstream::UpstreamClient;
-use aw_sync_samay::{devserver, logging, paths, progress, status};
+use aw_sync_samay::{devserver, logging, orphan, paths, progress, status};
 
 /// Where `--dev` serves its embedded upstream when the port is free (else any free port).
 const DEV_PORT: u16 = 5680;
 
 fn main() -> ExitCode {
+    // Before anything else, so a parent that exits at once still counts as lost (orphan.rs).
+    orphan::record_parent();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -39,8 +42,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(args));
-    // Don't wait for a blocking keyring or SQLite call beyond a moment at exit.
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    // Don't wait for a blocking keyring or SQLite call beyond a moment at exit: aw-qt waits
+    // for a stopped module without a bound, and the whole stop must stay under a second.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -66,21 +70,37 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _log = logging::init(args.testing, args.verbose, log_dir.as_deref())?;
     // A fatal error is logged here, while the log file's writer is alive (aw-qt's crash dialog
     // shows that file), and only once: the log already goes to stderr.
-    match run_logged(args).await {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            tracing::error!("{e:#}");
-            Ok(ExitCode::from(1))
+    // The daemon starts over when its config file changes (lifecycle.rs); a reload that fails
+    // (a half-saved file) waits for the next change instead of exiting.
+    let life = Lifecycle::new();
+    loop {
+        match run_logged(args.clone(), &life).await {
+            Ok(_) if life.take_reload() => continue,
+            Ok(code) => return Ok(code),
+            Err(e) if life.reloaded() && !life.is_stopping() => {
+                tracing::error!("{e:#}; waiting for the config file to change");
+                if !life.wait_for_config_fix().await {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Ok(ExitCode::from(1));
+            }
         }
     }
 }
 
-async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
+async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
     let config_path = match &args.config {
         Some(p) => p.clone(),
         None => paths::config_file(args.testing)?,
     };
+    life.watch_config(&config_path);
     let loaded = config::load(&config_path)?;
+    if loaded.created {
+        life.watch_config(&config_path);
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -104,9 +124,7 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     if args.register_scheme {
         let exe = std::env::current_exe().context("finding this program's path")?;
         let done = callback::register_scheme(&config.auth.deep_link_uri, &exe)?;
-        for f in &done.files {
-            println!("wrote {}", f.display());
-        }
+        // The steps name the files written, and what was run or skipped.
         for s in &done.steps {
             println!("{s}");
         }
@@ -134,7 +152,7 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let tokens = token_source(&config).await?;
         if let Some(session) = &tokens.1 {
-            login_on_start(&config, session, args.once).await;
+            login_on_start(&config, session, args.once || life.reloaded()).await;
         }
         (config.sync.base_url.clone(), tokens.0)
     };
@@ -146,8 +164,8 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
                 config_path.display()
             );
         }
-        tracing::warn!(config = %config_path.display(), "sync is disabled in the config; idling until stopped");
-        shutdown_signal().await;
+        tracing::warn!(config = %config_path.display(), "sync is disabled in the config; idling until stopped or the config changes");
+        idle(&source, &config, "sync.enabled = false", life).await;
         return Ok(ExitCode::SUCCESS);
     }
     if base_url.is_empty() {
@@ -157,8 +175,8 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
                 config_path.display()
             );
         }
-        tracing::warn!(config = %config_path.display(), "no upstream configured (sync.base_url is empty); idling until stopped");
-        shutdown_signal().await;
+        tracing::warn!(config = %config_path.display(), "no upstream configured (sync.base_url is empty); idling until stopped or the config changes");
+        idle(&source, &config, "sync.base_url is empty", life).await;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -181,13 +199,21 @@ async fn run_logged(args: Args) -> anyhow::Result<ExitCode> {
         once(&engine).await
     } else {
         tracing::info!(aw_server = %engine.source.base_url(), upstream = %base_url, "aw-sync-samay started");
+        // --dev's upstream does not come from the config: nothing to reload for.
         run_daemon(
             engine.settings.interval,
             || engine.daemon_cycle(),
-            shutdown_signal(),
+            life.shutdown(!args.dev),
         )
         .await;
-        tracing::info!("stopped");
+        tracing::info!(
+            "{}",
+            if life.is_stopping() {
+                "stopped"
+            } else {
+                "restarting with the new config"
+            }
+        );
         ExitCode::SUCCESS
     };
     if let Some(server) = dev {
@@ -522,26 +548,12 @@ async fn token_status(config: &Config) -> String {
     }
 }
 
-/// SIGINT or SIGTERM (aw-qt stops modules with SIGTERM).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("stop requested");
+/// The daemon with nothing to do (`why`): records "not configured" in the status bucket every
+/// interval until stopped or the config file changes. Never exits by itself: aw-qt would count
+/// that as a crash.
+async fn idle(source: &AwClient, config: &Config, why: &str, life: &Lifecycle) {
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let interval = Settings::from_config(&config.sync).interval;
+    status_bucket::not_configured_until(source, &hostname, interval, why, life.shutdown(true))
+        .await;
 }

@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod scan;
+pub mod status_bucket;
 pub mod upload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -518,9 +519,12 @@ where
 }
 
 impl Engine {
-    /// A cycle for the daemon loop: logs the result and classifies it.
+    /// A cycle for the daemon loop: logs the result, records it in the status bucket
+    /// ([`status_bucket`]) and classifies it.
     pub async fn daemon_cycle(&self) -> Outcome {
-        match self.run_cycle().await {
+        let started = Instant::now();
+        let result = self.run_cycle().await;
+        let outcome = match &result {
             Ok(r) => {
                 tracing::info!(
                     read = r.read(),
@@ -540,7 +544,9 @@ impl Engine {
                 tracing::error!("sync cycle failed, will retry: {e}");
                 Outcome::Failed
             }
-        }
+        };
+        self.record_status(&result, started.elapsed()).await;
+        outcome
     }
 }
 
