@@ -151,8 +151,15 @@ pub async fn write(
 }
 
 /// Pending (in aw-server, not acknowledged — the `--status` count) and quarantined totals.
-/// Either is `None` when it cannot be computed now.
-pub async fn backlog(source: &AwClient, store: &Arc<Store>) -> (Option<u64>, Option<u64>) {
+/// Either is `None` when it cannot be computed now. After a cycle that succeeded nothing is
+/// pending by definition (it read and delivered everything up to its start), so aw-server is
+/// not asked: an idle daemon's cycle stays one small request per bucket, and buckets the
+/// privacy filters leave out never show as pending.
+pub async fn backlog(
+    source: &AwClient,
+    store: &Arc<Store>,
+    synced: bool,
+) -> (Option<u64>, Option<u64>) {
     let states = {
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || store.bucket_statuses())
@@ -168,6 +175,9 @@ pub async fn backlog(source: &AwClient, store: &Arc<Store>) -> (Option<u64>, Opt
         .iter()
         .map(|s| (s.bucket_id.as_str(), s.delivered_current))
         .collect();
+    if synced {
+        return (Some(0), Some(quarantined));
+    }
     let pending = async {
         let buckets = source.get_buckets().await.ok()?;
         let mut pending = 0u64;
@@ -190,7 +200,8 @@ impl Engine {
         let Some(mut status) = CycleStatus::of_cycle(result, took, self.tokens.user_id()) else {
             return;
         };
-        (status.pending, status.quarantined) = backlog(&self.source, &self.store).await;
+        (status.pending, status.quarantined) =
+            backlog(&self.source, &self.store, result.is_ok()).await;
         if let Err(e) = write(
             &self.source,
             &self.hostname,
