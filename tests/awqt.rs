@@ -13,7 +13,7 @@ mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aw_sync_samay::engine::status_bucket::{self, BUCKET_TYPE};
@@ -21,6 +21,7 @@ use aw_sync_samay::engine::{Outcome, OWN_BUCKET_PREFIX};
 use aw_sync_samay::source::Event;
 use common::awserver::free_port;
 use common::bin::isolated_command;
+use common::daemon::{send_signal, Daemon};
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
 use serde_json::Value;
@@ -110,123 +111,21 @@ fn aw_qt_log_file(log_dir: &Path, name: &str, testing: bool) -> Option<PathBuf> 
     files.pop().map(|f| log_dir.join(f))
 }
 
-/// A daemon started like aw-qt starts it, stdout/stderr to files (aw-qt inherits them).
-struct Daemon {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(cmd: &mut Command, out_dir: &Path) -> Daemon {
-        std::fs::create_dir_all(out_dir).expect("out dir");
-        let stderr = tempfile::Builder::new()
-            .prefix("daemon-stderr")
-            .tempfile_in(out_dir)
-            .expect("stderr file")
-            .into_temp_path()
-            .keep()
-            .expect("keep stderr file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).expect("open stderr file"))
-            .spawn()
-            .expect("spawn aw-sync-samay");
-        Daemon { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until stderr contains `needle`; panics if the daemon exits first.
-    async fn wait_for(&mut self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.stderr().contains(needle) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "daemon exited ({status}) before saying {needle:?}; aw-qt would count a crash; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not say {needle:?} within {WAIT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// aw-qt's 5-second check: still alive after `period`.
-    async fn assert_alive_for(&mut self, period: Duration) {
-        let deadline = Instant::now() + period;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "daemon exited ({status}); aw-qt would count a crash; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// aw-qt's stop: SIGTERM, then wait. Returns the status and how long the stop took.
-    async fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        kill("TERM", self.child.id());
-        let deadline = started + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return (status, started.elapsed());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon still running 10 s after SIGTERM; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// SIGTERM stops it cleanly (exit 0) within [`STOP_LIMIT`].
-    async fn assert_terminates(&mut self, what: &str) {
-        let (status, took) = self.terminate().await;
-        eprintln!("{what}: SIGTERM stopped the daemon in {took:?} ({status})");
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{what}: SIGTERM should stop the daemon cleanly; stderr:\n{}",
-            self.stderr()
-        );
-        assert!(
-            took < STOP_LIMIT,
-            "{what}: SIGTERM took {took:?} (limit {STOP_LIMIT:?}); stderr:\n{}",
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn kill(signal: &str, pid: u32) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
+/// SIGTERM (aw-qt's stop) ends the daemon cleanly (exit 0) within [`STOP_LIMIT`].
+async fn assert_terminates(daemon: &mut Daemon, what: &str) {
+    let (status, took) = daemon.stop_with("TERM").await;
+    eprintln!("{what}: SIGTERM stopped the daemon in {took:?} ({status})");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{what}: SIGTERM should stop the daemon cleanly; stderr:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        took < STOP_LIMIT,
+        "{what}: SIGTERM took {took:?} (limit {STOP_LIMIT:?}); stderr:\n{}",
+        daemon.stderr()
+    );
 }
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
@@ -340,7 +239,7 @@ async fn launched_like_aw_qt(testing: bool) {
         "{what}: {} is not this run's log:\n{text}",
         log.display()
     );
-    daemon.assert_terminates(what).await;
+    assert_terminates(&mut daemon, what).await;
 
     // aw-qt's "start" again from the tray: the lock went with the first process.
     let mut again = Daemon::spawn(
@@ -355,7 +254,7 @@ async fn launched_like_aw_qt(testing: bool) {
         "{}",
         again.stderr()
     );
-    again.assert_terminates(what).await;
+    assert_terminates(&mut again, what).await;
 
     // The daemon recorded its cycles in its own bucket, and never uploaded that bucket.
     let events = status_events(&rig).await;
@@ -433,7 +332,7 @@ async fn an_orphaned_daemon_exits_like_the_watchers() {
 
     let exited = eventually(Duration::from_secs(5), || async { has_exited(pid) }).await;
     if !exited {
-        kill("KILL", pid);
+        send_signal(pid, "KILL");
     }
     assert!(
         exited,
@@ -496,7 +395,7 @@ async fn a_logged_out_daemon_keeps_running_and_says_login_required() {
     assert_eq!(last.data["status"], "login required", "{last:?}");
     assert_eq!(last.data["pending"], 3, "nothing was delivered: {last:?}");
     assert!(rig.upstream_events("window").await.is_empty());
-    daemon.assert_terminates("logged out").await;
+    assert_terminates(&mut daemon, "logged out").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,7 +453,7 @@ async fn setting_base_url_while_running_starts_the_sync_without_a_restart() {
         .wait_for("waiting for the config file to change")
         .await;
     daemon.assert_alive_for(Duration::from_millis(1500)).await;
-    daemon.assert_terminates("after reloads").await;
+    assert_terminates(&mut daemon, "after reloads").await;
 }
 
 // ---------------------------------------------------------------------------------------------

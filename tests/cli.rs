@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use aw_sync_samay::devserver::{self, DevServerConfig};
 use common::awserver::free_port;
 use common::bin::{isolated_command, sync_command, write_config};
+use common::daemon::Daemon;
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
 use serde_json::Value;
@@ -154,98 +155,6 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A daemon (no `--once`) running in the background, its stderr going to a file.
-struct Daemon {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(cmd: &mut Command, dir: &Path) -> Daemon {
-        std::fs::create_dir_all(dir).expect("output dir");
-        let (stderr, err) = output_file(dir, "daemon-stderr");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn aw-sync-samay daemon");
-        Daemon { child, stderr }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr(&self) -> String {
-        read(&self.stderr)
-    }
-
-    /// Waits (bounded) until stderr contains `needle`; panics if the daemon exits first.
-    async fn wait_for(&mut self, needle: &str) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if self.stderr().contains(needle) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "daemon exited ({status}) before saying {needle:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not say {needle:?} within {START_TIMEOUT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Asserts the daemon stays alive for `period`.
-    async fn assert_alive_for(&mut self, period: Duration) {
-        let deadline = Instant::now() + period;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("daemon exited ({status}); stderr:\n{}", self.stderr());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Sends `signal` (`TERM`, `INT`) and returns the exit status and how long it took.
-    async fn stop_with(&mut self, signal: &str) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        send_signal(self.pid(), signal);
-        match wait_exit(&mut self.child, Duration::from_secs(5)).await {
-            Some(status) => (status, started.elapsed()),
-            None => panic!(
-                "daemon still running 5 s after SIG{signal}; stderr:\n{}",
-                self.stderr()
-            ),
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// Stopped by a signal it handled: exit code 0 (not killed by the signal's default action).
