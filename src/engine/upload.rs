@@ -21,7 +21,7 @@ use super::backoff::RetryPolicy;
 use super::{InFlight, Item, Metrics, Pending};
 use crate::auth::{AccessToken, AuthError, TokenSource};
 use crate::state::{Acked, CursorMove, Quarantined, StateError, Store};
-use crate::upstream::contract::{BatchRequest, BucketMeta};
+use crate::upstream::contract::{BatchRequest, BucketMeta, UpEvent};
 use crate::upstream::{BatchSink, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +68,36 @@ pub(crate) struct Uploader {
 impl Uploader {
     pub async fn run(
         self,
+        rx: mpsc::Receiver<Item>,
+        token: AccessToken,
+    ) -> Result<UploadStats, UploadError> {
+        // Recording runs beside sending: while batch k is committed, batch k+1 is already on
+        // the wire. One committer applies commits strictly in order, so a cursor move still
+        // lands only with or after the acknowledgements of every event before it.
+        let (commits, committer_rx) = mpsc::channel(COMMITS_AHEAD);
+        let committer = tokio::spawn(commit_in_order(
+            committer_rx,
+            Arc::clone(&self.store),
+            Arc::clone(&self.inflight),
+            self.dry_run,
+        ));
+        let sent = self.send_all(rx, token, &commits).await;
+        drop(commits);
+        let recorded = committer
+            .await
+            .map_err(|e| StateError::Task(e.to_string()))?;
+        // A failed upload still lets the committer record what was acknowledged before it,
+        // so the next cycle does not re-send it. A state error comes first: it is why the
+        // uploader stopped, if it did.
+        recorded?;
+        sent
+    }
+
+    async fn send_all(
+        &self,
         mut rx: mpsc::Receiver<Item>,
         mut token: AccessToken,
+        commits: &mpsc::Sender<Commit>,
     ) -> Result<UploadStats, UploadError> {
         let mut stats = UploadStats::default();
         let mut batch: Vec<Pending> = Vec::with_capacity(self.batch_size);
@@ -81,7 +109,7 @@ impl Uploader {
                 match tokio::time::timeout(self.linger, rx.recv()).await {
                     Ok(item) => item,
                     Err(_) => {
-                        self.flush(&mut batch, &mut moves, &mut token, &mut stats)
+                        self.flush(&mut batch, &mut moves, &mut token, &mut stats, commits)
                             .await?;
                         continue;
                     }
@@ -89,21 +117,21 @@ impl Uploader {
             };
             match next {
                 None => {
-                    self.flush(&mut batch, &mut moves, &mut token, &mut stats)
+                    self.flush(&mut batch, &mut moves, &mut token, &mut stats, commits)
                         .await?;
                     return Ok(stats);
                 }
                 Some(Item::Event(p)) => {
                     batch.push(p);
                     if batch.len() >= self.batch_size {
-                        self.flush(&mut batch, &mut moves, &mut token, &mut stats)
+                        self.flush(&mut batch, &mut moves, &mut token, &mut stats, commits)
                             .await?;
                     }
                 }
                 Some(Item::Window(m)) => {
                     moves.push(m);
                     if batch.is_empty() {
-                        self.flush(&mut batch, &mut moves, &mut token, &mut stats)
+                        self.flush(&mut batch, &mut moves, &mut token, &mut stats, commits)
                             .await?;
                     }
                 }
@@ -111,66 +139,67 @@ impl Uploader {
         }
     }
 
-    /// Delivers `batch`, then commits its acknowledgement with the cursor moves that were
-    /// waiting for it.
+    /// Delivers `batch`, then hands its acknowledgement, with the cursor moves that were
+    /// waiting for it, to the committer.
     async fn flush(
         &self,
         batch: &mut Vec<Pending>,
         moves: &mut Vec<CursorMove>,
         token: &mut AccessToken,
         stats: &mut UploadStats,
+        commits: &mpsc::Sender<Commit>,
     ) -> Result<(), UploadError> {
         let events = std::mem::take(batch);
-        let mut chunks: VecDeque<Vec<Pending>> = VecDeque::new();
+        let mut chunks: VecDeque<Chunk> = VecDeque::new();
         if !events.is_empty() {
-            chunks.push_back(events);
+            chunks.push_back(self.chunk(events));
         }
         while let Some(chunk) = chunks.pop_front() {
-            match self.deliver(&chunk, token, stats).await? {
+            match self.deliver(&chunk.request, token, stats).await? {
                 Delivery::Acked { duplicates } => {
-                    stats.delivered += chunk.len() as u64;
+                    stats.delivered += chunk.acked.len() as u64;
                     stats.duplicates += duplicates;
-                    self.count_delivered(&chunk);
-                    let acked: Vec<Acked> = chunk.iter().map(|p| p.acked.clone()).collect();
-                    self.commit(acked, Vec::new(), Vec::new()).await?;
-                    self.release(&chunk);
+                    self.count_delivered(&chunk.acked);
+                    self.commit(commits, chunk.acked, Vec::new(), Vec::new())
+                        .await?;
                 }
                 Delivery::Split => {
-                    let mut first = chunk;
-                    let second = first.split_off(first.len() / 2);
+                    let (first, second) = self.split(chunk);
                     chunks.push_front(second);
                     chunks.push_front(first);
                 }
                 Delivery::Refused { indexes, reason } => {
-                    let (bad, good): (Vec<_>, Vec<_>) = chunk
+                    let mut good = Vec::with_capacity(chunk.acked.len());
+                    let mut quarantined = Vec::new();
+                    for (i, (acked, event)) in chunk
+                        .acked
                         .into_iter()
+                        .zip(chunk.request.events)
                         .enumerate()
-                        .partition(|(i, _)| indexes.contains(i));
-                    let bad: Vec<Pending> = bad.into_iter().map(|(_, p)| p).collect();
-                    let good: Vec<Pending> = good.into_iter().map(|(_, p)| p).collect();
-                    stats.quarantined += bad.len() as u64;
-                    for p in &bad {
-                        tracing::warn!(bucket = %p.acked.bucket_id, event_id = p.acked.event_id,
+                    {
+                        if !indexes.contains(&i) {
+                            good.push(Pending { acked, event });
+                            continue;
+                        }
+                        tracing::warn!(bucket = %acked.bucket_id, event_id = acked.event_id,
                             %reason, "the upstream refused an event; it is quarantined (see --status)");
-                    }
-                    let quarantined = bad
-                        .iter()
-                        .map(|p| Quarantined {
-                            acked: p.acked.clone(),
+                        quarantined.push(Quarantined {
+                            event_json: serde_json::to_string(&event).unwrap_or_default(),
+                            acked,
                             reason: reason.clone(),
-                            event_json: serde_json::to_string(&p.event).unwrap_or_default(),
-                        })
-                        .collect();
-                    self.commit(Vec::new(), quarantined, Vec::new()).await?;
-                    self.release(&bad);
+                        });
+                    }
+                    stats.quarantined += quarantined.len() as u64;
+                    self.commit(commits, Vec::new(), quarantined, Vec::new())
+                        .await?;
                     if !good.is_empty() {
-                        chunks.push_front(good);
+                        chunks.push_front(self.chunk(good));
                     }
                 }
             }
         }
         if !moves.is_empty() {
-            self.commit(Vec::new(), Vec::new(), std::mem::take(moves))
+            self.commit(commits, Vec::new(), Vec::new(), std::mem::take(moves))
                 .await?;
         }
         Ok(())
@@ -178,47 +207,43 @@ impl Uploader {
 
     /// Per-bucket delivery counters for progress displays: one map lookup per run of events
     /// of the same bucket (a batch is usually one run).
-    fn count_delivered(&self, chunk: &[Pending]) {
+    fn count_delivered(&self, chunk: &[Acked]) {
         let mut rest = chunk;
         while let Some(first) = rest.first() {
-            let id = &first.acked.bucket_id;
-            let n = rest.iter().take_while(|p| &p.acked.bucket_id == id).count();
+            let id = &first.bucket_id;
+            let n = rest.iter().take_while(|a| &a.bucket_id == id).count();
             self.metrics.delivered(id, n as u64);
             rest = &rest[n..];
         }
     }
 
-    fn release(&self, chunk: &[Pending]) {
-        for p in chunk {
-            self.inflight
-                .release(&p.acked.bucket_id, p.acked.event_id, p.acked.hash);
-        }
-    }
-
     async fn commit(
         &self,
+        commits: &mpsc::Sender<Commit>,
         acked: Vec<Acked>,
         quarantined: Vec<Quarantined>,
         moves: Vec<CursorMove>,
     ) -> Result<(), UploadError> {
-        if self.dry_run {
-            return Ok(());
-        }
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.commit(&acked, &quarantined, &moves))
+        let commit = Commit {
+            acked,
+            quarantined,
+            moves,
+        };
+        // Closed only when the committer stopped on an error, which `run` reports.
+        commits
+            .send(commit)
             .await
-            .map_err(|e| StateError::Task(e.to_string()))??;
-        Ok(())
+            .map_err(|_| StateError::Task("the state committer stopped".into()).into())
     }
 
-    /// Sends one chunk until the upstream answers something final for it.
+    /// Sends one request until the upstream answers something final for it.
     async fn deliver(
         &self,
-        chunk: &[Pending],
+        request: &BatchRequest,
         token: &mut AccessToken,
         stats: &mut UploadStats,
     ) -> Result<Delivery, UploadError> {
-        let request = self.request(chunk);
+        let size = request.events.len();
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
@@ -228,7 +253,7 @@ impl Uploader {
                 *token = self.tokens.token().await?;
             }
             stats.requests += 1;
-            let err = match self.upstream.send_batch(token, &request).await {
+            let err = match self.upstream.send_batch(token, request).await {
                 Ok(answer) => {
                     return Ok(Delivery::Acked {
                         duplicates: answer.duplicates,
@@ -248,7 +273,7 @@ impl Uploader {
                     )
                     .into())
                 }
-                UpstreamError::TooLarge if chunk.len() > 1 => return Ok(Delivery::Split),
+                UpstreamError::TooLarge if size > 1 => return Ok(Delivery::Split),
                 UpstreamError::TooLarge => {
                     return Ok(Delivery::Refused {
                         indexes: vec![0],
@@ -263,7 +288,7 @@ impl Uploader {
                     let indexes: Vec<usize> = rejected
                         .unwrap_or_default()
                         .into_iter()
-                        .filter(|i| *i < chunk.len())
+                        .filter(|i| *i < size)
                         .collect();
                     if !indexes.is_empty() {
                         return Ok(Delivery::Refused {
@@ -271,7 +296,7 @@ impl Uploader {
                             reason: format!("{status}: {message}"),
                         });
                     }
-                    if chunk.len() == 1 {
+                    if size == 1 {
                         return Ok(Delivery::Refused {
                             indexes: vec![0],
                             reason: format!("{status}: {message}"),
@@ -296,12 +321,41 @@ impl Uploader {
         }
     }
 
-    fn request(&self, chunk: &[Pending]) -> BatchRequest {
+    /// The request for these events, which move into it (no copy of their data); a new batch
+    /// id, since a different set of events must never share an `Idempotency-Key`.
+    fn chunk(&self, pending: Vec<Pending>) -> Chunk {
+        let (acked, events): (Vec<Acked>, Vec<UpEvent>) =
+            pending.into_iter().map(|p| (p.acked, p.event)).unzip();
+        Chunk {
+            request: self.request(events),
+            acked,
+        }
+    }
+
+    fn split(&self, chunk: Chunk) -> (Chunk, Chunk) {
+        let Chunk { mut acked, request } = chunk;
+        let mut events = request.events;
+        let half = events.len() / 2;
+        let second_events = events.split_off(half);
+        let second_acked = acked.split_off(half);
+        (
+            Chunk {
+                request: self.request(events),
+                acked,
+            },
+            Chunk {
+                request: self.request(second_events),
+                acked: second_acked,
+            },
+        )
+    }
+
+    fn request(&self, events: Vec<UpEvent>) -> BatchRequest {
         let mut buckets = BTreeMap::new();
-        for p in chunk {
-            if !buckets.contains_key(&p.event.bucket_id) {
-                if let Some(meta) = self.buckets.get(&p.event.bucket_id) {
-                    buckets.insert(p.event.bucket_id.clone(), meta.clone());
+        for e in &events {
+            if !buckets.contains_key(&e.bucket_id) {
+                if let Some(meta) = self.buckets.get(&e.bucket_id) {
+                    buckets.insert(e.bucket_id.clone(), meta.clone());
                 }
             }
         }
@@ -312,9 +366,57 @@ impl Uploader {
             hostname: self.hostname.clone(),
             sync_timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             buckets,
-            events: chunk.iter().map(|p| p.event.clone()).collect(),
+            events,
         }
     }
+}
+
+/// How many acknowledged batches may wait for the committer: enough to overlap one commit with
+/// the next request, few enough that a crash re-sends little.
+const COMMITS_AHEAD: usize = 2;
+
+/// Events on their way, with what recording their acknowledgement needs; index-aligned.
+struct Chunk {
+    acked: Vec<Acked>,
+    request: BatchRequest,
+}
+
+/// One atomic state change, applied in the order the uploader made them.
+struct Commit {
+    acked: Vec<Acked>,
+    quarantined: Vec<Quarantined>,
+    moves: Vec<CursorMove>,
+}
+
+/// Applies commits in order; releases each event's queue claim only after its acknowledgement
+/// is recorded (the reader's dedupe relies on one of the two always being visible).
+async fn commit_in_order(
+    mut rx: mpsc::Receiver<Commit>,
+    store: Arc<Store>,
+    inflight: Arc<InFlight>,
+    dry_run: bool,
+) -> Result<(), StateError> {
+    while let Some(commit) = rx.recv().await {
+        let commit = if dry_run {
+            commit
+        } else {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || {
+                store
+                    .commit(&commit.acked, &commit.quarantined, &commit.moves)
+                    .map(|()| commit)
+            })
+            .await
+            .map_err(|e| StateError::Task(e.to_string()))??
+        };
+        inflight.release_all(
+            commit
+                .acked
+                .iter()
+                .chain(commit.quarantined.iter().map(|q| &q.acked)),
+        );
+    }
+    Ok(())
 }
 
 enum Delivery {

@@ -53,12 +53,12 @@ pub fn duration_to_ns(seconds: f64) -> Option<i64> {
 /// Hash of an event's canonical form; `None` when the event cannot be represented (see [`Span::of`]).
 pub fn event_hash(event: &Event) -> Option<(EventHash, Span)> {
     let span = Span::of(event)?;
-    let mut canonical = String::with_capacity(256);
+    let mut canonical = Vec::with_capacity(256);
     write_canonical_map(&mut canonical, &event.data);
     let mut hasher = blake3::Hasher::new();
     hasher.update(&span.start_ns.to_le_bytes());
     hasher.update(&span.duration_ns.to_le_bytes());
-    hasher.update(canonical.as_bytes());
+    hasher.update(&canonical);
     let mut out = [0u8; 16];
     out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
     Some((out, span))
@@ -74,44 +74,63 @@ pub fn hash_hex(hash: &EventHash) -> String {
 
 /// JSON with object keys sorted at every depth, whatever map type serde_json was built with.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(&mut out, value);
-    out
+    // Only serde_json's output and ASCII punctuation went in.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_canonical(out: &mut String, value: &Value) {
+// Written straight into one buffer (this runs once per event read): strings, numbers, booleans
+// and null through serde_json's own serializer, so the bytes are exactly what
+// `Value::to_string` printed when the hash was defined.
+fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Object(map) => write_canonical_map(out, map),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(out, item);
             }
-            out.push(']');
+            out.push(b']');
         }
-        // Strings are escaped by serde_json itself; numbers, booleans and null print canonically.
-        other => out.push_str(&other.to_string()),
+        other => write_scalar(out, other),
     }
 }
 
-fn write_canonical_map(out: &mut String, map: &serde_json::Map<String, Value>) {
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort_unstable();
-    out.push('{');
-    for (i, key) in keys.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+fn write_scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Serializing a string, number, bool or null into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn write_canonical_map(out: &mut Vec<u8>, map: &serde_json::Map<String, Value>) {
+    out.push(b'{');
+    let mut first = true;
+    let mut entry = |out: &mut Vec<u8>, key: &str, v: &Value| {
+        if !first {
+            out.push(b',');
         }
-        out.push_str(&Value::String(key.clone()).to_string());
-        out.push(':');
-        if let Some(v) = map.get(key) {
-            write_canonical(out, v);
+        first = false;
+        write_scalar(out, key);
+        out.push(b':');
+        write_canonical(out, v);
+    };
+    // serde_json's Map is a BTreeMap unless `preserve_order` is on somewhere in the build:
+    // then it iterates sorted already and needs no sort.
+    if map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b) {
+        for (k, v) in map {
+            entry(out, k, v);
+        }
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in entries {
+            entry(out, k, v);
         }
     }
-    out.push('}');
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -166,6 +185,23 @@ mod tests {
             canonical_json(&v),
             r#"{"a":"\"q","b":{"x":[{"c":2,"d":1}],"y":1}}"#
         );
+    }
+
+    /// The hash is stored in every user's state and upstream: its bytes must never change. The
+    /// expected value was computed independently (Python: `json.dumps(data, sort_keys=True,
+    /// ensure_ascii=False, separators=(",", ":"))` and the `blake3` package).
+    #[test]
+    fn the_canonical_form_and_hash_are_stable() {
+        let e = ev(
+            r#"{"timestamp":"2024-01-01T12:00:00.123456789Z","duration":1.5,"data":
+            {"title":"naïve \"quote\"\n\ttab\u0001\\","b":[1,{"z":null,"a":true}],"a":{"y":2,"x":"é"},"n":-3}}"#,
+        );
+        assert_eq!(
+            canonical_json(&Value::Object(e.data.clone())),
+            r#"{"a":{"x":"é","y":2},"b":[1,{"a":true,"z":null}],"n":-3,"title":"naïve \"quote\"\n\ttab\u0001\\"}"#
+        );
+        let (hash, _) = event_hash(&e).expect("representable");
+        assert_eq!(hash_hex(&hash), "3f5cba23781ebc41600e6074b2a73e67");
     }
 
     #[test]
