@@ -50,7 +50,7 @@ fn event(bucket: &str, id: i64, hash: &str, data: Value) -> UpEvent {
         hash: hash.into(),
         timestamp: format!("2024-05-01T10:00:{:02}.000000000Z", id % 60),
         duration: 1.5,
-        data,
+        data: aw_sync_samay::source::object_to_raw(&data),
     }
 }
 

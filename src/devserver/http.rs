@@ -211,7 +211,7 @@ fn validate(envelope: Envelope, faults: &Faults) -> Result<IncomingBatch, Reject
         } else if poison_buckets.contains(&event.bucket_id)
             || poison_key
                 .as_ref()
-                .is_some_and(|k| event.data.contains_key(k))
+                .is_some_and(|k| event.data_map().is_ok_and(|d| d.contains_key(k)))
         {
             poisoned.push(i);
         }

@@ -200,7 +200,7 @@ impl Store {
                     |row| row.get(0),
                 )
                 .optional()?;
-            let data = Value::Object(event.data.clone()).to_string();
+            let data = event.data.get();
             match stored {
                 Some(hash) if hash == event.hash => {
                     answer.duplicates += 1;

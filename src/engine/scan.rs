@@ -23,11 +23,12 @@ use tokio::sync::mpsc;
 
 use super::{InFlight, Item, Metrics, Pending};
 use crate::privacy::Redaction;
-use crate::source::{AwClient, Bucket, Event, SourceError};
+use crate::source::{AwClient, Bucket, PageEvent, SourceError};
 use crate::state::{
-    event_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove, Known,
-    Span, StateError, Store,
+    event_hash_raw, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove,
+    Known, Span, StateError, Store,
 };
+use crate::source::object_to_raw;
 use crate::upstream::contract::UpEvent;
 use std::sync::atomic::Ordering;
 
@@ -235,9 +236,9 @@ impl Scanner<'_> {
         let mut returned = 0u64;
         loop {
             stats.requests += 1;
-            let page = self
+            let page: Vec<PageEvent> = self
                 .source
-                .get_events(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
+                .get_events_as(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
                 .await?;
             let full = page.len() >= limit;
             tracing::debug!(bucket = %bucket.id, a, ?end_q, limit, got = page.len(), "page");
@@ -262,7 +263,7 @@ impl Scanner<'_> {
                     tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
                     continue;
                 };
-                let Some(ret) = Span::of(&ev) else {
+                let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
                     stats.unrepresentable += 1;
                     tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
                         "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
@@ -318,7 +319,7 @@ impl Scanner<'_> {
                     stats.fetched += 1;
                     tracing::debug!(bucket = %bucket.id, id, clipped_start, clipped_end, "fetching a possibly clipped event by id");
                     match self.source.get_event(&bucket.id, id).await {
-                        Ok(Some(e)) => e,
+                        Ok(Some(e)) => PageEvent::from_event(e),
                         Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile
                         Err(e) => return Err(e.into()),
                     }
@@ -328,7 +329,11 @@ impl Scanner<'_> {
                 // The range query returns what overlaps the window; an event that ended before
                 // `start_from` (or at it, having started before) is not uploaded. One running
                 // across it is sent whole: clipping it would invent an event aw-server never had.
-                if let (Some(s), Some(span)) = (self.start_from_ns, Span::of(&event)) {
+                let Some(span) = Span::new(&event.timestamp, event.duration) else {
+                    stats.unrepresentable += 1;
+                    continue;
+                };
+                if let Some(s) = self.start_from_ns {
                     if span.end_ns() <= s && span.start_ns < s {
                         continue;
                     }
@@ -336,12 +341,12 @@ impl Scanner<'_> {
                 // Redacted before hashing: the hash, and so the dedupe, is of what is sent.
                 let mut event = event;
                 if !redaction.is_empty() {
-                    redaction.apply(&self.redaction_key, &mut event.data);
+                    let mut data = event.data_map().map_err(|e| malformed(&bucket.id, id, e))?;
+                    redaction.apply(&self.redaction_key, &mut data);
+                    event.data = object_to_raw(&data);
                 }
-                let Some((hash, span)) = event_hash(&event) else {
-                    stats.unrepresentable += 1;
-                    continue;
-                };
+                let hash =
+                    event_hash_raw(span, &event.data).map_err(|e| malformed(&bucket.id, id, e))?;
                 if b.is_some_and(|b| span.start_ns >= b) {
                     continue;
                 }
@@ -401,12 +406,21 @@ impl Scanner<'_> {
     }
 }
 
+/// Event data that parsed once (serde_json checked it when the page was read) and not again:
+/// only possible through a bug, reported as a malformed answer rather than a panic.
+fn malformed(bucket: &str, id: i64, e: serde_json::Error) -> ScanError {
+    ScanError::Source(SourceError::Malformed {
+        url: format!("bucket {bucket}, event {id}"),
+        detail: format!("event data: {e}"),
+    })
+}
+
 fn make_pending(
     bucket: &Bucket,
     event_id: i64,
     hash: [u8; 16],
     span: Span,
-    event: Event,
+    event: PageEvent,
 ) -> Pending {
     Pending {
         acked: Acked {

@@ -562,7 +562,7 @@ mod tests {
                 hash: String::new(),
                 timestamp: String::new(),
                 duration: 1.0,
-                data,
+                data: crate::source::object_to_raw(&data),
             },
         }
     }
@@ -741,7 +741,7 @@ mod tests {
                 .events
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.data.contains_key("poison"))
+                .filter(|(_, e)| e.data_map().is_ok_and(|d| d.contains_key("poison")))
                 .map(|(i, _)| i)
                 .collect();
             (!bad.is_empty()).then(|| UpstreamError::Rejected {

@@ -16,6 +16,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::model::{Bucket, Event, ServerInfo};
+#[allow(unused_imports)] // named in the docs
+use super::model::PageEvent;
 
 /// aw-server is local: if it cannot accept a connection within this, it is down or wedged.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -164,6 +166,18 @@ impl AwClient {
         end: Option<DateTime<Utc>>,
         limit: Option<u64>,
     ) -> Result<Vec<Event>, SourceError> {
+        self.get_events_as(bucket_id, start, end, limit).await
+    }
+
+    /// [`AwClient::get_events`] into any event type: the scan reads [`PageEvent`]s, which keep
+    /// each event's data as text.
+    pub async fn get_events_as<T: DeserializeOwned>(
+        &self,
+        bucket_id: &str,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        limit: Option<u64>,
+    ) -> Result<Vec<T>, SourceError> {
         let start = start.map(format_timestamp);
         let end = end.map(format_timestamp);
         let limit = limit.map(|l| l.to_string());

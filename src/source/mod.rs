@@ -4,7 +4,7 @@
 //! module is shaped like aw-client-rust's current (unpublished) API instead of depending on it.
 
 mod client;
-mod model;
+pub mod model;
 
 pub use client::{AwClient, SourceError};
-pub use model::{Bucket, Event, ServerInfo};
+pub use model::{object_to_raw, Bucket, Event, PageEvent, ServerInfo};

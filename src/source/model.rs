@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// `GET /api/0/info`.
@@ -84,6 +85,65 @@ impl Event {
 
 /// Treats JSON `null` like a missing field: both servers are tolerant writers and we must not
 /// reject a whole page of events for one null.
+/// An event as a range query returns it, for the scan: `data` stays the server's JSON text
+/// (checked to be an object, `null` read as `{}`). A catch-up reads every event once and
+/// forwards it once; keeping the text means no map is built per event, nothing is copied to
+/// build the upload, and the upstream receives exactly the data aw-server served.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PageEvent {
+    #[serde(default)]
+    pub id: Option<i64>,
+    pub timestamp: DateTime<Utc>,
+    pub duration: f64,
+    #[serde(default = "empty_object", deserialize_with = "object_text")]
+    pub data: Box<RawValue>,
+}
+
+impl PageEvent {
+    /// The same event from a parsed one (an event fetched by id, or redacted).
+    pub fn from_event(event: Event) -> PageEvent {
+        PageEvent {
+            id: event.id,
+            timestamp: event.timestamp,
+            duration: event.duration,
+            data: object_to_raw(&event.data),
+        }
+    }
+
+    /// `data` parsed (for redaction, which edits it).
+    pub fn data_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
+        serde_json::from_str(self.data.get())
+    }
+}
+
+/// A map as JSON text. Serializing a `Map<String, Value>` cannot fail.
+pub fn object_to_raw(map: &Map<String, Value>) -> Box<RawValue> {
+    serde_json::value::to_raw_value(map).unwrap_or_else(|_| empty_object())
+}
+
+/// `{}`.
+pub fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("{{}} is JSON"))
+}
+
+/// Event data as text: must be a JSON object (or `null`, read as `{}`), as aw-server's own
+/// models require; anything else makes the response malformed.
+pub fn object_text<'de, D>(deserializer: D) -> Result<Box<RawValue>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let raw = Option::<Box<RawValue>>::deserialize(deserializer)?;
+    match raw {
+        None => Ok(empty_object()),
+        Some(r) if r.get() == "null" => Ok(empty_object()),
+        Some(r) if r.get().starts_with('{') => Ok(r),
+        Some(r) => Err(serde::de::Error::custom(format!(
+            "event data must be a JSON object, got `{}`",
+            r.get().chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,

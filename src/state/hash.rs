@@ -8,6 +8,12 @@
 
 use std::fmt::Write as _;
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::source::Event;
@@ -26,8 +32,13 @@ impl Span {
     /// `None` when the timestamp is outside what i64 nanoseconds hold (years 1677–2262) or the
     /// duration is not a finite, non-negative number: such an event cannot be represented.
     pub fn of(event: &Event) -> Option<Span> {
-        let start_ns = event.timestamp.timestamp_nanos_opt()?;
-        let duration_ns = duration_to_ns(event.duration)?;
+        Span::new(&event.timestamp, event.duration)
+    }
+
+    /// From a timestamp and a duration in seconds (see [`Span::of`]).
+    pub fn new(timestamp: &DateTime<Utc>, duration: f64) -> Option<Span> {
+        let start_ns = timestamp.timestamp_nanos_opt()?;
+        let duration_ns = duration_to_ns(duration)?;
         start_ns.checked_add(duration_ns)?;
         Some(Span {
             start_ns,
@@ -55,13 +66,97 @@ pub fn event_hash(event: &Event) -> Option<(EventHash, Span)> {
     let span = Span::of(event)?;
     let mut canonical = Vec::with_capacity(256);
     write_canonical_map(&mut canonical, &event.data);
+    Some((hash_parts(span, &canonical), span))
+}
+
+/// [`event_hash`] of an event whose data is still JSON text (the scan's [`crate::source::PageEvent`]):
+/// the same bytes are hashed as if the text had been parsed into a map first, without building
+/// one. `Err` when the text is not valid JSON (serde_json validated it when it was read, so
+/// only a caller's bug gets here).
+pub fn event_hash_raw(span: Span, data: &RawValue) -> Result<EventHash, serde_json::Error> {
+    let mut canonical = Vec::with_capacity(data.get().len() + 16);
+    write_canonical_raw(&mut canonical, data.get())?;
+    Ok(hash_parts(span, &canonical))
+}
+
+fn hash_parts(span: Span, canonical: &[u8]) -> EventHash {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&span.start_ns.to_le_bytes());
     hasher.update(&span.duration_ns.to_le_bytes());
-    hasher.update(&canonical);
+    hasher.update(canonical);
     let mut out = [0u8; 16];
     out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    Some((out, span))
+    out
+}
+
+/// An object key, borrowed from the text unless it had escapes.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The canonical form of one JSON text, byte for byte what [`canonical_json`] makes of its
+/// parsed value: keys sorted (as `String`s compare, last duplicate wins, as when parsing into a
+/// map), strings and numbers as serde_json prints them. Strings without escapes and the
+/// literals are already in that form and are copied as they are.
+fn write_canonical_raw(out: &mut Vec<u8>, text: &str) -> Result<(), serde_json::Error> {
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let map: BTreeMap<Key, &RawValue> = serde_json::from_str(text)?;
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(out, k.0.as_ref());
+                out.push(b':');
+                write_canonical_raw(out, v.get())?;
+            }
+            out.push(b'}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text)?;
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_raw(out, v.get())?;
+            }
+            out.push(b']');
+        }
+        Some(b'"') if !text.contains('\\') => out.extend_from_slice(text.as_bytes()),
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text)?;
+            write_scalar(out, s.as_str());
+        }
+        Some(b't' | b'f' | b'n') => out.extend_from_slice(text.as_bytes()),
+        _ => {
+            let n: serde_json::Number = serde_json::from_str(text)?;
+            write_scalar(out, &n);
+        }
+    }
+    Ok(())
 }
 
 pub fn hash_hex(hash: &EventHash) -> String {
@@ -202,6 +297,117 @@ mod tests {
         );
         let (hash, _) = event_hash(&e).expect("representable");
         assert_eq!(hash_hex(&hash), "3f5cba23781ebc41600e6074b2a73e67");
+    }
+
+    /// JSON text as other servers write it: keys in reverse order, every non-ASCII character
+    /// and `/` escaped (Python's `ensure_ascii`), spaces after separators.
+    fn foreign_text(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                out.push('{');
+                for (i, (k, v)) in m.iter().rev().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    foreign_string(k, out);
+                    out.push_str(": ");
+                    foreign_text(v, out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push_str("[ ");
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" , ");
+                    }
+                    foreign_text(v, out);
+                }
+                out.push_str(" ]");
+            }
+            Value::String(s) => foreign_string(s, out),
+            Value::Number(n) if n.is_f64() => {
+                // An exponent form of the same number: parses to the same f64.
+                let _ = write!(out, "{:e}", n.as_f64().unwrap_or(0.0));
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    fn foreign_string(s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '/' => out.push_str("\\/"),
+                c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
+                c => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        let _ = write!(out, "\\u{unit:04X}");
+                    }
+                }
+            }
+        }
+        out.push('"');
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e300f64..1e300).prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+            "[a-z\"\\\\/\u{0}-\u{1f}é😀]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-zé\"\\\\_]{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)))]
+
+        /// The raw-text hash must equal the parsed-map hash for any text any server may send,
+        /// or a catch-up would re-send (or skip) events hashed the other way.
+        #[test]
+        fn raw_and_parsed_canonical_forms_agree(v in json_value()) {
+            use proptest::prop_assert_eq;
+            let data = match v {
+                Value::Object(m) => m,
+                other => {
+                    let mut m = serde_json::Map::new();
+                    m.insert("v".into(), other);
+                    m
+                }
+            };
+            let value = Value::Object(data.clone());
+            let mut foreign = String::new();
+            foreign_text(&value, &mut foreign);
+            for text in [serde_json::to_string(&value).unwrap(), serde_json::to_string_pretty(&value).unwrap(), foreign] {
+                let raw: Box<RawValue> = serde_json::from_str(&text).unwrap();
+                let parsed: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+                let mut out = Vec::new();
+                write_canonical_raw(&mut out, raw.get()).unwrap();
+                prop_assert_eq!(String::from_utf8(out).unwrap(), canonical_json(&Value::Object(parsed)), "{}", text);
+            }
+            // Both hashes of one text (a float need not survive a text round trip exactly, so
+            // the map is parsed from the same text).
+            let span = Span { start_ns: 1, duration_ns: 2 };
+            let raw = serde_json::value::to_raw_value(&data).unwrap();
+            let data: serde_json::Map<String, Value> = serde_json::from_str(raw.get()).unwrap();
+            let event = Event { id: None, timestamp: DateTime::<Utc>::from_timestamp_nanos(1), duration: 2e-9, data };
+            prop_assert_eq!(event_hash_raw(span, &raw).unwrap(), event_hash(&event).unwrap().0);
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::source::Bucket;
-pub use hash::{event_hash, hash_hex, EventHash, Span};
+pub use hash::{event_hash, event_hash_raw, hash_hex, EventHash, Span};
 
 /// Upstream event ids are aw-server's id plus `generation << GENERATION_SHIFT`: a bucket whose
 /// database was replaced restarts its ids, and must not overwrite what the old one uploaded.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -15,7 +16,7 @@ pub const HEALTH_PATH: &str = "v1/health";
 
 /// `POST {base_url}/v1/events/batch`. A superset of the original design's data format
 /// (`events[].timestamp/duration/data`, `user_id`, `device_id`, `sync_timestamp`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchRequest {
     /// Also sent as the `Idempotency-Key` header; a replay of the same id changes nothing.
     pub batch_id: Uuid,
@@ -43,7 +44,7 @@ pub struct BucketMeta {
 
 /// One event version. The upstream keys events by (user, device_id, bucket_id, event_id): a new
 /// `hash` for a known key replaces the stored version, the same hash is a duplicate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpEvent {
     pub bucket_id: String,
     /// aw-server's event id, offset by `generation << 40` when the bucket was replaced (see
@@ -55,7 +56,17 @@ pub struct UpEvent {
     pub timestamp: String,
     /// Seconds.
     pub duration: f64,
-    pub data: Map<String, Value>,
+    /// A JSON object: aw-server's data as it served it (after redaction), passed through as
+    /// text so the upload neither rebuilds nor copies it.
+    #[serde(deserialize_with = "crate::source::model::object_text")]
+    pub data: Box<RawValue>,
+}
+
+impl UpEvent {
+    /// `data` parsed (for upstreams and tests that look inside).
+    pub fn data_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
+        serde_json::from_str(self.data.get())
+    }
 }
 
 /// 200 answer.
