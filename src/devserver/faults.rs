@@ -2,8 +2,15 @@
 //! tests can prove the sync engine survives each one. Settings are shared between the
 //! in-process handle ([`Faults`]) and `POST /v1/_faults` (for tests that run the server in
 //! another process); the countdowns are consumed by batch requests only.
+//!
+//! The server also keeps a log of the last batch requests ([`Faults::requests`]): when each
+//! arrived, which batch it carried and what it was answered, so a test can prove *when* a
+//! client retried (after `Retry-After`, say) from what the server saw rather than from its own
+//! clock.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -11,10 +18,15 @@ use serde_json::{Map, Value};
 /// Default limit for a batch body, on the wire and after gzip decompression.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Batch requests remembered by [`Faults::requests`]; older ones are forgotten, so a long-running
+/// dev server does not grow.
+pub const REQUEST_LOG_LEN: usize = 10_000;
+
 /// What to break. Countdowns (`u32`) apply to the next N batch requests, each decremented when
 /// it fires. Order within one request: `slow_ms`, `drop_before_store`, `fail_500`, `fail_429`,
 /// then the normal path (auth, body limit, parse, validation, rejects), then after the commit
-/// `drop_after_store`, `garbage_answers`.
+/// `drop_after_store`, `garbage_answers`, `slow_answers` (at most one of these three per request;
+/// a replay of a stored batch id consumes none of them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSettings {
@@ -36,6 +48,11 @@ pub struct FaultSettings {
     pub reject_data_key: Option<String>,
     /// Store and commit the batch, then answer 200 with a body that is not JSON.
     pub garbage_answers: u32,
+    /// Store and commit the batch, then wait `slow_answer_ms` before answering: an answer slower
+    /// than the client's timeout, for a batch that did arrive. A countdown, unlike `slow_ms`, so
+    /// the client's retry is answered in time.
+    pub slow_answers: u32,
+    pub slow_answer_ms: u64,
     /// Bodies above this (wire or decompressed) are answered 413.
     pub max_body_bytes: u64,
 }
@@ -52,6 +69,9 @@ impl Default for FaultSettings {
             reject_bucket_ids: Vec::new(),
             reject_data_key: None,
             garbage_answers: 0,
+            slow_answers: 0,
+            // Longer than any sensible client timeout: `slow_answers: 1` alone does what it says.
+            slow_answer_ms: 60_000,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
@@ -73,10 +93,26 @@ pub struct FaultReport {
     pub counters: FaultCounters,
 }
 
+/// One batch request as the server saw it. In-process only (`Instant`s mean nothing elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When the request reached the batch handler (before `slow_ms`).
+    pub received: Instant,
+    /// When the answer was handed to the connection (or the connection closed by a fault);
+    /// `None` when the client went away before the handler finished.
+    pub answered: Option<Instant>,
+    /// Its `Idempotency-Key` header, when it had a readable one (the batch id).
+    pub idempotency_key: Option<String>,
+    /// The status answered; `None` when no answer was sent (a `drop_*` fault, or the client
+    /// went away first).
+    pub status: Option<u16>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     settings: FaultSettings,
     counters: FaultCounters,
+    log: VecDeque<RequestRecord>,
 }
 
 /// Shared fault settings and counters. Clones share state.
@@ -98,6 +134,7 @@ pub(crate) enum After {
     None,
     Drop,
     Garbage,
+    Slow { ms: u64 },
 }
 
 impl Faults {
@@ -128,6 +165,20 @@ impl Faults {
 
     pub fn counters(&self) -> FaultCounters {
         self.lock().counters
+    }
+
+    /// The last [`REQUEST_LOG_LEN`] batch requests, in the order their handling ended (sort by
+    /// `received` for arrival order). Kept by [`Faults::clear`], like the counters.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().log.iter().cloned().collect()
+    }
+
+    pub(crate) fn log(&self, record: RequestRecord) {
+        let mut inner = self.lock();
+        if inner.log.len() >= REQUEST_LOG_LEN {
+            inner.log.pop_front();
+        }
+        inner.log.push_back(record);
     }
 
     pub fn report(&self) -> FaultReport {
@@ -198,6 +249,10 @@ impl Faults {
             After::Drop
         } else if take(&mut s.garbage_answers) {
             After::Garbage
+        } else if take(&mut s.slow_answers) {
+            After::Slow {
+                ms: s.slow_answer_ms,
+            }
         } else {
             After::None
         }
@@ -228,6 +283,41 @@ mod tests {
         assert_eq!(f.take_before(), Before::Fail500);
         assert_eq!(f.take_before(), Before::None);
         assert_eq!(f.counters().requests_received, 3);
+    }
+
+    #[test]
+    fn after_store_faults_fire_once_each_in_order() {
+        let f = Faults::default();
+        f.update(|s| {
+            s.slow_answers = 1;
+            s.slow_answer_ms = 7;
+            s.garbage_answers = 1;
+            s.drop_after_store = 1;
+        });
+        assert_eq!(f.take_after(), After::Drop);
+        assert_eq!(f.take_after(), After::Garbage);
+        assert_eq!(f.take_after(), After::Slow { ms: 7 });
+        assert_eq!(f.take_after(), After::None);
+        assert_eq!(f.counters().batches_stored, 4);
+    }
+
+    #[test]
+    fn the_request_log_is_bounded_and_keeps_the_newest() {
+        let f = Faults::default();
+        let now = Instant::now();
+        for i in 0..REQUEST_LOG_LEN + 5 {
+            f.log(RequestRecord {
+                received: now,
+                answered: None,
+                idempotency_key: Some(i.to_string()),
+                status: Some(200),
+            });
+        }
+        let log = f.requests();
+        assert_eq!(log.len(), REQUEST_LOG_LEN);
+        assert_eq!(log[0].idempotency_key.as_deref(), Some("5"));
+        f.clear();
+        assert_eq!(f.requests().len(), REQUEST_LOG_LEN, "clear keeps the log");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::faults::{After, Before, Faults};
+use super::faults::{After, Before, Faults, RequestRecord};
 use super::oidc::{self, Bearer, Provider};
 use super::page;
 use super::store::{IncomingBatch, Outcome, Store};
@@ -271,7 +271,56 @@ fn ok(answer: &BatchResponse) -> Response {
     Json(answer).into_response()
 }
 
+/// Logs the request in [`Faults::requests`] when its answer is ready, or, if the handler is
+/// dropped first (the client went away), when it is dropped.
+struct RequestLog {
+    faults: Faults,
+    record: Option<RequestRecord>,
+}
+
+impl RequestLog {
+    fn start(faults: &Faults, headers: &HeaderMap) -> RequestLog {
+        RequestLog {
+            faults: faults.clone(),
+            record: Some(RequestRecord {
+                received: Instant::now(),
+                answered: None,
+                idempotency_key: headers
+                    .get("idempotency-key")
+                    .and_then(|k| k.to_str().ok())
+                    .map(|k| k.trim().to_string()),
+                status: None,
+            }),
+        }
+    }
+
+    fn answered(mut self, response: &Response) {
+        if let Some(mut record) = self.record.take() {
+            record.answered = Some(Instant::now());
+            if response.extensions().get::<DropConnection>().is_none() {
+                record.status = Some(response.status().as_u16());
+            }
+            self.faults.log(record);
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.faults.log(record);
+        }
+    }
+}
+
 async fn post_batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let log = RequestLog::start(&state.faults, &headers);
+    let response = handle_batch(&state, &headers, body).await;
+    log.answered(&response);
+    response
+}
+
+async fn handle_batch(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
     let slow_ms = state.faults.slow_ms();
     if slow_ms > 0 {
         tokio::time::sleep(Duration::from_millis(slow_ms)).await;
@@ -293,7 +342,7 @@ async fn post_batch(State(state): State<AppState>, headers: HeaderMap, body: Bod
         }
         Before::None => {}
     }
-    let user = match authenticate(&state, &headers).await {
+    let user = match authenticate(state, headers).await {
         Bearer::User(user) => user,
         Bearer::Invalid => {
             let mut response = error(
@@ -408,6 +457,10 @@ async fn post_batch(State(state): State<AppState>, headers: HeaderMap, body: Bod
                 "<html>garbage: injected fault</html>",
             )
                 .into_response(),
+            After::Slow { ms } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ok(&answer)
+            }
             After::None => ok(&answer),
         },
     }

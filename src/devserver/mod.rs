@@ -34,7 +34,10 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-pub use faults::{FaultCounters, FaultReport, FaultSettings, Faults, DEFAULT_MAX_BODY_BYTES};
+pub use faults::{
+    FaultCounters, FaultReport, FaultSettings, Faults, RequestRecord, DEFAULT_MAX_BODY_BYTES,
+    REQUEST_LOG_LEN,
+};
 pub use http::TokenRegistry;
 pub use oidc::{OAuthCounters, OidcConfig, DEFAULT_ACCESS_TOKEN_TTL, DEV_CLIENT_ID};
 pub use store::{BucketSummary, DeviceSummary, Inspect, StoredEvent};

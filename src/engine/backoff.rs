@@ -67,7 +67,9 @@ pub fn cycle_delay(interval: Duration, failures: u32, rng: &mut impl Rng) -> Dur
     let exp = (failures - 1).min(30);
     let grown = interval.checked_mul(1u32 << exp).unwrap_or(cap).min(cap);
     let jitter = rng.random_range(0.9..=1.1);
-    grown.mul_f64(jitter)
+    // Not `mul_f64`, which panics when the product does not fit a `Duration`: `sync_interval`
+    // may be any number of seconds up to u64::MAX, and the daemon must not die of a failure.
+    Duration::try_from_secs_f64(grown.as_secs_f64() * jitter).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -111,6 +113,18 @@ mod tests {
         );
     }
 
+    /// Found by `props::the_wait_between_failed_cycles_never_overflows_and_stays_within_its_bounds`:
+    /// `sync_interval = 18446744073709551615` passes config validation, and the first failed
+    /// cycle panicked ("cannot convert float seconds to Duration").
+    #[test]
+    fn a_failed_cycle_with_a_u64_max_interval_does_not_panic() {
+        let mut rng = StdRng::seed_from_u64(5_691_807_640_348_933_341);
+        let huge = Duration::from_secs(u64::MAX);
+        for failures in [1, 2, u32::MAX] {
+            assert!(cycle_delay(huge, failures, &mut rng) >= huge.mul_f64(0.9));
+        }
+    }
+
     #[test]
     fn cycle_delay_grows_on_failure_caps_and_resets() {
         let mut rng = StdRng::seed_from_u64(3);
@@ -123,5 +137,120 @@ mod tests {
         let d_many = cycle_delay(i, 1000, &mut rng);
         assert!(d_many <= Duration::from_secs(1800).mul_f64(1.1));
         assert!(d_many >= Duration::from_secs(1800).mul_f64(0.9));
+    }
+}
+
+/// Property tests: no attempt number, policy, `Retry-After` value or interval makes a wait
+/// overflow, panic or leave its bounds (vscode-wakatime #392 reached "-1s max backoff").
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::upstream::client::parse_retry_after;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
+    const LAST_HTTP_DATE_SECS: u64 = 253_402_300_799;
+
+    /// Any duration a `RetryPolicy` field could hold, extremes included.
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..=3_600_000).prop_map(Duration::from_millis),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = RetryPolicy> {
+        (duration(), duration(), duration()).prop_map(|(base, cap, max_retry_after)| RetryPolicy {
+            base,
+            cap,
+            max_retry_after,
+        })
+    }
+
+    fn attempt() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0), Just(1), Just(u32::MAX), 0u32..100, any::<u32>()]
+    }
+
+    proptest! {
+        #[test]
+        fn a_retry_wait_without_retry_after_is_within_zero_and_the_cap(
+            p in policy(), attempt in attempt(), seed in any::<u64>()
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let ceiling = p.ceiling(attempt);
+            prop_assert!(ceiling <= p.cap);
+            prop_assert!(p.delay(attempt, None, &mut rng) <= ceiling);
+            // The ceiling never shrinks as attempts grow (no wrap-around to a short wait).
+            prop_assert!(p.ceiling(attempt.saturating_add(1)) >= ceiling);
+        }
+
+        #[test]
+        fn any_retry_after_in_seconds_is_honoured_up_to_its_clamp(
+            p in policy(),
+            attempt in attempt(),
+            digits in "[0-9]{1,40}",
+            seed in any::<u64>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let after = parse_retry_after(&digits, SystemTime::now());
+            prop_assert!(after.is_some(), "{digits:?} is delta-seconds");
+            let wait = p.delay(attempt, after, &mut rng);
+            prop_assert!(wait <= p.max_retry_after);
+            // A wait below the clamp is exactly what the server asked for.
+            // (More than 20 significant digits is above u64::MAX seconds: "very long".)
+            let significant = digits.trim_start_matches('0');
+            let asked = match significant.len() {
+                0 => 0,
+                1..=20 => u64::try_from(significant.parse::<u128>().unwrap_or(u128::MAX))
+                    .unwrap_or(u64::MAX),
+                _ => u64::MAX,
+            };
+            prop_assert_eq!(wait, Duration::from_secs(asked).min(p.max_retry_after));
+        }
+
+        #[test]
+        fn any_retry_after_date_far_future_or_past_is_within_the_clamp(
+            p in policy(),
+            attempt in attempt(),
+            date in 0..=LAST_HTTP_DATE_SECS,
+            now in 0..=LAST_HTTP_DATE_SECS,
+            now_nanos in 0u32..1_000_000_000,
+            seed in any::<u64>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let date = UNIX_EPOCH + Duration::from_secs(date);
+            let now = UNIX_EPOCH + Duration::new(now, now_nanos);
+            let header = httpdate::fmt_http_date(date);
+            let after = parse_retry_after(&header, now);
+            let expected = date.duration_since(now).unwrap_or(Duration::ZERO);
+            prop_assert_eq!(after, Some(expected), "{}", header);
+            let wait = p.delay(attempt, after, &mut rng);
+            prop_assert!(wait <= p.max_retry_after);
+            prop_assert_eq!(wait, expected.min(p.max_retry_after));
+        }
+
+        #[test]
+        fn the_wait_between_failed_cycles_never_overflows_and_stays_within_its_bounds(
+            interval_secs in prop_oneof![Just(1u64), Just(u64::MAX), 1u64..100_000, any::<u64>()],
+            failures in attempt(),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let interval = Duration::from_secs(interval_secs.max(1));
+            let d = cycle_delay(interval, failures, &mut rng);
+            if failures == 0 {
+                prop_assert_eq!(d, interval);
+            } else {
+                let cap = interval.max(Duration::from_secs(30 * 60)).as_secs_f64();
+                // Within ±10 % of a value between the interval and the cap (f64 rounding aside).
+                prop_assert!(d.as_secs_f64() <= cap * 1.1 * (1.0 + 1e-12), "{d:?}");
+                prop_assert!(d.as_secs_f64() >= interval.as_secs_f64() * 0.9 * (1.0 - 1e-12), "{d:?}");
+            }
+        }
     }
 }
