@@ -39,7 +39,11 @@ pub fn bucket_id(hostname: &str) -> String {
 
 /// The heartbeat pulsetime for cycles `interval` apart: 2 × interval + [`PULSE_SLACK`].
 pub fn pulsetime(interval: Duration) -> f64 {
-    (interval * 2 + PULSE_SLACK).as_secs_f64()
+    // Saturating: `sync_interval` may be as large as u64::MAX seconds.
+    interval
+        .saturating_mul(2)
+        .saturating_add(PULSE_SLACK)
+        .as_secs_f64()
 }
 
 /// A cycle's duration as recorded: seconds rounded to 0.1, so idle cycles (a few ms each, with
@@ -286,6 +290,8 @@ mod tests {
     #[test]
     fn pulsetime_spans_two_intervals() {
         assert_eq!(pulsetime(Duration::from_secs(300)), 630.0);
+        // The largest interval the config accepts must not panic the daemon every cycle.
+        assert!(pulsetime(Duration::from_secs(u64::MAX)) > 1e19);
         assert_eq!(bucket_id("laptop"), "aw-sync-samay_laptop");
     }
 }
