@@ -9,9 +9,11 @@
 //! * [`upstream`] — the backend's batch API (the contract in `docs/upstream-api.md`).
 //!
 //! Beside it, [`auth`] owns where bearer tokens come from (the seam for the OAuth login),
-//! and [`devserver`] is the embedded upstream used by `--dev` and the tests.
+//! [`devserver`] is the embedded upstream used by `--dev` and the tests, and [`awdouble`] an
+//! in-memory aw-server (aw-server-rust's API) for tests and benchmarks.
 
 pub mod auth;
+pub mod awdouble;
 pub mod cli;
 pub mod config;
 pub mod devserver;
