@@ -56,6 +56,7 @@ pub mod synthetic;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     hostname: String,
     testing: bool,
     version: &'static str,
+    /// HTTP requests answered (all routes), for benchmarks and tests that count traffic.
+    requests: AtomicU64,
 }
 
 impl Shared {
@@ -165,6 +168,7 @@ impl AwDouble {
             hostname: cfg.hostname,
             testing: cfg.testing,
             version: VERSION,
+            requests: AtomicU64::new(0),
         });
         let double = AwDouble {
             addr,
@@ -199,6 +203,11 @@ impl AwDouble {
     }
 
     /// Whether it is accepting connections.
+    /// HTTP requests received so far, every route and every status.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
     pub fn is_running(&self) -> bool {
         self.lock_running().is_some()
     }
@@ -362,7 +371,7 @@ impl AwDouble {
     fn serve(&self, listener: TcpListener) {
         let (stop, stopped) = oneshot::channel();
         let router = http::router(self.shared.clone());
-        let task = tokio::spawn(accept_loop(listener, router, stopped));
+        let task = tokio::spawn(accept_loop(listener, router, stopped, self.shared.clone()));
         *self.lock_running() = Some(Running { stop, task });
     }
 }
@@ -376,7 +385,12 @@ impl Drop for AwDouble {
     }
 }
 
-async fn accept_loop(listener: TcpListener, router: axum::Router, mut stop: oneshot::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: oneshot::Receiver<()>,
+    shared: Arc<Shared>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -392,7 +406,7 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, mut stop: ones
             },
         };
         while connections.try_join_next().is_some() {}
-        connections.spawn(serve_connection(stream, router.clone()));
+        connections.spawn(serve_connection(stream, router.clone(), shared.clone()));
     }
     drop(listener);
     // Cut, not drain: a stopped aw-server answers nothing more.
@@ -400,9 +414,10 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, mut stop: ones
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(stream: TcpStream, router: axum::Router) {
+async fn serve_connection(stream: TcpStream, router: axum::Router, shared: Arc<Shared>) {
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
+        shared.requests.fetch_add(1, Ordering::Relaxed);
         async move {
             let response = router
                 .oneshot(request)

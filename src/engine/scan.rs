@@ -23,12 +23,12 @@ use tokio::sync::mpsc;
 
 use super::{InFlight, Item, Metrics, Pending};
 use crate::privacy::Redaction;
+use crate::source::object_to_raw;
 use crate::source::{AwClient, Bucket, PageEvent, SourceError};
 use crate::state::{
     event_hash_raw, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, BucketState, CursorMove,
     Known, Span, StateError, Store,
 };
-use crate::source::object_to_raw;
 use crate::upstream::contract::UpEvent;
 use std::sync::atomic::Ordering;
 

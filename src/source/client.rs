@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::model::{Bucket, Event, ServerInfo};
 #[allow(unused_imports)] // named in the docs
 use super::model::PageEvent;
+use super::model::{Bucket, Event, ServerInfo};
 
 /// aw-server is local: if it cannot accept a connection within this, it is down or wedged.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

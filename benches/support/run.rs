@@ -1,0 +1,151 @@
+//! Running the real `aw-sync-samay` binary as a user would, and measuring it from outside: wall
+//! time, CPU and peak RSS from the kernel (`wait4`'s rusage), never from the process itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub const TOKEN: &str = "bench-token";
+
+/// What the kernel says one finished process used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub wall: Duration,
+    pub user: Duration,
+    pub sys: Duration,
+    /// Peak resident set size, bytes.
+    pub max_rss: u64,
+}
+
+/// A home directory with its own config, state and logs, so each run has its own device id.
+pub struct Home {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: &Path, name: &str, base_url: &str, extra_toml: &str) -> anyhow::Result<Home> {
+        let dir = root.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        for sub in ["config", "data", "cache"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let config = dir.join("aw-sync-samay.toml");
+        std::fs::write(
+            &config,
+            format!("[sync]\nbase_url = \"{base_url}\"\n{extra_toml}\n"),
+        )?;
+        Ok(Home { dir, config })
+    }
+
+    pub fn command(&self, aw_port: u16) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aw-sync-samay"));
+        cmd.arg("--port")
+            .arg(aw_port.to_string())
+            .arg("--config")
+            .arg(&self.config)
+            .env("HOME", &self.dir)
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .env("XDG_DATA_HOME", self.dir.join("data"))
+            .env("XDG_CACHE_HOME", self.dir.join("cache"))
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RUST_LOG")
+            .env_remove("LOG_LEVEL")
+            .env("AW_SYNC_SAMAY_TOKEN", TOKEN);
+        cmd
+    }
+}
+
+/// Waits for `child` and returns its rusage (Linux `wait4`).
+pub fn wait_with_usage(child: &mut Child, started: Instant) -> anyhow::Result<(i32, Usage)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own un-waited child; both out-pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    if r != pid {
+        bail!("wait4({pid}) failed: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Ok((
+        code,
+        Usage {
+            wall,
+            user: tv(usage.ru_utime),
+            sys: tv(usage.ru_stime),
+            max_rss: (usage.ru_maxrss as u64) * 1024,
+        },
+    ))
+}
+
+/// One `aw-sync-samay --once`, measured. Fails with its output when it does not exit 0.
+pub fn once(home: &Home, aw_port: u16) -> anyhow::Result<Usage> {
+    let mut cmd = home.command(aw_port);
+    cmd.arg("--once")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(home.dir.join("stdout.txt"))?)
+        .stderr(std::fs::File::create(home.dir.join("stderr.txt"))?);
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("start aw-sync-samay")?;
+    let (code, usage) = wait_with_usage(&mut child, started)?;
+    if code != 0 {
+        let out = std::fs::read_to_string(home.dir.join("stdout.txt")).unwrap_or_default();
+        let err = std::fs::read_to_string(home.dir.join("stderr.txt")).unwrap_or_default();
+        bail!("aw-sync-samay --once exited {code}\n{out}\n{err}");
+    }
+    Ok(usage)
+}
+
+/// A value of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
+pub fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{key} not in /proc/{pid}/status"))
+}
+
+/// Context switches of every thread of `pid` so far: each one is a wakeup.
+pub fn context_switches(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status"))?;
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// CPU time of every live thread of `pid` so far, in ns (`/proc/<pid>/task/*/schedstat`).
+pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
