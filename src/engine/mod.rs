@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::auth::{AuthError, TokenSource};
 use crate::config::SyncConfig;
@@ -44,9 +44,89 @@ pub(crate) struct Pending {
 /// What flows from the reader to the uploader, in read order.
 #[derive(Debug)]
 pub(crate) enum Item {
-    Event(Pending),
+    /// New or changed events of one page, in read order.
+    Events(Vec<Pending>),
     /// Everything of the bucket before this point has been queued.
     Window(CursorMove),
+}
+
+/// The queue between reader and uploader (the "offline queue"), bounded in events.
+///
+/// Events travel a page at a time, not one by one: with one message per event, a full queue
+/// woke the reader for every event the uploader took, and those thread hand-offs cost more than
+/// reading the event. The bound stays exact in events through a semaphore whose permits the
+/// reader takes before sending and the uploader gives back when it takes the events.
+pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
+    let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+    let room = Arc::new(Semaphore::new(capacity));
+    // Pages and window marks; the semaphore is the real bound.
+    let (tx, rx) = mpsc::channel(64);
+    (
+        QueueTx {
+            tx,
+            room: Arc::clone(&room),
+            capacity,
+        },
+        QueueRx { rx, room },
+    )
+}
+
+/// The uploader stopped (its own error says why).
+#[derive(Debug)]
+pub(crate) struct QueueClosed;
+
+pub(crate) struct QueueTx {
+    tx: mpsc::Sender<Item>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl QueueTx {
+    /// Waits for room, then queues `events` (in pieces of at most the queue's capacity).
+    pub async fn send_events(&self, mut events: Vec<Pending>) -> Result<(), QueueClosed> {
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(self.capacity));
+            let n = u32::try_from(events.len()).map_err(|_| QueueClosed)?;
+            self.room
+                .acquire_many(n)
+                .await
+                .map_err(|_| QueueClosed)?
+                .forget();
+            self.tx
+                .send(Item::Events(events))
+                .await
+                .map_err(|_| QueueClosed)?;
+            events = rest;
+        }
+        Ok(())
+    }
+
+    pub async fn send_window(&self, m: CursorMove) -> Result<(), QueueClosed> {
+        self.tx.send(Item::Window(m)).await.map_err(|_| QueueClosed)
+    }
+}
+
+pub(crate) struct QueueRx {
+    rx: mpsc::Receiver<Item>,
+    room: Arc<Semaphore>,
+}
+
+impl QueueRx {
+    /// The next item; taking events makes room for as many.
+    pub async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await;
+        if let Some(Item::Events(events)) = &item {
+            self.room.add_permits(events.len());
+        }
+        item
+    }
+}
+
+impl Drop for QueueRx {
+    /// A reader waiting for room learns that the uploader is gone instead of waiting forever.
+    fn drop(&mut self) {
+        self.room.close();
+    }
 }
 
 /// Events queued but not yet acknowledged, so a copy read twice in one cycle (at a window or
@@ -347,12 +427,13 @@ impl Engine {
             .collect();
 
         let inflight = Arc::new(InFlight::default());
-        let channel = self
-            .settings
-            .queue_size
-            .saturating_sub(self.settings.batch_size)
-            .max(1);
-        let (tx, rx) = mpsc::channel(channel);
+        // The uploader's batch holds up to `batch_size` of the queue's events.
+        let (tx, rx) = queue(
+            self.settings
+                .queue_size
+                .saturating_sub(self.settings.batch_size)
+                .max(1),
+        );
         let uploader = upload::Uploader {
             upstream: Arc::clone(&self.upstream),
             tokens: Arc::clone(&self.tokens),
@@ -578,6 +659,72 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::time::Instant as TokioInstant;
+
+    fn pending(id: i64) -> Pending {
+        Pending {
+            acked: Acked {
+                bucket_id: "b".into(),
+                event_id: id,
+                hash: [0; 16],
+                span: crate::state::Span {
+                    start_ns: id,
+                    duration_ns: 0,
+                },
+            },
+            event: UpEvent {
+                bucket_id: "b".into(),
+                event_id: id,
+                hash: String::new(),
+                timestamp: String::new(),
+                duration: 0.0,
+                data: crate::source::model::empty_object(),
+            },
+        }
+    }
+
+    /// The queue holds at most its capacity in events, however they are chunked, and a reader
+    /// waiting for room is released when the uploader goes away.
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_is_bounded_in_events_and_closes_with_its_reader() {
+        let (tx, mut rx) = queue(5);
+        tx.send_events((0..3).map(pending).collect()).await.unwrap();
+        {
+            // 3 + 3 > 5: the second page waits for room.
+            let second = tx.send_events((3..6).map(pending).collect());
+            tokio::pin!(second);
+            assert!(
+                tokio::time::timeout(Duration::from_secs(60), &mut second)
+                    .await
+                    .is_err(),
+                "no room for 3 more"
+            );
+            let Some(Item::Events(first)) = rx.recv().await else {
+                panic!("the first page")
+            };
+            assert_eq!(first.len(), 3);
+            second.await.unwrap();
+        }
+        // A page larger than the whole queue goes in pieces, never more than 5 at a time.
+        let big = tokio::spawn(async move {
+            let r = tx.send_events((10..22).map(pending).collect()).await;
+            (tx, r)
+        });
+        let mut sizes = Vec::new();
+        while sizes.iter().sum::<usize>() < 3 + 12 {
+            match rx.recv().await {
+                Some(Item::Events(e)) => sizes.push(e.len()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sizes.iter().all(|&n| n <= 5), "{sizes:?}");
+        let (tx, r) = big.await.unwrap();
+        r.unwrap();
+        tx.send_events((30..35).map(pending).collect()).await.unwrap();
+        let blocked = tokio::spawn(async move { tx.send_events(vec![pending(40)]).await });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(blocked.await.unwrap().is_err(), "the reader learns the uploader is gone");
+    }
 
     /// Records when each cycle started (paused tokio time) and plays scripted outcomes.
     async fn run_script(

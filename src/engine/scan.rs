@@ -19,9 +19,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
 
-use super::{InFlight, Item, Metrics, Pending};
+use super::{InFlight, Metrics, Pending, QueueTx};
 use crate::privacy::Redaction;
 use crate::source::object_to_raw;
 use crate::source::{AwClient, Bucket, PageEvent, SourceError};
@@ -76,7 +75,7 @@ pub(crate) struct Scanner<'a> {
     pub store: &'a Arc<Store>,
     pub inflight: &'a InFlight,
     pub metrics: &'a Metrics,
-    pub tx: &'a mpsc::Sender<Item>,
+    pub tx: &'a QueueTx,
     pub page_size: usize,
     pub lookback_ns: i64,
     pub start_from_ns: Option<i64>,
@@ -172,12 +171,12 @@ impl Scanner<'_> {
         window_ns: i64,
     ) -> Result<(), ScanError> {
         self.tx
-            .send(Item::Window(CursorMove {
+            .send_window(CursorMove {
                 bucket_id: bucket.id.clone(),
                 generation: state.generation,
                 cursor_ns,
                 window_ns,
-            }))
+            })
             .await
             .map_err(|_| ScanError::UploaderGone)
     }
@@ -373,12 +372,10 @@ impl Scanner<'_> {
                 }
             }
             stats.queued += batch.len() as u64;
-            for p in batch {
-                self.tx
-                    .send(Item::Event(p))
-                    .await
-                    .map_err(|_| ScanError::UploaderGone)?;
-            }
+            self.tx
+                .send_events(batch)
+                .await
+                .map_err(|_| ScanError::UploaderGone)?;
 
             if !full {
                 return Ok(returned);

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::backoff::RetryPolicy;
-use super::{InFlight, Item, Metrics, Pending};
+use super::{InFlight, Item, Metrics, Pending, QueueRx};
 use crate::auth::{AccessToken, AuthError, TokenSource};
 use crate::state::{Acked, CursorMove, Quarantined, StateError, Store};
 use crate::upstream::contract::{BatchRequest, BucketMeta, UpEvent};
@@ -68,7 +68,7 @@ pub(crate) struct Uploader {
 impl Uploader {
     pub async fn run(
         self,
-        rx: mpsc::Receiver<Item>,
+        rx: QueueRx,
         token: AccessToken,
     ) -> Result<UploadStats, UploadError> {
         // Recording runs beside sending: while batch k is committed, batch k+1 is already on
@@ -95,7 +95,7 @@ impl Uploader {
 
     async fn send_all(
         &self,
-        mut rx: mpsc::Receiver<Item>,
+        mut rx: QueueRx,
         mut token: AccessToken,
         commits: &mpsc::Sender<Commit>,
     ) -> Result<UploadStats, UploadError> {
@@ -121,11 +121,13 @@ impl Uploader {
                         .await?;
                     return Ok(stats);
                 }
-                Some(Item::Event(p)) => {
-                    batch.push(p);
-                    if batch.len() >= self.batch_size {
-                        self.flush(&mut batch, &mut moves, &mut token, &mut stats, commits)
-                            .await?;
+                Some(Item::Events(events)) => {
+                    for p in events {
+                        batch.push(p);
+                        if batch.len() >= self.batch_size {
+                            self.flush(&mut batch, &mut moves, &mut token, &mut stats, commits)
+                                .await?;
+                        }
                     }
                 }
                 Some(Item::Window(m)) => {
@@ -597,12 +599,17 @@ mod tests {
             metrics: Default::default(),
             dry_run: false,
         };
-        let (tx, rx) = mpsc::channel(1000);
-        for i in items {
-            tx.send(i).await.unwrap();
-        }
-        drop(tx);
-        up.run(rx, AccessToken::new("t0")).await
+        let (tx, rx) = super::super::queue(1000);
+        let sending = async move {
+            for i in items {
+                match i {
+                    Item::Events(e) => tx.send_events(e).await.unwrap(),
+                    Item::Window(m) => tx.send_window(m).await.unwrap(),
+                }
+            }
+        };
+        let (_, result) = tokio::join!(sending, up.run(rx, AccessToken::new("t0")));
+        result
     }
 
     fn cursor(r: &Rig) -> Option<i64> {
@@ -618,7 +625,7 @@ mod tests {
     }
 
     fn events(ids: std::ops::Range<i64>) -> Vec<Item> {
-        ids.map(|i| Item::Event(pending(i, false))).collect()
+        ids.map(|i| Item::Events(vec![pending(i, false)])).collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -754,7 +761,7 @@ mod tests {
 
     fn with_poison(n: i64, bad: &[i64]) -> Vec<Item> {
         (0..n)
-            .map(|i| Item::Event(pending(i, bad.contains(&i))))
+            .map(|i| Item::Events(vec![pending(i, bad.contains(&i))]))
             .collect()
     }
 
@@ -827,9 +834,9 @@ mod tests {
             metrics: Default::default(),
             dry_run: false,
         };
-        let (tx, rx) = mpsc::channel(10);
+        let (tx, rx) = super::super::queue(10);
         let task = tokio::spawn(up.run(rx, AccessToken::new("t0")));
-        tx.send(Item::Event(pending(1, false))).await.unwrap();
+        tx.send_events(vec![pending(1, false)]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(
             r.sink.stored.lock().unwrap().clone(),
