@@ -137,7 +137,7 @@ fn first_run_writes_a_commented_file_that_parses_to_defaults() {
     let text = std::fs::read_to_string(&path).expect("written");
     // every key is there, commented out, with its default and a line saying what it is
     for line in [
-        "# batch_size = 100",
+        "# batch_size = 500",
         "# base_url = \"\"",
         "# sync_interval = 300",
         "# gzip = true",
@@ -296,9 +296,9 @@ fn plain_http_is_refused_except_to_loopback() {
 fn out_of_range_values_name_the_key() {
     let iso = Isolated::new();
     let path = iso.dir("aw-sync-samay.toml");
-    std::fs::write(&path, "[sync]\nbatch_size = 500\n").expect("write");
-    // offline_queue_size keeps its default (1000): fine
-    config::load(&path).expect("500 <= 1000");
+    std::fs::write(&path, "[sync]\nbatch_size = 2000\n").expect("write");
+    // offline_queue_size keeps its default (2000): fine
+    config::load(&path).expect("2000 <= 2000");
 
     std::fs::write(&path, "[sync]\nbatch_size = 5000\n").expect("write");
     let msg = config::load(&path).expect_err("queue < batch").to_string();

@@ -15,7 +15,7 @@ pub struct Usage {
     pub wall: Duration,
     pub user: Duration,
     pub sys: Duration,
-    /// Peak resident set size, bytes.
+    /// Peak resident set size, bytes (see [`watch_peak_rss`]).
     pub max_rss: u64,
 }
 
@@ -86,9 +86,26 @@ pub fn wait_with_usage(child: &mut Child, started: Instant) -> anyhow::Result<(i
             wall,
             user: tv(usage.ru_utime),
             sys: tv(usage.ru_stime),
-            max_rss: (usage.ru_maxrss as u64) * 1024,
+            max_rss: 0, // see watch_peak_rss
         },
     ))
+}
+
+/// Samples the child's `VmHWM` (its peak RSS so far) every 5 ms until it exits.
+///
+/// Not `ru_maxrss`: Linux carries the RSS high-water mark of the process image *before* `exec`
+/// into it, and a child spawned from this benchmark starts as a copy of it (the benchmark holds
+/// a million-event source and the received batches), which made `ru_maxrss` report hundreds of
+/// MB the sync never used. `VmHWM` belongs to the address space `exec` created.
+fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(kb) = status_kb(pid, "VmHWM") {
+            peak = peak.max(kb);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak * 1024
+    })
 }
 
 /// One `aw-sync-samay --once`, measured. Fails with its output when it does not exit 0.
@@ -100,7 +117,9 @@ pub fn once(home: &Home, aw_port: u16) -> anyhow::Result<Usage> {
         .stderr(std::fs::File::create(home.dir.join("stderr.txt"))?);
     let started = Instant::now();
     let mut child = cmd.spawn().context("start aw-sync-samay")?;
-    let (code, usage) = wait_with_usage(&mut child, started)?;
+    let peak = watch_peak_rss(child.id());
+    let (code, mut usage) = wait_with_usage(&mut child, started)?;
+    usage.max_rss = peak.join().unwrap_or(0);
     if code != 0 {
         let out = std::fs::read_to_string(home.dir.join("stdout.txt")).unwrap_or_default();
         let err = std::fs::read_to_string(home.dir.join("stderr.txt")).unwrap_or_default();

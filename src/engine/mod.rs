@@ -719,11 +719,16 @@ mod tests {
         assert!(sizes.iter().all(|&n| n <= 5), "{sizes:?}");
         let (tx, r) = big.await.unwrap();
         r.unwrap();
-        tx.send_events((30..35).map(pending).collect()).await.unwrap();
+        tx.send_events((30..35).map(pending).collect())
+            .await
+            .unwrap();
         let blocked = tokio::spawn(async move { tx.send_events(vec![pending(40)]).await });
         tokio::task::yield_now().await;
         drop(rx);
-        assert!(blocked.await.unwrap().is_err(), "the reader learns the uploader is gone");
+        assert!(
+            blocked.await.unwrap().is_err(),
+            "the reader learns the uploader is gone"
+        );
     }
 
     /// Records when each cycle started (paused tokio time) and plays scripted outcomes.
