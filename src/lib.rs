@@ -21,6 +21,7 @@ pub mod engine;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;
+pub mod memory;
 pub mod orphan;
 pub mod paths;
 pub mod privacy;

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     // Before anything else, so a parent that exits at once still counts as lost (orphan.rs).
     orphan::record_parent();
     let args = Args::parse();
+    aw_sync_samay::memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
