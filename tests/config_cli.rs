@@ -207,7 +207,7 @@ fn bad_value_names_file_line_column_key_and_expected_type() {
     assert!(msg.contains("aw-sync-samay.toml:3:16:"), "{msg}");
     assert!(msg.contains("`sync.batch_size`"), "{msg}");
     assert!(msg.contains("expected a non-negative integer"), "{msg}");
-    assert!(msg.contains("(default: 100)"), "{msg}");
+    assert!(msg.contains("(default: 500)"), "{msg}");
     assert!(!msg.contains('\n'), "one line: {msg}");
     match err {
         ConfigError::Parse {
