@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The benchmark of README "Performance": catch-up of 10k / 100k / 1M events from the in-memory
+# aw-server double and 100k from Python aw-server 0.12, each against its floor (one `limit=-1`
+# GET per bucket) in the same run, into an acknowledging upstream (every event checked) and
+# into samay-dev-server; then the idle cost. Release build (LTO), ≈ 15 min on 2 cores.
+#
+#   bash scripts/bench.sh
+#   BENCH_SIZES=10000,100000 BENCH_PYTHON=0 BENCH_IDLE=0 bash scripts/bench.sh   # quicker
+#
+# The markdown table goes to stdout and target/bench-catchup.md.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [ "${BENCH_PYTHON:-1}" != 0 ] && [ ! -x .peers/aw-venv/bin/aw-server ]; then
+    bash scripts/install-peers.sh
+fi
+exec cargo bench --locked --bench catchup
