@@ -55,7 +55,9 @@ pub mod store;
 pub mod synthetic;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -110,6 +112,7 @@ pub(crate) struct Shared {
     version: &'static str,
     /// HTTP requests answered (all routes), for benchmarks and tests that count traffic.
     requests: AtomicU64,
+    hook: RwLock<Option<RequestHook>>,
 }
 
 impl Shared {
@@ -129,7 +132,20 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    fn hook(&self) -> Option<RequestHook> {
+        self.hook.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
+
+/// What a [`RequestHook`] may return: the request is served only once this future completes.
+pub type HookFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Called with each request's method and URI as it arrives, before it is served. Returning a
+/// future holds the request until the future completes: a crash test uses this to kill its
+/// client while a page request is provably in flight, which polling from outside can only
+/// hope for. `None` serves at once.
+pub type RequestHook = Arc<dyn Fn(&hyper::Method, &hyper::Uri) -> Option<HookFuture> + Send + Sync>;
 
 /// The accept loop of one "server process": stopping it closes the listener and cuts every
 /// open connection, as a killed aw-server would.
@@ -169,6 +185,7 @@ impl AwDouble {
             testing: cfg.testing,
             version: VERSION,
             requests: AtomicU64::new(0),
+            hook: RwLock::new(None),
         });
         let double = AwDouble {
             addr,
@@ -202,12 +219,18 @@ impl AwDouble {
         self.shared.device_id()
     }
 
-    /// Whether it is accepting connections.
     /// HTTP requests received so far, every route and every status.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
+    /// Installs (or, with `None`, removes) the [`RequestHook`] every later request passes
+    /// through.
+    pub fn set_request_hook(&self, hook: Option<RequestHook>) {
+        *self.shared.hook.write().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Whether it is accepting connections.
     pub fn is_running(&self) -> bool {
         self.lock_running().is_some()
     }
@@ -418,7 +441,13 @@ async fn serve_connection(stream: TcpStream, router: axum::Router, shared: Arc<S
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
         shared.requests.fetch_add(1, Ordering::Relaxed);
+        let hold = shared
+            .hook()
+            .and_then(|hook| hook(request.method(), request.uri()));
         async move {
+            if let Some(hold) = hold {
+                hold.await;
+            }
             let response = router
                 .oneshot(request)
                 .await

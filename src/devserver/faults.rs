@@ -9,6 +9,8 @@
 //! clock.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -108,11 +110,41 @@ pub struct RequestRecord {
     pub status: Option<u16>,
 }
 
-#[derive(Debug, Default)]
+/// Where a batch request is when a [`BatchHook`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStage {
+    /// Arrived at the batch handler (after `slow_ms`); nothing read or stored yet.
+    Received,
+    /// Newly stored and committed (not a replay); the answer is not sent yet.
+    Stored,
+}
+
+/// What a [`BatchHook`] may return: the request goes on only once this future completes.
+pub type BatchHookFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Called at each [`BatchStage`] of every batch request. Returning a future holds the request
+/// there until it completes. In-process only: a crash test uses it to kill its client while a
+/// batch is provably at the server, or right as one is answered — points that slowing the
+/// server down and polling from outside only make likely.
+pub type BatchHook = Arc<dyn Fn(BatchStage) -> Option<BatchHookFuture> + Send + Sync>;
+
+#[derive(Default)]
 struct Inner {
     settings: FaultSettings,
     counters: FaultCounters,
     log: VecDeque<RequestRecord>,
+    hook: Option<BatchHook>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("settings", &self.settings)
+            .field("counters", &self.counters)
+            .field("log", &self.log)
+            .field("hook", &self.hook.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 /// Shared fault settings and counters. Clones share state.
@@ -171,6 +203,19 @@ impl Faults {
     /// `received` for arrival order). Kept by [`Faults::clear`], like the counters.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.lock().log.iter().cloned().collect()
+    }
+
+    /// Installs (or, with `None`, removes) the [`BatchHook`]. Kept by [`Faults::clear`].
+    pub fn set_batch_hook(&self, hook: Option<BatchHook>) {
+        self.lock().hook = hook;
+    }
+
+    /// Runs the hook, if any, for a request at `stage`, and waits for what it returned.
+    pub(crate) async fn at_stage(&self, stage: BatchStage) {
+        let hook = self.lock().hook.clone();
+        if let Some(hold) = hook.and_then(|hook| hook(stage)) {
+            hold.await;
+        }
     }
 
     pub(crate) fn log(&self, record: RequestRecord) {

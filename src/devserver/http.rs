@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::faults::{After, Before, Faults, RequestRecord};
+use super::faults::{After, BatchStage, Before, Faults, RequestRecord};
 use super::oidc::{self, Bearer, Provider};
 use super::page;
 use super::store::{IncomingBatch, Outcome, Store};
@@ -325,6 +325,7 @@ async fn handle_batch(state: &AppState, headers: &HeaderMap, body: Body) -> Resp
     if slow_ms > 0 {
         tokio::time::sleep(Duration::from_millis(slow_ms)).await;
     }
+    state.faults.at_stage(BatchStage::Received).await;
     match state.faults.take_before() {
         Before::Drop => return drop_connection(),
         Before::Fail500 => {
@@ -449,20 +450,23 @@ async fn handle_batch(state: &AppState, headers: &HeaderMap, body: Body) -> Resp
     };
     match outcome {
         Outcome::Replayed(answer) => ok(&answer),
-        Outcome::Stored(answer) => match state.faults.take_after() {
-            After::Drop => drop_connection(),
-            After::Garbage => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "text/html")],
-                "<html>garbage: injected fault</html>",
-            )
-                .into_response(),
-            After::Slow { ms } => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                ok(&answer)
+        Outcome::Stored(answer) => {
+            state.faults.at_stage(BatchStage::Stored).await;
+            match state.faults.take_after() {
+                After::Drop => drop_connection(),
+                After::Garbage => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html>garbage: injected fault</html>",
+                )
+                    .into_response(),
+                After::Slow { ms } => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    ok(&answer)
+                }
+                After::None => ok(&answer),
             }
-            After::None => ok(&answer),
-        },
+        }
     }
 }
 

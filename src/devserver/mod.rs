@@ -35,8 +35,8 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 pub use faults::{
-    FaultCounters, FaultReport, FaultSettings, Faults, RequestRecord, DEFAULT_MAX_BODY_BYTES,
-    REQUEST_LOG_LEN,
+    BatchHook, BatchHookFuture, BatchStage, FaultCounters, FaultReport, FaultSettings, Faults,
+    RequestRecord, DEFAULT_MAX_BODY_BYTES, REQUEST_LOG_LEN,
 };
 pub use http::TokenRegistry;
 pub use oidc::{OAuthCounters, OidcConfig, DEFAULT_ACCESS_TOKEN_TTL, DEV_CLIENT_ID};
