@@ -219,6 +219,10 @@ impl Scanner<'_> {
 
     /// Reads window `[a, b)` (`b = None`: open) page by page, queueing what changed. Returns the
     /// number of events aw-server returned.
+    ///
+    /// The next page's query depends only on the current page's oldest start, so it is sent
+    /// as soon as the current page is parsed and read while that page is hashed, looked up
+    /// and queued: aw-server's time to answer overlaps with ours instead of adding to it.
     async fn scan_window(
         &self,
         bucket: &Bucket,
@@ -233,12 +237,9 @@ impl Scanner<'_> {
         // Ids already handled whose (returned) start equals the current page edge.
         let mut edge_ids: HashSet<i64> = HashSet::new();
         let mut returned = 0u64;
+        stats.requests += 1;
+        let mut page = self.fetch(bucket, a, end_q, limit).await?;
         loop {
-            stats.requests += 1;
-            let page: Vec<PageEvent> = self
-                .source
-                .get_events_as(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
-                .await?;
             let full = page.len() >= limit;
             tracing::debug!(bucket = %bucket.id, a, ?end_q, limit, got = page.len(), "page");
             self.metrics
@@ -255,151 +256,209 @@ impl Scanner<'_> {
                 .iter()
                 .filter_map(|e| e.timestamp.timestamp_nanos_opt())
                 .min();
-            let mut page_edge_ids = HashSet::new();
-            let mut candidates = Vec::with_capacity(page.len());
-            for ev in page {
-                let Some(id) = ev.id else {
-                    tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
-                    continue;
-                };
-                let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
-                    stats.unrepresentable += 1;
-                    tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
-                        "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
-                    continue;
-                };
-                if Some(ret.start_ns) == min_start {
-                    page_edge_ids.insert(id);
-                }
-                if end_q == Some(ret.start_ns) && edge_ids.contains(&id) {
-                    continue; // seen on the previous page
-                }
-                if b.is_some_and(|b| ret.start_ns >= b) {
-                    continue; // starts at the window's end: the next window's
-                }
-                let Some(up_id) = upstream_event_id(state.generation, id) else {
-                    tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
-                    continue;
-                };
-                candidates.push((ev, ret, id, up_id));
-            }
-
-            // What the upstream holds of the straddlers at the window start, to skip fetching
-            // the unchanged ones (usually none or one per page).
-            let straddlers: Vec<i64> = candidates
-                .iter()
-                .filter(|c| c.1.start_ns <= a)
-                .map(|c| c.3)
-                .collect();
-            let held = self.lookup(&bucket.id, straddlers).await?;
-            let mut claimed = Vec::with_capacity(candidates.len());
-            for (ev, ret, id, up_id) in candidates {
-                // Unclipped copies start after `a` and end before the query's end; anything at
-                // or beyond either edge may be a clipped copy, whichever server rounded how.
-                let clipped_start = ret.start_ns <= a;
-                let clipped_end = end_q.is_some_and(|e| ret.end_ns() >= e - END_TOLERANCE);
-                let event = if clipped_start || clipped_end {
-                    // A straddler at the window start whose end is what the upstream holds is
-                    // unchanged (heartbeats only move the end): skip the extra request, which
-                    // keeps an idle cycle at one request per bucket.
-                    // Only with a cursor: a bucket read from the start (first time, or its filters
-                    // changed) must re-hash even a same-span straddler, whose redaction may have
-                    // changed.
-                    if clipped_start
-                        && !clipped_end
-                        && state.cursor_ns.is_some()
-                        && held
-                            .get(&up_id)
-                            .is_some_and(|k| k.start_ns < a && k.end_ns == ret.end_ns())
-                    {
-                        continue;
-                    }
-                    stats.requests += 1;
-                    stats.fetched += 1;
-                    tracing::debug!(bucket = %bucket.id, id, clipped_start, clipped_end, "fetching a possibly clipped event by id");
-                    match self.source.get_event(&bucket.id, id).await {
-                        Ok(Some(e)) => PageEvent::from_event(e),
-                        Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile
-                        Err(e) => return Err(e.into()),
-                    }
-                } else {
-                    ev
-                };
-                // The range query returns what overlaps the window; an event that ended before
-                // `start_from` (or at it, having started before) is not uploaded. One running
-                // across it is sent whole: clipping it would invent an event aw-server never had.
-                let Some(span) = Span::new(&event.timestamp, event.duration) else {
-                    stats.unrepresentable += 1;
-                    continue;
-                };
-                if let Some(s) = self.start_from_ns {
-                    if span.end_ns() <= s && span.start_ns < s {
-                        continue;
+            // The ids at this page's oldest start: the next page (which ends there) returns
+            // them again.
+            let page_edge_ids: HashSet<i64> = match min_start {
+                Some(edge) => page
+                    .iter()
+                    .filter(|e| e.timestamp.timestamp_nanos_opt() == Some(edge))
+                    .filter_map(|e| e.id)
+                    .collect(),
+                None => HashSet::new(),
+            };
+            let mut tie_error = None;
+            let next = match (full, min_start) {
+                (true, Some(edge)) if end_q == Some(edge) => {
+                    // The whole page shared the edge timestamp: widen the page, same edge.
+                    let wider = limit.saturating_mul(2);
+                    if wider > self.page_size.saturating_mul(MAX_TIE_GROWTH) {
+                        tie_error = Some(ScanError::TooManyTies(
+                            limit,
+                            bucket.id.clone(),
+                            ns_to_rfc3339(edge),
+                        ));
+                        None
+                    } else {
+                        let mut ids = edge_ids.clone();
+                        ids.extend(page_edge_ids);
+                        Some((end_q, wider, ids))
                     }
                 }
-                // Redacted before hashing: the hash, and so the dedupe, is of what is sent.
-                let mut event = event;
-                if !redaction.is_empty() {
-                    let mut data = event.data_map().map_err(|e| malformed(&bucket.id, id, e))?;
-                    redaction.apply(&self.redaction_key, &mut data);
-                    event.data = object_to_raw(&data);
-                }
-                let hash =
-                    event_hash_raw(span, &event.data).map_err(|e| malformed(&bucket.id, id, e))?;
-                if b.is_some_and(|b| span.start_ns >= b) {
-                    continue;
-                }
-                // Claim before asking the state: the uploader records an acknowledgement before
-                // it releases the claim, so one of the two checks always sees the other side's
-                // work and a version is never queued twice.
-                if self.inflight.claim(&bucket.id, up_id, hash) {
-                    claimed.push(make_pending(bucket, up_id, hash, span, event));
-                }
+                (true, Some(edge)) => Some((Some(edge), self.page_size, page_edge_ids)),
+                _ => None,
+            };
+            if next.is_some() {
+                stats.requests += 1;
             }
-            let known = self
-                .lookup(
-                    &bucket.id,
-                    claimed.iter().map(|p| p.acked.event_id).collect(),
-                )
-                .await?;
-            let mut batch = Vec::with_capacity(claimed.len());
-            for p in claimed {
-                let a = &p.acked;
-                if known.get(&a.event_id).is_some_and(|k| k.hash == a.hash) {
-                    self.inflight.release(&a.bucket_id, a.event_id, a.hash);
-                } else {
-                    batch.push(p);
+            let fetch_next = async {
+                match &next {
+                    Some((end, limit, _)) => Some(self.fetch(bucket, a, *end, *limit).await),
+                    None => None,
                 }
+            };
+            let (processed, fetched) = tokio::join!(
+                self.process_page(bucket, state, redaction, a, b, end_q, &edge_ids, page, stats),
+                fetch_next
+            );
+            processed?;
+            if let Some(e) = tie_error {
+                return Err(e);
             }
-            stats.queued += batch.len() as u64;
-            self.tx
-                .send_events(batch)
-                .await
-                .map_err(|_| ScanError::UploaderGone)?;
-
-            if !full {
-                return Ok(returned);
-            }
-            let Some(edge) = min_start else {
+            let (Some((next_end, next_limit, next_ids)), Some(fetched)) = (next, fetched) else {
                 return Ok(returned);
             };
-            if end_q == Some(edge) {
-                // The whole page shared the edge timestamp: widen the page, same edge.
-                limit = limit.saturating_mul(2);
-                if limit > self.page_size.saturating_mul(MAX_TIE_GROWTH) {
-                    return Err(ScanError::TooManyTies(
-                        limit / 2,
-                        bucket.id.clone(),
-                        ns_to_rfc3339(edge),
-                    ));
+            page = fetched?;
+            end_q = next_end;
+            limit = next_limit;
+            edge_ids = next_ids;
+        }
+    }
+
+    async fn fetch(
+        &self,
+        bucket: &Bucket,
+        a: i64,
+        end_q: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<PageEvent>, SourceError> {
+        self.source
+            .get_events_as(&bucket.id, Some(at(a)), end_q.map(at), Some(limit as u64))
+            .await
+    }
+
+    /// Hashes one page's events and queues those the upstream does not hold as they are.
+    #[allow(clippy::too_many_arguments)]
+    async fn process_page(
+        &self,
+        bucket: &Bucket,
+        state: &BucketState,
+        redaction: &Redaction,
+        a: i64,
+        b: Option<i64>,
+        end_q: Option<i64>,
+        edge_ids: &HashSet<i64>,
+        page: Vec<PageEvent>,
+        stats: &mut ScanStats,
+    ) -> Result<(), ScanError> {
+        let mut candidates = Vec::with_capacity(page.len());
+        for ev in page {
+            let Some(id) = ev.id else {
+                tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
+                continue;
+            };
+            let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
+                stats.unrepresentable += 1;
+                tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
+                    "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
+                continue;
+            };
+            if end_q == Some(ret.start_ns) && edge_ids.contains(&id) {
+                continue; // seen on the previous page
+            }
+            if b.is_some_and(|b| ret.start_ns >= b) {
+                continue; // starts at the window's end: the next window's
+            }
+            let Some(up_id) = upstream_event_id(state.generation, id) else {
+                tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
+                continue;
+            };
+            candidates.push((ev, ret, id, up_id));
+        }
+
+        // What the upstream holds of the straddlers at the window start, to skip fetching
+        // the unchanged ones (usually none or one per page).
+        let straddlers: Vec<i64> = candidates
+            .iter()
+            .filter(|c| c.1.start_ns <= a)
+            .map(|c| c.3)
+            .collect();
+        let held = self.lookup(&bucket.id, straddlers).await?;
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (ev, ret, id, up_id) in candidates {
+            // Unclipped copies start after `a` and end before the query's end; anything at
+            // or beyond either edge may be a clipped copy, whichever server rounded how.
+            let clipped_start = ret.start_ns <= a;
+            let clipped_end = end_q.is_some_and(|e| ret.end_ns() >= e - END_TOLERANCE);
+            let event = if clipped_start || clipped_end {
+                // A straddler at the window start whose end is what the upstream holds is
+                // unchanged (heartbeats only move the end): skip the extra request, which
+                // keeps an idle cycle at one request per bucket.
+                // Only with a cursor: a bucket read from the start (first time, or its filters
+                // changed) must re-hash even a same-span straddler, whose redaction may have
+                // changed.
+                if clipped_start
+                    && !clipped_end
+                    && state.cursor_ns.is_some()
+                    && held
+                        .get(&up_id)
+                        .is_some_and(|k| k.start_ns < a && k.end_ns == ret.end_ns())
+                {
+                    continue;
                 }
-                edge_ids.extend(page_edge_ids);
+                stats.requests += 1;
+                stats.fetched += 1;
+                tracing::debug!(bucket = %bucket.id, id, clipped_start, clipped_end, "fetching a possibly clipped event by id");
+                match self.source.get_event(&bucket.id, id).await {
+                    Ok(Some(e)) => PageEvent::from_event(e),
+                    Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile
+                    Err(e) => return Err(e.into()),
+                }
             } else {
-                end_q = Some(edge);
-                limit = self.page_size;
-                edge_ids = page_edge_ids;
+                ev
+            };
+            // The range query returns what overlaps the window; an event that ended before
+            // `start_from` (or at it, having started before) is not uploaded. One running
+            // across it is sent whole: clipping it would invent an event aw-server never had.
+            let Some(span) = Span::new(&event.timestamp, event.duration) else {
+                stats.unrepresentable += 1;
+                continue;
+            };
+            if let Some(s) = self.start_from_ns {
+                if span.end_ns() <= s && span.start_ns < s {
+                    continue;
+                }
+            }
+            // Redacted before hashing: the hash, and so the dedupe, is of what is sent.
+            let mut event = event;
+            if !redaction.is_empty() {
+                let mut data = event.data_map().map_err(|e| malformed(&bucket.id, id, e))?;
+                redaction.apply(&self.redaction_key, &mut data);
+                event.data = object_to_raw(&data);
+            }
+            let hash =
+                event_hash_raw(span, &event.data).map_err(|e| malformed(&bucket.id, id, e))?;
+            if b.is_some_and(|b| span.start_ns >= b) {
+                continue;
+            }
+            // Claim before asking the state: the uploader records an acknowledgement before
+            // it releases the claim, so one of the two checks always sees the other side's
+            // work and a version is never queued twice.
+            if self.inflight.claim(&bucket.id, up_id, hash) {
+                claimed.push(make_pending(bucket, up_id, hash, span, event));
             }
         }
+        let known = self
+            .lookup(
+                &bucket.id,
+                claimed.iter().map(|p| p.acked.event_id).collect(),
+            )
+            .await?;
+        let mut batch = Vec::with_capacity(claimed.len());
+        for p in claimed {
+            let a = &p.acked;
+            if known.get(&a.event_id).is_some_and(|k| k.hash == a.hash) {
+                self.inflight.release(&a.bucket_id, a.event_id, a.hash);
+            } else {
+                batch.push(p);
+            }
+        }
+        stats.queued += batch.len() as u64;
+        self.tx
+            .send_events(batch)
+            .await
+            .map_err(|_| ScanError::UploaderGone)?;
+
+        Ok(())
     }
 }
 
