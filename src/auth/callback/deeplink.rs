@@ -358,6 +358,7 @@ mod unix {
 
 /// A refused URL as it may be shown: scheme, host and path, at most 80 characters, never the
 /// query or fragment, which carry the authorization code and state of a real callback.
+#[cfg(unix)]
 fn without_response(url: &str) -> String {
     let end = url.find(['?', '#']).unwrap_or(url.len());
     let mut shown: String = url[..end].chars().take(80).collect();
