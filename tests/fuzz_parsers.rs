@@ -1566,6 +1566,8 @@ proptest! {
             prop_assert!(carried, "{:?} was never sent", accepted);
         }
         no_secret_in_outcome(&outcome, &[&code, &state])?;
+        // The capture works: a decided login always says so in the log.
+        prop_assert!(outcome.is_none() || logs.contains("sign-in") || logs.contains("authorization response"), "{}", logs);
         let text = String::from_utf8_lossy(&response);
         for secret in [&code, &state] {
             prop_assert!(!text.contains(secret.as_str()), "secret in the response");
@@ -1645,6 +1647,7 @@ proptest! {
             .find_map(|(p, _)| expected(p, &state));
         prop_assert!(same(&outcome, &want), "got {:?}, want {:?}", outcome, want);
         no_secret_in_outcome(&outcome, &[&code, &state])?;
+        prop_assert!(outcome.is_none() || logs.contains("sign-in") || logs.contains("authorization response"), "{}", logs);
         prop_assert!(!logs.contains(&code) && !logs.contains(&state), "secret in the log: {}", logs);
     }
 
