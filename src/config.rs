@@ -979,3 +979,33 @@ mod tests {
         edges.validate().expect("lower edges are inside");
     }
 }
+
+/// Property tests of the position helpers behind `file:line:col`; `parse` and `load` are
+/// fuzzed through their public entry points in `tests/fuzz_parsers.rs`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptest_config(256))]
+
+        #[test]
+        fn line_col_counts_lines_and_characters(text in "(.|\n){0,80}", at in any::<prop::sample::Index>()) {
+            // Every character boundary, and the end.
+            let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+            let offset = boundaries[at.index(boundaries.len())];
+            let before = &text[..offset];
+            let (line, column) = line_col(&text, offset);
+            prop_assert_eq!(line, before.split('\n').count());
+            prop_assert_eq!(column, before.split('\n').next_back().map_or(0, |l| l.chars().count()) + 1);
+        }
+
+        #[test]
+        fn line_col_never_panics_on_any_offset(text in any::<String>(), offset in any::<usize>()) {
+            let (line, column) = line_col(&text, offset);
+            prop_assert!(line >= 1 && column >= 1);
+            prop_assert!(line <= text.split('\n').count());
+        }
+    }
+}

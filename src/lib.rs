@@ -30,3 +30,18 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod upstream;
+
+/// Cases for the property tests in `#[cfg(test)]` modules: `default`, or more when
+/// `PROPTEST_CASES` asks for more (long fuzzing runs; see `scripts/fuzz.sh`). Never fewer, so a
+/// stray small value cannot quietly weaken CI's run.
+#[cfg(test)]
+pub(crate) fn proptest_config(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(default, |asked| asked.max(default));
+    proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -414,3 +414,107 @@ mod tests {
         assert_eq!(fingerprint(&r, None), fingerprint(&r.clone(), None));
     }
 }
+
+/// Property tests: the glob matcher against a plain dynamic-programming matcher, on patterns and
+/// bucket ids from a small alphabet (so that matches are frequent) and on arbitrary text.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `p` matches all of `t`: the textbook table, independent of the backtracking above.
+    fn reference(p: &[char], t: &[char]) -> bool {
+        let mut table = vec![vec![false; t.len() + 1]; p.len() + 1];
+        table[0][0] = true;
+        for i in 1..=p.len() {
+            for j in 0..=t.len() {
+                table[i][j] = match p[i - 1] {
+                    '*' => table[i - 1][j] || (j > 0 && table[i][j - 1]),
+                    '?' => j > 0 && table[i - 1][j - 1],
+                    c => j > 0 && t[j - 1] == c && table[i - 1][j - 1],
+                };
+            }
+        }
+        table[p.len()][t.len()]
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        "[ab\u{e9}_*?-]{1,12}"
+    }
+
+    fn bucket_id() -> impl Strategy<Value = String> {
+        "[ab\u{e9}_-]{0,20}"
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config(512))]
+
+        #[test]
+        fn glob_agrees_with_the_reference(p in pattern(), t in bucket_id()) {
+            let glob = Glob::new(&p).expect("only wildcards and plain characters");
+            let (pc, tc): (Vec<char>, Vec<char>) = (p.chars().collect(), t.chars().collect());
+            prop_assert_eq!(glob.matches(&t), reference(&pc, &tc), "{:?} on {:?}", p, t);
+        }
+
+        #[test]
+        fn a_pattern_matches_what_its_wildcards_stand_for(
+            p in pattern(),
+            fills in proptest::collection::vec(bucket_id(), 12),
+        ) {
+            // Each `*` replaced by any run, each `?` by one character: always a match.
+            let mut text = String::new();
+            for (c, fill) in p.chars().zip(fills.iter().cycle()) {
+                match c {
+                    '*' => text.push_str(fill),
+                    '?' => text.push(fill.chars().next().unwrap_or('x')),
+                    c => text.push(c),
+                }
+            }
+            prop_assert!(Glob::new(&p).expect("valid").matches(&text), "{:?} on {:?}", p, text);
+        }
+
+        #[test]
+        fn any_pattern_text_is_refused_or_kept_verbatim(p in any::<String>(), t in any::<String>()) {
+            match Glob::new(&p) {
+                Ok(glob) => {
+                    prop_assert_eq!(glob.as_str(), p.as_str());
+                    let (pc, tc): (Vec<char>, Vec<char>) = (p.chars().collect(), t.chars().collect());
+                    prop_assert_eq!(glob.matches(&t), reference(&pc, &tc));
+                }
+                Err(message) => prop_assert!(
+                    p.is_empty() || p.contains(['[', ']', '{', '}', '\\']),
+                    "refused {:?}: {}", p, message
+                ),
+            }
+        }
+
+        #[test]
+        fn exclude_always_wins(
+            include in proptest::collection::vec(pattern(), 0..3),
+            exclude in proptest::collection::vec(pattern(), 0..3),
+            id in bucket_id(),
+        ) {
+            let sync = SyncConfig {
+                include_buckets: include.clone(),
+                exclude_buckets: exclude.clone(),
+                ..SyncConfig::default()
+            };
+            let privacy = Privacy::from_config(&sync).expect("valid patterns");
+            let hit = |patterns: &[String]| {
+                let t: Vec<char> = id.chars().collect();
+                patterns.iter().any(|p| reference(&p.chars().collect::<Vec<_>>(), &t))
+            };
+            let want = (include.is_empty() || hit(&include)) && !hit(&exclude);
+            prop_assert_eq!(privacy.includes(&id), want);
+        }
+    }
+
+    /// Many stars against a long id that almost matches: the single backtrack point keeps this
+    /// at pattern × text steps (the bounded-time claim in `Glob::matches`).
+    #[test]
+    fn star_heavy_patterns_on_long_ids_finish() {
+        let glob = Glob::new(&"*a".repeat(50)).expect("valid");
+        let id = "a".repeat(49) + &"b".repeat(4000);
+        assert!(!glob.matches(&id));
+    }
+}

@@ -366,10 +366,12 @@ fn from_response(
             .map(|t| t.secret().clone())
             .or_else(|| previous_refresh.map(str::to_string)),
         // From the local time just before the request: clock skew with the provider is moot.
+        // An `expires_in` past chrono's last date (a broken or hostile provider) is no expiry,
+        // not a panic: the token is then used until the upstream answers 401.
         expires_at: r
             .expires_in()
             .and_then(|d| chrono::Duration::from_std(d).ok())
-            .map(|d| requested_at + d),
+            .and_then(|d| requested_at.checked_add_signed(d)),
         scope: r
             .scopes()
             .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
@@ -380,6 +382,28 @@ fn from_response(
         client_id: account.client_id.clone(),
         obtained_at: requested_at,
     }
+}
+
+/// A token endpoint's answer `body`, read as the login and the refresh read it (the `oauth2`
+/// crate's token response type, then [`from_response`]): the entry point of the property tests
+/// and the `token_answer` fuzz target. `Err` holds the JSON error.
+#[doc(hidden)]
+pub fn tokens_from_answer(
+    body: &[u8],
+    previous_refresh: Option<&str>,
+    requested_at: DateTime<Utc>,
+) -> Result<StoredTokens, String> {
+    let response: TokenResp = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let account = Account {
+        issuer: "https://issuer.invalid".into(),
+        client_id: "fuzz".into(),
+    };
+    Ok(from_response(
+        &response,
+        previous_refresh,
+        &account,
+        requested_at,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -846,6 +870,30 @@ mod tests {
             &forever,
             t0 + chrono::Duration::days(400)
         ));
+    }
+
+    /// Fuzzing found it: `expires_in` fits chrono's `TimeDelta` up to ~9.2e15 s, but adding
+    /// more than ~8e12 s to now passes chrono's last date, and `DateTime + TimeDelta` panics
+    /// there — a broken or hostile token endpoint could crash the login or the daemon's refresh.
+    #[test]
+    fn huge_expires_in_is_no_expiry_not_a_panic() {
+        let now = Utc::now();
+        for expires_in in ["10000000000000", "9223372036854775", "18446744073709551615"] {
+            let body = format!(
+                r#"{{"access_token":"at","token_type":"bearer","expires_in":{expires_in}}}"#
+            );
+            let t = tokens_from_answer(body.as_bytes(), None, now).expect(expires_in);
+            assert_eq!(t.expires_at, None, "{expires_in}");
+            assert!(OAuthSession::fresh(&t, now), "used until a 401");
+        }
+        let body = br#"{"access_token":"at","token_type":"bearer","expires_in":3600}"#;
+        let t = tokens_from_answer(body, Some("rt"), now).expect("parses");
+        assert_eq!(t.expires_at, Some(now + chrono::Duration::hours(1)));
+        assert_eq!(
+            t.refresh_token.as_deref(),
+            Some("rt"),
+            "kept when not rotated"
+        );
     }
 
     #[test]

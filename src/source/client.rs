@@ -482,8 +482,29 @@ fn parse<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError>
     serde_json::from_slice(bytes).map_err(|e| SourceError::Malformed {
         url: url.to_owned(),
         // serde's message carries line and column; the snippet shows what came instead.
-        detail: format!("{e}; body starts with {:?}", snippet(bytes, 80)),
+        detail: format!(
+            "{}; body starts with {:?}",
+            serde_message(&e),
+            snippet(bytes, 80)
+        ),
     })
+}
+
+/// serde's message, capped: it quotes a mistyped string value whole, and a window title where
+/// a number belongs must not turn into a log line of thousands of characters. The position is
+/// kept when the cut removed it.
+fn serde_message(e: &serde_json::Error) -> String {
+    const MAX_CHARS: usize = 200;
+    let text = e.to_string();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!(
+            "{}… at line {} column {}",
+            &text[..cut],
+            e.line(),
+            e.column()
+        ),
+        None => text,
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +615,105 @@ mod tests {
                 assert!(detail.contains("line 1 column"), "{detail}");
             }
             other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+}
+
+/// Property tests of what the client makes of aw-server's bodies; the model types are fuzzed
+/// through their public entry points in `tests/fuzz_parsers.rs`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptest_config(256))]
+
+        #[test]
+        fn snippets_are_capped_prefixes_of_the_trimmed_body(
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            max in 0usize..250,
+        ) {
+            let s = snippet(&body, max);
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            match s.strip_suffix('…') {
+                Some(cut) if text.chars().count() > max => {
+                    prop_assert_eq!(cut.chars().count(), max);
+                    prop_assert!(text.starts_with(cut));
+                }
+                _ => prop_assert_eq!(s.as_str(), text),
+            }
+        }
+
+        #[test]
+        fn any_body_parses_or_is_malformed_with_a_short_excerpt(
+            body in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            for result in [
+                parse::<Vec<Event>>("u", &body).map(|_| ()),
+                parse::<BTreeMap<String, Bucket>>("u", &body).map(|_| ()),
+                parse::<ServerInfo>("u", &body).map(|_| ()),
+                parse::<Option<Event>>("u", &body).map(|_| ()),
+                parse::<u64>("u", &body).map(|_| ()),
+            ] {
+                match result {
+                    Ok(()) => {}
+                    Err(SourceError::Malformed { detail, .. }) => {
+                        // serde's capped message and an 80-character excerpt (each character
+                        // at most 10 once escaped), never the whole body.
+                        prop_assert!(detail.chars().count() < 260 + 810, "{}", detail.len());
+                    }
+                    Err(other) => prop_assert!(false, "not Malformed: {other:?}"),
+                }
+            }
+        }
+
+    }
+
+    proptest! {
+        // Long generated strings: fewer cases keep it quick.
+        #![proptest_config(crate::proptest_config(32))]
+
+        #[test]
+        fn a_mistyped_long_value_is_not_quoted_whole(
+            value in "[a-z]{500,3000}",
+            shape in 0usize..4,
+        ) {
+            // serde quotes a mistyped string in its message: a 3000-character title where a
+            // number belongs would otherwise land whole in the log line.
+            let body = match shape {
+                0 => format!(r#"["{value}"]"#),
+                1 => format!(r#"[{{"timestamp":"{value}","duration":1,"data":{{}}}}]"#),
+                2 => format!(r#"[{{"timestamp":"2024-01-01T00:00:00Z","duration":"{value}","data":{{}}}}]"#),
+                _ => format!(r#"[{{"timestamp":"2024-01-01T00:00:00Z","duration":1,"data":"{value}"}}]"#),
+            };
+            match parse::<Vec<Event>>("u", body.as_bytes()) {
+                Err(SourceError::Malformed { detail, .. }) => {
+                    prop_assert!(detail.chars().count() < 260 + 810, "{} chars", detail.chars().count());
+                    prop_assert!(detail.contains(" at line 1 column "), "{}", detail);
+                }
+                other => prop_assert!(false, "not Malformed: {other:?}"),
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config(256))]
+
+        #[test]
+        fn a_404_names_a_missing_bucket_only_when_it_says_so(
+            prefix in "[ -~]{0,30}",
+            suffix in "[ -~]{0,30}",
+            id in "[a-z0-9_-]{1,12}",
+        ) {
+            let python = format!("{prefix}There's no bucket named {id}{suffix}");
+            let rust = format!("{prefix}The requested bucket '{id}' does not exist{suffix}");
+            prop_assert!(says_no_such_bucket(python.as_bytes()));
+            prop_assert!(says_no_such_bucket(rust.as_bytes()));
+            let event = format!("The requested event '{id}' does not exist in bucket '{id}'");
+            prop_assert!(!says_no_such_bucket(event.as_bytes()));
         }
     }
 }

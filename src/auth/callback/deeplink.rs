@@ -36,6 +36,8 @@ pub enum DeliverError {
     NoLogin,
     #[error("the waiting login refused this sign-in link: {0}")]
     Rejected(String),
+    /// Empty, too long or spanning lines. Holds the URL without its query and fragment, so the
+    /// message never repeats an authorization code or state.
     #[error("{0:?} is not a sign-in callback URL")]
     BadUrl(String),
     #[error("cannot reach the waiting login through {}: {source}", path.display())]
@@ -109,7 +111,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(unix)]
-pub(super) use unix::listen;
+pub(super) use unix::{listen, serve_io};
 
 #[cfg(unix)]
 mod unix {
@@ -117,7 +119,9 @@ mod unix {
     use std::path::Path;
     use std::time::Duration;
 
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{
+        AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    };
     use tokio::net::{UnixListener, UnixStream};
     use tokio::sync::{mpsc, oneshot, watch};
     use url::Url;
@@ -195,7 +199,8 @@ mod unix {
     }
 
     /// One `deliver`: read the URL (one line), check it is our endpoint, queue it for the
-    /// login, write back `ok <text>` or `error <text>` once the login has decided.
+    /// login, write back `ok <text>` (signed in, or taken without a verdict yet) or
+    /// `error <text>` (not this login's, declined, failed) once the login has decided.
     async fn serve(
         stream: UnixStream,
         owner: u32,
@@ -211,7 +216,23 @@ mod unix {
             );
             return Ok(());
         }
-        let (read, mut write) = stream.into_split();
+        let (read, write) = stream.into_split();
+        serve_io(read, write, expected, queue, hold).await
+    }
+
+    /// The part of [`serve`] after the peer check, over any byte stream (the fuzz harness
+    /// drives it in memory).
+    pub(in super::super) async fn serve_io<R, W>(
+        read: R,
+        mut write: W,
+        expected: &Url,
+        queue: &mpsc::Sender<Candidate>,
+        hold: Duration,
+    ) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut line = Vec::new();
         let limit = (MAX_REQUEST_BYTES + 1) as u64;
         let mut reader = BufReader::new(read).take(limit);
@@ -247,7 +268,7 @@ mod unix {
             },
             Err(page) => page,
         };
-        let verdict = if page.is_success() { "ok" } else { "error" };
+        let verdict = if page.is_accepted() { "ok" } else { "error" };
         let ack = format!("{verdict} {}\n", page.plain());
         write.write_all(ack.as_bytes()).await?;
         write.shutdown().await?;
@@ -260,7 +281,7 @@ mod unix {
         use super::DeliverError;
         let url = url.trim();
         if url.is_empty() || url.len() > MAX_REQUEST_BYTES || url.contains(['\n', '\r']) {
-            return Err(DeliverError::BadUrl(url.chars().take(80).collect()));
+            return Err(DeliverError::BadUrl(super::without_response(url)));
         }
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -333,6 +354,18 @@ mod unix {
             None => DeliverError::NoLogin,
         })
     }
+}
+
+/// A refused URL as it may be shown: scheme, host and path, at most 80 characters, never the
+/// query or fragment, which carry the authorization code and state of a real callback.
+#[cfg(unix)]
+fn without_response(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let mut shown: String = url[..end].chars().take(80).collect();
+    if shown.len() < url.len() {
+        shown.push('…');
+    }
+    shown
 }
 
 #[cfg(not(unix))]

@@ -16,6 +16,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use url::{Host, Url};
@@ -135,17 +136,43 @@ pub(super) fn serve(
                 tracing::debug!("too many open loopback connections; closing a new one");
                 continue;
             };
-            tokio::spawn(connection(stream, ctx.clone(), slot));
+            tokio::spawn(connection(stream, ctx.clone(), Some(slot), false));
         }
         tracing::debug!("loopback listener closed");
     });
 }
 
-async fn connection(
-    stream: tokio::net::TcpStream,
+/// Serves one connection over any byte stream, exactly as the listener serves a TCP one: the
+/// fuzz harness ([`super::fuzzing`]) feeds raw requests through here without a socket.
+pub(super) async fn serve_stream<S>(
+    stream: S,
+    path: String,
+    queue: mpsc::Sender<Candidate>,
+    shutdown: watch::Receiver<bool>,
+    hold: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let ctx = Arc::new(Ctx {
+        path,
+        queue,
+        shutdown,
+        hold,
+    });
+    connection(stream, ctx, None, true).await;
+}
+
+/// `half_close`: keep answering a request whose client already shut its write side. A browser
+/// never does that, so the listener leaves hyper's default (close at once); the fuzz harness
+/// does it to mark the end of its input, and still needs the answer.
+async fn connection<S>(
+    stream: S,
     ctx: Arc<Ctx>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-) {
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    half_close: bool,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     // Dropped when the connection is done: tells `finish` that the held answer was written.
     let (written_tx, written_rx) = watch::channel(());
     let mut shutdown = ctx.shutdown.clone();
@@ -160,7 +187,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_header_size(MAX_REQUEST_BYTES)
-        .max_headers(64);
+        .max_headers(64)
+        .half_close(half_close);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -22,6 +22,8 @@
 //! what to do, rather than a premature "success".
 
 mod deeplink;
+#[doc(hidden)]
+pub mod fuzzing;
 mod loopback;
 mod page;
 mod paste;
@@ -406,8 +408,9 @@ pub struct CallbackWaiter {
     local_addr: Option<SocketAddr>,
     socket: Option<deeplink::SocketGuard>,
     queue: mpsc::Receiver<Candidate>,
-    /// Kept so `queue` never reports "all senders gone" while we wait.
-    _queue_tx: mpsc::Sender<Candidate>,
+    /// Kept so `queue` never reports "all senders gone" while we wait. `None` only for the
+    /// in-memory waiter of [`fuzzing`], whose wait ends (`Closed`) once its input is used up.
+    _queue_tx: Option<mpsc::Sender<Candidate>>,
     /// `true` (or dropped): every channel stops accepting and closes.
     shutdown: watch::Sender<bool>,
     progress: bool,
@@ -465,7 +468,7 @@ impl CallbackWaiter {
                     local_addr,
                     socket: None,
                     queue,
-                    _queue_tx: queue_tx.clone(),
+                    _queue_tx: Some(queue_tx.clone()),
                     shutdown,
                     progress: options.progress,
                     pasting: false,
@@ -495,7 +498,7 @@ impl CallbackWaiter {
                     local_addr: None,
                     socket: Some(socket),
                     queue,
-                    _queue_tx: queue_tx.clone(),
+                    _queue_tx: Some(queue_tx.clone()),
                     shutdown,
                     progress: options.progress,
                     pasting: false,
@@ -519,6 +522,30 @@ impl CallbackWaiter {
             waiter.pasting = true;
         }
         Ok(waiter)
+    }
+
+    /// A waiter fed only through the returned sender, with no listener, socket or terminal: the
+    /// fuzz harness ([`fuzzing`]) attaches the real channel code to it over in-memory streams.
+    /// Its wait ends with [`CallbackError::Closed`] once every sender is gone.
+    fn in_memory(
+        redirect_uri: Url,
+        source: CallbackSource,
+    ) -> (Self, mpsc::Sender<Candidate>, watch::Receiver<bool>) {
+        let (queue_tx, queue) = mpsc::channel(QUEUE);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let waiter = CallbackWaiter {
+            redirect_uri,
+            source,
+            local_addr: None,
+            socket: None,
+            queue,
+            _queue_tx: None,
+            shutdown,
+            progress: false,
+            pasting: source == CallbackSource::Paste,
+            closed: false,
+        };
+        (waiter, queue_tx, shutdown_rx)
     }
 
     /// The redirect URI to send in the authorization request: the port actually bound, or the
@@ -687,5 +714,56 @@ mod tests {
             &u("http://127.0.0.1:5001/callback?x"),
             &u("http://127.0.0.1:5000/callback")
         ));
+    }
+}
+
+/// Property tests of the helpers every channel shares; the channels themselves are fuzzed
+/// through [`fuzzing`] in `tests/fuzz_parsers.rs`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptest_config(256))]
+
+        #[test]
+        fn printable_text_has_no_control_characters_and_is_capped(
+            text in any::<String>(),
+            max in 0usize..40,
+        ) {
+            let out = printable(&text, max);
+            prop_assert!(!out.chars().any(char::is_control), "{:?}", out);
+            let n = text.chars().count();
+            if n > max {
+                prop_assert_eq!(out.chars().count(), max + 1);
+                prop_assert!(out.ends_with('…'));
+            } else {
+                prop_assert_eq!(out.chars().count(), n);
+            }
+        }
+
+        #[test]
+        fn an_endpoint_is_itself_whatever_its_query(
+            url in "(http://127\\.0\\.0\\.1:[0-9]{1,5}|samay:/|samay://[a-zA-Z]{1,8}|app\\.x:)(/[a-zA-Z0-9%._~-]{0,12}){0,3}",
+            query in "[ -~]{0,40}",
+        ) {
+            if let Ok(expected) = Url::parse(&url) {
+                let mut got = expected.clone();
+                got.set_query(Some(&query));
+                prop_assert!(same_endpoint(&got, &expected), "{} vs {}", got, expected);
+                let mut other = expected.clone();
+                other.set_path(&format!("{}x", expected.path()));
+                prop_assert!(!same_endpoint(&other, &expected), "{} vs {}", other, expected);
+            }
+        }
+
+        #[test]
+        fn same_secret_is_string_equality_for_non_empty_secrets(
+            got in "[a-c]{0,4}",
+            expected in "[a-c]{0,4}",
+        ) {
+            prop_assert_eq!(same_secret(&got, &expected), !expected.is_empty() && got == expected);
+        }
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Page {
     /// The login is over after this page: close the connection (no keep-alive lingering).
     last: bool,
     allow_get_only: bool,
+    /// The sign-in ended without tokens (declined, or failed after the callback).
+    refusal: bool,
 }
 
 impl Page {
@@ -39,6 +41,7 @@ impl Page {
             hint,
             last: false,
             allow_get_only: false,
+            refusal: false,
         }
     }
 
@@ -47,8 +50,20 @@ impl Page {
         self
     }
 
+    fn refusal(mut self) -> Self {
+        self.refusal = true;
+        self
+    }
+
     pub(crate) fn is_success(&self) -> bool {
         self.status.is_success()
+    }
+
+    /// Whether the login took the response and did not end in a refusal: signed in, or
+    /// received without a verdict yet. A declined or failed sign-in is shown with status 200
+    /// (a page the browser displays normally) but is not "ok" to the `--callback` process.
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.status.is_success() && !self.refusal
     }
 
     pub(crate) fn signed_in(username: &str) -> Self {
@@ -72,6 +87,7 @@ impl Page {
             ),
         )
         .last()
+        .refusal()
     }
 
     /// The hold ran out, or the login went away without saying how it ended.
@@ -111,6 +127,7 @@ impl Page {
             Some("Run `aw-sync-samay --login` again and approve the access to sign in.".into()),
         )
         .last()
+        .refusal()
     }
 
     pub(crate) fn missing_code() -> Self {
