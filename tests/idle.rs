@@ -10,9 +10,16 @@
 //! thread appearing or disappearing counts as one too.
 //!
 //! aw-server's requests are counted by a small HTTP proxy in front of it (the daemon is pointed
-//! at the proxy's port): it sees every request the daemon makes, whatever the daemon logs, and
-//! it keeps idle connections open forever like aw-server-rust before its keep-alive, so it adds
-//! no wakeup of its own. Batch requests are counted by the dev upstream's own counters.
+//! at it): it sees every request the daemon makes, whatever the daemon logs. Batch requests are
+//! counted by the dev upstream's own counters. In front of both, a TCP relay closes connections
+//! idle for 2 s, as aw-server-rust and real upstreams do after their keep-alive timeout (Python
+//! aw-server closes after every answer): a connection the daemon kept into the gap would be
+//! closed there, waking it.
+//!
+//! What the quiet window cannot see, `measure_idle_costs` does over whole minutes: timers due
+//! later than the window (a pool reaper every 60-90 s, a request timeout of 30-60 s left in the
+//! runtime's timer driver), and the keyring's D-Bus client (run it under `dbus-run-session` with
+//! gnome-keyring, `IDLE_NO_TOKEN=1` and `IDLE_CONFIG` setting `[auth] token_storage = "keyring"`).
 //!
 //! Linux only (`/proc`). CPU time and memory are printed, never asserted (the machine is
 //! shared); `measure_idle_costs` (ignored: `cargo test --test idle -- --ignored --nocapture`)
@@ -402,6 +409,10 @@ async fn watch_window(pid: u32, window: Duration) -> Vec<(Duration, Vec<String>)
 // ---------------------------------------------------------------------------------------------
 // The test
 
+/// The daemon syncs 3 buckets (cycle 1 uploads), then: (a) over 12 s of the gap after that
+/// cycle, no thread of it is scheduled, starts or exits — no parent or config poll, no blocking
+/// thread timing out, no kept connection closed by a server; (b) cycle 2, with nothing new,
+/// asks aw-server for each bucket's events exactly once and sends no batch upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_daemon_never_wakes_between_cycles_and_asks_one_request_per_bucket() {
     let rig = Rig::new().await;
@@ -410,22 +421,27 @@ async fn an_idle_daemon_never_wakes_between_cycles_and_asks_one_request_per_buck
         rig.bucket(b).await;
         rig.insert(b, &series(20, 5.0, 120, b)).await;
     }
+    // Both servers close a connection idle for 2 s, as aw-server-rust (5 s) and real upstreams
+    // (nginx: 75 s) do after their keep-alive timeout: a connection the daemon kept would be
+    // closed inside the quiet window, and the close would wake it.
     let proxy = CountingProxy::start(rig.aw.port()).await;
-    // An upstream that closes a connection idle for 2 s, as real ones do after their keep-alive
-    // timeout: a connection the daemon kept would be closed inside the quiet window, and the
-    // close would wake it.
+    let aw_server = Relay::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port)),
+        Some(Duration::from_secs(2)),
+    )
+    .await;
     let upstream = Relay::start(rig.dev.addr(), Some(Duration::from_secs(2))).await;
     let home = rig.dir.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
-    // A short request timeout: a timer of the cycle's upstream requests that outlived them in
-    // the runtime's timer driver would fire inside the quiet window.
+    // A short request timeout: were the runtime's timer driver to keep the deadline of an
+    // upload request it no longer has, it would come due inside the quiet window.
     let config = write_config(
         &home,
         &upstream.url(),
         &format!("sync_interval = {TEST_INTERVAL_SECS}\nrequest_timeout = {REQUEST_TIMEOUT_SECS}"),
     );
     let mut daemon = Daemon::spawn(
-        &mut daemon_command(&home, proxy.port, &config),
+        &mut daemon_command(&home, aw_server.port, &config),
         &rig.dir.path().join("out"),
     );
     let pid = daemon.pid();
@@ -441,8 +457,8 @@ async fn an_idle_daemon_never_wakes_between_cycles_and_asks_one_request_per_buck
         cpu_secs(pid)
     );
 
-    // Between cycle 1 and cycle 2 (its upstream connection kept, its blocking threads idle):
-    // no thread of the daemon is scheduled at all.
+    // Between cycle 1 and cycle 2 (after uploads and SQLite work on the blocking pool): no
+    // thread of the daemon is scheduled at all.
     let from = settle(pid).await;
     let on_cpu_from = on_cpu_ns(pid);
     let started = Instant::now();
