@@ -88,6 +88,8 @@ pub async fn orphaned() -> Orphaned {
     let Some(was) = initial.filter(|p| *p != 1) else {
         return std::future::pending().await;
     };
+    #[cfg(not(target_os = "linux"))]
+    let _ = was;
     #[cfg(target_os = "linux")]
     match pidfd::ProcessExit::open(was) {
         Ok(exit) => {
