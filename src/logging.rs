@@ -23,6 +23,12 @@ use crate::paths;
 /// start-up. Each run writes one file, so this is "the last 10 runs".
 pub const KEEP_LOG_FILES: usize = 10;
 
+/// Lines queued for the log file's writer thread, at most. tracing-appender's default, 128,000,
+/// allocates (and touches) 4 MB for the queue up front — a quarter of an idle daemon's memory
+/// (issue 5). The thread writes as lines come, so only a stalled disk fills the queue; lines
+/// beyond it are dropped from the file (never from stderr) rather than blocking the sync.
+pub const LOG_FILE_QUEUE_LINES: usize = 4096;
+
 /// aw-core's variable for the log level (`DEBUG`, `INFO`, `WARNING`, ...).
 pub const LOG_LEVEL_ENV: &str = "LOG_LEVEL";
 /// tracing's usual variable; full directives (`aw_sync_samay::engine=trace`), so it wins.
@@ -74,7 +80,9 @@ pub fn init(testing: bool, verbose: bool, log_dir: Option<&Path>) -> anyhow::Res
 
     let (file_layer, worker, file_path) = match file {
         Some((handle, path)) => {
-            let (writer, worker) = tracing_appender::non_blocking(handle);
+            let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .buffered_lines_limit(LOG_FILE_QUEUE_LINES)
+                .finish(handle);
             let layer = tracing_subscriber::fmt::layer()
                 .event_format(AwFormat)
                 .with_ansi(false)

@@ -243,6 +243,8 @@ pub async fn not_configured_until(
             }
             Err(e) => tracing::warn!("could not record the status in aw-server: {e}"),
         }
+        // The write's request timeout must not wake the wait below (see `rearm_timers`).
+        crate::lifecycle::rearm_timers().await;
         tokio::select! {
             _ = &mut until => return,
             _ = tokio::time::sleep(interval) => {},

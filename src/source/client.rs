@@ -108,8 +108,13 @@ impl AwClient {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_keepalive(Duration::from_secs(60))
+            // No connection is kept between requests. Python aw-server closes every
+            // connection after its answer anyway (`Connection: close`); aw-server-rust (Rocket)
+            // keeps one open for 5 s and then closes it, which would wake the idle daemon once
+            // per cycle, and a pool with an idle timeout runs a reaper timer as long as it
+            // lives. A new loopback connection costs microseconds (issue 5: no wakeups between
+            // cycles).
+            .pool_max_idle_per_host(0)
             // aw-server is always local; an HTTP(S)_PROXY meant for the upstream must not
             // capture loopback traffic.
             .no_proxy()

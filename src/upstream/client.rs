@@ -7,6 +7,7 @@
 //! either drop the bearer token or send it somewhere we did not configure).
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use flate2::write::GzEncoder;
@@ -115,10 +116,20 @@ impl UpstreamError {
     }
 }
 
-/// Speaks the batch API to one upstream. Cheap to clone (the connection pool is shared).
+/// Speaks the batch API to one upstream. Cheap to clone (clones share the connections).
+///
+/// Connections are kept for as long as they are used — the batches of a cycle share one — and
+/// [`UpstreamClient::release_connections`] drops them when the daemon goes idle (issue 5: no
+/// wakeups between cycles). Kept across the gap, an idle connection would wake the daemon when
+/// the upstream closes it at its keep-alive timeout (nginx: 75 s; the dev server: 30 s), send
+/// keep-alive probes over the network, and be the stale connection the next cycle trips on. A
+/// cycle with uploads makes one new connection, as it did when the pool's 60 s idle timeout
+/// (shorter than the 5 min interval) closed it; an idle cycle makes none.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    http: reqwest::Client,
+    /// Built at first use after a release; `None` while idle.
+    http: Arc<Mutex<Option<reqwest::Client>>>,
+    timeout: Duration,
     batch_url: Url,
     health_url: Url,
     gzip: bool,
@@ -132,22 +143,32 @@ impl UpstreamClient {
         let base = base_url_dir(base_url)?;
         let batch_url = join(&base, BATCH_PATH)?;
         let health_url = join(&base, HEALTH_PATH)?;
-        let http = reqwest::Client::builder()
-            .redirect(redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_keepalive(Duration::from_secs(60))
-            .user_agent(concat!("aw-sync-samay/", env!("CARGO_PKG_VERSION")))
-            .use_rustls_tls()
-            .build()
-            .map_err(|e| UpstreamError::Config(error_chain(&e)))?;
+        // Built now, so a configuration the TLS backend refuses fails at start-up.
+        let http = http_client(timeout)?;
         Ok(Self {
-            http,
+            http: Arc::new(Mutex::new(Some(http))),
+            timeout,
             batch_url,
             health_url,
             gzip,
         })
+    }
+
+    /// Drops the connections (and the TLS setup): the next request starts afresh. Call when
+    /// going idle. Requests in flight keep theirs until they finish.
+    pub fn release_connections(&self) {
+        *self.http.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The HTTP client, built again after a release.
+    fn http(&self) -> Result<reqwest::Client, UpstreamError> {
+        let mut slot = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(http) = slot.as_ref() {
+            return Ok(http.clone());
+        }
+        let http = http_client(self.timeout)?;
+        *slot = Some(http.clone());
+        Ok(http)
     }
 
     /// Where batches go.
@@ -196,7 +217,7 @@ impl UpstreamClient {
         };
 
         let response = self
-            .http
+            .http()?
             .post(self.batch_url.clone())
             .headers(headers)
             .body(body)
@@ -212,7 +233,7 @@ impl UpstreamClient {
     /// like a batch answer, so a 404 (wrong base_url) shows up as `Fatal` rather than "healthy".
     pub async fn health(&self) -> Result<(), UpstreamError> {
         let response = self
-            .http
+            .http()?
             .get(self.health_url.clone())
             .send()
             .await
@@ -223,6 +244,25 @@ impl UpstreamClient {
         }
         Err(answer.classify(0, &AccessToken::new("")))
     }
+}
+
+/// The HTTP client of an [`UpstreamClient`].
+fn http_client(timeout: Duration) -> Result<reqwest::Client, UpstreamError> {
+    reqwest::Client::builder()
+        .redirect(redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+        // No idle timeout: with one, hyper's pool runs a reaper timer every `timeout` for as
+        // long as the client lives, waking an idle daemon; connections are released between
+        // cycles instead (see `UpstreamClient`). One that dies silently within a cycle (a NAT
+        // entry expiring, a network change) fails its request as `Network`, which is retried on
+        // a new connection with the same Idempotency-Key.
+        .pool_idle_timeout(None)
+        .tcp_keepalive(Duration::from_secs(60))
+        .user_agent(concat!("aw-sync-samay/", env!("CARGO_PKG_VERSION")))
+        .use_rustls_tls()
+        .build()
+        .map_err(|e| UpstreamError::Config(error_chain(&e)))
 }
 
 /// What the client keeps of an answer: enough to classify it, the body bounded.
