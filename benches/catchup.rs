@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "10000,100000,1000000".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(|s| {
             s.trim()
                 .parse()
@@ -151,7 +152,9 @@ impl Report {
             }
         }
         if !self.idle.is_empty() {
-            s.push_str("\nIdle (10 buckets, nothing new, daemon with `sync_interval = 2`):\n\n");
+            s.push_str(
+                "\nIdle (10 buckets synced, nothing new, the daemon with `sync_interval = 5`):\n\n",
+            );
             for f in &self.idle {
                 let _ = writeln!(s, "- {f}");
             }
@@ -529,8 +532,10 @@ async fn idle_cost(report: &mut Report, ack: &AckUpstream, work: &Path) -> anyho
             cpu.push(run::cpu_ns(pid)? - cpu0);
             requests.push(double.requests() - req0);
             // Between two cycles: nothing should run at all.
+            // (A second first, for the cycle's last state write after its last request.)
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let sw0 = run::context_switches(pid)?;
-            tokio::time::sleep(Duration::from_secs(INTERVAL_S - 2)).await;
+            tokio::time::sleep(Duration::from_secs(INTERVAL_S - 3)).await;
             between.push(run::context_switches(pid)?.saturating_sub(sw0));
         }
         let rss = run::status_kb(pid, "VmRSS")?;
@@ -555,8 +560,8 @@ async fn idle_cost(report: &mut Report, ack: &AckUpstream, work: &Path) -> anyho
         ack.requests()
     ));
     report.idle.push(format!(
-        "context switches of all threads in the {} s between two cycles: {}",
-        INTERVAL_S - 2,
+        "context switches of all threads in {} s between two cycles: {}",
+        INTERVAL_S - 3,
         between
             .iter()
             .map(u64::to_string)
