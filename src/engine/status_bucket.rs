@@ -164,6 +164,14 @@ pub async fn backlog(
     store: &Arc<Store>,
     synced: bool,
 ) -> (Option<u64>, Option<u64>) {
+    if synced {
+        let store = Arc::clone(store);
+        let quarantined = tokio::task::spawn_blocking(move || store.quarantined_total())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        return (Some(0), quarantined);
+    }
     let states = {
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || store.bucket_statuses())
@@ -179,9 +187,6 @@ pub async fn backlog(
         .iter()
         .map(|s| (s.bucket_id.as_str(), s.delivered_current))
         .collect();
-    if synced {
-        return (Some(0), Some(quarantined));
-    }
     let pending = async {
         let buckets = source.get_buckets().await.ok()?;
         let mut pending = 0u64;

@@ -176,6 +176,9 @@ CREATE TABLE IF NOT EXISTS sent (
     quarantined INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket_id, event_id)
 ) WITHOUT ROWID;
+-- Only the quarantined rows: what an idle cycle's status count reads, instead of every row
+-- ever delivered.
+CREATE INDEX IF NOT EXISTS sent_quarantined ON sent (bucket_id) WHERE quarantined = 1;
 CREATE TABLE IF NOT EXISTS quarantine (
     bucket_id  TEXT NOT NULL,
     event_id   INTEGER NOT NULL,
@@ -642,6 +645,23 @@ impl Store {
         })
     }
 
+    /// Events currently quarantined, over all buckets. Reads the partial index of quarantined
+    /// rows: the daemon asks after every cycle, and counting through `sent` costs a pass over
+    /// every event ever delivered (most of an idle cycle's CPU at 10k events, growing without
+    /// bound).
+    pub fn quarantined_total(&self) -> Result<u64, StateError> {
+        let conn = self.reader();
+        let n: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM sent INDEXED BY sent_quarantined WHERE quarantined = 1",
+            )
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(self.err())?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Per-bucket totals for `--status` and progress displays: counts every delivered row,
+    /// so it is not for every cycle (see [`Store::quarantined_total`]).
     pub fn bucket_statuses(&self) -> Result<Vec<BucketStatus>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
@@ -966,5 +986,11 @@ mod tests {
         assert_eq!((st[0].delivered, st[0].quarantined), (0, 1));
         let entries = s.quarantine(10).unwrap();
         assert_eq!(entries[0].reason, "422: bad");
+        // The per-cycle count (through the partial index) agrees, and follows a changed
+        // version that the upstream then took.
+        s.commit(&[acked("b1", 10, 1)], &[], &[]).unwrap();
+        assert_eq!(s.quarantined_total().unwrap(), 1);
+        s.commit(&[acked("b1", 9, 5)], &[], &[]).unwrap();
+        assert_eq!(s.quarantined_total().unwrap(), 0);
     }
 }
