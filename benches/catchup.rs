@@ -34,6 +34,8 @@ use aw_sync_samay::source::Event;
 
 #[path = "../tests/common/awserver.rs"]
 mod awserver;
+#[path = "../tests/common/procfs.rs"]
+mod procfs;
 mod support;
 
 use support::run::{self, Home, Usage};
@@ -526,20 +528,20 @@ async fn idle_cost(report: &mut Report, ack: &AckUpstream, work: &Path) -> anyho
         let mut requests = Vec::new();
         let mut between = Vec::new();
         for _ in 0..CYCLES {
-            let cpu0 = run::cpu_ns(pid)?;
+            let cpu0 = procfs::cpu_ns(pid)?;
             let req0 = double.requests();
             quiet_after_cycle(&double).await?;
-            cpu.push(run::cpu_ns(pid)? - cpu0);
+            cpu.push(procfs::cpu_ns(pid)? - cpu0);
             requests.push(double.requests() - req0);
             // Between two cycles: nothing should run at all.
             // (A second first, for the cycle's last state write after its last request.)
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let sw0 = run::context_switches(pid)?;
+            let sw0 = procfs::context_switches(pid)?;
             tokio::time::sleep(Duration::from_secs(INTERVAL_S - 3)).await;
-            between.push(run::context_switches(pid)?.saturating_sub(sw0));
+            between.push(procfs::context_switches(pid)?.saturating_sub(sw0));
         }
-        let rss = run::status_kb(pid, "VmRSS")?;
-        let hwm = run::status_kb(pid, "VmHWM")?;
+        let rss = procfs::status_kb(pid, "VmRSS")?;
+        let hwm = procfs::status_kb(pid, "VmHWM")?;
         anyhow::Ok((cpu, requests, between, rss, hwm))
     }
     .await;

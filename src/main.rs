@@ -216,7 +216,7 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
                 // Going idle until the next cycle: nothing the cycle leaves behind may wake
                 // the process before then (issue 5).
                 upstream.release_connections();
-                give_back_free_memory();
+                aw_sync_samay::memory::give_back_free_memory();
                 lifecycle::rearm_timers().await;
                 outcome
             },
@@ -243,20 +243,6 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
         server.shutdown().await;
     }
     Ok(code)
-}
-
-/// Returns the heap memory a cycle freed to the OS (glibc keeps it in its arenas otherwise):
-/// after a catch-up of thousands of events, the idle daemon's resident memory goes back down to
-/// its baseline (issue 5: under 15 MB idle) instead of staying at the cycle's peak. It walks
-/// the free chunks of a heap of a few MB: small next to the cycle itself (not measurable in
-/// the idle-cycle CPU time). Other allocators and platforms return memory on their own terms.
-fn give_back_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer and only walks glibc's own heap structures, under
-    // their locks; it is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// One cycle with live progress on stderr (redrawn in place on a terminal, a plain line every

@@ -27,3 +27,17 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// Returns the heap memory a cycle freed to the OS (glibc keeps it in its arenas otherwise):
+/// after a catch-up of thousands of events, the idle daemon's resident memory goes back down to
+/// its baseline (issue 5: under 15 MB idle) instead of staying at the cycle's peak. It walks
+/// the free chunks of a heap of a few MB: small next to the cycle itself (not measurable in
+/// the idle-cycle CPU time). Other allocators and platforms return memory on their own terms.
+pub fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and only walks glibc's own heap structures, under
+    // their locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

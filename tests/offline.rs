@@ -19,16 +19,6 @@ use serde_json::Value;
 
 const EVENTS: usize = 100_000;
 
-/// `VmHWM` (peak resident set) of `pid` in kB, from the kernel's view of that process alone —
-/// `ru_maxrss` would carry the parent's pre-exec high-water mark into the child.
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 /// Waits (bounded) until the daemon's stderr holds `needle` `times` times.
 async fn wait_for_count(daemon: &mut Daemon, needle: &str, times: usize, within: Duration) {
     let deadline = Instant::now() + within;
@@ -101,7 +91,8 @@ async fn offline_for_a_week_then_one_catch_up_delivers_everything() {
     let sampler = {
         let (pid, peak) = (daemon.pid(), peak_kb.clone());
         tokio::spawn(async move {
-            while let Some(kb) = vm_hwm_kb(pid) {
+            // `VmHWM`, not `ru_maxrss`: that would carry the parent's pre-exec high-water mark.
+            while let Ok(kb) = common::procfs::status_kb(pid, "VmHWM") {
                 peak.fetch_max(kb, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

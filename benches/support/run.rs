@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::procfs;
+
 pub const TOKEN: &str = "bench-token";
 
 /// What the kernel says one finished process used.
@@ -100,7 +102,7 @@ pub fn wait_with_usage(child: &mut Child, started: Instant) -> anyhow::Result<(i
 fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut peak = 0;
-        while let Ok(kb) = status_kb(pid, "VmHWM") {
+        while let Ok(kb) = procfs::status_kb(pid, "VmHWM") {
             peak = peak.max(kb);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -126,45 +128,4 @@ pub fn once(home: &Home, aw_port: u16) -> anyhow::Result<Usage> {
         bail!("aw-sync-samay --once exited {code}\n{out}\n{err}");
     }
     Ok(usage)
-}
-
-/// A value of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
-pub fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("{key} not in /proc/{pid}/status"))
-}
-
-/// Context switches of every thread of `pid` so far: each one is a wakeup.
-pub fn context_switches(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let status = std::fs::read_to_string(task?.path().join("status"))?;
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// CPU time of every live thread of `pid` so far, in ns (`/proc/<pid>/task/*/schedstat`).
-pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(total)
 }

@@ -126,9 +126,14 @@ impl Scanner<'_> {
         loop {
             let open = t0.saturating_sub(a) <= open_span || a.saturating_add(width) >= t0;
             let b = (!open).then(|| a + width);
-            let n = self
-                .scan_window(bucket, state, redaction, a, b, &mut stats)
-                .await?;
+            let window = Window {
+                bucket,
+                state,
+                redaction,
+                a,
+                b,
+            };
+            let n = self.scan_window(window, &mut stats).await?;
             let page = self.page_size as u64;
             if !open {
                 if n > 2 * page {
@@ -225,13 +230,10 @@ impl Scanner<'_> {
     /// and queued: aw-server's time to answer overlaps with ours instead of adding to it.
     async fn scan_window(
         &self,
-        bucket: &Bucket,
-        state: &BucketState,
-        redaction: &Redaction,
-        a: i64,
-        b: Option<i64>,
+        window: Window<'_>,
         stats: &mut ScanStats,
     ) -> Result<u64, ScanError> {
+        let Window { bucket, a, b, .. } = window;
         let mut end_q = b;
         let mut limit = self.page_size;
         // Ids already handled whose (returned) start equals the current page edge.
@@ -297,7 +299,7 @@ impl Scanner<'_> {
                 }
             };
             let (processed, fetched) = tokio::join!(
-                self.process_page(bucket, state, redaction, a, b, end_q, &edge_ids, page, stats),
+                self.process_page(window, end_q, &edge_ids, page, stats),
                 fetch_next
             );
             processed?;
@@ -327,19 +329,21 @@ impl Scanner<'_> {
     }
 
     /// Hashes one page's events and queues those the upstream does not hold as they are.
-    #[allow(clippy::too_many_arguments)]
     async fn process_page(
         &self,
-        bucket: &Bucket,
-        state: &BucketState,
-        redaction: &Redaction,
-        a: i64,
-        b: Option<i64>,
+        window: Window<'_>,
         end_q: Option<i64>,
         edge_ids: &HashSet<i64>,
         page: Vec<PageEvent>,
         stats: &mut ScanStats,
     ) -> Result<(), ScanError> {
+        let Window {
+            bucket,
+            state,
+            redaction,
+            a,
+            b,
+        } = window;
         let mut candidates = Vec::with_capacity(page.len());
         for ev in page {
             let Some(id) = ev.id else {
@@ -460,6 +464,17 @@ impl Scanner<'_> {
 
         Ok(())
     }
+}
+
+/// One time window `[a, b)` of one bucket (`b = None`: open-ended), read under the bucket's
+/// state and redaction: what every page of the window is judged against.
+#[derive(Clone, Copy)]
+struct Window<'w> {
+    bucket: &'w Bucket,
+    state: &'w BucketState,
+    redaction: &'w Redaction,
+    a: i64,
+    b: Option<i64>,
 }
 
 /// Event data that parsed once (serde_json checked it when the page was read) and not again:

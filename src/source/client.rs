@@ -15,8 +15,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-#[allow(unused_imports)] // named in the docs
-use super::model::PageEvent;
 use super::model::{Bucket, Event, ServerInfo};
 
 /// aw-server is local: if it cannot accept a connection within this, it is down or wedged.
@@ -174,7 +172,7 @@ impl AwClient {
         self.get_events_as(bucket_id, start, end, limit).await
     }
 
-    /// [`AwClient::get_events`] into any event type: the scan reads [`PageEvent`]s, which keep
+    /// [`AwClient::get_events`] into any event type: the scan reads [`PageEvent`](super::PageEvent)s, which keep
     /// each event's data as text.
     pub async fn get_events_as<T: DeserializeOwned>(
         &self,

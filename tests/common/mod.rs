@@ -4,4 +4,5 @@ pub mod daemon;
 pub mod devserver;
 pub mod exact;
 pub mod oidc;
+pub mod procfs;
 pub mod rig;
