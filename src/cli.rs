@@ -54,6 +54,11 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Re-read and re-hash the whole history now, send what differs from what the upstream
+    /// holds, and print what that was (with --once).
+    #[arg(long, requires = "once")]
+    pub verify: bool,
+
     /// Sign in to the upstream in the browser (coming with the login).
     #[arg(long, conflicts_with = "logout")]
     pub login: bool,

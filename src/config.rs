@@ -112,7 +112,8 @@ pub struct SyncConfig {
     pub max_retries: u32,
     /// Events read but not yet acknowledged, at most; reading pauses when it is full.
     pub offline_queue_size: usize,
-    /// Seconds re-read behind the cursor each cycle, to catch grown and back-dated events.
+    /// Seconds below the newest synced data that every pass re-reads, to catch late inserts
+    /// near it without a count mismatch.
     pub lookback: u64,
     /// Events fetched from aw-server per request.
     pub page_size: usize,
@@ -120,6 +121,10 @@ pub struct SyncConfig {
     pub request_timeout: u64,
     /// gzip the upload bodies.
     pub gzip: bool,
+    /// Events per bucket each background verification step re-reads and re-hashes; 0: never.
+    pub verify_batch: u64,
+    /// Seconds between two background verification steps.
+    pub verify_interval: u64,
     /// Bucket-id patterns (`*`, `?`) to sync; empty: every bucket.
     pub include_buckets: Vec<String>,
     /// Bucket-id patterns never synced; wins over `include_buckets`.
@@ -206,6 +211,8 @@ impl Default for SyncConfig {
             page_size: 1000,
             request_timeout: 30,
             gzip: true,
+            verify_batch: 5000,
+            verify_interval: 3600,
             include_buckets: Vec::new(),
             exclude_buckets: Vec::new(),
             start_from: None,
@@ -328,6 +335,8 @@ impl Config {
         check_range("sync.page_size", s.page_size as u64, 10, 100_000)?;
         check_range("sync.request_timeout", s.request_timeout, 1, u64::MAX)?;
         check_range("sync.max_retries", u64::from(s.max_retries), 0, 100)?;
+        check_range("sync.verify_batch", s.verify_batch, 0, 10_000_000)?;
+        check_range("sync.verify_interval", s.verify_interval, 60, u64::MAX)?;
         if s.lookback > MAX_LOOKBACK_SECS {
             return Err(ConfigError::invalid(
                 "sync.lookback",
@@ -498,7 +507,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "sync.lookback",
-        "Seconds re-read behind the cursor each cycle, to catch grown and back-dated events (at most 30 days).",
+        "Seconds below the newest synced event that each sync re-reads, to catch late events near it at once (at most 30 days); older inserts and deletions are found through aw-server's counts.",
     ),
     (
         "sync.page_size",
@@ -511,6 +520,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "sync.gzip",
         "gzip the upload bodies.",
+    ),
+    (
+        "sync.verify_batch",
+        "Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place (0-10000000; 0: never).",
+    ),
+    (
+        "sync.verify_interval",
+        "Seconds between two background verification steps (at least 60).",
     ),
     (
         "sync.include_buckets",

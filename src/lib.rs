@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod awdouble;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod devserver;
 pub mod engine;

@@ -194,14 +194,19 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
         Duration::from_secs(config.sync.request_timeout),
         config.sync.gzip,
     )?);
+    let destination = destination_key(&base_url, tokens.as_ref());
+    let mut settings = Settings::from_config(&config.sync);
+    settings.verify_all = args.verify;
     let engine = Engine {
         source,
         upstream: Arc::clone(&upstream) as _,
         tokens,
         store,
-        settings: Settings::from_config(&config.sync),
+        settings,
         hostname: gethostname::gethostname().to_string_lossy().into_owned(),
         metrics: Default::default(),
+        destination,
+        clock: Arc::new(aw_sync_samay::clock::SystemClock),
     };
 
     let code = if args.once {
@@ -243,6 +248,16 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
         server.shutdown().await;
     }
     Ok(code)
+}
+
+/// What the state's records belong to: the upstream and the account.
+fn destination_key(base_url: &str, tokens: &dyn TokenSource) -> aw_sync_samay::state::DestKey {
+    let account = tokens.user_id().unwrap_or_default();
+    aw_sync_samay::state::DestKey {
+        base_url: base_url.trim_end_matches('/').to_string(),
+        label: account.clone(),
+        account,
+    }
 }
 
 /// One cycle with live progress on stderr (redrawn in place on a terminal, a plain line every
@@ -297,6 +312,7 @@ async fn dry_run_command(
         Settings::from_config(&config.sync),
         gethostname::gethostname().to_string_lossy().into_owned(),
         Arc::clone(&sink),
+        destination_key(&config.sync.base_url, &NoToken),
     );
     match engine.run_cycle().await {
         Ok(r) => {

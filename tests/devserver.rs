@@ -66,6 +66,7 @@ fn batch(device: Uuid, events: Vec<UpEvent>) -> BatchRequest {
         sync_timestamp: "2024-05-01T10:05:00Z".into(),
         buckets,
         events,
+        deletions: Vec::new(),
     }
 }
 
@@ -103,7 +104,8 @@ async fn accepts_then_counts_duplicates_and_replaced_versions() {
         answer,
         BatchResponse {
             accepted: 3,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         }
     );
 
@@ -113,7 +115,8 @@ async fn accepts_then_counts_duplicates_and_replaced_versions() {
         answer,
         BatchResponse {
             accepted: 0,
-            duplicates: 3
+            duplicates: 3,
+            deleted: 0
         }
     );
 
@@ -132,7 +135,8 @@ async fn accepts_then_counts_duplicates_and_replaced_versions() {
         answer,
         BatchResponse {
             accepted: 1,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         }
     );
 
@@ -166,7 +170,8 @@ async fn accepts_then_counts_duplicates_and_replaced_versions() {
         answer,
         BatchResponse {
             accepted: 3,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         }
     );
     assert_eq!(stored_events(&server, WINDOW).await.len(), 4);
@@ -184,7 +189,8 @@ async fn replayed_batch_id_returns_the_original_answer_and_changes_nothing() {
         answer,
         BatchResponse {
             accepted: 3,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         }
     );
 
@@ -200,7 +206,8 @@ async fn replayed_batch_id_returns_the_original_answer_and_changes_nothing() {
         answer,
         BatchResponse {
             accepted: 3,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         }
     );
 
@@ -377,7 +384,8 @@ async fn drop_after_store_is_a_network_error_but_the_batch_is_stored() {
         answer,
         BatchResponse {
             accepted: 3,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         }
     );
     assert_eq!(server.faults().counters().batches_stored, 1);
@@ -737,7 +745,8 @@ async fn data_survives_a_restart_on_the_same_database() {
         answer,
         BatchResponse {
             accepted: 3,
-            duplicates: 0
+            duplicates: 0,
+            deleted: 0
         },
         "replay remembered"
     );

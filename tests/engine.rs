@@ -84,14 +84,14 @@ async fn a_grown_heartbeat_event_is_sent_again_as_a_new_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_back_dated_insert_inside_the_lookback_is_delivered_and_older_is_a_known_limit() {
+async fn a_back_dated_insert_is_delivered_inside_the_lookback_and_older() {
     let rig = Rig::new().await;
     rig.bucket("b").await;
     rig.insert("b", &series(5, 60.0, 30, "now")).await;
     let engine = rig.engine(); // lookback 1 h
     engine.run_cycle().await.unwrap();
 
-    // aw-watcher-afk back-dates by minutes; an offline aw-client queue by longer.
+    // aw-watcher-afk back-dates by minutes; an offline aw-client queue by hours.
     rig.insert("b", &[event(ago(40 * 60), 10.0, json!({"late": "inside"}))])
         .await;
     rig.insert(
@@ -100,19 +100,210 @@ async fn a_back_dated_insert_inside_the_lookback_is_delivered_and_older_is_a_kno
     )
     .await;
     let r = engine.run_cycle().await.unwrap();
+    assert_eq!(r.upload.delivered, 2);
+    rig.assert_exact("b").await;
+}
+
+/// Issue 9, as a new user met it on Python aw-server: a bucket whose newest event ended two
+/// hours ago is synced; then (a) heartbeats extend that newest event, (b) an event is inserted
+/// 20 minutes before it, (c) 40 new events are added after it — all about two hours in the
+/// past, older than any lookback behind the wall clock. The read position follows the data,
+/// so all of it arrives, and the cycle after that reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_newer_than_the_synced_data_arrive_whatever_their_timestamps() {
+    let rig = Rig::new().await;
+    rig.bucket("w").await;
+    let client = rig.client();
+    let newest = ago(2 * 3600) - ChronoDuration::seconds(8);
+    rig.insert(
+        "w",
+        &series(29, 60.0, 2 * 3600 + 10, "old"),
+    )
+    .await;
+    let data = json!({"app": "editor", "title": "newest"});
+    for at in [newest, newest + ChronoDuration::milliseconds(7_400)] {
+        client
+            .heartbeat("w", &event(at, 0.0, data.clone()), 120.0)
+            .await
+            .unwrap();
+    }
+    let engine = rig.engine();
+    engine.run_cycle().await.unwrap();
+    rig.assert_exact("w").await;
+
+    // (a) The newest event grows from 7.4 s to 97.4 s.
+    client
+        .heartbeat(
+            "w",
+            &event(newest + ChronoDuration::milliseconds(97_400), 0.0, data),
+            120.0,
+        )
+        .await
+        .unwrap();
+    // (b) An event 20 minutes before it.
+    rig.insert(
+        "w",
+        &[event(newest - ChronoDuration::minutes(20), 5.0, json!({"late": "b"}))],
+    )
+    .await;
+    // (c) 40 new events after it, still about two hours ago.
+    let after: Vec<_> = (0..40)
+        .map(|i| {
+            event(
+                newest + ChronoDuration::seconds(100 + i),
+                0.5,
+                json!({"late": format!("c{i}")}),
+            )
+        })
+        .collect();
+    rig.insert("w", &after).await;
+    let r = engine.run_cycle().await.unwrap();
+    assert_eq!(r.upload.delivered, 1 + 1 + 40, "{r:?}");
+    rig.assert_exact("w").await;
+    let up = rig.upstream_events("w").await;
+    let grown = up
+        .iter()
+        .find(|e| e.data.get("title") == Some(&json!("newest")))
+        .expect("the newest event");
+    assert!((grown.duration - 97.4).abs() < 1e-3, "{}", grown.duration);
+
+    let quiet = engine.run_cycle().await.unwrap();
+    assert_eq!(quiet.upload.delivered, 0);
+    assert!(quiet.buckets["w"].settled, "{:?}", quiet.buckets["w"]);
+    assert_eq!(quiet.buckets["w"].requests, 1, "one count, nothing read");
+}
+
+/// Inserts at any depth — a back-dated event a week old, events from a clock that stepped two
+/// days back — are found without reading the history: the count differs, ranged counts narrow
+/// it down to a few slices, only those are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_dated_inserts_at_any_depth_are_found_without_a_rescan() {
+    let rig = Rig::new().await;
+    rig.bucket("b").await;
+    // Ten days of history, 400 events.
+    rig.insert("b", &series(400, 2_160.0, 600, "h")).await;
+    let engine = rig.engine();
+    engine.run_cycle().await.unwrap();
+
+    rig.insert(
+        "b",
+        &[event(ago(7 * 86_400 + 77), 5.0, json!({"late": "a week"}))],
+    )
+    .await;
+    // A clock that stepped back two days, then went on.
+    let stepped: Vec<_> = (0..3)
+        .map(|i| {
+            event(
+                ago(2 * 86_400) + ChronoDuration::seconds(i * 7),
+                3.0,
+                json!({"late": format!("stepped {i}")}),
+            )
+        })
+        .collect();
+    rig.insert("b", &stepped).await;
+    let r = engine.run_cycle().await.unwrap();
+    assert_eq!(r.upload.delivered, 4, "{r:?}");
+    rig.assert_exact("b").await;
+    let stats = r.buckets["b"];
+    assert!(stats.slices_read >= 1 && stats.slices_read <= 4, "{stats:?}");
+    assert!(stats.read < 100, "not a rescan of 400 events: {stats:?}");
+    assert!(stats.requests <= 60, "{stats:?}");
+
+    let quiet = engine.run_cycle().await.unwrap();
+    assert!(quiet.buckets["b"].settled);
+    assert_eq!(quiet.upload.delivered, 0);
+}
+
+/// Deletions, old and recent, reach the upstream (it deletes its copies); afterwards the state
+/// and aw-server agree and a cycle reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_at_any_depth_reach_the_upstream() {
+    let rig = Rig::new().await;
+    rig.bucket("b").await;
+    rig.insert("b", &series(200, 3_600.0, 600, "h")).await;
+    let engine = rig.engine();
+    engine.run_cycle().await.unwrap();
+    let source = rig.source_events("b").await;
+    let client = rig.client();
+    // Newest first: one recent, two a week old.
+    for i in [1usize, 150, 151] {
+        let id = source[i].id.expect("id");
+        client.delete_event("b", id).await.unwrap();
+    }
+    let r = engine.run_cycle().await.unwrap();
+    assert_eq!(r.buckets["b"].deleted, 3, "{r:?}");
+    assert_eq!(r.upload.deleted, 3);
+    rig.assert_exact("b").await;
+    let quiet = engine.run_cycle().await.unwrap();
+    assert!(quiet.buckets["b"].settled, "{:?}", quiet.buckets["b"]);
+}
+
+/// An old event's data rewritten in place changes neither the count nor the newest data, so a
+/// cycle cannot see it; the background verification re-reads the history a step per interval
+/// and finds it, and `--verify` (a full verification) at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_event_edited_in_place_is_found_by_the_verification() {
+    let rig = Rig::new().await;
+    rig.bucket("b").await;
+    rig.insert("b", &series(60, 7_200.0, 600, "h")).await;
+    let clock = Arc::new(aw_sync_samay::clock::ManualClock::new(chrono::Utc::now()));
+    let mut settings = test_settings();
+    settings.verify_batch = 25;
+    settings.verify_interval = Duration::from_secs(3600);
+    let mut engine = rig.engine_with(settings);
+    engine.clock = clock.clone();
+    engine.run_cycle().await.unwrap();
+
+    let edit = |tag: &'static str| {
+        let rig = &rig;
+        async move {
+            let oldest = rig.source_events("b").await.pop().expect("events");
+            let mut edited = oldest.clone();
+            edited.data.insert("title".into(), json!(tag));
+            // Python aw-server replaces the row that has the id.
+            let url = format!("http://127.0.0.1:{}/api/0/buckets/b/events", rig.aw.port());
+            let status = reqwest::Client::new()
+                .post(url)
+                .json(&[edited])
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success(), "{status}");
+        }
+    };
+    edit("edited").await;
+    let r = engine.run_cycle().await.unwrap();
+    assert!(r.buckets["b"].settled, "the count and the listing are unchanged");
+    assert_eq!(r.upload.delivered, 0);
+    // Each hour a step of 25 events, from the newest down: the oldest is reached in the third.
+    let mut found_in = None;
+    for step in 1..=4 {
+        clock.advance(chrono::TimeDelta::seconds(3601));
+        let r = engine.run_cycle().await.unwrap();
+        assert!(r.verified() > 0, "step {step}: {r:?}");
+        if r.upload.delivered > 0 {
+            found_in = Some(step);
+            break;
+        }
+    }
+    assert_eq!(found_in, Some(3));
+    rig.assert_exact("b").await;
+    // Not due before the interval has passed.
+    assert_eq!(engine.run_cycle().await.unwrap().verified(), 0);
+
+    // `--verify`: everything at once.
+    edit("edited again").await;
+    let mut full = rig.engine();
+    full.settings.verify_all = true;
+    let r = full.run_cycle().await.unwrap();
     assert_eq!(r.upload.delivered, 1);
-    let up = rig.upstream_events("b").await;
-    assert!(up
-        .iter()
-        .any(|e| e.data.get("late") == Some(&json!("inside"))));
-    // Documented limit: a change older than the lookback window is not seen.
-    assert!(!up
-        .iter()
-        .any(|e| e.data.get("late") == Some(&json!("outside"))));
+    assert_eq!(r.verified(), 60);
+    rig.assert_exact("b").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_straddling_the_lookback_start_is_delivered_whole_never_clipped() {
+async fn a_long_event_growing_at_the_top_is_delivered_whole_never_clipped() {
     let rig = Rig::new().await;
     rig.bucket("afk").await;
     let client = rig.client();
@@ -137,10 +328,8 @@ async fn an_event_straddling_the_lookback_start_is_delivered_whole_never_clipped
         .unwrap();
     let r = engine.run_cycle().await.unwrap();
     assert_eq!(r.upload.delivered, 1);
-    assert!(
-        r.buckets["afk"].fetched >= 1,
-        "the clipped copy was replaced by the real event"
-    );
+    // Read newest first with no range, the event is served whole: nothing to fetch.
+    assert_eq!(r.buckets["afk"].fetched, 0);
     let up = rig.upstream_events("afk").await;
     assert_eq!(up.len(), 1);
     // The true start (aw-server keeps milliseconds), three hours back, not the window's start.
@@ -158,7 +347,7 @@ async fn an_event_straddling_the_lookback_start_is_delivered_whole_never_clipped
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_windows_cut_through_long_events_without_clipping_them() {
+async fn catch_up_pages_cut_through_long_events_without_clipping_them() {
     let rig = Rig::new().await;
     rig.bucket("b").await;
     let mut events = series(40, 5_000.0, 86_400 * 4, "before");
@@ -170,7 +359,11 @@ async fn catch_up_windows_cut_through_long_events_without_clipping_them() {
     ));
     events.extend(series(40, 5_000.0, 300, "after"));
     rig.insert("b", &events).await;
-    let r = rig.engine().run_cycle().await.unwrap();
+    // Small catch-up pages: page edges fall inside the long event, so it comes back clipped
+    // and must be fetched whole.
+    let mut settings = test_settings();
+    settings.catchup_page = 10;
+    let r = rig.engine_with(settings).run_cycle().await.unwrap();
     assert_eq!(r.upload.delivered, 81);
     assert!(r.buckets["b"].fetched >= 1);
     rig.assert_exact("b").await;

@@ -167,7 +167,7 @@ async fn a_refused_refresh_waits_for_a_login_and_loses_nothing() {
         .iter()
         .filter_map(|e| e.id)
         .collect();
-    assert!(engine.store.lookup("window", &ids).unwrap().is_empty());
+    assert!(engine.store.lookup_by_name("window", &ids).unwrap().is_empty());
     assert!(rig.upstream_events("window").await.is_empty());
     assert!(engine.store.cycle_record().unwrap().last_error.is_some());
 
@@ -232,7 +232,8 @@ struct StubState {
 
 /// A stand-in for aw-server-rust, which cannot run here (it is not among the installed peers).
 /// It serves only the REST subset the engine reads — `GET /api/0/info`, `GET /api/0/buckets/`,
-/// `GET /api/0/buckets/{id}/events?start&end&limit` and `GET /api/0/buckets/{id}/events/{eid}` —
+/// `GET /api/0/buckets/{id}/events?start&end&limit`, `GET /api/0/buckets/{id}/events/count` and
+/// `GET /api/0/buckets/{id}/events/{eid}` —
 /// and serves it the way aw-server-rust does (its `get_events` SQL and chrono serialisation):
 ///
 /// * events overlapping `[start, end]` inclusively (`endtime >= start AND starttime <= end`),
@@ -268,6 +269,7 @@ impl RustFormatStub {
             .route("/api/0/info", get(stub_info))
             .route("/api/0/buckets/", get(stub_buckets))
             .route("/api/0/buckets/{id}/events", get(stub_events))
+            .route("/api/0/buckets/{id}/events/count", get(stub_count))
             .route("/api/0/buckets/{id}/events/{eid}", get(stub_event))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -443,6 +445,14 @@ async fn stub_event(
             json!({"message": format!("The requested event '{eid}' does not exist in bucket '{id}'")})
                 .to_string(),
         ),
+    }
+}
+
+/// aw-server-rust's count: the whole bucket, whatever the query says.
+async fn stub_count(State(s): State<Arc<StubState>>, Path(id): Path<String>) -> Response {
+    match s.buckets.get(&id) {
+        Some(b) => json_response(StatusCode::OK, b.events.len().to_string()),
+        None => not_found_bucket(&id),
     }
 }
 
@@ -695,6 +705,8 @@ fn engine_with(
         settings,
         hostname: "test-host".into(),
         metrics: Default::default(),
+        destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
+        clock: std::sync::Arc::new(aw_sync_samay::clock::SystemClock),
     }
 }
 
@@ -742,7 +754,7 @@ async fn assert_state_claims_no_more_than_upstream(
     let mut claimed = 0;
     for (id, b) in &stub.state.buckets {
         let ids: Vec<i64> = b.events.iter().map(|e| e.id).collect();
-        for (event_id, known) in engine.store.lookup(id, &ids).unwrap() {
+        for (event_id, known) in engine.store.lookup_by_name(id, &ids).unwrap() {
             claimed += 1;
             let hex = aw_sync_samay::state::hash_hex(&known.hash);
             assert_eq!(

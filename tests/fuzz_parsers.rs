@@ -195,6 +195,8 @@ fn any_sync() -> impl Strategy<Value = SyncConfig> {
                 page_size: page_size as usize,
                 request_timeout,
                 gzip,
+                verify_batch: 5000,
+                verify_interval: 3600,
                 include_buckets,
                 exclude_buckets,
                 start_from,
@@ -279,6 +281,8 @@ fn valid_sync() -> impl Strategy<Value = SyncConfig> {
                 page_size,
                 request_timeout,
                 gzip,
+                verify_batch: 5000,
+                verify_interval: 3600,
                 include_buckets,
                 exclude_buckets,
                 start_from,
@@ -1231,6 +1235,7 @@ fn batch(events: usize) -> aw_sync_samay::upstream::contract::BatchRequest {
                 data: aw_sync_samay::source::model::empty_object(),
             })
             .collect(),
+        deletions: Vec::new(),
     }
 }
 

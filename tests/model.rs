@@ -396,6 +396,10 @@ fn settings() -> Settings {
         linger: Duration::from_millis(1),
         privacy: Default::default(),
         dry_run: false,
+        catchup_page: 50,
+        verify_batch: 0,
+        verify_interval: Duration::from_secs(3600),
+        verify_all: false,
     }
 }
 
@@ -463,6 +467,8 @@ impl Harness {
                 settings: settings(),
                 hostname: "model-host".into(),
                 metrics: Default::default(),
+                destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
+                clock: std::sync::Arc::new(aw_sync_samay::clock::SystemClock),
             });
         }
         self.engine.as_ref().expect("just set")

@@ -215,6 +215,7 @@ async fn dry_run_sends_and_records_nothing_and_reports_redacted_samples() {
         s(),
         "h".into(),
         Arc::clone(&sink),
+        aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
     );
     let r = engine.run_cycle().await.expect("dry run");
     assert_eq!(requests(&rig), 0, "the upstream got no request at all");
@@ -246,6 +247,7 @@ async fn dry_run_sends_and_records_nothing_and_reports_redacted_samples() {
         s(),
         "h".into(),
         Arc::clone(&sink2),
+        aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
     )
     .run_cycle()
     .await

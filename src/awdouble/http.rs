@@ -38,6 +38,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             get(event_get).delete(event_delete),
         )
         .route("/api/0/buckets/{bucket}/heartbeat", post(heartbeat))
+        .route("/api/0/query/", post(query))
+        .route("/api/0/query", post(query))
         .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
@@ -62,7 +64,9 @@ fn error(e: DoubleError) -> Response {
         // A 304 carries no body.
         DoubleError::BucketExists(_) => StatusCode::NOT_MODIFIED.into_response(),
         DoubleError::Invalid(_) => message(StatusCode::BAD_REQUEST, e.to_string()),
-        DoubleError::Full(_) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        DoubleError::Full(_) | DoubleError::Internal(_) => {
+            message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -112,7 +116,7 @@ async fn info(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     }))
 }
 
-fn bucket_json(db: &super::store::Db, id: &str) -> Result<Value, DoubleError> {
+fn bucket_json(db: &super::Db, id: &str) -> Result<Value, DoubleError> {
     let info = db.bucket_info(id)?;
     let span = db.bucket_span(id)?;
     let last_updated = db.last_updated(id)?;
@@ -137,9 +141,9 @@ async fn buckets(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let db = s.read();
     let mut map = Map::new();
     for id in db.bucket_ids() {
-        match bucket_json(&db, id) {
+        match bucket_json(&db, &id) {
             Ok(v) => {
-                map.insert(id.to_owned(), v);
+                map.insert(id, v);
             }
             Err(e) => return error(e),
         }
@@ -260,24 +264,61 @@ async fn events_get(
     }
 }
 
+/// aw-server-rust's count handler passes no range to the datastore: whatever `start`/`end` the
+/// request names, the whole bucket is counted (Python aw-server honours them).
 async fn events_count(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(bucket): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     check_host!(headers);
-    let start = match time_param(&query, "start", "starttime") {
-        Ok(t) => t,
+    let result = tokio::task::spawn_blocking(move || s.read().count(&bucket)).await;
+    match result {
+        Ok(Ok(n)) => json_value(&json!(n)),
+        Ok(Err(e)) => error(e),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /api/0/query/`.
+#[derive(Deserialize)]
+struct QueryRequest {
+    query: Vec<String>,
+    timeperiods: Vec<String>,
+}
+
+async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    check_host!(headers);
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return message(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
+    };
+    let parsed = match super::query::parse(&request.query) {
+        Ok(q) => q,
         Err(m) => return message(StatusCode::BAD_REQUEST, m),
     };
-    let end = match time_param(&query, "end", "endtime") {
-        Ok(t) => t,
+    let periods = match request
+        .timeperiods
+        .iter()
+        .map(|p| super::query::period(p))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(p) => p,
         Err(m) => return message(StatusCode::BAD_REQUEST, m),
     };
-    match s.read().count(&bucket, start, end) {
-        Ok(n) => json_value(&json!(n)),
-        Err(e) => error(e),
+    let result = tokio::task::spawn_blocking(move || {
+        s.read().sum_durations(&parsed.bucket, &periods)
+    })
+    .await;
+    match result {
+        Ok(Ok(sums)) => json_value(&json!(sums)),
+        // aw-server-rust's query errors for a missing bucket are 500 `BucketQueryError`s.
+        Ok(Err(DoubleError::BucketNotFound(b))) => message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Failed to find bucket '{b}'"),
+        ),
+        Ok(Err(e)) => error(e),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -334,7 +375,7 @@ async fn events_create(
                     out.push(b',');
                 }
                 if let Ok(e) = db.get_event(&bucket, *id) {
-                    super::store::write_event_json(&mut out, &e);
+                    super::store::write_event_json(&mut out, &e.as_ref());
                 }
             }
             out.push(b']');
@@ -361,7 +402,7 @@ async fn event_get(
     match db.get_event(&bucket, id) {
         Ok(e) => {
             let mut out = Vec::with_capacity(256);
-            super::store::write_event_json(&mut out, &e);
+            super::store::write_event_json(&mut out, &e.as_ref());
             json_bytes(out)
         }
         Err(e) => error(e),

@@ -50,7 +50,10 @@
 //!   59eaae3 ignored them).
 //! * No `/query`, `/export`, `/import`, settings or key-value endpoints, and no API key.
 
+pub mod db;
 pub mod http;
+pub mod query;
+pub mod sqlite;
 pub mod store;
 pub mod synthetic;
 
@@ -75,7 +78,8 @@ use tower::ServiceExt;
 
 use crate::source::{AwClient, Event, SourceError};
 
-pub use store::{BucketInfo, Db, DoubleError, HeartbeatOutcome, RawEvent};
+pub use db::{Db, Storage};
+pub use store::{BucketInfo, DoubleError, HeartbeatOutcome, RawEvent};
 
 /// The version `/api/0/info` reports: aw-server-rust's shape, marked as the double.
 pub const VERSION: &str = "v0.13.1 (rust, samay-aw-double)";
@@ -91,6 +95,8 @@ pub struct AwDoubleConfig {
     pub hostname: String,
     /// What `/api/0/info` reports as `testing`.
     pub testing: bool,
+    /// In memory (fast, for tests) or SQLite like aw-server-rust (its read costs).
+    pub storage: Storage,
 }
 
 impl Default for AwDoubleConfig {
@@ -99,6 +105,7 @@ impl Default for AwDoubleConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             hostname: "aw-double".to_string(),
             testing: true,
+            storage: Storage::Memory,
         }
     }
 }
@@ -178,8 +185,9 @@ impl AwDouble {
             .await
             .with_context(|| format!("binding {}", cfg.bind))?;
         let addr = listener.local_addr()?;
+        let db = Db::open(&cfg.storage).context("opening the double's datastore")?;
         let shared = Arc::new(Shared {
-            db: RwLock::new(Db::default()),
+            db: RwLock::new(db),
             device_id: RwLock::new(uuid::Uuid::new_v4().to_string()),
             hostname: cfg.hostname,
             testing: cfg.testing,
@@ -273,7 +281,7 @@ impl AwDouble {
     pub async fn replace_database(&self) -> anyhow::Result<()> {
         let was_running = self.is_running();
         self.stop().await;
-        *self.shared.write() = Db::default();
+        self.shared.write().clear()?;
         *self
             .shared
             .device_id
@@ -298,14 +306,9 @@ impl AwDouble {
         client: &str,
         hostname: &str,
     ) -> Result<(), DoubleError> {
-        self.shared.write().create_bucket(BucketInfo {
-            id: id.to_owned(),
-            bucket_type: bucket_type.to_owned(),
-            client: client.to_owned(),
-            hostname: hostname.to_owned(),
-            created: chrono::Utc::now(),
-            data: Map::new(),
-        })
+        self.shared
+            .write()
+            .create_bucket_at(id, bucket_type, client, hostname, chrono::Utc::now())
     }
 
     pub fn delete_bucket(&self, id: &str) -> Result<(), DoubleError> {
@@ -359,7 +362,7 @@ impl AwDouble {
 
     /// Bucket ids, sorted.
     pub fn bucket_ids(&self) -> Vec<String> {
-        self.shared.read().bucket_ids().map(str::to_owned).collect()
+        self.shared.read().bucket_ids()
     }
 
     /// Runs `f` with the store locked for writing: for many operations at once (a model-based
@@ -379,12 +382,8 @@ impl AwDouble {
                 Err(e) => return Err(e),
             }
         }
-        let mut n = 0;
-        for (i, raw) in synthetic::events(spec) {
-            db.insert_raw(&buckets[i].info.id, std::iter::once(raw))?;
-            n += 1;
-        }
-        Ok(n)
+        let ids: Vec<&str> = buckets.iter().map(|b| b.info.id.as_str()).collect();
+        db.insert_many(synthetic::events(spec).map(|(i, raw)| (ids[i], raw)))
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {

@@ -37,6 +37,9 @@ pub enum DoubleError {
     /// The bucket's data arena passed 4 GiB (the row stores 32-bit offsets to stay compact).
     #[error("bucket '{0}' holds more than 4 GiB of event data")]
     Full(String),
+    /// 500: the SQLite store failed (aw-server-rust's `InternalError`).
+    #[error("Internal error: {0}")]
+    Internal(String),
 }
 
 /// An event ready for storage: what the synthetic generator produces and what the HTTP layer
@@ -147,7 +150,7 @@ pub struct EventRef<'a> {
 
 impl EventRef<'_> {
     /// As the client model; a data text that does not parse (only possible through
-    /// [`Db::insert_raw`] with bad input) reads as empty.
+    /// [`MemDb::insert_raw`] with bad input) reads as empty.
     pub fn to_event(&self) -> Event {
         Event {
             id: Some(self.id),
@@ -156,6 +159,40 @@ impl EventRef<'_> {
             data: serde_json::from_str(self.data).unwrap_or_default(),
         }
     }
+}
+
+/// An event read by id: owned, so every store can hand it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub start: i64,
+    pub end: i64,
+    pub data: String,
+}
+
+impl StoredEvent {
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            id: self.id,
+            start: self.start,
+            end: self.end,
+            data: &self.data,
+        }
+    }
+
+    pub fn to_event(&self) -> Event {
+        self.as_ref().to_event()
+    }
+}
+
+/// A heartbeat's `pulsetime` in nanoseconds; negative or NaN is refused as aw-server-rust does.
+pub fn pulse_nanos(pulsetime: f64) -> Result<i64, DoubleError> {
+    if pulsetime.is_nan() || pulsetime < 0.0 {
+        return Err(DoubleError::Invalid(format!(
+            "Invalid pulsetime: must be non-negative, got {pulsetime}"
+        )));
+    }
+    Ok((pulsetime * 1e9).round().min(i64::MAX as f64) as i64)
 }
 
 /// What a heartbeat did.
@@ -177,21 +214,21 @@ impl HeartbeatOutcome {
 
 /// All buckets and the one id counter they share (SQLite AUTOINCREMENT over one table).
 #[derive(Debug)]
-pub struct Db {
+pub struct MemDb {
     buckets: BTreeMap<String, BucketStore>,
     next_id: i64,
 }
 
-impl Default for Db {
+impl Default for MemDb {
     fn default() -> Self {
-        Db {
+        MemDb {
             buckets: BTreeMap::new(),
             next_id: 1,
         }
     }
 }
 
-impl Db {
+impl MemDb {
     pub fn create_bucket(&mut self, info: BucketInfo) -> Result<(), DoubleError> {
         if self.buckets.contains_key(&info.id) {
             return Err(DoubleError::BucketExists(info.id));
@@ -265,7 +302,7 @@ impl Db {
         Ok(ids)
     }
 
-    /// [`Db::insert`] without ids: the fast path for bulk loads.
+    /// [`MemDb::insert`] without ids: the fast path for bulk loads.
     pub fn insert_raw(
         &mut self,
         bucket: &str,
@@ -350,13 +387,21 @@ impl Db {
     }
 
     /// One event by id, unclipped.
-    pub fn get_event(&self, bucket: &str, id: i64) -> Result<EventRef<'_>, DoubleError> {
+    pub fn get_event(&self, bucket: &str, id: i64) -> Result<StoredEvent, DoubleError> {
         let b = self.bucket(bucket)?;
         b.rows
             .iter()
             .rev()
             .find(|r| r.id == id)
-            .map(|r| b.event_ref(r))
+            .map(|r| {
+                let e = b.event_ref(r);
+                StoredEvent {
+                    id: e.id,
+                    start: e.start,
+                    end: e.end,
+                    data: e.data.to_owned(),
+                }
+            })
             .ok_or_else(|| DoubleError::EventNotFound {
                 bucket: bucket.to_owned(),
                 id,
@@ -402,7 +447,7 @@ impl Db {
         Ok(n)
     }
 
-    /// `GET .../events/count` with the same filter as [`Db::query`].
+    /// `GET .../events/count` with the same filter as [`MemDb::query`].
     pub fn count(
         &self,
         bucket: &str,
@@ -410,6 +455,25 @@ impl Db {
         end: Option<i64>,
     ) -> Result<usize, DoubleError> {
         self.query(bucket, start, end, None, |_| {})
+    }
+
+    /// The query API's `sum_durations(query_bucket(bucket))` per timeperiod `(start, end)`:
+    /// the clipped durations of the events overlapping each, in float seconds.
+    pub fn sum_durations(
+        &self,
+        bucket: &str,
+        periods: &[(i64, i64)],
+    ) -> Result<Vec<f64>, DoubleError> {
+        periods
+            .iter()
+            .map(|&(s, e)| {
+                let mut total: i64 = 0;
+                self.query(bucket, Some(s), Some(e), None, |ev| {
+                    total = total.saturating_add(ev.end - ev.start)
+                })?;
+                Ok(total as f64 / 1e9)
+            })
+            .collect()
     }
 
     /// Every event of the bucket, newest first, unclipped.
@@ -436,12 +500,7 @@ impl Db {
         heartbeat: RawEvent,
         pulsetime: f64,
     ) -> Result<HeartbeatOutcome, DoubleError> {
-        if pulsetime.is_nan() || pulsetime < 0.0 {
-            return Err(DoubleError::Invalid(format!(
-                "Invalid pulsetime: must be non-negative, got {pulsetime}"
-            )));
-        }
-        let pulse_ns = (pulsetime * 1e9).round().min(i64::MAX as f64) as i64;
+        let pulse_ns = pulse_nanos(pulsetime)?;
         let hb_end = heartbeat
             .timestamp_ns
             .checked_add(heartbeat.duration_ns)
@@ -551,7 +610,7 @@ impl BucketStore {
 }
 
 /// Data equality as aw-server-rust decides it (`serde_json::Map` ==), for texts that differ.
-fn same_json(a: &str, b: &str) -> bool {
+pub(super) fn same_json(a: &str, b: &str) -> bool {
     match (
         serde_json::from_str::<Map<String, Value>>(a),
         serde_json::from_str::<Map<String, Value>>(b),
@@ -670,8 +729,8 @@ mod tests {
         }
     }
 
-    fn db_with(events: &[(i64, i64)]) -> Db {
-        let mut db = Db::default();
+    fn db_with(events: &[(i64, i64)]) -> MemDb {
+        let mut db = MemDb::default();
         db.create_bucket(info("b")).unwrap();
         db.insert_raw(
             "b",
@@ -685,7 +744,7 @@ mod tests {
     }
 
     fn q(
-        db: &Db,
+        db: &MemDb,
         start: Option<i64>,
         end: Option<i64>,
         limit: Option<u64>,

@@ -1,7 +1,9 @@
-//! samay-aw-double: the in-memory aw-server double, standalone, for manual runs and scripts.
+//! samay-aw-double: the aw-server double, standalone, for manual runs, scripts and the
+//! benchmark (which measures its CPU time as the server's).
 //!
 //! ```sh
 //! samay-aw-double --port 5666 --events 1000000 --seed 1 --span-days 7
+//! samay-aw-double --storage sqlite --db /tmp/aw.sqlite --events 1000000   # aw-server-rust's costs
 //! aw-sync-samay --testing --dev --once
 //! ```
 
@@ -9,14 +11,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::Context;
-use aw_sync_samay::awdouble::{synthetic, AwDouble, AwDoubleConfig};
+use aw_sync_samay::awdouble::{synthetic, AwDouble, AwDoubleConfig, Storage};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "samay-aw-double",
     version,
-    about = "An in-memory aw-server (aw-server-rust's REST API) for tests and benchmarks"
+    about = "An aw-server stand-in (aw-server-rust's REST API) for tests and benchmarks"
 )]
 struct Args {
     /// Loopback address to listen on.
@@ -37,6 +39,13 @@ struct Args {
     /// Hostname in `/api/0/info` and in the synthetic bucket ids.
     #[arg(long, default_value = "synthetic")]
     hostname: String,
+    /// `memory` (fast) or `sqlite` (aw-server-rust's schema, index and queries: its costs).
+    #[arg(long, value_parser = ["memory", "sqlite"], default_value = "memory")]
+    storage: String,
+    /// With `--storage sqlite`: the database file (kept; loaded only when it holds no
+    /// buckets). Without it the SQLite database is in memory.
+    #[arg(long, value_name = "FILE")]
+    db: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -49,13 +58,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let storage = match args.storage.as_str() {
+        "sqlite" => Storage::Sqlite(args.db.clone()),
+        _ => {
+            anyhow::ensure!(args.db.is_none(), "--db needs --storage sqlite");
+            Storage::Memory
+        }
+    };
     let double = AwDouble::spawn(AwDoubleConfig {
         bind: SocketAddr::new(args.host, args.port),
         hostname: args.hostname.clone(),
         testing: true,
+        storage,
     })
     .await?;
-    if args.events > 0 {
+    if args.events > 0 && !double.bucket_ids().is_empty() {
+        eprintln!(
+            "the database already holds buckets {:?}: not loading synthetic events",
+            double.bucket_ids()
+        );
+    } else if args.events > 0 {
         let spec = synthetic::Spec {
             events: args.events,
             seed: args.seed,

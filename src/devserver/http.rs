@@ -22,7 +22,7 @@ use super::faults::{After, BatchStage, Before, Faults, RequestRecord};
 use super::oidc::{self, Bearer, Provider};
 use super::page;
 use super::store::{IncomingBatch, Outcome, Store};
-use crate::upstream::contract::{BatchResponse, BucketMeta, ErrorResponse, UpEvent};
+use crate::upstream::contract::{BatchResponse, BucketMeta, Deletion, ErrorResponse, UpEvent};
 
 /// Bearer token → the user (subject) it authenticates. Shared so an OAuth provider running in
 /// the same process can register the tokens it issues.
@@ -152,6 +152,8 @@ struct Envelope {
     #[serde(default)]
     buckets: BTreeMap<String, Value>,
     events: Vec<Value>,
+    #[serde(default)]
+    deletions: Vec<Deletion>,
 }
 
 /// Why some events of a batch are refused; the batch is stored not at all.
@@ -245,6 +247,7 @@ fn validate(envelope: Envelope, faults: &Faults) -> Result<IncomingBatch, Reject
         hostname: envelope.hostname,
         buckets,
         events,
+        deletions: envelope.deletions,
     })
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::upstream::contract::{BatchResponse, BucketMeta, UpEvent};
+use crate::upstream::contract::{BatchResponse, BucketMeta, Deletion, UpEvent};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
@@ -68,6 +68,8 @@ pub(crate) struct IncomingBatch {
     pub hostname: String,
     pub buckets: BTreeMap<String, BucketMeta>,
     pub events: Vec<UpEvent>,
+    /// Events deleted in the device's aw-server: their stored copies go.
+    pub deletions: Vec<Deletion>,
 }
 
 /// What became of a batch.
@@ -191,6 +193,7 @@ impl Store {
         let mut answer = BatchResponse {
             accepted: 0,
             duplicates: 0,
+            deleted: 0
         };
         for event in &batch.events {
             let stored: Option<String> = tx
@@ -230,6 +233,12 @@ impl Store {
                     )?;
                 }
             }
+        }
+        for d in &batch.deletions {
+            answer.deleted += tx.execute(
+                "DELETE FROM events WHERE user = ?1 AND device_id = ?2 AND bucket_id = ?3 AND event_id = ?4",
+                params![user, device, d.bucket_id, d.event_id],
+            )? as u64;
         }
         let answer_json = serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into());
         tx.execute(

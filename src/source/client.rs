@@ -235,6 +235,63 @@ impl AwClient {
         parse(&url, &bytes)
     }
 
+    /// `GET .../events/count` with `start`/`end` when `range` is given. Python aw-server counts
+    /// the events overlapping the range (with its 24 h pre-filter); aw-server-rust ignores the
+    /// range and counts the whole bucket.
+    pub async fn event_count_in(
+        &self,
+        bucket_id: &str,
+        range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<u64, SourceError> {
+        let bounds = range.map(|(s, e)| (format_timestamp(s), format_timestamp(e)));
+        let query: Vec<(&str, &str)> = match &bounds {
+            Some((s, e)) => vec![("start", s), ("end", e)],
+            None => Vec::new(),
+        };
+        let url = self.url(&["buckets", bucket_id, "events", "count"], &query);
+        let bytes = self
+            .send_ok(self.request(Method::GET, &url), &url, Some(bucket_id))
+            .await?;
+        parse(&url, &bytes)
+    }
+
+    /// `POST /api/0/query/` computing `sum_durations(query_bucket(bucket))` for each period in
+    /// one request: the clipped durations of the events overlapping each, in seconds.
+    /// aw-server-rust answers it; Python aw-server 0.12 fails to serialise the result (500).
+    pub async fn sum_durations(
+        &self,
+        bucket_id: &str,
+        periods: &[(DateTime<Utc>, DateTime<Utc>)],
+    ) -> Result<Vec<f64>, SourceError> {
+        let url = format!("{}/api/0/query/", self.base_url);
+        // The query language's strings have no documented escapes: an id that would need one
+        // is not asked about (the caller falls back to reading).
+        if bucket_id.contains(['"', '\\', '\n', '\r']) {
+            return Err(SourceError::Malformed {
+                url,
+                detail: format!("bucket id {bucket_id:?} cannot be quoted in a query"),
+            });
+        }
+        let body = serde_json::json!({
+            "query": [format!("events = query_bucket(\"{bucket_id}\");"), "RETURN = sum_durations(events);"],
+            "timeperiods": periods
+                .iter()
+                .map(|(s, e)| format!("{}/{}", format_timestamp(*s), format_timestamp(*e)))
+                .collect::<Vec<_>>(),
+        });
+        let bytes = self
+            .send_ok(self.request(Method::POST, &url).json(&body), &url, None)
+            .await?;
+        let sums: Vec<f64> = parse(&url, &bytes)?;
+        if sums.len() != periods.len() {
+            return Err(SourceError::Malformed {
+                url,
+                detail: format!("{} results for {} timeperiods", sums.len(), periods.len()),
+            });
+        }
+        Ok(sums)
+    }
+
     /// `POST /api/0/buckets/{id}`. Returns `true` if created, `false` if it already existed
     /// (both servers answer 304 then, and leave the existing bucket untouched).
     pub async fn create_bucket(

@@ -7,4 +7,91 @@ mod client;
 pub mod model;
 
 pub use client::{AwClient, SourceError};
-pub use model::{object_to_raw, Bucket, Event, PageEvent, ServerInfo};
+pub use model::{object_to_raw, Bucket, BucketSpan, Event, PageEvent, ServerInfo};
+
+use crate::auth::BoxFuture;
+
+/// One range read: events overlapping `[start, end]` (nanoseconds; `None`: unbounded), newest
+/// first, at most `limit`. The scan passes whole microseconds: both servers take them, and
+/// Python aw-server keeps no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub limit: u64,
+}
+
+/// What the scan reads from aw-server — the twin of [`crate::upstream::BatchSink`] on the
+/// source side. [`AwClient`] is the real one; the scan's unit tests put a scripted source here.
+pub trait EventSource: Send + Sync {
+    /// Events overlapping the range, newest first, clipped to it (see [`AwClient::get_events`]).
+    fn page<'a>(
+        &'a self,
+        bucket: &'a str,
+        query: PageQuery,
+    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>>;
+
+    /// One event, unclipped; `None` when the bucket has no such event.
+    fn event<'a>(
+        &'a self,
+        bucket: &'a str,
+        id: i64,
+    ) -> BoxFuture<'a, Result<Option<Event>, SourceError>>;
+
+    /// `GET .../events/count`, over `range` when given (Python aw-server honours it,
+    /// aw-server-rust counts the whole bucket whatever the request says).
+    fn count<'a>(
+        &'a self,
+        bucket: &'a str,
+        range: Option<(i64, i64)>,
+    ) -> BoxFuture<'a, Result<u64, SourceError>>;
+
+    /// The query API's `sum_durations(query_bucket(bucket))` for each `[start, end]`, in one
+    /// request; seconds.
+    fn sum_durations<'a>(
+        &'a self,
+        bucket: &'a str,
+        periods: &'a [(i64, i64)],
+    ) -> BoxFuture<'a, Result<Vec<f64>, SourceError>>;
+}
+
+fn at(ns: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(ns)
+}
+
+impl EventSource for AwClient {
+    fn page<'a>(
+        &'a self,
+        bucket: &'a str,
+        q: PageQuery,
+    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>> {
+        Box::pin(self.get_events_as(bucket, q.start.map(at), q.end.map(at), Some(q.limit)))
+    }
+
+    fn event<'a>(
+        &'a self,
+        bucket: &'a str,
+        id: i64,
+    ) -> BoxFuture<'a, Result<Option<Event>, SourceError>> {
+        Box::pin(self.get_event(bucket, id))
+    }
+
+    fn count<'a>(
+        &'a self,
+        bucket: &'a str,
+        range: Option<(i64, i64)>,
+    ) -> BoxFuture<'a, Result<u64, SourceError>> {
+        Box::pin(self.event_count_in(bucket, range.map(|(s, e)| (at(s), at(e)))))
+    }
+
+    fn sum_durations<'a>(
+        &'a self,
+        bucket: &'a str,
+        periods: &'a [(i64, i64)],
+    ) -> BoxFuture<'a, Result<Vec<f64>, SourceError>> {
+        Box::pin(async move {
+            let periods: Vec<_> = periods.iter().map(|&(s, e)| (at(s), at(e))).collect();
+            self.sum_durations(bucket, &periods).await
+        })
+    }
+}

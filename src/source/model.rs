@@ -35,6 +35,41 @@ pub struct Bucket {
     /// failing the whole bucket list.
     #[serde(default, deserialize_with = "null_as_default")]
     pub data: Map<String, Value>,
+    /// aw-server-rust's `metadata`: the start of the bucket's oldest event and the end of its
+    /// latest, from its cache (grown on insert and heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BucketSpan>,
+    /// Python aw-server's `last_updated`: the end of the newest event (by start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
+}
+
+/// `metadata` of aw-server-rust's bucket listing (both ends `null` for an empty bucket).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BucketSpan {
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+impl Bucket {
+    /// What the listing says about the bucket's data, as one string that changes when an
+    /// event is added at either end or the newest event grows (a heartbeat): equal to what was
+    /// recorded means nothing moved at the edges. `None` when the server reports neither
+    /// field, so nothing can be concluded from it.
+    pub fn listing_fingerprint(&self) -> Option<String> {
+        if self.metadata.is_none() && self.last_updated.is_none() {
+            return None;
+        }
+        let span = self.metadata.clone().unwrap_or_default();
+        Some(format!(
+            "{}|{}|{}",
+            span.start.as_deref().unwrap_or("-"),
+            span.end.as_deref().unwrap_or("-"),
+            self.last_updated.as_deref().unwrap_or("-")
+        ))
+    }
 }
 
 /// One event. Timestamps parse from both servers' formats (`...Z` with nanoseconds from

@@ -30,6 +30,17 @@ pub struct BatchRequest {
     /// Metadata of every bucket that has an event in this batch.
     pub buckets: BTreeMap<String, BucketMeta>,
     pub events: Vec<UpEvent>,
+    /// Events deleted in aw-server since they were sent: the backend deletes its copy. Absent
+    /// when there are none, so a backend that predates deletions reads every batch as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletions: Vec<Deletion>,
+}
+
+/// An event that no longer exists in aw-server, by its upstream key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub bucket_id: String,
+    pub event_id: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +85,10 @@ impl UpEvent {
 pub struct BatchResponse {
     pub accepted: u64,
     pub duplicates: u64,
+    /// Of `deletions`, the ones that removed a stored event (the others were unknown or already
+    /// gone). Absent from backends that predate deletions.
+    #[serde(default)]
+    pub deleted: u64,
 }
 
 /// Body of an error answer (optional on any status). For 400/422, `rejected` lists the indexes

@@ -44,6 +44,10 @@ pub fn test_settings() -> Settings {
         linger: Duration::from_millis(5),
         privacy: Default::default(),
         dry_run: false,
+        catchup_page: 50,
+        verify_batch: 0,
+        verify_interval: Duration::from_secs(3600),
+        verify_all: false,
     }
 }
 
@@ -95,6 +99,8 @@ impl Rig {
             settings,
             hostname: "test-host".into(),
             metrics: Default::default(),
+            destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
+            clock: std::sync::Arc::new(aw_sync_samay::clock::SystemClock),
         }
     }
 

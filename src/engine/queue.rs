@@ -1,0 +1,291 @@
+//! The queue between reader and uploader (the "offline queue"), and the claims that keep one
+//! event version from being queued twice.
+//!
+//! It holds at most `offline_queue_size` events. When the upstream is slow or away it fills,
+//! the reader waits, and aw-server keeps the data — nothing is ever dropped, and memory does
+//! not grow with the backlog.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::state::{Acked, EventHash, Mark, Quarantined};
+use crate::upstream::contract::UpEvent;
+
+/// The claim hash of a deletion: no event version hashes to it (it is not a BLAKE3 output
+/// anyone can aim at), so a deletion and a version of the same event never share a claim.
+pub(crate) const DELETION: EventHash = [0xFF; 16];
+
+/// What goes upstream for one event.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    /// A new or changed version.
+    Event(UpEvent),
+    /// The event is gone from aw-server.
+    Deletion { bucket_id: String },
+}
+
+/// An event read and found new, changed or deleted, on its way to the upstream.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    /// What the state records once the upstream acknowledged it (for a deletion: the bucket
+    /// row and event id, with the [`DELETION`] hash).
+    pub acked: Acked,
+    pub body: Body,
+}
+
+impl Pending {
+    pub fn bucket_id(&self) -> &str {
+        match &self.body {
+            Body::Event(e) => &e.bucket_id,
+            Body::Deletion { bucket_id } => bucket_id,
+        }
+    }
+}
+
+/// What flows from the reader to the uploader, in read order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// New, changed or deleted events of one page, in read order.
+    Events(Vec<Pending>),
+    /// Events that cannot be sent (unreadable data): recorded in the quarantine, in order.
+    Quarantine(Vec<Quarantined>),
+    /// A position move, committed with (never before) everything queued before it.
+    Mark(Mark),
+    /// Answered once everything queued before it is delivered and recorded; dropped unanswered
+    /// when the uploader stopped.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The queue, bounded in events.
+///
+/// Events travel a page at a time, not one by one: with one message per event, a full queue
+/// woke the reader for every event the uploader took, and those thread hand-offs cost more than
+/// reading the event. The bound stays exact in events through a semaphore whose permits the
+/// reader takes before sending and the uploader gives back when it takes the events.
+pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
+    let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+    let room = Arc::new(Semaphore::new(capacity));
+    // Pages and marks; the semaphore is the real bound.
+    let (tx, rx) = mpsc::channel(64);
+    (
+        QueueTx {
+            tx,
+            room: Arc::clone(&room),
+            capacity,
+        },
+        QueueRx { rx, room },
+    )
+}
+
+/// The uploader stopped (its own error says why).
+#[derive(Debug)]
+pub(crate) struct QueueClosed;
+
+pub(crate) struct QueueTx {
+    tx: mpsc::Sender<Item>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl QueueTx {
+    /// Waits for room, then queues `events` (in pieces of at most the queue's capacity).
+    pub async fn send_events(&self, mut events: Vec<Pending>) -> Result<(), QueueClosed> {
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(self.capacity));
+            let n = u32::try_from(events.len()).map_err(|_| QueueClosed)?;
+            self.room
+                .acquire_many(n)
+                .await
+                .map_err(|_| QueueClosed)?
+                .forget();
+            self.tx
+                .send(Item::Events(events))
+                .await
+                .map_err(|_| QueueClosed)?;
+            events = rest;
+        }
+        Ok(())
+    }
+
+    pub async fn send(&self, item: Item) -> Result<(), QueueClosed> {
+        self.tx.send(item).await.map_err(|_| QueueClosed)
+    }
+
+    pub async fn mark(&self, m: Mark) -> Result<(), QueueClosed> {
+        self.send(Item::Mark(m)).await
+    }
+
+    /// Waits until everything queued so far is delivered and recorded.
+    pub async fn barrier(&self) -> Result<(), QueueClosed> {
+        let (done, wait) = oneshot::channel();
+        self.send(Item::Barrier(done)).await?;
+        wait.await.map_err(|_| QueueClosed)
+    }
+}
+
+pub(crate) struct QueueRx {
+    rx: mpsc::Receiver<Item>,
+    room: Arc<Semaphore>,
+}
+
+impl QueueRx {
+    /// The next item; taking events makes room for as many.
+    pub async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await;
+        if let Some(Item::Events(events)) = &item {
+            self.room.add_permits(events.len());
+        }
+        item
+    }
+}
+
+impl Drop for QueueRx {
+    /// A reader waiting for room learns that the uploader is gone instead of waiting forever.
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
+/// Events queued but not yet acknowledged, so a copy read twice in one cycle (at a page edge,
+/// or by two passes over the same range) is not queued twice. Bounded by the queue size. Keyed
+/// per bucket row, so the hot path (a claim per event read, a release per event recorded)
+/// allocates nothing.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    map: Mutex<HashMap<i64, HashMap<i64, EventHash>>>,
+}
+
+impl InFlight {
+    /// True when this version was not queued yet (and now is).
+    pub fn claim(&self, row: i64, event_id: i64, hash: EventHash) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.entry(row).or_default().insert(event_id, hash) {
+            Some(old) => old != hash,
+            None => true,
+        }
+    }
+
+    pub fn release(&self, row: i64, event_id: i64, hash: EventHash) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        Self::release_locked(&mut map, row, event_id, hash);
+    }
+
+    /// Releases a recorded batch under one lock.
+    pub fn release_all<'a>(&self, acked: impl Iterator<Item = &'a Acked>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for a in acked {
+            Self::release_locked(&mut map, a.row, a.event_id, a.hash);
+        }
+    }
+
+    fn release_locked(
+        map: &mut HashMap<i64, HashMap<i64, EventHash>>,
+        row: i64,
+        event_id: i64,
+        hash: EventHash,
+    ) {
+        if let Some(ids) = map.get_mut(&row) {
+            if ids.get(&event_id) == Some(&hash) {
+                ids.remove(&event_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Span;
+    use std::time::Duration;
+
+    fn pending(id: i64) -> Pending {
+        Pending {
+            acked: Acked {
+                row: 1,
+                event_id: id,
+                hash: [0; 16],
+                span: Span {
+                    start_ns: id,
+                    duration_ns: 0,
+                },
+            },
+            body: Body::Deletion {
+                bucket_id: "b".into(),
+            },
+        }
+    }
+
+    /// The queue holds at most its capacity in events, however they are chunked, and a reader
+    /// waiting for room is released when the uploader goes away.
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_is_bounded_in_events_and_closes_with_its_reader() {
+        let (tx, mut rx) = queue(5);
+        tx.send_events((0..3).map(pending).collect()).await.unwrap();
+        {
+            // 3 + 3 > 5: the second page waits for room.
+            let second = tx.send_events((3..6).map(pending).collect());
+            tokio::pin!(second);
+            assert!(
+                tokio::time::timeout(Duration::from_secs(60), &mut second)
+                    .await
+                    .is_err(),
+                "no room for 3 more"
+            );
+            let Some(Item::Events(first)) = rx.recv().await else {
+                panic!("the first page")
+            };
+            assert_eq!(first.len(), 3);
+            second.await.unwrap();
+        }
+        // A page larger than the whole queue goes in pieces, never more than 5 at a time.
+        let big = tokio::spawn(async move {
+            let r = tx.send_events((10..22).map(pending).collect()).await;
+            (tx, r)
+        });
+        let mut sizes = Vec::new();
+        while sizes.iter().sum::<usize>() < 3 + 12 {
+            match rx.recv().await {
+                Some(Item::Events(e)) => sizes.push(e.len()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sizes.iter().all(|&n| n <= 5), "{sizes:?}");
+        let (tx, r) = big.await.unwrap();
+        r.unwrap();
+        tx.send_events((30..35).map(pending).collect())
+            .await
+            .unwrap();
+        let blocked = tokio::spawn(async move { tx.send_events(vec![pending(40)]).await });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(
+            blocked.await.unwrap().is_err(),
+            "the reader learns the uploader is gone"
+        );
+    }
+
+    #[test]
+    fn inflight_claims_a_version_once() {
+        let f = InFlight::default();
+        assert!(f.claim(1, 1, [1; 16]));
+        assert!(!f.claim(1, 1, [1; 16]));
+        assert!(f.claim(1, 1, [2; 16]), "a grown version is new");
+        f.release(1, 1, [1; 16]);
+        assert!(
+            !f.claim(1, 1, [2; 16]),
+            "releasing an older version keeps the newer claim"
+        );
+        f.release(1, 1, [2; 16]);
+        assert!(f.claim(1, 1, [2; 16]));
+        assert!(f.claim(2, 1, [2; 16]), "buckets are apart");
+    }
+
+    #[tokio::test]
+    async fn a_barrier_fails_when_the_uploader_is_gone() {
+        let (tx, rx) = queue(5);
+        drop(rx);
+        assert!(tx.barrier().await.is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! Reading one bucket from aw-server: which events are new, changed or gone since the state
+//! last agreed with it — whatever their timestamps, and at a cost aw-server-rust can carry.
+//!
+//! The read position follows the data, never the wall clock: a bucket's state remembers the
+//! start of the newest event a completed pass covered (`top`). Each cycle:
+//!
+//! 1. An interrupted pass (a crash, a failed upload) goes on from where it was recorded.
+//! 2. The bucket listing (its `metadata` end on aw-server-rust, `last_updated` on Python) and
+//!    one whole-bucket count are compared with what the state recorded when it last agreed with
+//!    aw-server. Equal: nothing was added, grown or deleted, and the cycle reads nothing more
+//!    — one request per bucket.
+//! 3. Otherwise a pass reads newest first ([`pages`]) down to `top - lookback`: new events,
+//!    the growth of the newest one and inserts near the newest data, whatever their
+//!    timestamps (a clock that stepped back, a watcher that delivered late).
+//! 4. Once everything read is acknowledged, the count must equal what the state knew plus the
+//!    new events. When it does not, something changed deeper down — a back-dated insert, a
+//!    deletion: [`narrow`] finds the time slices where aw-server and the state disagree, a few
+//!    requests at a time, and reads only those.
+//! 5. A background verification ([`Verify`]) re-reads the history at a bounded rate and
+//!    catches what no count shows (an old event's data rewritten in place).
+
+mod narrow;
+mod pages;
+
+use std::sync::{Arc, Mutex};
+
+use super::queue::{InFlight, QueueTx};
+use super::Metrics;
+use crate::privacy::Redaction;
+use crate::source::{Bucket, EventSource, SourceError};
+use crate::state::{BucketState, Mark, Pass, StateError, Store};
+use pages::{NoProgress, Plan, Progress};
+
+pub use narrow::Caps;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("more than {0} events of bucket {1} share the timestamp {2}")]
+    TooManyTies(usize, String, String),
+    /// The uploader stopped (its own error says why); reading has no point.
+    #[error("the uploader stopped")]
+    UploaderGone,
+}
+
+/// What a scan of one bucket saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Events aw-server returned (including copies re-read at page edges).
+    pub read: u64,
+    /// Events queued for upload (new or changed), and deletions.
+    pub queued: u64,
+    /// Events fetched by id because the range query may have clipped them.
+    pub fetched: u64,
+    /// Events that cannot be represented (timestamp outside 1677–2262, negative duration).
+    pub unrepresentable: u64,
+    /// Events whose data cannot be read or hashed, set aside in the quarantine.
+    pub quarantined: u64,
+    /// Deletions found (events the state knew that aw-server no longer has).
+    pub deleted: u64,
+    /// Time slices read because aw-server and the state disagreed about them.
+    pub slices_read: u64,
+    /// Events re-read by the background verification.
+    pub verified: u64,
+    pub requests: u64,
+    /// Nothing had changed: the cycle only compared the listing and the count.
+    pub settled: bool,
+}
+
+/// How much of the history the background verification re-reads this cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    #[default]
+    Off,
+    /// About this many events per bucket, going on from where the last step stopped.
+    Step(u64),
+    /// Everything, now (`--verify`).
+    Full,
+}
+
+pub(crate) struct Scanner<'a> {
+    pub source: &'a dyn EventSource,
+    pub store: &'a Arc<Store>,
+    pub inflight: &'a InFlight,
+    pub metrics: &'a Metrics,
+    pub tx: &'a QueueTx,
+    /// Events per request when few are expected (the newest events of a settled bucket).
+    pub page_size: usize,
+    /// Events per request while catching up.
+    pub catchup_page: usize,
+    pub lookback_ns: i64,
+    pub start_from_ns: Option<i64>,
+    /// Keys the hashes of redacted fields ([`crate::privacy::keyed_hash`]).
+    pub redaction_key: [u8; 32],
+    pub verify: Verify,
+    /// What this aw-server offers for narrowing down, learnt once per cycle.
+    pub caps: &'a Mutex<Caps>,
+}
+
+/// One bucket being read: what every page is judged against.
+pub(super) struct Ctx<'a> {
+    pub bucket: &'a Bucket,
+    pub state: &'a BucketState,
+    pub redaction: &'a Redaction,
+}
+
+/// The marks a pass records after each page: every event with a start in `(pos, hi]` is read.
+struct PassProgress {
+    row: i64,
+    generation: u32,
+    hi: Option<i64>,
+    floor: Option<i64>,
+}
+
+impl Progress for PassProgress {
+    async fn page_done(
+        &mut self,
+        scanner: &Scanner<'_>,
+        newest: Option<i64>,
+        oldest: i64,
+    ) -> Result<(), ScanError> {
+        let hi = match (self.hi, newest) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(oldest),
+        };
+        scanner
+            .tx
+            .mark(Mark::Pass {
+                row: self.row,
+                generation: self.generation,
+                pass: Pass {
+                    hi,
+                    pos: oldest,
+                    floor: self.floor,
+                },
+            })
+            .await
+            .map_err(|_| ScanError::UploaderGone)
+    }
+}
+
+/// The marks of a verification step.
+struct VerifyProgress {
+    row: i64,
+    generation: u32,
+}
+
+impl Progress for VerifyProgress {
+    async fn page_done(
+        &mut self,
+        scanner: &Scanner<'_>,
+        _: Option<i64>,
+        oldest: i64,
+    ) -> Result<(), ScanError> {
+        scanner
+            .tx
+            .mark(Mark::Verify {
+                row: self.row,
+                generation: self.generation,
+                pos: Some(oldest),
+            })
+            .await
+            .map_err(|_| ScanError::UploaderGone)
+    }
+}
+
+/// What one pass found.
+struct PassResult {
+    /// The newest start covered (`i64::MIN` for an empty bucket).
+    top: i64,
+    new_ids: u64,
+    /// Distinct events read.
+    events: u64,
+    /// It read down to the bucket's first event.
+    bottom: bool,
+}
+
+/// The top of an empty bucket: reading it again always starts from the newest event.
+const EMPTY: i64 = i64::MIN;
+
+impl Scanner<'_> {
+    /// Brings the state of `bucket` (read under generation `state.generation`) in line with
+    /// aw-server: queues what changed, records how far it got.
+    pub async fn scan(
+        &self,
+        bucket: &Bucket,
+        state: &BucketState,
+        redaction: &Redaction,
+    ) -> Result<ScanStats, ScanError> {
+        let ctx = Ctx {
+            bucket,
+            state,
+            redaction,
+        };
+        let mut stats = ScanStats::default();
+        let mut new_ids = 0u64;
+        let mut top = state.top_ns;
+        if let Some(pass) = state.pass {
+            tracing::debug!(bucket = %bucket.id, ?pass, "going on with an interrupted pass");
+            let r = self
+                .pass(&ctx, Some(pass.pos), Some(pass.hi), pass.floor, &mut stats)
+                .await?;
+            new_ids += r.new_ids;
+            top = Some(top.map_or(r.top, |t| t.max(r.top)));
+        }
+        stats.requests += 1;
+        let count = self.source.count(&bucket.id, None).await?;
+        let listing = bucket.listing_fingerprint();
+        let settled = state.pass.is_none()
+            && top.is_some()
+            && listing.is_some()
+            && listing == state.listing_fp
+            && Some(count) == state.count;
+        if settled {
+            stats.settled = true;
+            self.verify_step(&ctx, &mut stats).await?;
+            return Ok(stats);
+        }
+        let floor = self.floor_below(top);
+        let r = self.pass(&ctx, None, top, floor, &mut stats).await?;
+        new_ids += r.new_ids;
+        if top.is_none() {
+            if let Some(s) = self.start_from_ns.filter(|_| !r.bottom) {
+                // Events running across `start_from` are sent whole; the pass stopped at the
+                // first that starts before it, and longer ones start earlier still.
+                let plan = Plan {
+                    start: Some(s),
+                    end: Some(s),
+                    floor: None,
+                    first_limit: self.page_size,
+                    limit: self.page_size,
+                    budget: None,
+                };
+                let out = self
+                    .read(&ctx, plan, false, &mut NoProgress, &mut stats)
+                    .await?;
+                new_ids += out.new_ids;
+            }
+        }
+        // A first pass that read the whole bucket knows what the count must be; otherwise it
+        // is what the state knew plus what is new.
+        let expected = if r.bottom && floor.is_none() {
+            Some(r.events)
+        } else {
+            state.count.map(|c| c + new_ids)
+        };
+        self.reconcile(&ctx, listing, count, expected, &mut stats)
+            .await?;
+        self.verify_step(&ctx, &mut stats).await?;
+        Ok(stats)
+    }
+
+    /// Where a pass stops: `lookback` below the newest data covered (inserts there are read
+    /// by every pass), never below `start_from`. `None`: the bucket's first event.
+    fn floor_below(&self, top: Option<i64>) -> Option<i64> {
+        let below = top.map(|t| t.saturating_sub(self.lookback_ns));
+        match (below, self.start_from_ns) {
+            (Some(b), Some(s)) => Some(b.max(s)),
+            (b, s) => b.or(s),
+        }
+    }
+
+    /// One pass, newest first: from `from` (a recorded position; `None`: the newest event)
+    /// down to `floor`. `hi` is the newest start already known to be covered.
+    async fn pass(
+        &self,
+        ctx: &Ctx<'_>,
+        from: Option<i64>,
+        hi: Option<i64>,
+        floor: Option<i64>,
+        stats: &mut ScanStats,
+    ) -> Result<PassResult, ScanError> {
+        let state = ctx.state;
+        // A settled bucket's newest events fit in a page about the size of what the last
+        // pass saw near its top; a catch-up reads big pages.
+        let first_limit = match (from, hi, state.top_limit) {
+            (None, Some(_), Some(n)) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                n.saturating_add((n / 4).max(16)).min(self.page_size)
+            }
+            (None, Some(_), None) => self.page_size,
+            _ => self.catchup_page,
+        };
+        let plan = Plan {
+            start: None,
+            end: from,
+            floor,
+            first_limit,
+            limit: self.catchup_page,
+            budget: None,
+        };
+        let mut progress = PassProgress {
+            row: state.row,
+            generation: state.generation,
+            hi,
+            floor,
+        };
+        let out = self.read(ctx, plan, false, &mut progress, stats).await?;
+        let top = match (hi, out.newest) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(EMPTY),
+        };
+        let near = top.saturating_sub(self.lookback_ns);
+        let top_limit = out.starts.iter().filter(|&&s| s >= near).count() as u64;
+        self.tx
+            .mark(Mark::Top {
+                row: state.row,
+                generation: state.generation,
+                top_ns: top,
+                top_limit,
+            })
+            .await
+            .map_err(|_| ScanError::UploaderGone)?;
+        Ok(PassResult {
+            top,
+            new_ids: out.new_ids,
+            events: out.events,
+            bottom: out.reached.is_none(),
+        })
+    }
+
+    /// After everything read is acknowledged: when aw-server's count is what the state
+    /// expects, record that they agree; otherwise narrow down where they differ.
+    async fn reconcile(
+        &self,
+        ctx: &Ctx<'_>,
+        listing: Option<String>,
+        count: u64,
+        expected: Option<u64>,
+        stats: &mut ScanStats,
+    ) -> Result<(), ScanError> {
+        let state = ctx.state;
+        let agreed = |count| Mark::Agreed {
+            row: state.row,
+            generation: state.generation,
+            listing_fp: listing.clone(),
+            count,
+        };
+        if expected == Some(count) {
+            return self.mark(agreed(count)).await;
+        }
+        // The mirror must hold everything read so far before it is compared.
+        self.tx.barrier().await.map_err(|_| ScanError::UploaderGone)?;
+        // Events added while the pass read are counted now.
+        stats.requests += 1;
+        let count = self.source.count(&ctx.bucket.id, None).await?;
+        if expected == Some(count) {
+            return self.mark(agreed(count)).await;
+        }
+        tracing::info!(bucket = %ctx.bucket.id, count, ?expected,
+            "aw-server's count differs from what the state knows: looking for inserts and deletions below the newest data");
+        let found = self.narrow(ctx, count, stats).await?;
+        let after = expected.map(|e| (e + found.new).saturating_sub(found.deleted));
+        // Nothing found, or everything explained: aw-server's count is the new baseline
+        // (what cannot be seen through the aggregates — an event that cannot be represented,
+        // one of zero duration on aw-server-rust — is left to the verification). Found but
+        // not explained: the state's own figure, so the next cycle looks again.
+        let baseline = match after {
+            Some(a) if found.any() && a != count => a,
+            _ => count,
+        };
+        self.mark(agreed(baseline)).await
+    }
+
+    async fn mark(&self, m: Mark) -> Result<(), ScanError> {
+        self.tx.mark(m).await.map_err(|_| ScanError::UploaderGone)
+    }
+
+    /// One step of the background verification: re-reads and re-hashes up to the step's
+    /// budget, going down from where the last step stopped; wraps around at the bottom.
+    async fn verify_step(&self, ctx: &Ctx<'_>, stats: &mut ScanStats) -> Result<(), ScanError> {
+        let budget = match self.verify {
+            Verify::Off => return Ok(()),
+            Verify::Step(n) => Some(n.max(1)),
+            Verify::Full => None,
+        };
+        let state = ctx.state;
+        let limit = budget.map_or(self.catchup_page, |b| {
+            self.catchup_page
+                .min(usize::try_from(b).unwrap_or(usize::MAX))
+        });
+        let plan = Plan {
+            start: None,
+            end: state.verify_pos,
+            floor: None,
+            first_limit: limit,
+            limit,
+            budget,
+        };
+        let mut progress = VerifyProgress {
+            row: state.row,
+            generation: state.generation,
+        };
+        let queued = stats.queued;
+        let out = self.read(ctx, plan, false, &mut progress, stats).await?;
+        stats.verified += out.events;
+        if stats.queued > queued {
+            tracing::warn!(bucket = %ctx.bucket.id, differed = stats.queued - queued,
+                "verification found events that differ from what the upstream holds; sending them");
+        }
+        if out.reached.is_none() {
+            self.mark(Mark::Verify {
+                row: state.row,
+                generation: state.generation,
+                pos: None,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,515 @@
+//! Reading a bucket newest first, page by page, and queueing what changed.
+//!
+//! Why newest first, with pages bounded by `end` only: aw-server-rust answers a range read
+//! from its index `(bucketrow, starttime DESC, endtime)`, which bounds `starttime` from above
+//! only. A page that names a `start` and finds fewer than `limit` events walks every older
+//! event of the bucket before it gives up — O(bucket) per page. A page bounded by `end` alone
+//! stops after `limit` rows, always. Python aw-server is indifferent.
+//!
+//! Page edges: a page ends at its oldest start `o`. The next page must include every event
+//! starting at or before `o` (ties at `o` may have been cut by the limit), and aw-server clips
+//! each returned event at the page's `end`. Asking for `end = o` would clip the event right
+//! below the edge — in ActivityWatch data it usually ends exactly where the next one starts —
+//! and make it look possibly clipped. So the next page ends one distinct start higher, at the
+//! second-oldest start of this page: the events at the edge come back once more (and are
+//! skipped by id), and the one below them is served whole. Only an event that overlaps the
+//! edge event can still be clipped; it is fetched by id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use super::{Ctx, ScanError, ScanStats, Scanner};
+use crate::engine::queue::{Body, Pending};
+use crate::source::{object_to_raw, PageEvent, PageQuery, SourceError};
+use crate::state::{
+    event_hash_raw, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined,
+    Span,
+};
+use crate::upstream::contract::UpEvent;
+
+/// Slack (ns) when comparing a returned end with the query's end: the servers round durations
+/// through float seconds (Python to microseconds). Python also rounds the query's end *up* to
+/// the next millisecond, so an end-clipped copy can end up to 1 ms after the query's end.
+pub(super) const END_TOLERANCE: i64 = 2_000;
+/// Python aw-server answers `end = E` with the events starting up to `E` + 1 ms.
+const PYTHON_END_SLACK: i64 = 1_000_000;
+/// A page whose events all share one timestamp is re-read with a doubled limit, up to this
+/// multiple of the page size.
+const MAX_TIE_GROWTH: usize = 64;
+
+pub(super) fn floor_us(ns: i64) -> i64 {
+    ns - ns.rem_euclid(1_000)
+}
+
+pub(super) fn ceil_us(ns: i64) -> i64 {
+    let f = floor_us(ns);
+    if f == ns {
+        ns
+    } else {
+        f.saturating_add(1_000)
+    }
+}
+
+/// One read, newest first.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan {
+    /// `start` of every query (`None`: unbounded, the cheap form); events starting before it
+    /// come back clipped.
+    pub start: Option<i64>,
+    /// `end` of the first page (`None`: the newest events).
+    pub end: Option<i64>,
+    /// Stop once a page reaches below this start (`None`: go to the bottom).
+    pub floor: Option<i64>,
+    pub first_limit: usize,
+    pub limit: usize,
+    /// Stop after about this many events (verification steps).
+    pub budget: Option<u64>,
+}
+
+/// What a read saw.
+#[derive(Debug, Default)]
+pub(super) struct Outcome {
+    /// The newest start read (the first event of the first page).
+    pub newest: Option<i64>,
+    /// Every event with a start above this was read; `None`: everything down to the bottom.
+    pub reached: Option<i64>,
+    /// The ids (aw-server's) read, with their starts, when the caller asked for them.
+    pub ids: Option<HashMap<i64, i64>>,
+    /// Events read whose id the state did not know: what they add to aw-server's count.
+    pub new_ids: u64,
+    /// Distinct events read.
+    pub events: u64,
+    /// Starts of the events read, newest first (for the next pass's first page size).
+    pub starts: Vec<i64>,
+}
+
+/// After each page: what progress to report (the scan turns it into a [`crate::state::Mark`]).
+/// `newest` is the newest start read so far, `oldest` the start above which everything is
+/// read.
+pub(super) trait Progress {
+    async fn page_done(
+        &mut self,
+        scanner: &Scanner<'_>,
+        newest: Option<i64>,
+        oldest: i64,
+    ) -> Result<(), ScanError>;
+}
+
+/// No progress marks (a slice read).
+pub(super) struct NoProgress;
+
+impl Progress for NoProgress {
+    async fn page_done(&mut self, _: &Scanner<'_>, _: Option<i64>, _: i64) -> Result<(), ScanError> {
+        Ok(())
+    }
+}
+
+impl Scanner<'_> {
+    /// Reads `plan`, processing every page, reporting `progress` after each.
+    pub(super) async fn read(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: Plan,
+        collect_ids: bool,
+        progress: &mut impl Progress,
+        stats: &mut ScanStats,
+    ) -> Result<Outcome, ScanError> {
+        let bucket = &ctx.bucket.id;
+        let mut out = Outcome {
+            ids: collect_ids.then(HashMap::new),
+            ..Default::default()
+        };
+        let mut end_q = plan.end.map(ceil_us);
+        let mut limit = plan.first_limit.max(1);
+        // Ids of the previous page that the current one returns again.
+        let mut seen: HashSet<i64> = HashSet::new();
+        stats.requests += 1;
+        let mut page = self.fetch(bucket, plan.start, end_q, limit).await?;
+        loop {
+            let full = page.len() >= limit;
+            tracing::debug!(%bucket, ?end_q, limit, got = page.len(), "page");
+            self.count_read(bucket, page.len() as u64, stats);
+            let starts: Vec<i64> = page
+                .iter()
+                .filter_map(|e| e.timestamp.timestamp_nanos_opt())
+                .collect();
+            let oldest = starts.iter().copied().min();
+            if out.newest.is_none() {
+                out.newest = starts.iter().copied().max();
+            }
+            let below_floor = matches!((plan.floor, oldest), (Some(f), Some(o)) if o < f);
+            let over_budget = plan
+                .budget
+                .is_some_and(|b| out.events + page.len() as u64 >= b);
+            let next = match oldest {
+                Some(o) if full && !below_floor && !over_budget => {
+                    Some(self.next_query(ctx, &page, o, end_q, limit, plan.limit)?)
+                }
+                _ => None,
+            };
+            if next.is_some() {
+                stats.requests += 1;
+            }
+            let fetch_next = async {
+                match &next {
+                    Some((end, limit, _)) => {
+                        Some(self.fetch(bucket, plan.start, Some(*end), *limit).await)
+                    }
+                    None => None,
+                }
+            };
+            let (processed, fetched) = tokio::join!(
+                self.process_page(ctx, plan.start, end_q, &seen, page, &mut out, stats),
+                fetch_next
+            );
+            processed?;
+            // Everything starting after the oldest start is read; ties at it maybe not.
+            let reached = if next.is_none() && !full {
+                None
+            } else {
+                oldest
+            };
+            out.reached = reached;
+            if let Some(o) = reached {
+                progress.page_done(self, out.newest, o).await?;
+            }
+            let (Some((next_end, next_limit, next_seen)), Some(fetched)) = (next, fetched) else {
+                return Ok(out);
+            };
+            page = fetched?;
+            end_q = Some(next_end);
+            limit = next_limit;
+            seen = next_seen;
+        }
+    }
+
+    /// The query after a full page whose oldest start is `o`: `(end, limit, ids of this page
+    /// the next one returns again)`.
+    fn next_query(
+        &self,
+        ctx: &Ctx<'_>,
+        page: &[PageEvent],
+        o: i64,
+        end_q: Option<i64>,
+        limit: usize,
+        page_limit: usize,
+    ) -> Result<(i64, usize, HashSet<i64>), ScanError> {
+        let o2 = page
+            .iter()
+            .filter_map(|e| e.timestamp.timestamp_nanos_opt())
+            .filter(|&s| s > o)
+            .min();
+        let q = o2.map_or(ceil_us(o), |o2| floor_us(o2).max(ceil_us(o)));
+        let again = |q: i64| -> HashSet<i64> {
+            page.iter()
+                .filter(|e| {
+                    e.timestamp
+                        .timestamp_nanos_opt()
+                        .is_some_and(|s| s <= q.saturating_add(PYTHON_END_SLACK))
+                })
+                .filter_map(|e| e.id)
+                .collect()
+        };
+        if end_q.is_none_or(|e| q < e) {
+            let seen = again(q);
+            return Ok((q, page_limit.max(1) + seen.len(), seen));
+        }
+        // Every event of the page starts in the last microsecond below the edge: the same
+        // edge again with a wider page.
+        let wider = limit.saturating_mul(2);
+        if wider > page_limit.max(1).saturating_mul(MAX_TIE_GROWTH) {
+            return Err(ScanError::TooManyTies(
+                limit,
+                ctx.bucket.id.clone(),
+                ns_to_rfc3339(o),
+            ));
+        }
+        let e = end_q.unwrap_or(q);
+        Ok((e, wider, again(e)))
+    }
+
+    async fn fetch(
+        &self,
+        bucket: &str,
+        start: Option<i64>,
+        end: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<PageEvent>, SourceError> {
+        self.source
+            .page(
+                bucket,
+                PageQuery {
+                    start,
+                    end,
+                    limit: limit as u64,
+                },
+            )
+            .await
+    }
+
+    fn count_read(&self, bucket: &str, n: u64, stats: &mut ScanStats) {
+        self.metrics.events_read.fetch_add(n, Ordering::Relaxed);
+        self.metrics.source_requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bucket(bucket)
+            .read
+            .fetch_add(n, Ordering::Relaxed);
+        stats.read += n;
+    }
+
+    /// Hashes one page's events and queues those the upstream does not hold as they are.
+    #[allow(clippy::too_many_arguments)]
+    async fn process_page(
+        &self,
+        ctx: &Ctx<'_>,
+        start_q: Option<i64>,
+        end_q: Option<i64>,
+        seen: &HashSet<i64>,
+        page: Vec<PageEvent>,
+        out: &mut Outcome,
+        stats: &mut ScanStats,
+    ) -> Result<(), ScanError> {
+        let (bucket, state) = (ctx.bucket, ctx.state);
+        let mut candidates = Vec::with_capacity(page.len());
+        for ev in page {
+            let Some(id) = ev.id else {
+                tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
+                continue;
+            };
+            if seen.contains(&id) {
+                continue; // read whole on the previous page
+            }
+            let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
+                stats.unrepresentable += 1;
+                tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
+                    "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
+                continue;
+            };
+            let Some(up_id) = upstream_event_id(state.generation, id) else {
+                tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
+                continue;
+            };
+            candidates.push((ev, ret, id, up_id));
+        }
+        // What the state holds of the copies that may be clipped, to skip fetching the
+        // unchanged ones.
+        let edges: Vec<i64> = candidates
+            .iter()
+            .filter(|c| clipped(start_q, end_q, c.1).any())
+            .map(|c| c.3)
+            .collect();
+        let held = self.lookup(state.row, edges).await?;
+        let mut claimed = Vec::with_capacity(candidates.len());
+        let mut quarantined = Vec::new();
+        for (ev, ret, id, up_id) in candidates {
+            let clip = clipped(start_q, end_q, ret);
+            let event = if clip.any() {
+                let known = held.get(&up_id).filter(|k| !k.deleted);
+                if known.is_some_and(|k| clip.unchanged(k, ret)) {
+                    // The part of an event the state holds that lies beyond this read's
+                    // range is read by the read that covers it.
+                    if let Some(ids) = out.ids.as_mut() {
+                        ids.insert(id, known.map_or(ret.start_ns, |k| k.start_ns));
+                    }
+                    continue;
+                }
+                stats.requests += 1;
+                stats.fetched += 1;
+                tracing::debug!(bucket = %bucket.id, id, ?clip, "fetching a possibly clipped event by id");
+                match self.source.event(&bucket.id, id).await {
+                    Ok(Some(e)) => PageEvent::from_event(e),
+                    Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                ev
+            };
+            let Some(span) = Span::new(&event.timestamp, event.duration) else {
+                stats.unrepresentable += 1;
+                continue;
+            };
+            if let Some(ids) = out.ids.as_mut() {
+                ids.insert(id, span.start_ns);
+            }
+            out.events += 1;
+            out.starts.push(span.start_ns);
+            // The range query returns what overlaps; an event that ended before `start_from`
+            // (or at it, having started before) is not uploaded. One running across it is sent
+            // whole: clipping it would invent an event aw-server never had.
+            if let Some(s) = self.start_from_ns {
+                if span.end_ns() <= s && span.start_ns < s {
+                    continue;
+                }
+            }
+            match self.prepare(ctx, id, up_id, span, event) {
+                Ok(p) => {
+                    // Claim before asking the state: the uploader records an acknowledgement
+                    // before it releases the claim, so one of the two checks always sees the
+                    // other side's work and a version is never queued twice.
+                    if self.inflight.claim(state.row, up_id, p.acked.hash) {
+                        claimed.push(p);
+                    }
+                }
+                Err(q) => quarantined.push(q),
+            }
+        }
+        let known = self
+            .lookup(
+                state.row,
+                claimed.iter().map(|p| p.acked.event_id).collect(),
+            )
+            .await?;
+        let mut batch = Vec::with_capacity(claimed.len());
+        for p in claimed {
+            let a = &p.acked;
+            match known.get(&a.event_id) {
+                Some(k) if !k.deleted && k.hash == a.hash => {
+                    self.inflight.release(a.row, a.event_id, a.hash);
+                }
+                Some(k) if !k.deleted => batch.push(p),
+                _ => {
+                    out.new_ids += 1;
+                    batch.push(p);
+                }
+            }
+        }
+        stats.queued += batch.len() as u64;
+        self.tx
+            .send_events(batch)
+            .await
+            .map_err(|_| ScanError::UploaderGone)?;
+        if !quarantined.is_empty() {
+            stats.quarantined += quarantined.len() as u64;
+            self.tx
+                .send(crate::engine::queue::Item::Quarantine(quarantined))
+                .await
+                .map_err(|_| ScanError::UploaderGone)?;
+        }
+        Ok(())
+    }
+
+    /// The upload of one event, redacted and hashed; an event whose data cannot be walked
+    /// (nested deeper than the hash allows, or not JSON after all) is set aside with the
+    /// reason instead, so the events around it still flow.
+    fn prepare(
+        &self,
+        ctx: &Ctx<'_>,
+        id: i64,
+        up_id: i64,
+        span: Span,
+        mut event: PageEvent,
+    ) -> Result<Pending, Quarantined> {
+        let bucket = ctx.bucket;
+        let quarantine = |reason: String, data: &str| {
+            tracing::warn!(bucket = %bucket.id, id, %reason, "event set aside in the quarantine (see --status)");
+            Quarantined {
+                acked: Acked {
+                    row: ctx.state.row,
+                    event_id: up_id,
+                    // What identifies this unreadable version: its text.
+                    hash: blake3_16(data),
+                    span,
+                },
+                reason,
+                event_json: format!(
+                    "{{\"id\":{id},\"timestamp\":\"{}\",\"duration\":{},\"data\":{data}}}",
+                    ns_to_rfc3339(span.start_ns),
+                    event.duration
+                ),
+            }
+        };
+        // Redacted before hashing: the hash, and so the dedupe, is of what is sent.
+        if !ctx.redaction.is_empty() {
+            let mut data = match event.data_map() {
+                Ok(d) => d,
+                Err(e) => {
+                    let text = event.data.get().to_owned();
+                    return Err(quarantine(format!("event data cannot be read: {e}"), &text));
+                }
+            };
+            ctx.redaction.apply(&self.redaction_key, &mut data);
+            event.data = object_to_raw(&data);
+        }
+        let hash = match event_hash_raw(span, &event.data) {
+            Ok(h) => h,
+            Err(e) => {
+                let text = event.data.get().to_owned();
+                return Err(quarantine(format!("event data cannot be hashed: {e}"), &text));
+            }
+        };
+        Ok(Pending {
+            acked: Acked {
+                row: ctx.state.row,
+                event_id: up_id,
+                hash,
+                span,
+            },
+            body: Body::Event(UpEvent {
+                bucket_id: bucket.id.clone(),
+                event_id: up_id,
+                hash: hash_hex(&hash),
+                timestamp: ns_to_rfc3339(span.start_ns),
+                duration: event.duration,
+                data: event.data,
+            }),
+        })
+    }
+
+    /// The state's record of these upstream ids, off the async threads.
+    pub(super) async fn lookup(
+        &self,
+        row: i64,
+        ids: Vec<i64>,
+    ) -> Result<HashMap<i64, Known>, ScanError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let store = std::sync::Arc::clone(self.store);
+        tokio::task::spawn_blocking(move || store.lookup(row, &ids))
+            .await
+            .map_err(|e| ScanError::State(crate::state::StateError::Task(e.to_string())))?
+            .map_err(ScanError::State)
+    }
+}
+
+/// A 128-bit BLAKE3 of text, for a version that cannot be hashed canonically.
+fn blake3_16(text: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&blake3::hash(text.as_bytes()).as_bytes()[..16]);
+    out
+}
+
+/// Whether a returned copy may be clipped at the query's start or end.
+#[derive(Debug, Clone, Copy)]
+struct Clip {
+    start: bool,
+    end: bool,
+}
+
+fn clipped(start_q: Option<i64>, end_q: Option<i64>, ret: Span) -> Clip {
+    Clip {
+        // Unclipped copies start after the query's start and end before its end; anything at
+        // or beyond either edge may be clipped, whichever server rounded how.
+        start: start_q.is_some_and(|s| ret.start_ns <= s),
+        end: end_q.is_some_and(|e| ret.end_ns() >= e - END_TOLERANCE),
+    }
+}
+
+impl Clip {
+    fn any(self) -> bool {
+        self.start || self.end
+    }
+
+    /// Whether a possibly clipped copy shows nothing new about the event the state holds:
+    /// heartbeats only move an event's end, so a copy clipped at the start whose end is the
+    /// recorded one is unchanged, and one clipped at the end that starts where the recorded
+    /// one starts and reaches past the edge holds nothing this read can judge.
+    fn unchanged(self, k: &Known, ret: Span) -> bool {
+        match (self.start, self.end) {
+            (true, false) => k.start_ns < ret.start_ns && k.end_ns == ret.end_ns(),
+            (false, true) => k.start_ns == ret.start_ns && k.end_ns >= ret.end_ns(),
+            _ => k.start_ns <= ret.start_ns && k.end_ns >= ret.end_ns(),
+        }
+    }
+}
+
