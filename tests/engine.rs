@@ -115,11 +115,8 @@ async fn late_events_newer_than_the_synced_data_arrive_whatever_their_timestamps
     rig.bucket("w").await;
     let client = rig.client();
     let newest = ago(2 * 3600) - ChronoDuration::seconds(8);
-    rig.insert(
-        "w",
-        &series(29, 60.0, 2 * 3600 + 10, "old"),
-    )
-    .await;
+    rig.insert("w", &series(29, 60.0, 2 * 3600 + 10, "old"))
+        .await;
     let data = json!({"app": "editor", "title": "newest"});
     for at in [newest, newest + ChronoDuration::milliseconds(7_400)] {
         client
@@ -143,7 +140,11 @@ async fn late_events_newer_than_the_synced_data_arrive_whatever_their_timestamps
     // (b) An event 20 minutes before it.
     rig.insert(
         "w",
-        &[event(newest - ChronoDuration::minutes(20), 5.0, json!({"late": "b"}))],
+        &[event(
+            newest - ChronoDuration::minutes(20),
+            5.0,
+            json!({"late": "b"}),
+        )],
     )
     .await;
     // (c) 40 new events after it, still about two hours ago.
@@ -205,7 +206,10 @@ async fn back_dated_inserts_at_any_depth_are_found_without_a_rescan() {
     assert_eq!(r.upload.delivered, 4, "{r:?}");
     rig.assert_exact("b").await;
     let stats = r.buckets["b"];
-    assert!(stats.slices_read >= 1 && stats.slices_read <= 4, "{stats:?}");
+    assert!(
+        stats.slices_read >= 1 && stats.slices_read <= 4,
+        "{stats:?}"
+    );
     assert!(stats.read < 100, "not a rescan of 400 events: {stats:?}");
     assert!(stats.requests <= 60, "{stats:?}");
 
@@ -274,7 +278,10 @@ async fn an_old_event_edited_in_place_is_found_by_the_verification() {
     };
     edit("edited").await;
     let r = engine.run_cycle().await.unwrap();
-    assert!(r.buckets["b"].settled, "the count and the listing are unchanged");
+    assert!(
+        r.buckets["b"].settled,
+        "the count and the listing are unchanged"
+    );
     assert_eq!(r.upload.delivered, 0);
     // Each hour a step of 25 events, from the newest down: the oldest is reached in the third.
     let mut found_in = None;

@@ -167,7 +167,11 @@ async fn a_refused_refresh_waits_for_a_login_and_loses_nothing() {
         .iter()
         .filter_map(|e| e.id)
         .collect();
-    assert!(engine.store.lookup_by_name("window", &ids).unwrap().is_empty());
+    assert!(engine
+        .store
+        .lookup_by_name("window", &ids)
+        .unwrap()
+        .is_empty());
     assert!(rig.upstream_events("window").await.is_empty());
     assert!(engine.store.cycle_record().unwrap().last_error.is_some());
 
@@ -471,7 +475,7 @@ fn stub_event_from(e: &Event) -> StubEvent {
 // ---------------------------------------------------------------------------------------------
 
 /// Realistic watcher data with nested values, unicode, floats, booleans and null, across days,
-/// with a long event that every one-day catch-up window boundary cuts, and ties.
+/// with long events that page edges cut, and ties.
 async fn fill_python(rig: &Rig) -> Vec<String> {
     let client = rig.client();
     let buckets = [
@@ -495,6 +499,14 @@ async fn fill_python(rig: &Rig) -> Vec<String> {
             json!({"z": [1, {"y": null, "b": true}], "a": "Grüße 🚀 \"q\""}),
         );
     }
+    // A long event across fifteen others: newest-first pages have edges inside it, where it
+    // comes back clipped.
+    let long_start = w[15].timestamp + chrono::Duration::seconds(1);
+    w.push(event(
+        long_start,
+        15.0 * 9_000.0,
+        json!({"app": "long", "title": "across page edges"}),
+    ));
     let tie = ago(20_000);
     for k in 0..3 {
         w.push(event(
@@ -583,7 +595,7 @@ async fn rust_and_python_formats_of_the_same_events_store_the_same_hashes() {
             },
         );
     }
-    assert_eq!(total, 45 + 3 + 13 + 25);
+    assert_eq!(total, 45 + 1 + 3 + 13 + 25);
     assert_eq!(report_a.upload.delivered as usize, total);
     let stub = RustFormatStub::start(
         info.device_id
@@ -879,7 +891,7 @@ async fn malformed_or_failing_event_answers_fail_the_cycle_cleanly_and_record_no
     // server is healthy again the next cycle completes the bucket exactly.
     stub.set_fault(Some(FaultPlan {
         fault: Fault::Garbage,
-        from_request: 5,
+        from_request: 3,
         bucket: None,
     }));
     let engine = engine_on(&dev, stub.client(), dir.path(), "state-mid.sqlite");

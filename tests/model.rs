@@ -1,27 +1,33 @@
-//! Model-based property test of the cursor/dedupe logic (issue 5).
+//! Model-based property test of the read positions, counts and dedupe (issues 5 and 9).
 //!
 //! proptest generates sequences of what happens around a running sync — inserts, heartbeats that
-//! extend the newest event, back-dated inserts inside and beyond the lookback, deletions,
-//! aw-server restarts and outages, a replaced aw-server database, upstream faults, process
-//! crashes mid-cycle, sync cycles — and plays them against the real engine (in-process, with the
-//! in-memory aw-server double as its source and the real dev upstream). A small model follows
-//! what the upstream must end up holding:
+//! extend the newest event, back-dated inserts inside the lookback and at random depths (up to
+//! a month back, older than any lookback), deletions at any depth, aw-server restarts and
+//! outages, a replaced aw-server database, upstream faults, process crashes mid-cycle, sync
+//! cycles — and plays them against the real engine (in-process, with the aw-server double —
+//! aw-server-rust's semantics: counts ignore ranges, so deep changes are found through sums of
+//! durations — as its source and the real dev upstream). A small model follows what the
+//! upstream must end up holding:
 //!
 //! * every event aw-server holds is a list of versions (a heartbeat that grows it adds one);
-//!   its latest version is **required** upstream when it is within what the sync promises —
-//!   the bucket was never scanned since it (re)appeared, or the version ends no earlier than
-//!   `lookback` before the end of the last cycle (the cursor is never later than that);
-//!   otherwise it **may** be there (the documented lookback limit);
-//! * a deleted event, and every event of a replaced database, **may** stay upstream with any
-//!   version it had (deletions are not propagated), under the generation its database was read
-//!   in (`generation << 40 | id`).
+//!   after a successful cycle its latest version is **required** upstream — unless it lies
+//!   deeper than `lookback` below the newest data and has no duration (a sum of durations
+//!   cannot see it), or, between the same two cycles, the bucket had a deletion (which may
+//!   leave aw-server's count and its bucket listing as they were) or a heartbeat grew an event
+//!   the listing does not show (neither the newest nor ending last); those **may** be there
+//!   until the verification;
+//! * a deleted event **may** stay upstream until a full verification, and every event of a
+//!   replaced database may stay with any version it had, under the generation its database
+//!   was read in (`generation << 40 | id`).
 //!
 //! Checked after every cycle (completed, failed or crashed): everything upstream is a version
 //! the model knows under a generation the engine registered for that database, and no key went
-//! back to an older version. After every successful cycle, and after the final one (upstream
+//! back to an older version. After every successful cycle and after the final one (upstream
 //! healthy, aw-server up): every required version is upstream, exactly (hash, timestamp,
-//! duration, data). Then one more cycle must send nothing, and without crashes or lost answers
-//! the upstream must never have seen a duplicate.
+//! duration, data). Then a full verification (`--verify`) must leave the upstream holding
+//! exactly aw-server's events — every latest version, no deleted one; one more cycle must send
+//! nothing, and without crashes or lost answers the upstream must never have seen a
+//! duplicate.
 //!
 //! `PROPTEST_CASES` overrides the number of cases (64 by default).
 
@@ -77,7 +83,7 @@ enum Op {
         dur_s: u8,
     },
     /// An event inserted late: ending inside the lookback (30–55 min ago), or `beyond` it
-    /// (65 min to 4 days ago).
+    /// (65 min to 30 days ago).
     Backdated {
         bucket: usize,
         beyond: bool,
@@ -186,8 +192,11 @@ struct Version {
     duration_ns: i64,
     data: Map<String, Value>,
     hash: String,
-    /// The sync promises to deliver this version (see the module doc).
-    required: bool,
+    /// Deeper than `lookback` below the newest data when it appeared: found through the
+    /// count, not by the pass from the top.
+    deep: bool,
+    /// How many cycles had succeeded when it appeared.
+    interval: u64,
 }
 
 impl Version {
@@ -206,6 +215,10 @@ impl Version {
 struct ModelEvent {
     versions: Vec<Version>,
     deleted: bool,
+    /// Deleted after a batch may have been stored without the engine knowing (a crash, a lost
+    /// answer): the upstream may hold a copy the state never learnt of, which no verification
+    /// can find, so it may stay.
+    deleted_unknowable: bool,
 }
 
 /// What the upstream must (and may) hold.
@@ -219,9 +232,17 @@ struct Model {
     /// generation is recorded right after the cycle that made it, while the epoch is the one
     /// it was made in.
     gen_epoch: HashMap<(String, u32), usize>,
-    /// When the last cycle that may have scanned the bucket (in this epoch) ended: its cursor
-    /// is at most this.
-    last_cycle_end: HashMap<String, DateTime<Utc>>,
+    /// The newest start aw-server held when the last successful cycle ended (the engine's
+    /// newest data is at most this), per bucket, in this epoch.
+    top: HashMap<String, i64>,
+    /// Successful cycles so far.
+    ok_cycles: u64,
+    /// (bucket, [`Model::ok_cycles`] at the time) of every deletion: a deletion and an insert
+    /// between the same two cycles can leave the count and the bucket listing unchanged.
+    deletions: std::collections::HashSet<(String, u64)>,
+    /// (bucket, [`Model::ok_cycles`]) of every heartbeat that grew an event the bucket listing
+    /// does not show: neither the newest event nor ending after every other.
+    hidden: std::collections::HashSet<(String, u64)>,
     /// The highest version index seen upstream per (bucket, upstream id).
     seen: HashMap<(String, i64), usize>,
     /// A batch may have been stored without the engine knowing (crash, lost answer): the
@@ -230,29 +251,28 @@ struct Model {
 }
 
 impl Model {
-    fn is_required(&self, bucket: &str, start_ns: i64, duration_ns: i64) -> bool {
-        match self.last_cycle_end.get(bucket) {
-            None => true,
-            Some(end) => {
-                let bound = (*end - secs(LOOKBACK_S) + secs(1))
-                    .timestamp_nanos_opt()
-                    .expect("in range");
-                start_ns + duration_ns >= bound
-            }
-        }
+    /// Whether the sync promises this version after a successful cycle (see the module doc).
+    fn required(&self, bucket: &str, v: &Version) -> bool {
+        let key = (bucket.to_string(), v.interval);
+        let clean = !self.deletions.contains(&key) && !self.hidden.contains(&key);
+        clean && (!v.deep || v.duration_ns > 0)
     }
 
     /// Records the version aw-server now serves for `id`, unless it is the latest one already.
     fn observe(&mut self, bucket: &str, e: &Event) {
         let id = e.id.expect("served events have ids");
         let (hash, span) = event_hash(e).expect("representable");
-        let required = self.is_required(bucket, span.start_ns, span.duration_ns);
+        let deep = self
+            .top
+            .get(bucket)
+            .is_some_and(|&t| span.start_ns < t - LOOKBACK_S * 1_000_000_000);
         let v = Version {
             start_ns: span.start_ns,
             duration_ns: span.duration_ns,
             data: e.data.clone(),
             hash: hash_hex(&hash),
-            required,
+            deep,
+            interval: self.ok_cycles,
         };
         let entry = self
             .events
@@ -278,7 +298,14 @@ impl Model {
     /// Everything upstream is a version the model knows, under a generation registered for its
     /// database, and no key went back to an older version. With `complete` (after a successful
     /// cycle), every required version is there too.
-    fn check(&mut self, upstream: &[StoredEvent], complete: bool) -> Result<(), String> {
+    /// With `strict` (after a full verification): every latest version, deep or not, and no
+    /// deleted event of the current database.
+    fn check(
+        &mut self,
+        upstream: &[StoredEvent],
+        complete: bool,
+        strict: bool,
+    ) -> Result<(), String> {
         let mut held: HashMap<(String, i64), &StoredEvent> = HashMap::new();
         for up in upstream {
             let gen = u32::try_from(up.event_id >> GENERATION_SHIFT).unwrap_or(u32::MAX);
@@ -320,7 +347,7 @@ impl Model {
             let Some(latest) = ev.versions.last() else {
                 continue;
             };
-            if *epoch != self.epoch || ev.deleted || !latest.required {
+            if *epoch != self.epoch || ev.deleted || !(strict || self.required(bucket, latest)) {
                 continue;
             }
             let Some(gen) = self.current_gen(bucket) else {
@@ -341,6 +368,23 @@ impl Model {
                     ))
                 }
                 Some(_) => {}
+            }
+        }
+        if strict {
+            for ((epoch, bucket, id), ev) in &self.events {
+                let Some(gen) = self.current_gen(bucket) else {
+                    continue;
+                };
+                let up_id = (i64::from(gen) << GENERATION_SHIFT) | id;
+                if *epoch == self.epoch
+                    && ev.deleted
+                    && !ev.deleted_unknowable
+                    && held.contains_key(&(bucket.clone(), up_id))
+                {
+                    return Err(format!(
+                        "{bucket} event {id} was deleted in aw-server but is still upstream after a full verification"
+                    ));
+                }
             }
         }
         Ok(())
@@ -396,7 +440,7 @@ fn settings() -> Settings {
         linger: Duration::from_millis(1),
         privacy: Default::default(),
         dry_run: false,
-        catchup_page: 50,
+        catchup_page: 4,
         verify_batch: 0,
         verify_interval: Duration::from_secs(3600),
         verify_all: false,
@@ -532,6 +576,19 @@ impl Harness {
                 .min(now);
                 let hb = Event::new(at, f64::from(dur_s), data(d));
                 let outcome = self.aw.heartbeat(b, &hb, PULSETIME).expect("heartbeat");
+                if let HeartbeatOutcome::Merged(e) = &outcome {
+                    // The listing shows the end of the newest event and the latest end.
+                    let served = self.aw.events(b).expect("bucket");
+                    let newest = served.first().and_then(|n| n.id) == e.id;
+                    let ends_last = served
+                        .iter()
+                        .filter(|o| o.id != e.id)
+                        .all(|o| o.end() < e.end());
+                    if !newest && !ends_last {
+                        let interval = self.model.ok_cycles;
+                        self.model.hidden.insert((b.to_string(), interval));
+                    }
+                }
                 let (HeartbeatOutcome::Merged(e) | HeartbeatOutcome::Inserted(e)) = outcome;
                 self.model.observe(b, &e);
             }
@@ -545,7 +602,7 @@ impl Harness {
                 let b = BUCKETS[bucket];
                 let p = i64::from(permille);
                 let end_ago = if beyond {
-                    LOOKBACK_S + 300 + p * 4 * DAY_S / 1000
+                    LOOKBACK_S + 300 + p * 30 * DAY_S / 1000
                 } else {
                     1800 + p * 1500 / 1000
                 };
@@ -568,11 +625,12 @@ impl Harness {
                         .expect("served events have ids");
                     assert!(self.aw.delete_event(b, id).expect("delete"));
                     let key = (self.model.epoch, b.to_string(), id);
-                    self.model
-                        .events
-                        .get_mut(&key)
-                        .expect("model knows it")
-                        .deleted = true;
+                    let ambiguous = self.model.ambiguous;
+                    let ev = self.model.events.get_mut(&key).expect("model knows it");
+                    ev.deleted = true;
+                    ev.deleted_unknowable = ambiguous;
+                    let interval = self.model.ok_cycles;
+                    self.model.deletions.insert((b.to_string(), interval));
                 }
             }
             Op::RestartAw => {
@@ -593,7 +651,7 @@ impl Harness {
                         .expect("bucket");
                 }
                 self.model.epoch += 1;
-                self.model.last_cycle_end.clear();
+                self.model.top.clear();
             }
             Op::UpstreamFault { fault, n } => {
                 let n = u32::from(n);
@@ -610,10 +668,10 @@ impl Harness {
             }
             Op::UpstreamUp => self.dev.faults().clear(),
             Op::Crash { at } => {
-                self.cycle(Some(at)).await?;
+                self.cycle(Some(at), false).await?;
             }
             Op::Sync => {
-                self.cycle(None).await?;
+                self.cycle(None, false).await?;
             }
         }
         Ok(())
@@ -623,8 +681,9 @@ impl Harness {
         self.aw.is_running() && self.dev.faults().settings() == FaultSettings::default()
     }
 
-    /// Runs one cycle (crashing it at `crash`), then checks the upstream against the model.
-    async fn cycle(&mut self, crash: Option<CrashPoint>) -> Result<Ran, String> {
+    /// Runs one cycle (crashing it at `crash`; a full verification with `verify`), then checks
+    /// the upstream against the model.
+    async fn cycle(&mut self, crash: Option<CrashPoint>, verify: bool) -> Result<Ran, String> {
         self.cycles += 1;
         let healthy = self.healthy();
         let crashed = Arc::new(Notify::new());
@@ -636,6 +695,9 @@ impl Harness {
         self.sink.calls.store(0, Ordering::SeqCst);
         let requests_at_start = self.aw.requests();
         self.engine();
+        if let Some(e) = self.engine.as_mut() {
+            e.settings.verify_all = verify;
+        }
         let ran = {
             let aw = &self.aw;
             let crash_now = async {
@@ -657,10 +719,6 @@ impl Harness {
             }
         };
         *self.sink.plan.lock().unwrap() = None;
-        let ended = Self::now();
-        for b in BUCKETS {
-            self.model.last_cycle_end.insert(b.to_string(), ended);
-        }
         if matches!(ran, Ran::Crashed) {
             self.model.ambiguous = true;
             // The process is gone: what it had committed stays, nothing more may land. Work
@@ -712,14 +770,35 @@ impl Harness {
             }
         }
         let upstream = self.dev.stored_events(None, None).await.expect("upstream");
-        self.model
-            .check(&upstream, ok)
-            .map_err(|e| format!("after cycle {} ({crash:?}): {e}", self.cycles))?;
+        self.model.check(&upstream, ok, ok && verify).map_err(|e| {
+            format!(
+                "after cycle {} ({crash:?}, verify {verify}): {e}",
+                self.cycles
+            )
+        })?;
+        if ok {
+            self.model.ok_cycles += 1;
+        }
+        // The newest data a cycle (even one that crashed) can have covered: at most the
+        // newest start aw-server has held (the engine's position never moves back).
+        for b in BUCKETS {
+            let newest = self
+                .aw
+                .events(b)
+                .expect("bucket")
+                .first()
+                .and_then(|e| e.timestamp.timestamp_nanos_opt());
+            if let Some(t) = newest {
+                let top = self.model.top.entry(b.to_string()).or_insert(t);
+                *top = (*top).max(t);
+            }
+        }
         Ok(ran)
     }
 
     /// The end of the sequence: aw-server up, upstream healthy, one cycle must deliver
-    /// everything required, and another must send nothing.
+    /// everything required, a full verification everything aw-server holds (and the deletion
+    /// of everything it no longer holds), and another cycle must send nothing.
     async fn finish(&mut self) -> Result<(), String> {
         self.aw.start().await.expect("start");
         self.dev.faults().clear();
@@ -727,7 +806,7 @@ impl Harness {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.cycle(None).await? {
+            match self.cycle(None, false).await? {
                 Ran::Done(Ok(_)) => break,
                 Ran::Done(Err(e)) if attempts == 3 => {
                     return Err(format!("final cycle failed {attempts} times: {e}"))
@@ -755,8 +834,13 @@ impl Harness {
                 .collect();
             assert_eq!(served, modelled, "model bug: the model lost track of {b}");
         }
+        match self.cycle(None, true).await? {
+            Ran::Done(Ok(_)) => {}
+            Ran::Done(Err(e)) => return Err(format!("the verification cycle failed: {e}")),
+            Ran::Crashed => unreachable!("no crash planned"),
+        }
         let before = self.dev.faults().counters().requests_received;
-        match self.cycle(None).await? {
+        match self.cycle(None, false).await? {
             Ran::Done(Ok(r)) => {
                 if r.queued() != 0 || r.upload.delivered != 0 {
                     return Err(format!(
@@ -792,6 +876,11 @@ impl Harness {
 }
 
 async fn run(ops: Vec<Op>) -> Result<(), String> {
+    // RUST_LOG=aw_sync_samay=debug shows what the engine did in a failing case.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let mut h = Harness::new().await;
     for (i, op) in ops.iter().enumerate() {
         h.apply(op)
@@ -804,8 +893,8 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
         let required = h
             .model
             .events
-            .values()
-            .filter(|e| e.versions.last().is_some_and(|v| v.required))
+            .iter()
+            .filter(|((_, b, _), e)| e.versions.last().is_some_and(|v| h.model.required(b, v)))
             .count();
         let up = h.dev.stored_events(None, None).await.expect("upstream");
         let versions: u64 = up.iter().map(|e| e.versions).sum();

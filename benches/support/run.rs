@@ -112,8 +112,14 @@ fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
 
 /// One `aw-sync-samay --once`, measured. Fails with its output when it does not exit 0.
 pub fn once(home: &Home, aw_port: u16) -> anyhow::Result<Usage> {
+    once_with(home, aw_port, &[])
+}
+
+/// [`once`] with more flags.
+pub fn once_with(home: &Home, aw_port: u16, extra: &[&str]) -> anyhow::Result<Usage> {
     let mut cmd = home.command(aw_port);
     cmd.arg("--once")
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(home.dir.join("stdout.txt"))?)
         .stderr(std::fs::File::create(home.dir.join("stderr.txt"))?);

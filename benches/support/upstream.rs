@@ -117,6 +117,11 @@ impl AckUpstream {
     }
 
     /// Every batch received, decoded.
+    /// Events received since the last [`AckUpstream::clear`].
+    pub fn events(&self) -> anyhow::Result<usize> {
+        Ok(self.batches()?.iter().map(|b| b.events.len()).sum())
+    }
+
     pub fn batches(&self) -> anyhow::Result<Vec<BatchRequest>> {
         let bodies: Vec<(bool, Bytes)> = lock(&self.inner).bodies.clone();
         bodies

@@ -39,6 +39,9 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/0/buckets/{bucket}/heartbeat", post(heartbeat))
         .route("/api/0/query/", post(query))
+        // Not aw-server's: how many requests the double answered, for benchmarks that run it
+        // as its own process.
+        .route("/_double/requests", get(requests))
         .route("/api/0/query", post(query))
         .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -280,6 +283,12 @@ async fn events_count(
     }
 }
 
+async fn requests(State(s): State<Arc<Shared>>) -> Response {
+    json_value(&json!(s
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)))
+}
+
 /// `POST /api/0/query/`.
 #[derive(Deserialize)]
 struct QueryRequest {
@@ -306,10 +315,8 @@ async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
         Ok(p) => p,
         Err(m) => return message(StatusCode::BAD_REQUEST, m),
     };
-    let result = tokio::task::spawn_blocking(move || {
-        s.read().sum_durations(&parsed.bucket, &periods)
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || s.read().sum_durations(&parsed.bucket, &periods)).await;
     match result {
         Ok(Ok(sums)) => json_value(&json!(sums)),
         // aw-server-rust's query errors for a missing bucket are 500 `BucketQueryError`s.

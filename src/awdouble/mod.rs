@@ -1,9 +1,13 @@
-//! samay-aw-double: an in-memory stand-in for aw-server-rust's REST API, for tests and benchmarks.
+//! samay-aw-double: a stand-in for aw-server-rust's REST API, for tests and benchmarks.
 //!
-//! aw-server-rust cannot be built on every development machine, and Python aw-server reads
-//! ~6.7k events/s — far too slow to measure a catch-up of a million events against. The double
-//! serves the same API from memory, with aw-server-rust's semantics, checked against the real
-//! Python aw-server 0.12 by `tests/aw_double.rs` (every conformance test runs on both):
+//! aw-server-rust cannot be built here (it is not on crates.io in a usable version, and there
+//! is no network), and Python aw-server reads ~6.7k events/s — far too slow to measure a
+//! catch-up of a million events against. The double serves the same API with aw-server-rust's
+//! semantics from one of two stores ([`Storage`]): in memory (fast to load, O(page) for any
+//! query: for conformance and fault tests), or SQLite with aw-server-rust's schema, index and
+//! statements ([`sqlite`]: what a read pattern costs aw-server-rust, for the benchmark). Both
+//! are checked against the real Python aw-server 0.12 by `tests/aw_double.rs` (every
+//! conformance test runs on all three):
 //!
 //! * range queries return every event whose `[timestamp, timestamp + duration]` overlaps
 //!   `[start, end]` (both ends inclusive), **clipped** to the range, ordered
@@ -34,21 +38,24 @@
 //! | `POST .../events` answer | the inserted events with their ids | `null` |
 //! | `limit` not a `u64` (`-1`, `abc`) | all events (Rocket's `Option<u64>` guard) | `-1`: all; a non-integer is an error (`int()`) |
 //! | `POST` an existing bucket | 304, empty body | 304 |
+//! | `GET .../events/count?start&end` | the whole bucket (the handler passes no range) | the events overlapping the range |
+//! | query API `sum_durations` | the sum, in seconds | 500 (`timedelta` is not JSON serialisable) |
 //! | `DELETE` a bucket | no `force` needed | `force=1` outside `--testing` |
 //! | bucket listing | `metadata: {start, end}`, `events: null`, and `last_updated` (see below) | `last_updated`, `name: null` |
 //! | heartbeat cache after `POST .../events` | invalidated | kept |
 //!
 //! Deliberate differences from aw-server-rust:
-//! * `last_updated` in the bucket listing is the end of the newest event, as Python computes it;
-//!   aw-server-rust leaves it `null` (it reports the span in `metadata`, which the double also
-//!   does).
+//! * In memory, `last_updated` in the bucket listing is the end of the newest event, as Python
+//!   computes it; aw-server-rust (and the SQLite double) leave it `null` (they report the span
+//!   in `metadata`, which the in-memory double also does).
 //! * Deleting an event forgets the bucket's heartbeat cache. aw-server-rust keeps it, so a
 //!   heartbeat after deleting the cached event fails with an internal error (or, before the
 //!   `replace_last_event` fix, updates nothing); the double merges with the newest remaining
 //!   event instead.
-//! * `GET .../events/count` honours `start`/`end` (aw-server-rust after 59eaae3 and Python do;
-//!   59eaae3 ignored them).
-//! * No `/query`, `/export`, `/import`, settings or key-value endpoints, and no API key.
+//! * The query API (`POST /api/0/query/`) understands only `sum_durations(query_bucket(..))`
+//!   ([`query`]); no `/export`, `/import`, settings or key-value endpoints, and no API key.
+//! * `GET /_double/requests` (not aw-server's) answers how many requests it served, for the
+//!   benchmark that runs it as its own process.
 
 pub mod db;
 pub mod http;

@@ -257,9 +257,7 @@ impl SqliteDb {
     /// Every bucket and event gone, ids start over at 1 (the `sqlite_sequence` rows go too).
     pub fn clear(&mut self) -> Result<(), DoubleError> {
         self.conn()
-            .execute_batch(
-                "DELETE FROM events; DELETE FROM buckets; DELETE FROM sqlite_sequence;",
-            )
+            .execute_batch("DELETE FROM events; DELETE FROM buckets; DELETE FROM sqlite_sequence;")
             .map_err(internal)?;
         self.buckets.clear();
         self.last_heartbeat.clear();
@@ -428,7 +426,9 @@ impl SqliteDb {
             let s: i64 = r.get(1).map_err(internal)?;
             let e: i64 = r.get(2).map_err(internal)?;
             let data = r.get_ref(3).map_err(internal)?;
-            let text = data.as_str().map_err(|e| DoubleError::Internal(e.to_string()))?;
+            let text = data
+                .as_str()
+                .map_err(|e| DoubleError::Internal(e.to_string()))?;
             let Ok(map) = serde_json::from_str::<Map<String, Value>>(text) else {
                 continue;
             };
@@ -690,8 +690,8 @@ mod tests {
         assert_eq!(sums, vec![15.0, 4.0]);
         assert!(db.delete_event("b", 10).unwrap());
         assert_eq!(db.bucket_span("b").unwrap(), Some((T0, T0 + 85 * S)));
-        let json: Value = serde_json::from_slice(&db.query_json("b", None, None, Some(1)).unwrap())
-            .unwrap();
+        let json: Value =
+            serde_json::from_slice(&db.query_json("b", None, None, Some(1)).unwrap()).unwrap();
         assert_eq!(
             json,
             serde_json::json!([{"id": 9, "timestamp": "2024-01-01T00:01:20Z", "duration": 5.0, "data": {"s": 80_000_000_000i64}}])

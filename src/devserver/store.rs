@@ -193,7 +193,7 @@ impl Store {
         let mut answer = BatchResponse {
             accepted: 0,
             duplicates: 0,
-            deleted: 0
+            deleted: 0,
         };
         for event in &batch.events {
             let stored: Option<String> = tx

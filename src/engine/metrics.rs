@@ -60,4 +60,3 @@ impl Metrics {
             .fetch_add(n, Ordering::Relaxed);
     }
 }
-

@@ -379,8 +379,12 @@ impl Engine {
                             Some(dest) => store.bucket_state(dest, &bucket, device.as_deref())?,
                             None => store.peek_bucket_state(dest, &bucket, device.as_deref())?,
                         };
-                        let reset =
-                            store.filter_fingerprint(state.row, &fingerprint, &unfiltered, write)?;
+                        let reset = store.filter_fingerprint(
+                            state.row,
+                            &fingerprint,
+                            &unfiltered,
+                            write,
+                        )?;
                         Ok((state, reset))
                     })
                     .await?
@@ -437,7 +441,10 @@ impl Engine {
         };
         // The verification clock: started by the first successful cycle, moved by each step.
         if write && self.settings.verify_batch > 0 && !matches!(verify, Verify::Full) {
-            let started = self.blocking(|store| store.meta(LAST_VERIFY)).await?.is_some();
+            let started = self
+                .blocking(|store| store.meta(LAST_VERIFY))
+                .await?
+                .is_some();
             if matches!(verify, Verify::Step(_)) || !started {
                 let stamp = now.to_rfc3339();
                 self.blocking(move |store| store.set_meta(LAST_VERIFY, &stamp))
@@ -466,4 +473,3 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-

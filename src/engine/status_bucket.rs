@@ -46,10 +46,21 @@ pub fn pulsetime(interval: Duration) -> f64 {
         .as_secs_f64()
 }
 
-/// A cycle's duration as recorded: seconds rounded to 0.1, so idle cycles (a few ms each, with
-/// jitter) record the same value and merge.
+/// A cycle's duration as recorded: rounded *up* to the next of 0.1, 0.2, 0.5, 1, 2, 5, 10 …
+/// seconds, so idle cycles (a few to a hundred ms each, with jitter) record the same value and
+/// merge. Rounding to the nearest 0.1 made cycles near 50 ms alternate between 0.0 and 0.1.
 pub fn rounded_secs(d: Duration) -> f64 {
-    (d.as_secs_f64() * 10.0).round() / 10.0
+    let secs = d.as_secs_f64();
+    let mut step = 0.1;
+    for _ in 0..40 {
+        for m in [1.0, 2.0, 5.0] {
+            if secs <= step * m {
+                return step * m;
+            }
+        }
+        step *= 10.0;
+    }
+    secs
 }
 
 /// The `status` field.
@@ -80,7 +91,7 @@ pub struct CycleStatus {
     pub quarantined: Option<u64>,
     /// Why the cycle failed (or why nothing is configured); `None` when it succeeded.
     pub last_error: Option<String>,
-    /// Seconds the cycle took, rounded to 0.1 (see [`rounded_secs`]).
+    /// Seconds the cycle took, rounded up to 0.1, 0.2, 0.5, 1, … (see [`rounded_secs`]).
     pub duration: f64,
 }
 
@@ -263,13 +274,21 @@ mod tests {
 
     #[test]
     fn idle_cycles_record_identical_data() {
-        let a = CycleStatus::of_cycle(&Ok(CycleReport::default()), Duration::from_millis(31), None);
-        let b = CycleStatus::of_cycle(&Ok(CycleReport::default()), Duration::from_millis(44), None);
-        assert_eq!(a, b);
-        let a = a.expect("a status");
-        assert_eq!(a.duration, 0.0);
+        // Idle cycles of 3 to 100 ms, either side of the old rounding edge at 50 ms, record
+        // one value.
+        let statuses: Vec<_> = [3, 31, 49, 51, 73, 100]
+            .map(|ms| {
+                CycleStatus::of_cycle(&Ok(CycleReport::default()), Duration::from_millis(ms), None)
+            })
+            .into_iter()
+            .collect();
+        assert!(statuses.windows(2).all(|w| w[0] == w[1]), "{statuses:?}");
+        let a = statuses[0].clone().expect("a status");
+        assert_eq!(a.duration, 0.1);
         assert_eq!(a.status, State::Ok);
-        assert_eq!(rounded_secs(Duration::from_millis(1260)), 1.3);
+        assert_eq!(rounded_secs(Duration::from_millis(1260)), 2.0);
+        assert_eq!(rounded_secs(Duration::from_millis(180)), 0.2);
+        assert_eq!(rounded_secs(Duration::from_secs(40)), 50.0);
     }
 
     #[test]

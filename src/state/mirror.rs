@@ -8,7 +8,7 @@
 //! These run rarely (a few times a day at most) and read the bucket's rows once each.
 
 use params_helper::gen_range;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::{EventHash, StateError, Store};
 use crate::state::schema::DELETED;
@@ -99,6 +99,66 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether the state knows no live event of the bucket's `generation`.
+    pub fn mirror_is_empty(&self, row: i64, generation: u32) -> Result<bool, StateError> {
+        if row < 0 {
+            return Ok(true);
+        }
+        let (lo, hi) = gen_range(generation);
+        let any: Option<i64> = self
+            .reader()
+            .prepare_cached(
+                "SELECT 1 FROM sent WHERE bucket = ?1 AND event_id >= ?2 AND event_id < ?3
+                   AND status != ?4 LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![row, lo, hi, DELETED], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(self.err())?;
+        Ok(any.is_none())
+    }
+
+    /// The live events of the bucket's `generation` starting in `(above, upto]` (`None`:
+    /// unbounded), as `(event id, start)`: what a verification step compares its read with.
+    /// Reads the bucket's rows once and keeps only those in range.
+    pub fn mirror_range(
+        &self,
+        row: i64,
+        generation: u32,
+        above: Option<i64>,
+        upto: Option<i64>,
+    ) -> Result<Vec<(i64, i64)>, StateError> {
+        if row < 0 {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = gen_range(generation);
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT event_id, start_ns FROM sent
+                 WHERE bucket = ?1 AND event_id >= ?2 AND event_id < ?3 AND status != ?4
+                   AND start_ns > ?5 AND start_ns <= ?6",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(
+                params![
+                    row,
+                    lo,
+                    hi,
+                    DELETED,
+                    above.unwrap_or(i64::MIN),
+                    upto.unwrap_or(i64::MAX)
+                ],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+}
+
 /// `kind` over each slice `[s, t]`, from mirror events.
 pub fn aggregate(events: &[MirrorEvent], slices: &[(i64, i64)], kind: Aggregate) -> Vec<i64> {
     let mut out = vec![0i64; slices.len()];
@@ -139,7 +199,11 @@ mod tests {
         // counted even though it overlaps.
         let long = [ev(1, 0, 3 * DAY_NS)];
         assert_eq!(
-            aggregate(&long, &[(2 * DAY_NS, 2 * DAY_NS + 1)], Aggregate::PythonCount),
+            aggregate(
+                &long,
+                &[(2 * DAY_NS, 2 * DAY_NS + 1)],
+                Aggregate::PythonCount
+            ),
             vec![0]
         );
     }

@@ -204,10 +204,18 @@ pub enum Mark {
 impl Mark {
     fn row_generation(&self) -> (i64, u32) {
         match self {
-            Mark::Pass { row, generation, .. }
-            | Mark::Top { row, generation, .. }
-            | Mark::Agreed { row, generation, .. }
-            | Mark::Verify { row, generation, .. } => (*row, *generation),
+            Mark::Pass {
+                row, generation, ..
+            }
+            | Mark::Top {
+                row, generation, ..
+            }
+            | Mark::Agreed {
+                row, generation, ..
+            }
+            | Mark::Verify {
+                row, generation, ..
+            } => (*row, *generation),
         }
     }
 }
@@ -820,7 +828,9 @@ impl Store {
                     .map_err(self.err())?;
             }
             let mut bump = tx
-                .prepare_cached("UPDATE buckets SET versions_sent = versions_sent + ?2 WHERE id = ?1")
+                .prepare_cached(
+                    "UPDATE buckets SET versions_sent = versions_sent + ?2 WHERE id = ?1",
+                )
                 .map_err(self.err())?;
             for (row, n) in versions {
                 bump.execute(params![row, n]).map_err(self.err())?;

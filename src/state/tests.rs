@@ -54,7 +54,10 @@ fn commit(s: &Store, acked: Vec<Acked>, marks: Vec<Mark>) {
 /// A store with one destination and bucket `b1`; returns (store, dest, row).
 fn one_bucket(dir: &tempfile::TempDir) -> (Store, DestId, i64) {
     let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
-    let dest = s.destination(&key("https://up", "alice"), true).unwrap().unwrap();
+    let dest = s
+        .destination(&key("https://up", "alice"), true)
+        .unwrap()
+        .unwrap();
     let row = s
         .bucket_state(dest, &bucket("b1", "2024-01-01T00:00:00Z"), Some("dev"))
         .unwrap()
@@ -77,7 +80,11 @@ fn commit_then_lookup_and_the_top_only_moves_forward() {
     let (s, dest, row) = one_bucket(&dir);
     let b = bucket("b1", "2024-01-01T00:00:00Z");
     assert_eq!(s.bucket_state(dest, &b, Some("dev")).unwrap().top_ns, None);
-    commit(&s, vec![acked(row, 1, 1), acked(row, 2, 2)], vec![top(row, 0, 100)]);
+    commit(
+        &s,
+        vec![acked(row, 1, 1), acked(row, 2, 2)],
+        vec![top(row, 0, 100)],
+    );
     commit(&s, vec![acked(row, 2, 3)], vec![top(row, 0, 50)]);
     let found = s.lookup(row, &[1, 2, 3]).unwrap();
     assert_eq!(found.len(), 2);
@@ -174,10 +181,15 @@ fn a_replaced_bucket_gets_a_new_generation_and_starts_over() {
     assert_eq!((st.generation, st.top_ns, st.row), (1, None, row));
     // A mark read under the old generation is ignored.
     commit(&s, vec![], vec![top(row, 0, 9)]);
-    assert_eq!(s.bucket_state(dest, &new, Some("dev")).unwrap().top_ns, None);
+    assert_eq!(
+        s.bucket_state(dest, &new, Some("dev")).unwrap().top_ns,
+        None
+    );
     // A new aw-server device id is a replacement too.
     assert_eq!(
-        s.bucket_state(dest, &new, Some("other")).unwrap().generation,
+        s.bucket_state(dest, &new, Some("other"))
+            .unwrap()
+            .generation,
         2
     );
 }
@@ -237,23 +249,42 @@ fn schema_2_migrates_and_its_records_belong_to_the_first_destination_used() {
     let st = &s.bucket_statuses().unwrap()[0];
     assert_eq!((st.delivered, st.quarantined, st.versions_sent), (1, 1, 3));
     // A dry run does not claim it.
-    assert_eq!(s.destination(&key("https://up", "alice"), false).unwrap(), None);
-    let dest = s.destination(&key("https://up", "alice"), true).unwrap().unwrap();
+    assert_eq!(
+        s.destination(&key("https://up", "alice"), false).unwrap(),
+        None
+    );
+    let dest = s
+        .destination(&key("https://up", "alice"), true)
+        .unwrap()
+        .unwrap();
     let b = bucket("b1", "2024-01-01T00:00:00Z");
     let state = s.bucket_state(dest, &b, Some("dev")).unwrap();
-    assert_eq!(state.top_ns, Some(5000), "the old cursor is where reading continues");
-    assert_eq!(state.count, None, "the first cycle reconciles the whole bucket");
+    assert_eq!(
+        state.top_ns,
+        Some(5000),
+        "the old cursor is where reading continues"
+    );
+    assert_eq!(
+        state.count, None,
+        "the first cycle reconciles the whole bucket"
+    );
     let known = s.lookup(state.row, &[1, 2]).unwrap();
     assert_eq!(known[&1].hash, [1; 16]);
     assert_eq!(s.quarantine(10).unwrap().len(), 1);
     assert!(!s.filter_fingerprint(state.row, "u", "u", true).unwrap());
     // Another destination starts empty, the first keeps its records.
-    let other = s.destination(&key("https://elsewhere", "alice"), true).unwrap().unwrap();
+    let other = s
+        .destination(&key("https://elsewhere", "alice"), true)
+        .unwrap()
+        .unwrap();
     assert_ne!(other, dest);
     let st2 = s.bucket_state(other, &b, Some("dev")).unwrap();
     assert_ne!(st2.row, state.row);
     assert!(s.lookup(st2.row, &[1, 2]).unwrap().is_empty());
-    assert_eq!(s.destination(&key("https://up", "alice"), true).unwrap(), Some(dest));
+    assert_eq!(
+        s.destination(&key("https://up", "alice"), true).unwrap(),
+        Some(dest)
+    );
     assert_eq!(s.lookup(state.row, &[1]).unwrap().len(), 1);
 }
 
@@ -276,7 +307,10 @@ fn schema_1_migrates_and_its_buckets_count_as_unfiltered() {
     let s = Store::open(&p).unwrap();
     let key_before = s.redaction_key();
     assert_eq!(s.meta("schema").unwrap().as_deref(), Some("3"));
-    let dest = s.destination(&key("https://up", "a"), true).unwrap().unwrap();
+    let dest = s
+        .destination(&key("https://up", "a"), true)
+        .unwrap()
+        .unwrap();
     let state = |id: &str| {
         let mut b = bucket(id, "2024-01-01T00:00:00Z");
         b.created = None;
@@ -321,13 +355,20 @@ fn peeking_a_bucket_state_writes_nothing() {
     let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
     let b = bucket("b1", "2024-01-01T00:00:00Z");
     assert_eq!(s.peek_bucket_state(None, &b, Some("dev")).unwrap().row, -1);
-    let dest = s.destination(&key("https://up", "a"), true).unwrap().unwrap();
+    let dest = s
+        .destination(&key("https://up", "a"), true)
+        .unwrap()
+        .unwrap();
     let peeked = s.peek_bucket_state(Some(dest), &b, Some("dev")).unwrap();
     assert_eq!((peeked.row, peeked.top_ns), (-1, None));
     assert!(s.bucket_statuses().unwrap().is_empty());
     s.bucket_state(dest, &b, Some("dev")).unwrap();
     let replaced = s
-        .peek_bucket_state(Some(dest), &bucket("b1", "2025-01-01T00:00:00Z"), Some("dev"))
+        .peek_bucket_state(
+            Some(dest),
+            &bucket("b1", "2025-01-01T00:00:00Z"),
+            Some("dev"),
+        )
         .unwrap();
     assert!(replaced.replaced);
     assert_eq!(s.bucket_statuses().unwrap()[0].generation, 0);
@@ -376,7 +417,12 @@ fn deletions_leave_the_mirror_but_not_the_dedupe_memory() {
         ..Commit::default()
     })
     .unwrap();
-    let ids: Vec<i64> = s.mirror(row, 0).unwrap().iter().map(|e| e.event_id).collect();
+    let ids: Vec<i64> = s
+        .mirror(row, 0)
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
     assert_eq!(ids, vec![1], "live events of generation 0 only");
     assert_eq!(s.mirror(row, 1).unwrap().len(), 1);
     let known = s.lookup(row, &[2]).unwrap();
@@ -393,7 +439,10 @@ fn forgetting_a_destination_leaves_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (s, dest, row) = one_bucket(&dir);
     commit(&s, vec![acked(row, 1, 1)], vec![top(row, 0, 10)]);
-    let other = s.destination(&key("https://two", "a"), true).unwrap().unwrap();
+    let other = s
+        .destination(&key("https://two", "a"), true)
+        .unwrap()
+        .unwrap();
     let b = bucket("b1", "2024-01-01T00:00:00Z");
     let row2 = s.bucket_state(other, &b, None).unwrap().row;
     commit(&s, vec![acked(row2, 1, 1)], vec![]);

@@ -67,7 +67,7 @@ impl BatchSink for DryRunSink {
             Ok(BatchResponse {
                 accepted: batch.events.len() as u64,
                 duplicates: 0,
-            deleted: 0
+                deleted: 0,
             })
         })
     }

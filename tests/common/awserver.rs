@@ -50,6 +50,11 @@ impl AwServer {
         self.port
     }
 
+    /// The server process's id while it runs (to measure what serving costs it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// A client for this server, as the sidecar would build it.
     pub fn client(&self) -> AwClient {
         AwClient::new("127.0.0.1", self.port).expect("build AwClient")

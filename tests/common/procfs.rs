@@ -45,3 +45,29 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
     }
     Ok(total)
 }
+
+/// User + system CPU time of the whole process so far, threads that exited included
+/// (`/proc/<pid>/stat`, in clock ticks: 10 ms resolution).
+pub fn process_cpu(pid: u32) -> anyhow::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime 14, stime 15 (1-based, counting pid and name).
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("field {i} of /proc/{pid}/stat"))
+    };
+    let total = ticks(14)? + ticks(15)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Ok(std::time::Duration::from_nanos(
+        total.saturating_mul(1_000_000_000) / hz,
+    ))
+}

@@ -44,7 +44,7 @@ pub fn test_settings() -> Settings {
         linger: Duration::from_millis(5),
         privacy: Default::default(),
         dry_run: false,
-        catchup_page: 50,
+        catchup_page: 10,
         verify_batch: 0,
         verify_interval: Duration::from_secs(3600),
         verify_all: false,

@@ -180,6 +180,8 @@ struct PassResult {
 
 /// The top of an empty bucket: reading it again always starts from the newest event.
 const EMPTY: i64 = i64::MIN;
+/// Events per step of a full verification.
+const FULL_CHUNK: u64 = 50_000;
 
 impl Scanner<'_> {
     /// Brings the state of `bucket` (read under generation `state.generation`) in line with
@@ -220,6 +222,15 @@ impl Scanner<'_> {
             return Ok(stats);
         }
         let floor = self.floor_below(top);
+        // A pass that reads the whole bucket knows what the count must be — when the state
+        // knew no event of it before (else some it knew may be gone).
+        let knew_nothing = top.is_none() && {
+            let store = Arc::clone(self.store);
+            let (row, generation) = (state.row, state.generation);
+            tokio::task::spawn_blocking(move || store.mirror_is_empty(row, generation))
+                .await
+                .map_err(|e| ScanError::State(StateError::Task(e.to_string())))??
+        };
         let r = self.pass(&ctx, None, top, floor, &mut stats).await?;
         new_ids += r.new_ids;
         if top.is_none() {
@@ -233,6 +244,7 @@ impl Scanner<'_> {
                     first_limit: self.page_size,
                     limit: self.page_size,
                     budget: None,
+                    near: None,
                 };
                 let out = self
                     .read(&ctx, plan, false, &mut NoProgress, &mut stats)
@@ -240,14 +252,13 @@ impl Scanner<'_> {
                 new_ids += out.new_ids;
             }
         }
-        // A first pass that read the whole bucket knows what the count must be; otherwise it
-        // is what the state knew plus what is new.
-        let expected = if r.bottom && floor.is_none() {
+        // Otherwise the count must be what the state knew plus what is new.
+        let expected = if r.bottom && floor.is_none() && knew_nothing {
             Some(r.events)
         } else {
             state.count.map(|c| c + new_ids)
         };
-        self.reconcile(&ctx, listing, count, expected, &mut stats)
+        self.reconcile(&ctx, listing, count, expected, floor, &mut stats)
             .await?;
         self.verify_step(&ctx, &mut stats).await?;
         Ok(stats)
@@ -291,6 +302,7 @@ impl Scanner<'_> {
             first_limit,
             limit: self.catchup_page,
             budget: None,
+            near: Some(self.lookback_ns),
         };
         let mut progress = PassProgress {
             row: state.row,
@@ -303,8 +315,7 @@ impl Scanner<'_> {
             (Some(a), Some(b)) => a.max(b),
             (a, b) => a.or(b).unwrap_or(EMPTY),
         };
-        let near = top.saturating_sub(self.lookback_ns);
-        let top_limit = out.starts.iter().filter(|&&s| s >= near).count() as u64;
+        let top_limit = out.near;
         self.tx
             .mark(Mark::Top {
                 row: state.row,
@@ -330,6 +341,7 @@ impl Scanner<'_> {
         listing: Option<String>,
         count: u64,
         expected: Option<u64>,
+        floor: Option<i64>,
         stats: &mut ScanStats,
     ) -> Result<(), ScanError> {
         let state = ctx.state;
@@ -343,7 +355,10 @@ impl Scanner<'_> {
             return self.mark(agreed(count)).await;
         }
         // The mirror must hold everything read so far before it is compared.
-        self.tx.barrier().await.map_err(|_| ScanError::UploaderGone)?;
+        self.tx
+            .barrier()
+            .await
+            .map_err(|_| ScanError::UploaderGone)?;
         // Events added while the pass read are counted now.
         stats.requests += 1;
         let count = self.source.count(&ctx.bucket.id, None).await?;
@@ -352,7 +367,8 @@ impl Scanner<'_> {
         }
         tracing::info!(bucket = %ctx.bucket.id, count, ?expected,
             "aw-server's count differs from what the state knows: looking for inserts and deletions below the newest data");
-        let found = self.narrow(ctx, count, stats).await?;
+        let delta = expected.map(|e| count as i64 - e as i64);
+        let found = self.narrow(ctx, count, delta, floor, stats).await?;
         let after = expected.map(|e| (e + found.new).saturating_sub(found.deleted));
         // Nothing found, or everything explained: aw-server's count is the new baseline
         // (what cannot be seen through the aggregates — an event that cannot be represented,
@@ -370,45 +386,75 @@ impl Scanner<'_> {
     }
 
     /// One step of the background verification: re-reads and re-hashes up to the step's
-    /// budget, going down from where the last step stopped; wraps around at the bottom.
+    /// budget, going down from where the last step stopped, and compares the events read with
+    /// what the state knows in that range (the deletions a count cannot see, when an insert
+    /// elsewhere made up for them). Wraps around at the bottom. A full verification
+    /// (`--verify`) goes down in steps of [`FULL_CHUNK`], so the ids it compares stay few.
     async fn verify_step(&self, ctx: &Ctx<'_>, stats: &mut ScanStats) -> Result<(), ScanError> {
-        let budget = match self.verify {
+        let (budget, full) = match self.verify {
             Verify::Off => return Ok(()),
-            Verify::Step(n) => Some(n.max(1)),
-            Verify::Full => None,
+            Verify::Step(n) => (n.max(1), false),
+            Verify::Full => (FULL_CHUNK, true),
         };
         let state = ctx.state;
-        let limit = budget.map_or(self.catchup_page, |b| {
-            self.catchup_page
-                .min(usize::try_from(b).unwrap_or(usize::MAX))
-        });
-        let plan = Plan {
-            start: None,
-            end: state.verify_pos,
-            floor: None,
-            first_limit: limit,
-            limit,
-            budget,
-        };
-        let mut progress = VerifyProgress {
-            row: state.row,
-            generation: state.generation,
-        };
-        let queued = stats.queued;
-        let out = self.read(ctx, plan, false, &mut progress, stats).await?;
-        stats.verified += out.events;
-        if stats.queued > queued {
-            tracing::warn!(bucket = %ctx.bucket.id, differed = stats.queued - queued,
-                "verification found events that differ from what the upstream holds; sending them");
-        }
-        if out.reached.is_none() {
-            self.mark(Mark::Verify {
+        let limit = self
+            .catchup_page
+            .min(usize::try_from(budget).unwrap_or(usize::MAX));
+        let mut from = state.verify_pos;
+        loop {
+            let plan = Plan {
+                start: None,
+                end: from,
+                floor: None,
+                first_limit: limit,
+                limit,
+                budget: Some(budget),
+                near: None,
+            };
+            let mut progress = VerifyProgress {
                 row: state.row,
                 generation: state.generation,
-                pos: None,
-            })
-            .await?;
+            };
+            let queued = stats.queued;
+            let out = self.read(ctx, plan, true, &mut progress, stats).await?;
+            stats.verified += out.events;
+            // What the state knows in the range just read, and the read did not return.
+            let known = {
+                let store = Arc::clone(self.store);
+                let (row, generation, above) = (state.row, state.generation, out.reached);
+                tokio::task::spawn_blocking(move || {
+                    store.mirror_range(row, generation, above, from)
+                })
+                .await
+                .map_err(|e| ScanError::State(StateError::Task(e.to_string())))??
+            };
+            let mask = (1i64 << crate::state::GENERATION_SHIFT) - 1;
+            let gone: Vec<(i64, i64)> = known
+                .into_iter()
+                .filter(|(id, _)| {
+                    out.ids
+                        .as_ref()
+                        .is_none_or(|seen| !seen.contains_key(&(id & mask)))
+                })
+                .collect();
+            self.tombstones(ctx, gone, stats).await?;
+            if stats.queued > queued {
+                tracing::warn!(bucket = %ctx.bucket.id, differed = stats.queued - queued,
+                    "verification found events that differ from what the upstream holds; sending them");
+            }
+            match out.reached {
+                None => {
+                    return self
+                        .mark(Mark::Verify {
+                            row: state.row,
+                            generation: state.generation,
+                            pos: None,
+                        })
+                        .await;
+                }
+                Some(r) if full => from = Some(r),
+                Some(_) => return Ok(()),
+            }
         }
-        Ok(())
     }
 }

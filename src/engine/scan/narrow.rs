@@ -62,10 +62,19 @@ impl Found {
 }
 
 impl Scanner<'_> {
+    /// Finds the differences between aw-server and the state, newest first: the range the
+    /// pass just read from `floor` up (a deletion there changes no event it read), then spans
+    /// below it that double from a day, down to the bottom — each asked about as a whole, and
+    /// cut and read only where it differs. Stops once what was found accounts for `delta`, the
+    /// count's difference from what the state expected (when known), so a late insert from
+    /// yesterday costs a few requests whatever the bucket's size, and only a change at the
+    /// very bottom costs a walk over all of it.
     pub(super) async fn narrow(
         &self,
         ctx: &Ctx<'_>,
         count: u64,
+        delta: Option<i64>,
+        floor: Option<i64>,
         stats: &mut ScanStats,
     ) -> Result<Found, ScanError> {
         let mut found = Found::default();
@@ -74,40 +83,61 @@ impl Scanner<'_> {
                 "this aw-server offers no ranged counts or sums: the verification will find the difference");
             return Ok(found);
         };
-        let mirror = {
+        let mut mirror = {
             let store = std::sync::Arc::clone(self.store);
             let (row, generation) = (ctx.state.row, ctx.state.generation);
             tokio::task::spawn_blocking(move || store.mirror(row, generation))
                 .await
                 .map_err(|e| ScanError::State(crate::state::StateError::Task(e.to_string())))??
         };
+        mirror.sort_unstable_by_key(|e| e.start_ns);
         let lo = self.start_from_ns.map_or(LOWEST, floor_us);
-        let mut todo = vec![(lo, HIGHEST)];
-        for round in 0..ROUNDS {
-            let slices: Vec<(i64, i64)> = todo.iter().flat_map(|&r| cut(&mirror, r)).collect();
-            if slices.is_empty() {
+        for group in groups(&mirror, lo, floor) {
+            let f = self.narrow_range(ctx, &mirror, group, kind, stats).await?;
+            found.new += f.new;
+            found.deleted += f.deleted;
+            if found.any() && delta == Some(found.new as i64 - found.deleted as i64) {
                 break;
             }
+        }
+        Ok(found)
+    }
+
+    /// One range: asked about whole, then cut into [`K`] slices where it differs, down to
+    /// slices small enough to read.
+    async fn narrow_range(
+        &self,
+        ctx: &Ctx<'_>,
+        mirror: &[MirrorEvent],
+        range: (i64, i64),
+        kind: Aggregate,
+        stats: &mut ScanStats,
+    ) -> Result<Found, ScanError> {
+        let mut found = Found::default();
+        let mut slices = vec![range];
+        for round in 0..=ROUNDS {
             let theirs = self.server_aggregate(ctx, kind, &slices, stats).await?;
-            let ours = aggregate(&mirror, &slices, kind);
-            todo.clear();
+            let ours = aggregate(mirror, &slices, kind);
+            let mut next = Vec::new();
             for (i, &slice) in slices.iter().enumerate() {
                 if agree(kind, theirs[i], ours[i]) {
                     continue;
                 }
-                let known = starting_in(&mirror, slice).count();
+                let known = starting_in(mirror, slice).count();
                 tracing::debug!(bucket = %ctx.bucket.id, ?slice, theirs = theirs[i], ours = ours[i], known, round, "slice differs");
-                if known <= 2 * self.page_size || round + 1 == ROUNDS || cut(&mirror, slice).len() < 2 {
-                    let f = self.read_slice(ctx, &mirror, slice, stats).await?;
+                let parts = cut(mirror, slice);
+                if known <= 2 * self.page_size || round == ROUNDS || parts.len() < 2 {
+                    let f = self.read_slice(ctx, mirror, slice, stats).await?;
                     found.new += f.new;
                     found.deleted += f.deleted;
                 } else {
-                    todo.push(slice);
+                    next.extend(parts);
                 }
             }
-            if todo.is_empty() {
+            if next.is_empty() {
                 break;
             }
+            slices = next;
         }
         Ok(found)
     }
@@ -121,7 +151,11 @@ impl Scanner<'_> {
         count: u64,
         stats: &mut ScanStats,
     ) -> Result<Option<Aggregate>, ScanError> {
-        let known = self.caps.lock().unwrap_or_else(|p| p.into_inner()).aggregate;
+        let known = self
+            .caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .aggregate;
         if let Some(kind) = known {
             return Ok(kind);
         }
@@ -135,7 +169,11 @@ impl Scanner<'_> {
             Some(Aggregate::PythonCount)
         } else {
             stats.requests += 1;
-            match self.source.sum_durations(bucket, &[(LOWEST, HIGHEST)]).await {
+            match self
+                .source
+                .sum_durations(bucket, &[(LOWEST, HIGHEST)])
+                .await
+            {
                 Ok(_) => Some(Aggregate::ClippedSum),
                 Err(e) => {
                     tracing::debug!(%bucket, "no sums from the query API: {e}");
@@ -143,7 +181,10 @@ impl Scanner<'_> {
                 }
             }
         };
-        self.caps.lock().unwrap_or_else(|p| p.into_inner()).aggregate = Some(kind);
+        self.caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .aggregate = Some(kind);
         Ok(kind)
     }
 
@@ -193,40 +234,57 @@ impl Scanner<'_> {
             first_limit: self.page_size,
             limit: self.page_size,
             budget: None,
+            near: None,
         };
-        let out = self
-            .read(ctx, plan, true, &mut NoProgress, stats)
-            .await?;
+        let out = self.read(ctx, plan, true, &mut NoProgress, stats).await?;
         let seen: HashSet<i64> = out
             .ids
             .as_ref()
             .map(|ids| ids.keys().copied().collect())
             .unwrap_or_default();
         let mask = (1i64 << GENERATION_SHIFT) - 1;
-        let gone: Vec<&MirrorEvent> = starting_in(mirror, (s, t))
+        let gone: Vec<(i64, i64)> = starting_in(mirror, (s, t))
             .filter(|e| !seen.contains(&(e.event_id & mask)))
+            .map(|e| (e.event_id, e.start_ns))
             .collect();
+        let deleted = self.tombstones(ctx, gone, stats).await?;
+        Ok(Found {
+            new: out.new_ids,
+            deleted,
+        })
+    }
+
+    /// Queues the deletion of events the state knows (`(upstream id, start)`) that a read of
+    /// their range did not return. A few are first asked for by id (an event replaced through
+    /// the API keeps its id but may have moved); many at once are a mass deletion, and the
+    /// read is trusted.
+    pub(super) async fn tombstones(
+        &self,
+        ctx: &Ctx<'_>,
+        gone: Vec<(i64, i64)>,
+        stats: &mut ScanStats,
+    ) -> Result<u64, ScanError> {
+        let mask = (1i64 << GENERATION_SHIFT) - 1;
         let confirm = gone.len() <= CONFIRM_DELETIONS;
         let mut deletions = Vec::new();
-        for e in gone {
-            let aw_id = e.event_id & mask;
+        for (event_id, start_ns) in gone {
+            let aw_id = event_id & mask;
+            if upstream_event_id(ctx.state.generation, aw_id) != Some(event_id) {
+                continue;
+            }
             if confirm {
-                // Moved rather than gone (an event replaced through the API keeps its id)?
                 stats.requests += 1;
                 if self.source.event(&ctx.bucket.id, aw_id).await?.is_some() {
                     continue;
                 }
             }
-            if upstream_event_id(ctx.state.generation, aw_id) != Some(e.event_id) {
-                continue;
-            }
             let acked = Acked {
                 row: ctx.state.row,
-                event_id: e.event_id,
+                event_id,
                 hash: DELETION,
                 span: Span {
-                    start_ns: e.start_ns,
-                    duration_ns: e.end_ns - e.start_ns,
+                    start_ns,
+                    duration_ns: 0,
                 },
             };
             if self.inflight.claim(acked.row, acked.event_id, DELETION) {
@@ -238,21 +296,18 @@ impl Scanner<'_> {
                 });
             }
         }
-        let found = Found {
-            new: out.new_ids,
-            deleted: deletions.len() as u64,
-        };
-        if !deletions.is_empty() {
-            tracing::info!(bucket = %ctx.bucket.id, deleted = deletions.len(),
+        let n = deletions.len() as u64;
+        if n > 0 {
+            tracing::info!(bucket = %ctx.bucket.id, deleted = n,
                 "events deleted in aw-server: telling the upstream");
-            stats.deleted += deletions.len() as u64;
-            stats.queued += deletions.len() as u64;
+            stats.deleted += n;
+            stats.queued += n;
             self.tx
                 .send_events(deletions)
                 .await
                 .map_err(|_| ScanError::UploaderGone)?;
         }
-        Ok(found)
+        Ok(n)
     }
 }
 
@@ -268,6 +323,58 @@ fn starting_in(mirror: &[MirrorEvent], (s, t): (i64, i64)) -> impl Iterator<Item
         .iter()
         .filter(move |e| e.start_ns >= s && (e.start_ns < t || t == HIGHEST))
 }
+
+/// The ranges [`Scanner::narrow`] looks at, newest first: `[floor, HIGHEST]`, then below the
+/// floor spans of 1, 2, 4, … days, the last reaching down to `lo`. Each boundary is moved into
+/// the middle of a nearby event (see [`cut`]) when one is there.
+fn groups(sorted: &[MirrorEvent], lo: i64, floor: Option<i64>) -> Vec<(i64, i64)> {
+    let Some(floor) = floor.filter(|&f| f > lo) else {
+        return vec![(lo, HIGHEST)];
+    };
+    let mut bounds = vec![HIGHEST, snap(sorted, floor)];
+    let mut span = DAY;
+    loop {
+        let last = *bounds.last().unwrap_or(&lo);
+        let next = last.saturating_sub(span);
+        if next <= lo {
+            bounds.push(lo);
+            break;
+        }
+        let b = snap(sorted, next);
+        if b < last && b > lo {
+            bounds.push(b);
+        }
+        span = span.saturating_mul(2);
+    }
+    bounds
+        .windows(2)
+        .map(|w| (w[1], w[0]))
+        .filter(|(a, b)| a < b)
+        .collect()
+}
+
+/// `t`, or the middle of an event near it that is long enough to be cut clear of every edge:
+/// the servers' rounding at a range's edge (Python compares end times as millisecond strings)
+/// must not make a slice look different.
+fn snap(sorted: &[MirrorEvent], t: i64) -> i64 {
+    let refs: Vec<&MirrorEvent> = sorted.iter().collect();
+    if clear_of_edges(&refs, t) {
+        return floor_us(t);
+    }
+    let at = sorted.partition_point(|e| e.start_ns <= t);
+    let near = sorted[at.saturating_sub(8)..(at + 8).min(sorted.len())].iter();
+    near.filter_map(|e| {
+        let mid = floor_us(e.start_ns + (e.end_ns - e.start_ns) / 2);
+        (mid - e.start_ns >= CUT_MARGIN
+            && e.end_ns - mid >= CUT_MARGIN
+            && clear_of_edges(&refs, mid))
+        .then_some(mid)
+    })
+    .min_by_key(|m| (m - t).abs())
+    .unwrap_or_else(|| floor_us(t))
+}
+
+const DAY: i64 = 86_400 * 1_000_000_000;
 
 /// `[s, t]` cut into up to [`K`] slices of about equal numbers of known events, each cut in
 /// the middle of an event at least 2 ms long, away from every edge. Adjacent slices share
@@ -296,9 +403,9 @@ fn cut(mirror: &[MirrorEvent], (s, t): (i64, i64)) -> Vec<(i64, i64)> {
 
 /// No event starts or ends within [`CUT_MARGIN`] of `c`.
 fn clear_of_edges(events: &[&MirrorEvent], c: i64) -> bool {
-    events.iter().all(|e| {
-        (e.start_ns - c).abs() >= CUT_MARGIN && (e.end_ns - c).abs() >= CUT_MARGIN
-    })
+    events
+        .iter()
+        .all(|e| (e.start_ns - c).abs() >= CUT_MARGIN && (e.end_ns - c).abs() >= CUT_MARGIN)
 }
 
 #[cfg(test)]
@@ -319,7 +426,9 @@ mod tests {
     #[test]
     fn cuts_fall_inside_events_and_split_evenly() {
         // 160 adjacent 10-second events.
-        let m: Vec<_> = (0..160).map(|i| ev(i, i * 10 * S, (i + 1) * 10 * S)).collect();
+        let m: Vec<_> = (0..160)
+            .map(|i| ev(i, i * 10 * S, (i + 1) * 10 * S))
+            .collect();
         let slices = cut(&m, (0, HIGHEST));
         assert_eq!(slices.len(), K);
         assert_eq!(slices.first().map(|s| s.0), Some(0));
@@ -337,9 +446,44 @@ mod tests {
             assert!((9..=11).contains(&n), "{sl:?}: {n}");
         }
         assert_eq!(
-            slices.iter().map(|&sl| starting_in(&m, sl).count()).sum::<usize>(),
+            slices
+                .iter()
+                .map(|&sl| starting_in(&m, sl).count())
+                .sum::<usize>(),
             160
         );
+    }
+
+    #[test]
+    fn groups_go_down_from_the_floor_in_doubling_spans() {
+        // Ten-second events over 20 days.
+        let m: Vec<_> = (0..172_800)
+            .map(|i| ev(i, i * 10 * S, (i + 1) * 10 * S))
+            .collect();
+        let floor = 20 * DAY - 3_600 * S;
+        // A floor on an event's edge moves into the middle of a neighbour; one clear of every
+        // edge stays.
+        assert_eq!(groups(&m, 0, Some(floor + 3 * S))[0].0, floor + 3 * S);
+        let g = groups(&m, 0, Some(floor));
+        assert_eq!(g[0].1, HIGHEST);
+        assert_eq!(
+            g[0].0 % (10 * S),
+            5 * S,
+            "snapped into an event: {}",
+            g[0].0
+        );
+        assert!((g[0].0 - floor).abs() < 20 * S);
+        for w in g.windows(2) {
+            assert_eq!(w[0].0, w[1].1, "contiguous: {g:?}");
+        }
+        assert_eq!(g.last().map(|r| r.0), Some(0));
+        let spans: Vec<i64> = g[1..g.len() - 1]
+            .iter()
+            .map(|r| (r.1 - r.0 + DAY / 2) / DAY)
+            .collect();
+        assert_eq!(spans, vec![1, 2, 4, 8], "{g:?}");
+        // No floor: one range.
+        assert_eq!(groups(&m, 0, None), vec![(0, HIGHEST)]);
     }
 
     #[test]

@@ -22,8 +22,7 @@ use super::{Ctx, ScanError, ScanStats, Scanner};
 use crate::engine::queue::{Body, Pending};
 use crate::source::{object_to_raw, PageEvent, PageQuery, SourceError};
 use crate::state::{
-    event_hash_raw, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined,
-    Span,
+    event_hash_raw, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined, Span,
 };
 use crate::upstream::contract::UpEvent;
 
@@ -64,6 +63,8 @@ pub(super) struct Plan {
     pub limit: usize,
     /// Stop after about this many events (verification steps).
     pub budget: Option<u64>,
+    /// Count the events within this many ns of the newest one read ([`Outcome::near`]).
+    pub near: Option<i64>,
 }
 
 /// What a read saw.
@@ -79,8 +80,8 @@ pub(super) struct Outcome {
     pub new_ids: u64,
     /// Distinct events read.
     pub events: u64,
-    /// Starts of the events read, newest first (for the next pass's first page size).
-    pub starts: Vec<i64>,
+    /// Events read within [`Plan::near`] of the newest (the next pass's first page size).
+    pub near: u64,
 }
 
 /// After each page: what progress to report (the scan turns it into a [`crate::state::Mark`]).
@@ -99,7 +100,12 @@ pub(super) trait Progress {
 pub(super) struct NoProgress;
 
 impl Progress for NoProgress {
-    async fn page_done(&mut self, _: &Scanner<'_>, _: Option<i64>, _: i64) -> Result<(), ScanError> {
+    async fn page_done(
+        &mut self,
+        _: &Scanner<'_>,
+        _: Option<i64>,
+        _: i64,
+    ) -> Result<(), ScanError> {
         Ok(())
     }
 }
@@ -159,7 +165,14 @@ impl Scanner<'_> {
                 }
             };
             let (processed, fetched) = tokio::join!(
-                self.process_page(ctx, plan.start, end_q, &seen, page, &mut out, stats),
+                self.process_page(
+                    ctx,
+                    (plan.start, end_q, plan.near),
+                    &seen,
+                    page,
+                    &mut out,
+                    stats
+                ),
                 fetch_next
             );
             processed?;
@@ -258,12 +271,11 @@ impl Scanner<'_> {
     }
 
     /// Hashes one page's events and queues those the upstream does not hold as they are.
-    #[allow(clippy::too_many_arguments)]
+    /// `bounds` are the query's start and end and the plan's [`Plan::near`].
     async fn process_page(
         &self,
         ctx: &Ctx<'_>,
-        start_q: Option<i64>,
-        end_q: Option<i64>,
+        (start_q, end_q, near): (Option<i64>, Option<i64>, Option<i64>),
         seen: &HashSet<i64>,
         page: Vec<PageEvent>,
         out: &mut Outcome,
@@ -305,7 +317,7 @@ impl Scanner<'_> {
             let clip = clipped(start_q, end_q, ret);
             let event = if clip.any() {
                 let known = held.get(&up_id).filter(|k| !k.deleted);
-                if known.is_some_and(|k| clip.unchanged(k, ret)) {
+                if known.is_some_and(|k| clip.unchanged(k, ret, end_q)) {
                     // The part of an event the state holds that lies beyond this read's
                     // range is read by the read that covers it.
                     if let Some(ids) = out.ids.as_mut() {
@@ -332,7 +344,11 @@ impl Scanner<'_> {
                 ids.insert(id, span.start_ns);
             }
             out.events += 1;
-            out.starts.push(span.start_ns);
+            if let (Some(w), Some(newest)) = (near, out.newest) {
+                if span.start_ns >= newest.saturating_sub(w) {
+                    out.near += 1;
+                }
+            }
             // The range query returns what overlaps; an event that ended before `start_from`
             // (or at it, having started before) is not uploaded. One running across it is sent
             // whole: clipping it would invent an event aw-server never had.
@@ -434,7 +450,10 @@ impl Scanner<'_> {
             Ok(h) => h,
             Err(e) => {
                 let text = event.data.get().to_owned();
-                return Err(quarantine(format!("event data cannot be hashed: {e}"), &text));
+                return Err(quarantine(
+                    format!("event data cannot be hashed: {e}"),
+                    &text,
+                ));
             }
         };
         Ok(Pending {
@@ -500,16 +519,18 @@ impl Clip {
         self.start || self.end
     }
 
-    /// Whether a possibly clipped copy shows nothing new about the event the state holds:
-    /// heartbeats only move an event's end, so a copy clipped at the start whose end is the
-    /// recorded one is unchanged, and one clipped at the end that starts where the recorded
-    /// one starts and reaches past the edge holds nothing this read can judge.
-    fn unchanged(self, k: &Known, ret: Span) -> bool {
+    /// Whether a possibly clipped copy shows nothing new about the event the state holds.
+    /// Heartbeats only move an event's end, so a copy clipped at the start whose end is the
+    /// recorded one is unchanged. A copy clipped at the end can hide growth, so it is fetched —
+    /// unless this is a slice read (it has a start) and the recorded event reaches past the
+    /// slice: then the slice above, which holds its end, shows any growth (its copy there is
+    /// clipped at the start and compared by its end).
+    fn unchanged(self, k: &Known, ret: Span, end_q: Option<i64>) -> bool {
+        let beyond = end_q.is_some_and(|e| k.end_ns > e);
         match (self.start, self.end) {
             (true, false) => k.start_ns < ret.start_ns && k.end_ns == ret.end_ns(),
-            (false, true) => k.start_ns == ret.start_ns && k.end_ns >= ret.end_ns(),
-            _ => k.start_ns <= ret.start_ns && k.end_ns >= ret.end_ns(),
+            (false, true) => false,
+            _ => k.start_ns < ret.start_ns && beyond,
         }
     }
 }
-

@@ -1,7 +1,6 @@
-
 use super::*;
-use crate::engine::queue::{queue, Item};
 use crate::auth::BoxFuture;
+use crate::engine::queue::{queue, Item};
 use crate::state::{Acked, BucketState, DestKey, Span};
 use crate::upstream::contract::{BatchResponse, UpEvent};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,7 +41,7 @@ impl BatchSink for FakeSink {
             Ok(BatchResponse {
                 accepted: batch.events.len() as u64,
                 duplicates: 0,
-            deleted: batch.deletions.len() as u64,
+                deleted: batch.deletions.len() as u64,
             })
         })
     }
@@ -57,10 +56,7 @@ impl TokenSource for Tokens {
     fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         Box::pin(async { Ok(AccessToken::new("t0")) })
     }
-    fn refresh<'a>(
-        &'a self,
-        _r: &'a AccessToken,
-    ) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
+    fn refresh<'a>(&'a self, _r: &'a AccessToken) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
         Box::pin(async move {
             let n = self.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
             if self.can_refresh {
