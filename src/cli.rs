@@ -46,6 +46,10 @@ pub struct Args {
     #[arg(long, requires = "status")]
     pub json: bool,
 
+    /// With --status: one line for status bars and prompts ("synced 3 min ago · 0 pending").
+    #[arg(long, requires = "status", conflicts_with = "json")]
+    pub short: bool,
+
     /// Sync to an embedded development upstream instead of the configured one.
     #[arg(long)]
     pub dev: bool,
@@ -148,6 +152,11 @@ mod tests {
 
         let args = parse(&["--status", "--json"]).expect("parses");
         assert!(args.status && args.json);
+
+        let args = parse(&["--status", "--short"]).expect("parses");
+        assert!(args.status && args.short);
+        assert!(parse(&["--short"]).is_err(), "--short goes with --status");
+        assert!(parse(&["--status", "--short", "--json"]).is_err());
     }
 
     #[test]

@@ -384,9 +384,10 @@ async fn a_logged_out_daemon_keeps_running_and_says_login_required() {
         .output()
         .expect("run --status");
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "--status: {status:?}");
+    // The user must act: exit 1, and the hint is for this (testing) instance.
+    assert_eq!(status.status.code(), Some(1), "--status: {status:?}");
     assert!(
-        text.contains("login required: run aw-sync-samay --login"),
+        text.contains("login required: run aw-sync-samay --testing --login"),
         "--status should say what to do:\n{text}"
     );
 

@@ -335,13 +335,16 @@ async fn once_with_aw_server_down_fails_with_one_line_saying_what_to_do() {
     assert!(!r.status.success(), "{r:?}");
     let lines = r.stderr_lines();
     assert_eq!(lines.len(), 1, "one line on stderr: {:?}", r.stderr);
+    // The URL once, and the cause (it said the URL twice and no cause).
+    let url = format!("http://127.0.0.1:{port}");
     assert!(
-        lines[0].contains(&format!(
-            "aw-server at http://127.0.0.1:{port} is not reachable"
-        )),
+        lines[0].contains(&format!("no answer from aw-server at {url}")),
         "{lines:?}"
     );
+    assert_eq!(lines[0].matches(&url).count(), 1, "{lines:?}");
+    assert!(lines[0].contains("(connection refused)"), "{lines:?}");
     assert!(lines[0].contains("start ActivityWatch"), "{lines:?}");
+    assert_eq!(r.status.code(), Some(2), "unreachable: exit 2");
     assert!(r.stdout.is_empty(), "no summary on failure: {:?}", r.stdout);
 }
 
@@ -413,7 +416,9 @@ async fn token_never_appears_in_output_or_logs_even_at_trace_level() {
                 &out,
             )
             .await;
-            assert!(st.status.success(), "{st:?}");
+            // A token the upstream refused: the user must act (exit 1).
+            let expected = if should_sync { 0 } else { 1 };
+            assert_eq!(st.status.code(), Some(expected), "{st:?}");
             assert!(st.stdout.contains("AW_SYNC_SAMAY_TOKEN"), "{}", st.stdout);
             runs.push(st);
         }
@@ -451,39 +456,55 @@ async fn token_never_appears_in_output_or_logs_even_at_trace_level() {
 // ---------------------------------------------------------------------------------------------
 // 4. Log file naming
 
+/// A daemon run writes an aw-core named file (aw-qt's crash dialog finds it); a one-shot
+/// command appends to `commands[-testing].log` instead, so it never adds to the daemon's files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_writes_an_aw_core_named_log_file_and_testing_has_its_own() {
-    let home = Home::new();
-    let config = home.config("", "");
-    let port = free_port();
-    let r = run(
-        sync_command(home.path(), port, &config, TEST_TOKEN).arg("--once"),
-        home.path(),
-    )
-    .await;
-    assert!(!r.status.success());
     let names = |home: &Home| -> Vec<String> {
-        home.log_files()
+        let mut n: Vec<String> = home
+            .log_files()
             .iter()
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-            .collect()
+            .collect();
+        n.sort();
+        n
     };
-    let logs = names(&home);
-    assert_eq!(logs.len(), 1, "{logs:?}");
-    assert!(is_log_name(&logs[0], false), "{logs:?}");
+    let port = free_port();
+    for testing in [false, true] {
+        let home = Home::new();
+        let config = home.config("", "");
+        let mut cmd = sync_command(home.path(), port, &config, TEST_TOKEN);
+        if testing {
+            cmd.arg("--testing");
+        }
+        // Nothing configured: the daemon idles until stopped.
+        let mut daemon = Daemon::spawn(&mut cmd, home.path());
+        daemon.wait_for("idling until stopped").await;
+        let (status, took) = daemon.stop_with("TERM").await;
+        assert_clean_stop(status, took, "TERM", &daemon.stderr());
+        let logs = names(&home);
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(is_log_name(&logs[0], testing), "{logs:?}");
+        assert!(!is_log_name(&logs[0], !testing), "{logs:?}");
 
-    let testing = Home::new();
-    let config = testing.config("", "");
-    let r = run(
-        sync_command(testing.path(), port, &config, TEST_TOKEN).args(["--once", "--testing"]),
-        testing.path(),
-    )
-    .await;
-    assert!(!r.status.success());
-    let logs = names(&testing);
-    assert_eq!(logs.len(), 1, "{logs:?}");
-    assert!(is_log_name(&logs[0], true), "{logs:?}");
-    assert!(!is_log_name(&logs[0], false), "{logs:?}");
+        let mut once = sync_command(home.path(), port, &config, TEST_TOKEN);
+        once.arg("--once");
+        if testing {
+            once.arg("--testing");
+        }
+        let r = run(&mut once, home.path()).await;
+        assert!(!r.status.success());
+        let one_shot = if testing {
+            "commands-testing.log"
+        } else {
+            "commands.log"
+        };
+        assert_eq!(
+            names(&home),
+            [logs[0].clone(), one_shot.to_string()],
+            "--once appends to the one-shot log"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,10 +532,11 @@ async fn a_second_instance_for_the_same_port_exits_and_another_port_may_run() {
         "the second instance should give up at once"
     );
     assert!(
-        second
-            .stderr
-            .contains("another aw-sync-samay is already running"),
-        "{:?}",
+        second.stderr.contains(&format!(
+            "another aw-sync-samay (PID {}) is already running",
+            first.pid()
+        )),
+        "the refusal names the PID: {:?}",
         second.stderr
     );
 
@@ -533,7 +555,11 @@ async fn a_second_instance_for_the_same_port_exits_and_another_port_may_run() {
         "{:?}",
         after.stderr
     );
-    assert!(after.stderr.contains("not reachable"), "{:?}", after.stderr);
+    assert!(
+        after.stderr.contains("no answer from aw-server"),
+        "{:?}",
+        after.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,7 +648,7 @@ async fn daemon_keeps_running_while_aw_server_is_down() {
     daemon_survives(
         sync_command(home.path(), free_port(), &config, TEST_TOKEN),
         home.path(),
-        "is not reachable",
+        "no answer from aw-server",
     )
     .await;
 }
@@ -680,7 +706,9 @@ async fn status_url(home: &Home, args: &[&str]) -> String {
         home.path(),
     )
     .await;
-    assert!(r.status.success(), "{r:?}");
+    // Nothing configured (and no aw-server there): exit 1, and the JSON still says where it
+    // looked.
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
     parse_json(&r)["aw_server"]["url"]
         .as_str()
         .expect("aw_server.url")

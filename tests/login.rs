@@ -313,12 +313,18 @@ async fn a_revoked_grant_means_login_required_and_a_new_login_resumes_with_nothi
     assert!(text(&out).contains("login required"), "{}", text(&out));
     assert!(rig.stored().await.is_none());
     let status = rig.run(&["--status"], None).await;
+    // The hint repeats the flags this command was run with, and the user must act: exit 1.
+    let login = format!(
+        "login required: run aw-sync-samay --port {} --config {} --login",
+        rig.aw.port(),
+        rig.config.display()
+    );
     assert!(
-        String::from_utf8_lossy(&status.stdout)
-            .contains("login required: run aw-sync-samay --login"),
-        "{}",
+        String::from_utf8_lossy(&status.stdout).contains(&login),
+        "{login:?} in:\n{}",
         text(&status)
     );
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
 
     // A new login resumes: everything arrives, nothing twice.
     assert!(rig.login("alice").await.status.success());
@@ -414,7 +420,7 @@ async fn login_into_the_real_secret_service() {
     let script = format!(
         "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; \
          \"{bin}\" --port {port} --config \"{cfg}\" --login && \
-         \"{bin}\" --port {port} --config \"{cfg}\" --status && \
+         \"{bin}\" --port {port} --config \"{cfg}\" --status; \
          secret-tool search --all service aw-sync-samay 2>&1",
         port = rig.aw.port(),
         cfg = rig.config.display()

@@ -231,8 +231,11 @@ impl Settings {
 /// again later", and none of them stops the process.
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
-    #[error("aw-server at {url} is not reachable: start ActivityWatch (aw-server) — {source}")]
+    #[error("{source}: start ActivityWatch (aw-qt or aw-server), or pass --port or --testing if it listens elsewhere")]
     SourceDown { url: String, source: SourceError },
+    /// Another program answers on aw-server's port (its message says what to do).
+    #[error(transparent)]
+    NotAwServer(SourceError),
     #[error("reading aw-server failed: {0} (see aw-server's log; nothing is lost, the next sync resumes where this one stopped)")]
     Source(SourceError),
     #[error(transparent)]
@@ -249,6 +252,19 @@ impl CycleError {
     /// Waiting for the user (a login), not for a fault to pass.
     pub fn needs_login(&self) -> bool {
         matches!(self, CycleError::Auth(_))
+    }
+
+    /// The exit code of a `--once` that ended with this ([`crate::exit`]): the user must act
+    /// (log in, fix the port or `sync.base_url`) or it is a fault that passes by itself.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CycleError::Auth(_) | CycleError::NotAwServer(_) => crate::exit::USER_MUST_ACT,
+            // A 3xx/4xx the upstream will answer again: the wrong URL or API, not an outage.
+            CycleError::Upstream(UpstreamError::Fatal { .. } | UpstreamError::Config(_)) => {
+                crate::exit::USER_MUST_ACT
+            }
+            _ => crate::exit::UNREACHABLE,
+        }
     }
 }
 
@@ -301,7 +317,43 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct BucketCounters {
     pub read: AtomicU64,
+    /// Events found new or changed and queued for upload.
+    pub new: AtomicU64,
     pub delivered: AtomicU64,
+}
+
+/// One bucket's counters at one moment: what progress displays show, here and over the
+/// control channel ([`crate::control`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BucketCount {
+    pub bucket_id: String,
+    /// Events aw-server returned, copies re-read at page and window edges (and the lookback)
+    /// included: more than the bucket's events, and most of them unchanged.
+    pub read: u64,
+    /// Events found new or changed (what is uploaded): at most the bucket's events.
+    pub new: u64,
+    /// Of `new`, the events the upstream acknowledged.
+    pub delivered: u64,
+}
+
+impl BucketCount {
+    /// `counts` minus `baseline` (bucket by bucket; a bucket missing from the baseline counts
+    /// from zero): what happened since the baseline was taken.
+    pub fn since(counts: &[BucketCount], baseline: &[BucketCount]) -> Vec<BucketCount> {
+        counts
+            .iter()
+            .map(|c| {
+                let base = baseline.iter().find(|b| b.bucket_id == c.bucket_id);
+                let before = |f: fn(&BucketCount) -> u64| base.map_or(0, f);
+                BucketCount {
+                    bucket_id: c.bucket_id.clone(),
+                    read: c.read.saturating_sub(before(|b| b.read)),
+                    new: c.new.saturating_sub(before(|b| b.new)),
+                    delivered: c.delivered.saturating_sub(before(|b| b.delivered)),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Metrics {
@@ -316,18 +368,22 @@ impl Metrics {
         c
     }
 
-    /// `(bucket, read, delivered)` for every bucket seen so far, by bucket id.
-    pub fn per_bucket(&self) -> Vec<(String, u64, u64)> {
+    /// The counters of every bucket seen so far, by bucket id.
+    pub fn per_bucket(&self) -> Vec<BucketCount> {
         let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
-            .map(|(id, c)| {
-                (
-                    id.clone(),
-                    c.read.load(Ordering::Relaxed),
-                    c.delivered.load(Ordering::Relaxed),
-                )
+            .map(|(id, c)| BucketCount {
+                bucket_id: id.clone(),
+                read: c.read.load(Ordering::Relaxed),
+                new: c.new.load(Ordering::Relaxed),
+                delivered: c.delivered.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// Counts `n` events of `bucket_id` found new or changed, on their way to the upstream.
+    pub(crate) fn queued(&self, bucket_id: &str, n: u64) {
+        self.bucket(bucket_id).new.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts `n` events of `bucket_id` acknowledged by the upstream.
@@ -394,15 +450,13 @@ impl Engine {
     }
 
     async fn cycle(&self) -> Result<CycleReport, CycleError> {
-        let down = |source: SourceError| {
-            if matches!(source, SourceError::Unreachable { .. }) {
-                CycleError::SourceDown {
-                    url: self.source.base_url().to_string(),
-                    source,
-                }
-            } else {
-                CycleError::Source(source)
-            }
+        let down = |source: SourceError| match source {
+            SourceError::Unreachable { .. } => CycleError::SourceDown {
+                url: self.source.base_url().to_string(),
+                source,
+            },
+            SourceError::NotAwServer { .. } => CycleError::NotAwServer(source),
+            source => CycleError::Source(source),
         };
         let info = self.source.info().await.map_err(down)?;
         let buckets = self.source.get_buckets().await.map_err(down)?;
@@ -588,10 +642,27 @@ pub enum Outcome {
 /// one *ended* (so a slow cycle, or a laptop waking from sleep, never causes a burst of
 /// catch-up cycles), failures space cycles out (see [`backoff::cycle_delay`]), and shutdown
 /// interrupts a cycle or a wait at once.
-pub async fn run_daemon<C, F>(interval: Duration, mut cycle: C, shutdown: impl Future<Output = ()>)
+pub async fn run_daemon<C, F>(interval: Duration, cycle: C, shutdown: impl Future<Output = ()>)
 where
     C: FnMut() -> F,
     F: Future<Output = Outcome>,
+{
+    run_daemon_woken(interval, cycle, shutdown, std::future::pending).await
+}
+
+/// [`run_daemon`], and a wait between cycles also ends when `wake()` resolves (a "sync now"
+/// request, [`crate::control`]): the next cycle starts at once, whatever the interval or the
+/// backoff said.
+pub async fn run_daemon_woken<C, F, W, WF>(
+    interval: Duration,
+    mut cycle: C,
+    shutdown: impl Future<Output = ()>,
+    mut wake: W,
+) where
+    C: FnMut() -> F,
+    F: Future<Output = Outcome>,
+    W: FnMut() -> WF,
+    WF: Future<Output = ()>,
 {
     tokio::pin!(shutdown);
     let mut failures = 0u32;
@@ -617,6 +688,7 @@ where
         tracing::debug!(delay_s = delay.as_secs_f64(), "next cycle scheduled");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
+            _ = wake() => tracing::debug!("sync requested: starting the next cycle now"),
             _ = &mut shutdown => return,
         }
     }
@@ -626,6 +698,12 @@ impl Engine {
     /// A cycle for the daemon loop: logs the result, records it in the status bucket
     /// ([`status_bucket`]) and classifies it.
     pub async fn daemon_cycle(&self) -> Outcome {
+        self.daemon_cycle_reporting().await.0
+    }
+
+    /// [`Engine::daemon_cycle`], also handing back the cycle's result (for those who asked
+    /// for it over the control channel).
+    pub async fn daemon_cycle_reporting(&self) -> (Outcome, Result<CycleReport, CycleError>) {
         let started = Instant::now();
         let result = self.run_cycle().await;
         let outcome = match &result {
@@ -650,7 +728,7 @@ impl Engine {
             }
         };
         self.record_status(&result, started.elapsed()).await;
-        outcome
+        (outcome, result)
     }
 }
 
@@ -807,6 +885,43 @@ mod tests {
         let starts = run_script(i, vec![l, l, l, l], Duration::from_secs(200)).await;
         let secs: Vec<u64> = starts.iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, vec![0, 60, 120, 180]);
+    }
+
+    /// A sync request between cycles starts the next one at once, not an interval later.
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_starts_the_next_cycle_at_once() {
+        let t0 = TokioInstant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let wake_at = Arc::new(Mutex::new(vec![Duration::from_secs(10)]));
+        let cycle = {
+            let starts = Arc::clone(&starts);
+            move || {
+                starts.lock().unwrap().push(t0.elapsed());
+                async { Outcome::Synced }
+            }
+        };
+        let wake = {
+            let wake_at = Arc::clone(&wake_at);
+            move || {
+                let next = wake_at.lock().unwrap().pop();
+                async move {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(t0 + at).await,
+                        None => std::future::pending().await,
+                    }
+                }
+            }
+        };
+        run_daemon_woken(
+            Duration::from_secs(300),
+            cycle,
+            tokio::time::sleep(Duration::from_secs(301)),
+            wake,
+        )
+        .await;
+        let secs: Vec<u64> = starts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+        // 0, woken at 10, then the interval from the end of that cycle.
+        assert_eq!(secs, vec![0, 10]);
     }
 
     #[tokio::test(start_paused = true)]

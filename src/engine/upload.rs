@@ -118,6 +118,11 @@ impl Uploader {
                     return Ok(stats);
                 }
                 Some(Item::Events(events)) => {
+                    // A page's events are of one bucket.
+                    if let Some(first) = events.first() {
+                        self.metrics
+                            .queued(&first.acked.bucket_id, events.len() as u64);
+                    }
                     for p in events {
                         batch.push(p);
                         if batch.len() >= self.batch_size {

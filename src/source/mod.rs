@@ -6,5 +6,5 @@
 mod client;
 pub mod model;
 
-pub use client::{AwClient, SourceError};
+pub use client::{short_cause, AwClient, SourceError};
 pub use model::{object_to_raw, Bucket, Event, PageEvent, ServerInfo};
