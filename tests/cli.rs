@@ -4,22 +4,21 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use aw_sync_samay::devserver::{self, DevServerConfig};
 use common::awserver::free_port;
-use common::bin::{isolated_command, sync_command, write_config};
+use common::bin::{
+    isolated_command, read, run, sync_command, wait_exit, write_config, Run, RUN_TIMEOUT,
+};
 use common::daemon::Daemon;
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// How long a one-shot command may take before the test gives up on it.
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a daemon to say it started.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A signal must stop the daemon within this.
@@ -79,81 +78,6 @@ impl Home {
 
     fn config(&self, base_url: &str, extra: &str) -> PathBuf {
         write_config(self.path(), base_url, extra)
-    }
-}
-
-/// What a finished command printed.
-#[derive(Debug)]
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The stderr lines that say something.
-    fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
-    }
-}
-
-/// A file in `dir` for a child's output, read back by path (never through the shared handle,
-/// whose offset the child writes at).
-fn output_file(dir: &Path, name: &str) -> (PathBuf, File) {
-    let file = tempfile::Builder::new()
-        .prefix(name)
-        .suffix(".out")
-        .tempfile_in(dir)
-        .expect("output file");
-    let (file, path) = file.keep().expect("keep output file");
-    (path, file)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Runs `cmd` to completion (bounded), without blocking the tokio workers that serve the dev
-/// upstream meanwhile.
-async fn run(cmd: &mut Command, dir: &Path) -> Run {
-    std::fs::create_dir_all(dir).expect("output dir");
-    let (out_path, out) = output_file(dir, "stdout");
-    let (err_path, err) = output_file(dir, "stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn aw-sync-samay");
-    let status = wait_exit(&mut child, RUN_TIMEOUT).await.unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "aw-sync-samay did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
-            read(&err_path)
-        )
-    });
-    Run {
-        status,
-        stdout: read(&out_path),
-        stderr: read(&err_path),
-    }
-}
-
-/// Polls `child` until it exits or `timeout` passes.
-async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -866,6 +790,20 @@ async fn dev_once_syncs_into_the_embedded_upstream_database() {
     assert!(all.contains("dev upstream: http://127.0.0.1:"), "{all}");
     assert!(all.contains(&db.display().to_string()), "{all}");
     assert!(db.is_file(), "{} exists", db.display());
+    // No browser is involved: nobody is told to wait for one.
+    assert!(
+        !all.contains("Waiting") && !all.contains("waiting for the browser"),
+        "{all}"
+    );
+    // It says the embedded upstream ends with the command, and how to browse it afterwards.
+    assert!(all.contains("runs until this sync ends"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "dev upstream: stopped with this command; browse what it stored with: samay-dev-server --db {}",
+            db.display()
+        )),
+        "{all}"
+    );
 
     let dev = devserver::spawn(DevServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),

@@ -5,19 +5,16 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use aw_sync_samay::config::Config;
 use aw_sync_samay::engine::BucketCount;
 use aw_sync_samay::progress::{render, BucketProgress, Mode, Renderer, Snapshot, Tracker};
-use common::bin::{sync_command, write_config};
+use common::bin::{run, sync_command, write_config};
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn bucket(id: &str, new: u64, delivered: u64, held: u64, total: Option<u64>) -> BucketProgress {
     BucketProgress {
@@ -207,55 +204,6 @@ fn the_tracker_times_each_bucket_from_its_own_first_activity() {
 
 // ---------------------------------------------------------------------------------------------
 // The real binary
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn output_file(dir: &Path, name: &str) -> (PathBuf, File) {
-    let path = dir.join(name);
-    (path.clone(), File::create(&path).expect("output file"))
-}
-
-async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Runs `cmd` to completion (bounded) with stdout and stderr to files (not terminals).
-async fn run(cmd: &mut Command, dir: &Path) -> Run {
-    let (out_path, out) = output_file(dir, "stdout");
-    let (err_path, err) = output_file(dir, "stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn");
-    let status = wait_exit(&mut child, RUN_TIMEOUT).await.unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        )
-    });
-    Run {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    }
-}
 
 /// A rig with `n` events in bucket "window" and an upstream that takes `slow_ms` per batch of
 /// 100, so the sync lasts long enough for progress to be drawn.
