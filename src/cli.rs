@@ -34,11 +34,13 @@ pub struct Args {
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Run one complete sync, then exit (non-zero if it failed).
+    /// Run one complete sync, then exit: 0 synced, 1 you must act, 2 something unreachable.
+    /// While the daemon runs, asks it to sync now.
     #[arg(long)]
     pub once: bool,
 
-    /// Print what has been synced and what is pending, then exit.
+    /// Print what has been synced, what is pending and what to do, then exit: 0 healthy, 1 you
+    /// must act, 2 something unreachable.
     #[arg(long, conflicts_with_all = ["once", "dev"])]
     pub status: bool,
 

@@ -339,7 +339,10 @@ async fn dry_run_command(
     state_path: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     if !args.once {
-        bail!("--dry-run goes with --once: aw-sync-samay --once --dry-run");
+        bail!(
+            "--dry-run goes with --once: {}",
+            hint::command("--once --dry-run")
+        );
     }
     let store = Arc::new(Store::open(state_path).context("opening the sync state")?);
     let sink = Arc::new(aw_sync_samay::upstream::dry_run::DryRunSink::default());

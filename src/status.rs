@@ -351,9 +351,13 @@ async fn daemon_line(socket: Option<&Path>, log_dir: Option<&Path>, testing: boo
             log_file: log_dir
                 .and_then(|d| crate::logging::newest_daemon_log(d, testing))
                 .map(|p| p.display().to_string()),
+            // None: no daemon runs. Otherwise whether one runs is not known.
             detail: match e {
                 control::ControlError::NoDaemon { .. } => None,
-                e => Some(e.to_string()),
+                control::ControlError::Unsupported => {
+                    Some("not asked: no control channel on this platform".into())
+                }
+                e => Some(format!("could not ask it: {e}")),
             },
         },
     }

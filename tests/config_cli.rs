@@ -482,7 +482,10 @@ fn one_instance_per_aw_server_across_processes() {
     let (out, stdout, stderr) = run(iso.child("lock", &path));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("LOCK=busy: another aw-sync-samay is already running for this aw-server"),
+        stdout.contains(&format!(
+            "LOCK=busy: another aw-sync-samay (PID {}) is already running for this aw-server",
+            std::process::id()
+        )),
         "{stdout}\n{stderr}"
     );
 

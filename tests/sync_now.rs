@@ -230,6 +230,18 @@ async fn the_daemons_log_outlives_one_shot_commands_and_refused_starts() {
     assert_eq!(before.len(), 10, "{before:?}");
     let own = before.first().expect("the daemon's log").clone();
     assert!(!seeded.contains(&own), "{before:?}");
+    // A log is named by the second its process started, and one started in the daemon's second
+    // would append to the daemon's file: what follows starts in a later second.
+    let own_second = own
+        .trim_start_matches("aw-sync-samay_")
+        .trim_end_matches(".log")
+        .to_string();
+    for _ in 0..40 {
+        if chrono::Local::now().format("%Y-%m-%dT%H-%M-%S").to_string() != own_second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Twelve one-shot commands beside it.
     for _ in 0..6 {
@@ -262,7 +274,11 @@ async fn the_daemons_log_outlives_one_shot_commands_and_refused_starts() {
         "the running daemon's log was deleted: {after:?}"
     );
     assert!(seeded.iter().all(|s| after.contains(s)), "{after:?}");
-    assert!(after.len() > 10, "kept in use beyond the ten: {after:?}");
+    assert_eq!(
+        after.len(),
+        11,
+        "the ten newest (9 seeded, the last refused start's), and the one in use: {after:?}"
+    );
     let text = std::fs::read_to_string(log_dir(&home).join(&own)).expect("its log");
     assert!(text.contains("idling until stopped"), "{text}");
     let (status, _) = daemon.stop_with("TERM").await;

@@ -114,6 +114,8 @@ impl Status {
             };
             let pid = d.pid.map(|p| format!("PID {p}, ")).unwrap_or_default();
             format!("running ({pid}{doing})")
+        } else if d.detail.is_some() {
+            "unknown".to_string()
         } else {
             "not running".to_string()
         };
