@@ -277,7 +277,7 @@ async fn run_logged(
         ExitCode::from(once::local(&engine, &upstream).await)
     } else {
         tracing::info!(aw_server = %engine.source.base_url(), upstream = %base_url, "aw-sync-samay started");
-        let hub = daemon.map(|d| &d.hub);
+        let hub = daemon.map(|d| d.hub.as_ref());
         if let Some(hub) = hub {
             hub.set_active(Arc::clone(&engine.metrics));
         }
@@ -286,11 +286,7 @@ async fn run_logged(
             engine.settings.interval,
             || async {
                 // The sync requests waiting now are served by this cycle.
-                let asked = hub.map(|h| h.begin_cycle());
-                let (outcome, result) = engine.daemon_cycle_reporting().await;
-                if let Some(asked) = asked {
-                    asked.finish(SyncResult::of(&result));
-                }
+                let outcome = once::daemon_cycle(&engine, &upstream, hub).await;
                 // Going idle until the next cycle: nothing the cycle leaves behind may wake
                 // the process before then (issue 5).
                 upstream.release_connections();

@@ -8,23 +8,22 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::control::server::Hub;
 use crate::control::{client, ControlError, Reply, SyncResult};
-use crate::engine::{BucketCount, Engine};
+use crate::engine::{BucketCount, Engine, Outcome};
 use crate::source::AwClient;
 use crate::state::Store;
-use crate::upstream::{health, UpstreamClient};
+use crate::upstream::health::{self, HealthError};
+use crate::upstream::UpstreamClient;
 use crate::{exit, progress};
 
 /// One cycle here: the upstream's health first (a wrong `base_url` must not pass for "nothing
 /// to send"), then the cycle with progress on stderr, recorded in the status bucket like a
 /// daemon cycle, then the summary on stdout. Returns the exit code.
 pub async fn local(engine: &Engine, upstream: &UpstreamClient) -> u8 {
-    // aw-server first: when it is down the cycle says so, and that comes before the upstream.
-    if engine.source.info().await.is_ok() {
-        if let Err(e) = health::check(upstream).await {
-            tracing::error!("{e}");
-            return e.exit_code();
-        }
+    if let Err(e) = preflight(engine, upstream).await {
+        tracing::error!("{e}");
+        return e.exit_code();
     }
     let started = Instant::now();
     let mut renderer = progress::stderr_renderer();
@@ -39,6 +38,36 @@ pub async fn local(engine: &Engine, upstream: &UpstreamClient) -> u8 {
     // The status bucket records every sync, not only the daemon's.
     engine.record_status(&result, started.elapsed()).await;
     report(&SyncResult::of(&result))
+}
+
+/// Before a sync someone asked for: is the upstream one? aw-server first — when it is down the
+/// cycle says so, and that comes before the upstream.
+async fn preflight(engine: &Engine, upstream: &UpstreamClient) -> Result<(), HealthError> {
+    if engine.source.info().await.is_err() {
+        return Ok(());
+    }
+    health::check(upstream).await
+}
+
+/// A cycle of the daemon loop that also serves the sync requests waiting on its control
+/// channel (`hub`): they get the cycle's result — or, like a `--once` here, the upstream's
+/// refusal when `base_url` is no upstream (a cycle with nothing to send never asks it). The
+/// check costs a request only when someone asked.
+pub async fn daemon_cycle(
+    engine: &Engine,
+    upstream: &UpstreamClient,
+    hub: Option<&Hub>,
+) -> Outcome {
+    let Some(asked) = hub.map(Hub::begin_cycle).filter(|a| !a.is_empty()) else {
+        return engine.daemon_cycle().await;
+    };
+    let wrong = preflight(engine, upstream).await.err();
+    let (outcome, result) = engine.daemon_cycle_reporting().await;
+    asked.finish(match wrong {
+        Some(e) => SyncResult::failed(e.exit_code(), e.to_string()),
+        None => SyncResult::of(&result),
+    });
+    outcome
 }
 
 /// Prints the outcome: the summary line on stdout, or the error through the log (one line on

@@ -167,6 +167,32 @@ async fn once_beside_an_idle_daemon_says_why_nothing_syncs() {
     daemon.assert_alive_for(Duration::from_millis(200)).await;
 }
 
+/// The daemon with a `base_url` that is no upstream and nothing to send: the `--once` that
+/// asked it still fails, as it would alone (exit 1, "not an aw-sync-samay upstream").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_beside_a_daemon_with_a_wrong_base_url_fails() {
+    let rig = Rig::new().await;
+    let home = home(&rig);
+    // aw-server itself as the upstream: it answers, but 404 on v1/health.
+    let aw_url = format!("http://127.0.0.1:{}", rig.aw.port());
+    let config = write_config(&home, &aw_url, "sync_interval = 3600");
+    let cmd = || sync_command(&home, rig.aw.port(), &config, TEST_TOKEN);
+    let mut daemon = Daemon::spawn(&mut cmd(), &home.join("out"));
+    daemon.wait_for("sync cycle done").await;
+    let once = run(cmd().arg("--once"), &home).await;
+    assert_eq!(once.status.code(), Some(1), "{}", once.all());
+    assert!(
+        once.stderr.contains("is not an aw-sync-samay upstream"),
+        "{}",
+        once.stderr
+    );
+    assert!(
+        once.stderr.contains(&format!("(PID {})", daemon.pid())),
+        "{}",
+        once.stderr
+    );
+}
+
 /// Two `--once` at once: the second cannot ask the first (a one-shot takes no requests) and
 /// says who holds the lock, by PID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,11 @@ pub struct CycleWaiters<'a> {
 }
 
 impl CycleWaiters<'_> {
+    /// Nobody asked for this cycle.
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
     pub fn finish(mut self, result: SyncResult) {
         for w in self.waiters.drain(..) {
             let _ = w.send(CycleEvent::Finished(result.clone()));
@@ -159,12 +164,13 @@ impl Hub {
         let (waiters, baseline) = {
             let mut s = self.lock();
             s.activity = Activity::Syncing;
-            let baseline = s
-                .metrics
-                .as_ref()
-                .map(|m| m.per_bucket())
-                .unwrap_or_default();
-            (std::mem::take(&mut s.waiting), baseline)
+            let waiters = std::mem::take(&mut s.waiting);
+            // Nothing to copy for an ordinary cycle: idle cycles stay cheap.
+            let baseline = match &s.metrics {
+                Some(m) if !waiters.is_empty() => m.per_bucket(),
+                _ => Vec::new(),
+            };
+            (waiters, baseline)
         };
         for w in &waiters {
             let _ = w.send(CycleEvent::Started {
@@ -269,6 +275,14 @@ async fn sync_now<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, write: &mut W) {
                     Reply::Started
                 }
                 Some(CycleEvent::Finished(result)) => {
+                    // The final counts first: the client's last frame shows the whole cycle.
+                    if let Some((base, started)) = &baseline {
+                        let now = BucketCount::since(&hub.counts(), base);
+                        if now != last_sent {
+                            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                            let _ = send(write, &Reply::Progress { elapsed_ms, buckets: now }).await;
+                        }
+                    }
                     let _ = send(write, &Reply::Finished(result)).await;
                     return;
                 }
@@ -547,13 +561,21 @@ mod tests {
                 other => panic!("expected progress, got {other:?}"),
             }
         }
+        metrics.delivered("window", 1);
         cycle.finish(SyncResult::failed(2, "upstream down"));
+        // The last progress before the result has the cycle's final counts.
+        let mut last = None;
         let finished = loop {
             match next(&mut b).await {
-                Reply::Progress { .. } => continue,
+                Reply::Progress { buckets, .. } => last = Some(buckets),
                 other => break other,
             }
         };
+        assert_eq!(
+            last.map(|b| (b[0].new, b[0].delivered)),
+            Some((3, 3)),
+            "the final counts come before the result"
+        );
         assert_eq!(
             finished,
             Reply::Finished(SyncResult::failed(2, "upstream down"))
