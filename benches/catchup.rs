@@ -338,8 +338,8 @@ async fn catch_up(
         fl,
     ));
     let is_sqlite = matches!(server, Server::Sqlite(_));
+    let within = |v: f64, lo: f64, hi: f64| (lo * 0.7..=hi * 1.3).contains(&v);
     if is_sqlite && n == 1_000_000 {
-        let within = |v: f64, lo: f64, hi: f64| v >= lo * 0.7 && v <= hi * 1.3;
         report.checks.push(format!(
             "floor: {:.2} s wall (aw-server-rust {:.1}–{:.1} s: {}), {:.2} s of source CPU (aw-server-rust ≈ {RUST_FLOOR_CPU:.0} s: {})",
             fl.wall,
@@ -380,7 +380,7 @@ async fn catch_up(
                 "the scan before issue 9: {cpu:.1} s of source CPU for {} range reads and {} fetches by id (aw-server-rust: {RUST_LEGACY_CPU} s for 1,564 and 2,050: {})",
                 replayed.ranges,
                 replayed.fetches,
-                if cpu >= RUST_LEGACY_CPU * 0.7 && cpu <= RUST_LEGACY_CPU * 1.3 { "within 30 %" } else { "NOT within 30 %" }
+                if within(cpu, RUST_LEGACY_CPU, RUST_LEGACY_CPU) { "within 30 %" } else { "NOT within 30 %" }
             ));
         }
     }

@@ -34,17 +34,23 @@ pub struct Args {
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Run one complete sync, then exit (non-zero if it failed).
+    /// Run one complete sync, then exit: 0 synced, 1 you must act, 2 something unreachable.
+    /// While the daemon runs, asks it to sync now.
     #[arg(long)]
     pub once: bool,
 
-    /// Print what has been synced and what is pending, then exit.
+    /// Print what has been synced, what is pending and what to do, then exit: 0 healthy, 1 you
+    /// must act, 2 something unreachable.
     #[arg(long, conflicts_with_all = ["once", "dev"])]
     pub status: bool,
 
     /// With --status: print JSON instead of text.
     #[arg(long, requires = "status")]
     pub json: bool,
+
+    /// With --status: one line for status bars and prompts ("synced 3 min ago · 0 pending").
+    #[arg(long, requires = "status", conflicts_with = "json")]
+    pub short: bool,
 
     /// Sync to an embedded development upstream instead of the configured one.
     #[arg(long)]
@@ -153,6 +159,11 @@ mod tests {
 
         let args = parse(&["--status", "--json"]).expect("parses");
         assert!(args.status && args.json);
+
+        let args = parse(&["--status", "--short"]).expect("parses");
+        assert!(args.status && args.short);
+        assert!(parse(&["--short"]).is_err(), "--short goes with --status");
+        assert!(parse(&["--status", "--short", "--json"]).is_err());
     }
 
     #[test]

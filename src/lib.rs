@@ -17,12 +17,16 @@ pub mod awdouble;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod devserver;
 pub mod engine;
+pub mod exit;
+pub mod hint;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;
 pub mod memory;
+pub mod once;
 pub mod orphan;
 pub mod paths;
 pub mod privacy;
@@ -30,6 +34,7 @@ pub mod progress;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod term;
 pub mod upstream;
 
 /// Cases for the property tests in `#[cfg(test)]` modules: `default`, or more when

@@ -24,8 +24,12 @@ pub struct InstanceLock {
 pub enum LockError {
     /// Another process holds the lock: the caller should exit (aw-qt counts a quick exit as a
     /// crash, but a second instance must not run).
-    #[error("another aw-sync-samay is already running for this aw-server (lock {})", path.display())]
-    AlreadyRunning { path: PathBuf },
+    #[error("another aw-sync-samay{} is already running for this aw-server (lock {})", pid.map(|p| format!(" (PID {p})")).unwrap_or_default(), path.display())]
+    AlreadyRunning {
+        path: PathBuf,
+        /// The holder's PID, as it wrote it into the file (`None`: unreadable).
+        pid: Option<u32>,
+    },
     #[error("cannot open the lock file {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -53,19 +57,16 @@ impl InstanceLock {
             .truncate(false)
             .open(path)
             .map_err(io_err)?;
-        match FileExt::try_lock_exclusive(&file) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(LockError::AlreadyRunning {
-                    path: path.to_owned(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(LockError::AlreadyRunning {
-                    path: path.to_owned(),
-                })
-            }
+        let free = match FileExt::try_lock_exclusive(&file) {
+            Ok(free) => free,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(e) => return Err(io_err(e)),
+        };
+        if !free {
+            return Err(LockError::AlreadyRunning {
+                path: path.to_owned(),
+                pid: holder_pid(&mut file),
+            });
         }
         // The PID is informational: failing to write it must not cost us the lock we hold.
         let _ = file
@@ -82,6 +83,16 @@ impl InstanceLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The PID the holder wrote into the lock file (read through our own handle: the lock is
+/// advisory, reading is allowed).
+fn holder_pid(file: &mut File) -> Option<u32> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    file.seek(io::SeekFrom::Start(0)).ok()?;
+    file.take(64).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -102,7 +113,14 @@ mod tests {
         assert_eq!(pid.trim(), std::process::id().to_string());
 
         match InstanceLock::acquire(&path) {
-            Err(LockError::AlreadyRunning { path: p }) => assert_eq!(p, path),
+            Err(LockError::AlreadyRunning { path: p, pid }) => {
+                assert_eq!(p, path);
+                assert_eq!(
+                    pid,
+                    Some(std::process::id()),
+                    "the refusal names the holder"
+                );
+            }
             other => panic!("expected AlreadyRunning, got {other:?}"),
         }
         // the failed attempt must not have wiped the holder's PID
@@ -118,10 +136,11 @@ mod tests {
     fn message_names_the_lock() {
         let err = LockError::AlreadyRunning {
             path: PathBuf::from("/x/lock"),
+            pid: Some(4242),
         };
         assert_eq!(
             err.to_string(),
-            "another aw-sync-samay is already running for this aw-server (lock /x/lock)"
+            "another aw-sync-samay (PID 4242) is already running for this aw-server (lock /x/lock)"
         );
     }
 }

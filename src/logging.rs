@@ -4,6 +4,16 @@
 //!
 //! Logging must never be the reason the daemon stops: if the file cannot be created, the
 //! daemon says so on stderr and logs to stderr only.
+//!
+//! **Which file.** A daemon run ([`LogKind::Daemon`]) writes a new file named as aw-core names
+//! them; the newest [`KEEP_LOG_FILES`] of those are kept. One-shot commands (`--once`, dry runs;
+//! [`LogKind::OneShot`]) append to one file, `commands[-testing].log`, rotated at
+//! [`ONE_SHOT_MAX_BYTES`]: a day of `--once` from cron must not push the daemon's log out of
+//! the ten, and aw-qt's crash dialog (the newest file whose name contains the module name) must
+//! keep showing the daemon's. **Never a file in use:** every process holds a shared lock on its
+//! log file while it runs, and pruning skips any file it cannot lock exclusively — the running
+//! daemon's log survives however many runs came after it (on Windows an open file cannot be
+//! deleted anyway).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -19,9 +29,34 @@ use tracing_subscriber::EnvFilter;
 
 use crate::paths;
 
-/// How many log files of one variant (normal or testing) are kept; older ones are deleted at
-/// start-up. Each run writes one file, so this is "the last 10 runs".
+/// How many daemon log files of one variant (normal or testing) are kept; older ones are
+/// deleted at start-up, unless a process still has them open. Each daemon run writes one file,
+/// so this is "the last 10 daemon runs".
 pub const KEEP_LOG_FILES: usize = 10;
+
+/// The one-shot commands' log is moved to `<name>.1` (replacing the older one) when it is this
+/// big at a command's start: aw-core's 10 MB rotation, with one backup.
+pub const ONE_SHOT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Which log file a process writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// A new file per run, `aw-sync-samay_[testing_]<time>.log`; the newest
+    /// [`KEEP_LOG_FILES`] are kept.
+    Daemon,
+    /// Appended to [`one_shot_log_name`]; never counts toward the daemon's files.
+    OneShot,
+}
+
+/// `commands.log` (`commands-testing.log`): the one-shot commands' log. Without the module's
+/// name, so aw-qt's crash dialog never picks it instead of the daemon's.
+pub fn one_shot_log_name(testing: bool) -> &'static str {
+    if testing {
+        "commands-testing.log"
+    } else {
+        "commands.log"
+    }
+}
 
 /// Lines queued for the log file's writer thread, at most. tracing-appender's default, 128,000,
 /// allocates (and touches) 4 MB for the queue up front — a quarter of an idle daemon's memory
@@ -49,14 +84,19 @@ impl LogGuard {
     }
 }
 
-/// Installs the global subscriber: stderr always, plus a new file in `log_dir` named by
-/// [`paths::log_file_name`]. Level: info, debug for this crate with `verbose`; `LOG_LEVEL` or
-/// `RUST_LOG` override both. Also deletes this variant's log files beyond the newest
-/// [`KEEP_LOG_FILES`], and makes panics go to the log file too, since aw-qt's crash dialog shows
-/// the file, not stderr.
+/// Installs the global subscriber: stderr always, plus a file in `log_dir` (see [`LogKind`]).
+/// Level: info, debug for this crate with `verbose`; `LOG_LEVEL` or `RUST_LOG` override both. A
+/// daemon also deletes this variant's daemon logs beyond the newest [`KEEP_LOG_FILES`] (never
+/// one in use). Panics go to the log file too, since aw-qt's crash dialog shows the file, not
+/// stderr.
 ///
 /// Fails only if a global subscriber is already installed.
-pub fn init(testing: bool, verbose: bool, log_dir: Option<&Path>) -> anyhow::Result<LogGuard> {
+pub fn init(
+    testing: bool,
+    verbose: bool,
+    log_dir: Option<&Path>,
+    kind: LogKind,
+) -> anyhow::Result<LogGuard> {
     let mut warnings = Vec::new();
     let (directives, filter_warnings) = filter_directives(
         verbose,
@@ -69,8 +109,20 @@ pub fn init(testing: bool, verbose: bool, log_dir: Option<&Path>) -> anyhow::Res
     let mut file = None;
     if let Some(dir) = log_dir {
         let now = chrono::Local::now().naive_local();
-        match open_log_file(dir, &paths::log_file_name(testing, now)) {
-            Ok(opened) => file = Some(opened),
+        let name = match kind {
+            LogKind::Daemon => paths::log_file_name(testing, now),
+            LogKind::OneShot => {
+                rotate_if_large(&dir.join(one_shot_log_name(testing)), ONE_SHOT_MAX_BYTES);
+                one_shot_log_name(testing).to_string()
+            }
+        };
+        match open_log_file(dir, &name) {
+            Ok(mut opened) => {
+                if kind == LogKind::OneShot {
+                    mark_run_start(&mut opened.0);
+                }
+                file = Some(opened)
+            }
             Err(e) => warnings.push(format!(
                 "cannot create a log file in {}: {e}; logging to stderr only",
                 dir.display()
@@ -91,10 +143,11 @@ pub fn init(testing: bool, verbose: bool, log_dir: Option<&Path>) -> anyhow::Res
         }
         None => (None, None, None),
     };
+    // Above any live display (spinner, progress table): a line never runs into one.
     let stderr_layer = tracing_subscriber::fmt::layer()
         .event_format(AwFormat)
         .with_ansi(false)
-        .with_writer(io::stderr);
+        .with_writer(crate::term::StderrAboveLive);
 
     tracing_subscriber::registry()
         .with(filter)
@@ -105,7 +158,7 @@ pub fn init(testing: bool, verbose: bool, log_dir: Option<&Path>) -> anyhow::Res
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    if let Some(dir) = log_dir.filter(|_| file_path.is_some()) {
+    if let Some(dir) = log_dir.filter(|_| file_path.is_some() && kind == LogKind::Daemon) {
         match prune_logs(dir, testing, KEEP_LOG_FILES) {
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot prune old logs in {}: {e}", dir.display()),
@@ -129,12 +182,81 @@ fn install_panic_hook() {
 }
 
 /// Appends (a restart within the same second reuses the name; it must not truncate the
-/// previous run's lines).
+/// previous run's lines), and marks the file as in use for as long as it is open.
 fn open_log_file(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    mark_in_use(&file);
     Ok((file, path))
+}
+
+/// In the one-shot log, shared by every command: a line that says which command's lines follow
+/// (file only: stderr shows the user their own command's lines anyway).
+fn mark_run_start(file: &mut File) {
+    use std::io::Write as _;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let _ = writeln!(
+        file,
+        "{} [INFO ]: ---- {} {} (PID {}) ----",
+        chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f"),
+        paths::MODULE,
+        args.join(" "),
+        std::process::id()
+    );
+}
+
+/// A shared lock held as long as the file is open (the writer thread owns it): pruning, which
+/// needs an exclusive one, leaves the file alone. Unix only: on Windows a shared lock would
+/// forbid our own writes, and an open file cannot be deleted there anyway. Best effort: a file
+/// system without locks only loses this protection.
+fn mark_in_use(file: &File) {
+    #[cfg(unix)]
+    {
+        let _ = fs4::fs_std::FileExt::try_lock_shared(file);
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+}
+
+/// Whether no process has `path` open as its log (none holds [`mark_in_use`]'s lock). The
+/// check takes an exclusive lock, released when the returned handle drops: keep it while
+/// deleting, so no process starts logging to the file in between.
+fn lock_unused(path: &Path) -> Option<File> {
+    let file = File::open(path).ok()?;
+    #[cfg(unix)]
+    {
+        match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
+            Ok(true) => Some(file),
+            _ => None,
+        }
+    }
+    #[cfg(not(unix))]
+    Some(file)
+}
+
+/// Moves `path` to `<path>.1` when it is at least `max` bytes and nobody is writing it (a
+/// one-shot command still running keeps it; the next start rotates it).
+fn rotate_if_large(path: &Path, max: u64) {
+    if std::fs::metadata(path).map_or(true, |m| m.len() < max) {
+        return;
+    }
+    if let Some(_unused) = lock_unused(path) {
+        let mut backup = path.as_os_str().to_owned();
+        backup.push(".1");
+        let _ = std::fs::rename(path, backup);
+    }
+}
+
+/// The newest daemon log of this variant in `dir` (the last run's, or the running one's).
+pub fn newest_daemon_log(dir: &Path, testing: bool) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| is_own_log(name, testing))
+        .max()
+        .map(|name| dir.join(name))
 }
 
 /// The filter directives and any warnings about unusable overrides. `RUST_LOG` (directives)
@@ -181,9 +303,11 @@ fn is_own_log(name: &str, testing: bool) -> bool {
         })
 }
 
-/// Deletes this variant's log files in `dir` beyond the newest `keep`, returning the deleted
-/// paths. Newest by name: the names carry the start time in a sortable format. Other files
-/// (and the other variant's logs) are never touched.
+/// Deletes this variant's daemon log files in `dir` beyond the newest `keep`, returning the
+/// deleted paths. Newest by name: the names carry the start time in a sortable format. Other
+/// files (the other variant's logs, the one-shot log) are never touched, nor is a file another
+/// process has open (see [`mark_in_use`]): the running daemon's log outlives any number of
+/// later runs.
 pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<PathBuf>> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -195,8 +319,15 @@ pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<Path
     let mut removed = Vec::new();
     for name in names.into_iter().skip(keep) {
         let path = dir.join(name);
-        std::fs::remove_file(&path)?;
-        removed.push(path);
+        let Some(_unused) = lock_unused(&path) else {
+            tracing::debug!(log = %path.display(), "kept: another process is writing it");
+            continue;
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            // One that cannot go (Windows: open elsewhere) stays; the others still go.
+            Err(e) => tracing::debug!(log = %path.display(), "kept: {e}"),
+        }
     }
     Ok(removed)
 }
@@ -319,6 +450,54 @@ mod tests {
             assert!(dir.path().join(name(false, day)).exists(), "day {day}");
         }
         assert!(dir.path().join("notes.txt").exists());
+    }
+
+    /// A log another process has open (here: opened as a writer opens it) is never pruned,
+    /// however old; once closed, it goes.
+    #[cfg(unix)]
+    #[test]
+    fn prune_never_deletes_a_log_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = |day: u32| {
+            let now = chrono::NaiveDate::from_ymd_opt(2024, 1, day)
+                .and_then(|d| d.and_hms_opt(12, 0, 0))
+                .expect("date");
+            paths::log_file_name(false, now)
+        };
+        let (running, path) = open_log_file(dir.path(), &name(1)).expect("the daemon's log");
+        for day in 2..=12 {
+            std::fs::write(dir.path().join(name(day)), "x").expect("write");
+        }
+        let removed = prune_logs(dir.path(), false, 10).expect("prune");
+        assert!(path.exists(), "the oldest, but in use");
+        assert_eq!(
+            removed,
+            vec![dir.path().join(name(2))],
+            "the next oldest goes instead"
+        );
+        drop(running);
+        let removed = prune_logs(dir.path(), false, 10).expect("prune");
+        assert_eq!(removed, vec![path], "closed, it goes");
+    }
+
+    #[test]
+    fn the_one_shot_log_rotates_when_large_and_unused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(one_shot_log_name(false));
+        std::fs::write(&path, "0123456789").expect("write");
+        rotate_if_large(&path, 100);
+        assert!(path.exists(), "small: stays");
+        rotate_if_large(&path, 10);
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("commands.log.1")).expect("backup"),
+            "0123456789"
+        );
+        assert!(!is_own_log(one_shot_log_name(false), false));
+        assert!(
+            !one_shot_log_name(true).contains(paths::MODULE),
+            "aw-qt never shows it"
+        );
     }
 
     #[test]

@@ -15,13 +15,16 @@ use aw_sync_samay::auth::store::TokenStore;
 use aw_sync_samay::auth::{callback, NoToken, StaticToken, TokenSource, TOKEN_ENV};
 use aw_sync_samay::cli::Args;
 use aw_sync_samay::config::{self, AuthConfig, CallbackMode, Config, TokenStorage};
-use aw_sync_samay::engine::{run_daemon, status_bucket, Engine, Settings};
+use aw_sync_samay::control::server::{DaemonBase, DaemonControl};
+use aw_sync_samay::control::{self, Activity, SyncResult};
+use aw_sync_samay::engine::{run_daemon_woken, status_bucket, Engine, Settings};
 use aw_sync_samay::lifecycle::{self, Lifecycle};
-use aw_sync_samay::lock::InstanceLock;
+use aw_sync_samay::lock::{InstanceLock, LockError};
 use aw_sync_samay::source::AwClient;
 use aw_sync_samay::state::Store;
+use aw_sync_samay::status::{Login, TokenLine};
 use aw_sync_samay::upstream::UpstreamClient;
-use aw_sync_samay::{devserver, logging, orphan, paths, progress, status};
+use aw_sync_samay::{devserver, hint, logging, once, orphan, paths, status};
 
 /// Where `--dev` serves its embedded upstream when the port is free (else any free port).
 const DEV_PORT: u16 = 5680;
@@ -71,23 +74,48 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    let log_dir = if args.status || args.login || args.logout || args.register_scheme {
-        None
+    let command = args.status || args.login || args.logout || args.register_scheme;
+    let log_dir = if command { None } else { paths::log_dir().ok() };
+    // One-shot commands append to their own file: they never push the daemon's log out.
+    let one_shot = args.once || args.dry_run;
+    let log_kind = if one_shot {
+        logging::LogKind::OneShot
     } else {
-        paths::log_dir().ok()
+        logging::LogKind::Daemon
     };
-    let _log = logging::init(args.testing, args.verbose, log_dir.as_deref())?;
+    let log = logging::init(args.testing, args.verbose, log_dir.as_deref(), log_kind)?;
+    hint::set_connection_flags(&args);
+    // The daemon's control channel ("sync now", its status), for the life of the process.
+    let daemon = (!command && !one_shot).then(|| {
+        DaemonControl::new(DaemonBase {
+            log_file: log.file().map(|p| p.display().to_string()),
+            config: config_path(&args)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            dev: args.dev,
+        })
+    });
     // A fatal error is logged here, while the log file's writer is alive (aw-qt's crash dialog
     // shows that file), and only once: the log already goes to stderr.
     // The daemon starts over when its config file changes (lifecycle.rs); a reload that fails
     // (a half-saved file) waits for the next change instead of exiting.
     let life = Lifecycle::new();
     loop {
-        match run_logged(args.clone(), &life).await {
+        match run_logged(args.clone(), &life, daemon.as_ref()).await {
             Ok(_) if life.take_reload() => continue,
             Ok(code) => return Ok(code),
             Err(e) if life.reloaded() && !life.is_stopping() => {
                 tracing::error!("{e:#}; waiting for the config file to change");
+                if let Some(d) = &daemon {
+                    d.hub.set_idle(
+                        Activity::ConfigError,
+                        format!("{e:#}"),
+                        SyncResult::failed(
+                            aw_sync_samay::exit::USER_MUST_ACT,
+                            format!("the daemon's config file has an error: {e:#}"),
+                        ),
+                    );
+                }
                 if !life.wait_for_config_fix().await {
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -100,11 +128,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
-    let config_path = match &args.config {
+/// `--config`, else the default config file of the variant.
+fn config_path(args: &Args) -> anyhow::Result<PathBuf> {
+    Ok(match &args.config {
         Some(p) => p.clone(),
         None => paths::config_file(args.testing)?,
-    };
+    })
+}
+
+async fn run_logged(
+    args: Args,
+    life: &Lifecycle,
+    daemon: Option<&DaemonControl>,
+) -> anyhow::Result<ExitCode> {
+    let config_path = config_path(&args)?;
     life.watch_config(&config_path);
     let loaded = config::load(&config_path)?;
     if loaded.created {
@@ -122,7 +159,7 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
     let state_path = paths::state_db(args.testing)?;
 
     if args.status {
-        return status_command(&args, &config, &source, &state_path).await;
+        return status_command(&args, &config, &config_path, &source, &state_path).await;
     }
     if args.login {
         return login_command(&args, &config, &config_path).await;
@@ -145,15 +182,37 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
     }
 
     let lock_path = paths::lock_file(&args.host, port)?;
-    let _lock = InstanceLock::acquire(&lock_path)?;
+    let socket = control::socket_path(&args.host, port)?;
+    let _lock = match InstanceLock::acquire(&lock_path) {
+        Ok(lock) => lock,
+        // The daemon (or another --once) syncs this aw-server: ask it to sync now.
+        Err(LockError::AlreadyRunning { pid, .. }) if args.once => {
+            let expect = once::Expect {
+                config: &config_path,
+                dev: args.dev,
+                verify: args.verify,
+            };
+            let code = once::through_daemon(&socket, pid, expect, &source, &state_path).await;
+            return Ok(ExitCode::from(code));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(d) = daemon {
+        d.listen(&socket);
+    }
 
     let store = Arc::new(Store::open(&state_path).context("opening the sync state")?);
     let mut dev = None;
     let (base_url, tokens): (String, Arc<dyn TokenSource>) = if args.dev {
         let (server, session) = start_dev_upstream(&config.auth).await?;
         let url = server.base_url();
+        let lifetime = if args.once {
+            "runs until this sync ends"
+        } else {
+            "runs while this daemon does"
+        };
         eprintln!(
-            "dev upstream: {url} (inspect in a browser; stored in {})",
+            "dev upstream: {url} ({lifetime}; browse it there; stored in {})",
             dev_db_path()?.display()
         );
         dev = Some(server);
@@ -167,25 +226,36 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
     };
 
     if !config.sync.enabled && !args.dev {
+        let fix = format!(
+            "sync is disabled: set sync.enabled = true in {} to sync",
+            config_path.display()
+        );
         if args.once {
-            bail!(
-                "sync is disabled: set sync.enabled = true in {} to sync",
-                config_path.display()
-            );
+            bail!("{fix}");
         }
         tracing::warn!(config = %config_path.display(), "sync is disabled in the config; idling until stopped or the config changes");
-        idle(&source, &config, "sync.enabled = false", life).await;
+        idle(&source, &config, "sync.enabled = false", fix, life, daemon).await;
         return Ok(ExitCode::SUCCESS);
     }
     if base_url.is_empty() {
+        let fix = format!(
+            "no upstream configured: set sync.base_url in {} (or try {})",
+            config_path.display(),
+            hint::command("--dev --once")
+        );
         if args.once {
-            bail!(
-                "no upstream configured: set sync.base_url in {} (or try --dev)",
-                config_path.display()
-            );
+            bail!("{fix}");
         }
         tracing::warn!(config = %config_path.display(), "no upstream configured (sync.base_url is empty); idling until stopped or the config changes");
-        idle(&source, &config, "sync.base_url is empty", life).await;
+        idle(
+            &source,
+            &config,
+            "sync.base_url is empty",
+            fix,
+            life,
+            daemon,
+        )
+        .await;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -210,14 +280,19 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
     };
 
     let code = if args.once {
-        once(&engine).await
+        ExitCode::from(once::local(&engine, &upstream).await)
     } else {
         tracing::info!(aw_server = %engine.source.base_url(), upstream = %base_url, "aw-sync-samay started");
+        let hub = daemon.map(|d| d.hub.as_ref());
+        if let Some(hub) = hub {
+            hub.set_active(Arc::clone(&engine.metrics));
+        }
         // --dev's upstream does not come from the config: nothing to reload for.
-        run_daemon(
+        run_daemon_woken(
             engine.settings.interval,
             || async {
-                let outcome = engine.daemon_cycle().await;
+                // The sync requests waiting now are served by this cycle.
+                let outcome = once::daemon_cycle(&engine, &upstream, hub).await;
                 // Going idle until the next cycle: nothing the cycle leaves behind may wake
                 // the process before then (issue 5).
                 upstream.release_connections();
@@ -226,6 +301,12 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
                 outcome
             },
             life.shutdown(!args.dev),
+            || async {
+                match hub {
+                    Some(h) => h.requested().await,
+                    None => std::future::pending().await,
+                }
+            },
         )
         .await;
         tracing::info!(
@@ -239,13 +320,13 @@ async fn run_logged(args: Args, life: &Lifecycle) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     };
     if let Some(server) = dev {
+        server.shutdown().await;
         if args.once {
             eprintln!(
-                "inspect what was stored with: samay-dev-server --db {}",
+                "dev upstream: stopped with this command; browse what it stored with: samay-dev-server --db {} (then http://127.0.0.1:{DEV_PORT}/)",
                 dev_db_path()?.display()
             );
         }
-        server.shutdown().await;
     }
     Ok(code)
 }
@@ -260,38 +341,6 @@ fn destination_key(base_url: &str, tokens: &dyn TokenSource) -> aw_sync_samay::s
     }
 }
 
-/// One cycle with live progress on stderr (redrawn in place on a terminal, a plain line every
-/// few seconds otherwise), then the one-line summary on stdout.
-async fn once(engine: &Engine) -> ExitCode {
-    let mut renderer = progress::stderr_renderer();
-    let result = progress::watch(
-        &mut renderer,
-        &engine.metrics,
-        &engine.source,
-        &engine.store,
-        engine.run_cycle(),
-    )
-    .await;
-    match result {
-        Ok(r) => {
-            println!(
-                "synced: {} events read, {} delivered ({} already held upstream), {} quarantined, in {:.1} s",
-                r.read(),
-                r.upload.delivered,
-                r.upload.duplicates,
-                r.upload.quarantined,
-                r.elapsed.as_secs_f64()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            // Through tracing: one line on stderr, and the same line in the log file.
-            tracing::error!("sync failed: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 /// `--once --dry-run`: what a sync would send now, filtered and redacted, sending and recording
 /// nothing. No instance lock (it writes nothing, so it may run beside the daemon), no upstream,
 /// no token.
@@ -302,7 +351,10 @@ async fn dry_run_command(
     state_path: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     if !args.once {
-        bail!("--dry-run goes with --once: aw-sync-samay --once --dry-run");
+        bail!(
+            "--dry-run goes with --once: {}",
+            hint::command("--once --dry-run")
+        );
     }
     let store = Arc::new(Store::open(state_path).context("opening the sync state")?);
     let sink = Arc::new(aw_sync_samay::upstream::dry_run::DryRunSink::default());
@@ -321,14 +373,16 @@ async fn dry_run_command(
         }
         Err(e) => {
             tracing::error!("dry run failed: {e}");
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(e.exit_code()))
         }
     }
 }
 
+/// `--status [--json|--short]`; exits 0 healthy, 1 the user must act, 2 unreachable.
 async fn status_command(
     args: &Args,
     config: &Config,
+    config_path: &std::path::Path,
     source: &AwClient,
     state_path: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
@@ -341,14 +395,27 @@ async fn status_command(
             config.sync.gzip,
         )?)
     };
-    let token = token_status(config).await;
-    let st = status::gather(source, upstream.as_ref(), token, state_path).await?;
+    let st = status::gather(status::Probe {
+        source,
+        upstream: upstream.as_ref(),
+        token: token_status(config).await,
+        state_path,
+        config_path,
+        sync_enabled: config.sync.enabled,
+        socket: control::socket_path(&args.host, args.resolved_port()).ok(),
+        log_dir: paths::log_dir().ok(),
+        testing: args.testing,
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+    })
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
+    } else if args.short {
+        println!("{}", st.short());
     } else {
         print!("{}", st.render());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(st.exit_code))
 }
 
 fn dev_db_path() -> anyhow::Result<PathBuf> {
@@ -554,37 +621,62 @@ async fn logout_command(
 }
 
 /// The token line of `--status`: where tokens come from and who is logged in.
-async fn token_status(config: &Config) -> String {
+async fn token_status(config: &Config) -> TokenLine {
+    let line = |text: String, login| TokenLine { text, login };
     if let Some(t) = StaticToken::from_env() {
-        return t.describe();
+        return line(t.describe(), Login::Environment);
     }
+    let login = hint::command("--login");
     if !oauth::login_configured(&config.auth) {
-        return format!("none: configure [auth] and run aw-sync-samay --login, or set {TOKEN_ENV}");
+        return line(
+            format!("none: configure [auth] and run {login}, or set {TOKEN_ENV}"),
+            Login::NotConfigured,
+        );
     }
     match open_token_store(&config.auth).await {
-        Err(e) => format!("token storage unavailable: {e:#}"),
+        Err(e) => line(
+            format!("token storage unavailable: {e:#}"),
+            Login::Unavailable,
+        ),
         Ok(store) => match store.load().await {
-            Ok(Some(t)) => format!(
-                "{}: logged in as {}",
-                store.describe(),
-                oauth::display_name(&t)
+            Ok(Some(t)) => line(
+                format!(
+                    "{}: logged in as {}",
+                    store.describe(),
+                    oauth::display_name(&t)
+                ),
+                Login::LoggedIn,
             ),
-            Ok(None) => format!(
-                "{}: login required: run aw-sync-samay --login",
-                store.describe()
+            Ok(None) => line(
+                format!("{}: login required: run {login}", store.describe()),
+                Login::LoginRequired,
             ),
-            Err(e) => format!(
-                "{}: unreadable ({e}): run aw-sync-samay --login",
-                store.describe()
+            Err(e) => line(
+                format!("{}: unreadable ({e}): run {login}", store.describe()),
+                Login::Unavailable,
             ),
         },
     }
 }
 
-/// The daemon with nothing to do (`why`): records "not configured" in the status bucket every
-/// interval until stopped or the config file changes. Never exits by itself: aw-qt would count
-/// that as a crash.
-async fn idle(source: &AwClient, config: &Config, why: &str, life: &Lifecycle) {
+/// The daemon with nothing to do (`why`; `fix` says what to do): records "not configured" in
+/// the status bucket every interval until stopped or the config file changes, and answers sync
+/// requests with `fix`. Never exits by itself: aw-qt would count that as a crash.
+async fn idle(
+    source: &AwClient,
+    config: &Config,
+    why: &str,
+    fix: String,
+    life: &Lifecycle,
+    daemon: Option<&DaemonControl>,
+) {
+    if let Some(d) = daemon {
+        d.hub.set_idle(
+            Activity::NotConfigured,
+            why.to_string(),
+            once::not_configured(fix),
+        );
+    }
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let interval = Settings::from_config(&config.sync).interval;
     status_bucket::not_configured_until(source, &hostname, interval, why, life.shutdown(true))

@@ -13,6 +13,17 @@
 //! parent (launchd on macOS, a container's init, `setsid` daemons) has no parent to lose, so the
 //! watch never fires for it: a launchd agent must not exit every second.
 //!
+//! **Only aw-qt's children.** The watch applies only when the parent we started with is aw-qt
+//! ([`is_aw_qt_command`]: its command line runs `aw-qt` — the frozen executable, the `aw-qt`
+//! script under a Python interpreter, or `python -m aw_qt`). The reason for the rule is aw-qt's
+//! lock-and-restart cycle; a daemon started any other way — `nohup aw-sync-samay &` from a
+//! shell that then exits, a terminal multiplexer, a systemd unit, a desktop autostart entry —
+//! was meant to outlive its starter, and keeps running. aw-qt starts its modules with no
+//! argument but `--testing`, so the arguments alone cannot tell it apart from a user's start;
+//! the parent's command line can. It is read once, at start; a launcher that runs aw-qt's
+//! modules through a wrapper which does not `exec` makes the wrapper the parent, and the
+//! daemon then keeps running when aw-qt dies.
+//!
 //! Unix only; elsewhere [`orphaned`] never resolves (Windows has no re-parenting, and aw-qt's
 //! `terminate()` there is TerminateProcess anyway).
 //!
@@ -31,9 +42,17 @@ use std::time::Duration;
 /// How often the parent PID is checked: the watchers' one second.
 pub const CHECK_PERIOD: Duration = Duration::from_secs(1);
 
-/// The parent PID this process started with, recorded as early as possible (see
+/// The parent this process started with, recorded as early as possible (see
 /// [`record_parent`]) so a parent that exits right after spawning us is still noticed.
-static INITIAL_PARENT: OnceLock<Option<u32>> = OnceLock::new();
+static INITIAL_PARENT: OnceLock<Option<Parent>> = OnceLock::new();
+
+/// The parent process we started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    pub pid: u32,
+    /// It is aw-qt (see the module docs): only then does losing it stop us.
+    pub aw_qt: bool,
+}
 
 /// The current parent PID (`None` where the platform has no such notion).
 pub fn parent_id() -> Option<u32> {
@@ -47,10 +66,62 @@ pub fn parent_id() -> Option<u32> {
     }
 }
 
-/// Records the parent PID now. Call first thing in `main`; later calls do nothing. If never
-/// called, [`orphaned`] records it on its first poll.
-pub fn record_parent() -> Option<u32> {
-    *INITIAL_PARENT.get_or_init(parent_id)
+/// Records the parent now (its PID, and whether it is aw-qt). Call first thing in `main`;
+/// later calls do nothing. If never called, [`orphaned`] records it on its first poll.
+pub fn record_parent() -> Option<Parent> {
+    *INITIAL_PARENT.get_or_init(|| {
+        parent_id().map(|pid| Parent {
+            pid,
+            aw_qt: command_line(pid).is_some_and(|args| is_aw_qt_command(&args)),
+        })
+    })
+}
+
+/// Whether a command line (`argv`) runs aw-qt: `aw-qt` (or `aw-qt.exe`) as the program — the
+/// frozen executable — or as one of the next arguments — the `aw-qt` script run by a Python
+/// interpreter, possibly after interpreter options — or `-m aw_qt`.
+pub fn is_aw_qt_command(args: &[String]) -> bool {
+    let is_aw_qt = |arg: &String| {
+        std::path::Path::new(arg)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.strip_suffix(".exe").unwrap_or(n) == "aw-qt")
+    };
+    args.iter().take(4).any(is_aw_qt) || args.windows(2).any(|w| w[0] == "-m" && w[1] == "aw_qt")
+}
+
+/// The command line of process `pid`: `/proc/<pid>/cmdline` on Linux, `ps` elsewhere on Unix
+/// (arguments split at spaces: enough to find a program name). `None` when it cannot be read.
+fn command_line(pid: u32) -> Option<Vec<String>> {
+    #[cfg(target_os = "linux")]
+    {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some(
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        )
+    }
+    #[cfg(all(unix, not(target_os = "linux")))]
+    {
+        let out = std::process::Command::new("ps")
+            .args(["-o", "args=", "-p", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        None
+    }
 }
 
 /// How the parent changed, for the log line.
@@ -80,11 +151,23 @@ pub fn is_orphaned(initial: Option<u32>, now: Option<u32>) -> Option<Orphaned> {
     }
 }
 
-/// Resolves when the process has been orphaned; never resolves when that cannot happen (see
-/// the module docs). Waits on a pidfd of the parent where it can, else polls every
-/// [`CHECK_PERIOD`].
+/// Resolves when the process has been orphaned; never resolves when that cannot happen or
+/// does not matter: a parent that is not aw-qt (see the module docs). Waits on a pidfd of the
+/// parent where it can, else polls every [`CHECK_PERIOD`].
 pub async fn orphaned() -> Orphaned {
-    let initial = record_parent();
+    let parent = record_parent();
+    match parent {
+        Some(p) if p.aw_qt => tracing::info!(
+            "started by aw-qt (PID {}): stops when aw-qt goes away, as the watchers do",
+            p.pid
+        ),
+        Some(p) => tracing::info!(
+            "started by PID {}, which is not aw-qt: keeps running when it exits",
+            p.pid
+        ),
+        None => {}
+    }
+    let initial = parent.filter(|p| p.aw_qt).map(|p| p.pid);
     let Some(was) = initial.filter(|p| *p != 1) else {
         return std::future::pending().await;
     };
@@ -197,10 +280,64 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn parent_id_is_this_process_parent() {
-        // The test harness has a parent, and it is not this process.
+        // The test harness has a parent, and it is not this process, nor aw-qt.
         let ppid = parent_id().expect("unix has a parent pid");
         assert_ne!(ppid, std::process::id());
-        assert_eq!(record_parent(), Some(ppid));
+        assert_eq!(
+            record_parent(),
+            Some(Parent {
+                pid: ppid,
+                aw_qt: false
+            })
+        );
+    }
+
+    #[test]
+    fn aw_qt_is_told_by_its_command_line() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // The frozen executable (the usual install), with aw-qt's own arguments or none.
+        assert!(is_aw_qt_command(&argv(&["/opt/activitywatch/aw-qt"])));
+        assert!(is_aw_qt_command(&argv(&[
+            "/Applications/ActivityWatch.app/Contents/MacOS/aw-qt.exe"
+        ])));
+        assert!(is_aw_qt_command(&argv(&["./aw-qt", "--testing"])));
+        // The pip/poetry entry point under its interpreter, and the module form.
+        assert!(is_aw_qt_command(&argv(&[
+            "/usr/bin/python3",
+            "/home/me/.local/bin/aw-qt"
+        ])));
+        assert!(is_aw_qt_command(&argv(&[
+            "python3",
+            "-X",
+            "utf8",
+            "/usr/bin/aw-qt"
+        ])));
+        assert!(is_aw_qt_command(&argv(&[
+            "python3",
+            "-m",
+            "aw_qt",
+            "--testing"
+        ])));
+        // Shells, terminals, systemd, other watchers: not aw-qt.
+        for other in [
+            &["-bash"][..],
+            &["/bin/sh", "-c", "nohup aw-sync-samay &"],
+            &["/usr/lib/systemd/systemd", "--user"],
+            &["tmux"],
+            &["/opt/activitywatch/aw-server"],
+            &["python3", "/usr/bin/aw-qt-helper"],
+        ] {
+            assert!(!is_aw_qt_command(&argv(other)), "{other:?}");
+        }
+        assert!(!is_aw_qt_command(&[]));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_command_line_is_read_whole() {
+        let args = command_line(std::process::id()).expect("our own command line");
+        assert!(!args.is_empty());
+        assert!(!args.iter().any(|a| a.contains('\0')));
     }
 
     /// The pidfd wait resolves when the process exits, and not before: a child `sleep` stands

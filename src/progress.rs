@@ -1,5 +1,8 @@
-//! Live progress of `--once`: per bucket, events read from aw-server, events delivered, the
-//! delivery rate, and what remains (aw-server's count minus what the upstream holds).
+//! Live progress of `--once`: per bucket, the events found new or changed, those delivered, the
+//! delivery rate, and what remains (aw-server's count minus what the upstream holds). Not the
+//! events *read*: a scan re-reads copies at page and window edges and the last hour
+//! (`lookback`), so "read 2503" of a bucket of 2501 events only confused; the summary line says
+//! how many were read and why that is more.
 //!
 //! Three layers, so the display is testable without a terminal or a clock:
 //!
@@ -8,8 +11,9 @@
 //! * [`Renderer`] writes frames to any [`Write`]: in place (`\r`, cursor up, clear line) on a
 //!   terminal, plain log-style lines otherwise.
 //!
-//! [`watch`] polls the engine's counters while a cycle runs — nothing is called back from the
-//! hot path, which only bumps atomics.
+//! [`watch`] polls counters while a cycle runs — the engine's own (nothing is called back from
+//! the hot path, which only bumps atomics), or the running daemon's, as its control channel
+//! reports them (`--once` beside the daemon).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -17,9 +21,10 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Metrics, OWN_BUCKET_PREFIX};
+use crate::engine::{BucketCount, OWN_BUCKET_PREFIX};
 use crate::source::AwClient;
 use crate::state::Store;
+use crate::term::LiveArea;
 
 /// How often a terminal is redrawn (at most 5 times a second).
 pub const REDRAW_EVERY: Duration = Duration::from_millis(200);
@@ -43,9 +48,9 @@ pub enum Mode {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BucketProgress {
     pub bucket_id: String,
-    /// Events aw-server returned in this run.
-    pub read: u64,
-    /// Events the upstream acknowledged in this run.
+    /// Events found new or changed in this run (at most the bucket's events).
+    pub new: u64,
+    /// Of those, the events the upstream acknowledged in this run.
     pub delivered: u64,
     /// Events of the bucket the upstream already held (or refused) before this run.
     pub held_before: u64,
@@ -81,8 +86,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read(&self) -> u64 {
-        self.buckets.iter().map(|b| b.read).sum()
+    pub fn new_events(&self) -> u64 {
+        self.buckets.iter().map(|b| b.new).sum()
     }
     pub fn delivered(&self) -> u64 {
         self.buckets.iter().map(|b| b.delivered).sum()
@@ -135,12 +140,12 @@ fn render_plain(snap: &Snapshot) -> Vec<String> {
     let mut lines: Vec<String> = snap
         .buckets
         .iter()
-        .filter(|b| (b.read > 0 || b.delivered > 0) && b.remaining() != Some(0))
+        .filter(|b| (b.new > 0 || b.delivered > 0) && b.remaining() != Some(0))
         .map(|b| {
             format!(
-                "progress: {}: {} read, {} delivered, {} events/s, {} remaining",
+                "progress: {}: {} new, {} delivered, {} events/s, {} remaining",
                 b.bucket_id,
-                b.read,
+                b.new,
                 b.delivered,
                 fmt_rate(b.rate()),
                 fmt_opt(b.remaining())
@@ -148,8 +153,8 @@ fn render_plain(snap: &Snapshot) -> Vec<String> {
         })
         .collect();
     lines.push(format!(
-        "progress: total: {} read, {} delivered, {} events/s, {} remaining, {} elapsed",
-        snap.read(),
+        "progress: total: {} new, {} delivered, {} events/s, {} remaining, {} elapsed",
+        snap.new_events(),
         snap.delivered(),
         fmt_rate(snap.rate()),
         fmt_opt(snap.remaining()),
@@ -162,12 +167,12 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
     let mut shown: Vec<&BucketProgress> = snap
         .buckets
         .iter()
-        .filter(|b| b.read > 0 || b.delivered > 0 || b.remaining().is_some_and(|r| r > 0))
+        .filter(|b| b.new > 0 || b.delivered > 0 || b.remaining().is_some_and(|r| r > 0))
         .collect();
     // Busiest first when they do not all fit, then back in name order.
     let hidden = shown.len().saturating_sub(MAX_ROWS);
     if hidden > 0 {
-        shown.sort_by_key(|b| std::cmp::Reverse((b.remaining().unwrap_or(u64::MAX), b.read)));
+        shown.sort_by_key(|b| std::cmp::Reverse((b.remaining().unwrap_or(u64::MAX), b.new)));
         shown.truncate(MAX_ROWS);
         shown.sort_by(|a, b| a.bucket_id.cmp(&b.bucket_id));
     }
@@ -178,7 +183,7 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
         .max()
         .unwrap_or(6)
         .min(40);
-    let row = |name: &str, read: u64, delivered: u64, rate: Option<f64>, rem: Option<u64>| {
+    let row = |name: &str, new: u64, delivered: u64, rate: Option<f64>, rem: Option<u64>| {
         let name: String = if name.chars().count() > width {
             let mut s: String = name.chars().take(width - 1).collect();
             s.push('…');
@@ -187,19 +192,19 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
             name.to_string()
         };
         format!(
-            "{name:<width$} {read:>10} {delivered:>10} {:>9} {:>10}",
+            "{name:<width$} {new:>10} {delivered:>10} {:>9} {:>10}",
             fmt_rate(rate),
             fmt_opt(rem)
         )
     };
     let mut lines = vec![format!(
         "{:<width$} {:>10} {:>10} {:>9} {:>10}",
-        "bucket", "read", "delivered", "events/s", "remaining"
+        "bucket", "new", "delivered", "events/s", "remaining"
     )];
     for b in &shown {
         lines.push(row(
             &b.bucket_id,
-            b.read,
+            b.new,
             b.delivered,
             b.rate(),
             b.remaining(),
@@ -212,7 +217,7 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
         "{}  {}",
         row(
             "total",
-            snap.read(),
+            snap.new_events(),
             snap.delivered(),
             snap.rate(),
             snap.remaining()
@@ -224,21 +229,23 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
 
 /// Writes frames to `out`: in place in [`Mode::Redraw`] (the previous frame is overwritten:
 /// `\r`, cursor up over its lines, each line cleared before it is written), appended in
-/// [`Mode::Plain`].
+/// [`Mode::Plain`]. In place, the frame lives in a [`LiveArea`], which log lines written to the
+/// same output clear first (see [`crate::term`]).
 pub struct Renderer<W: Write> {
     out: W,
     mode: Mode,
-    /// Lines of the frame on screen (Redraw).
-    drawn: usize,
+    area: Arc<LiveArea>,
 }
 
 impl<W: Write> Renderer<W> {
+    /// A renderer with a live area of its own (nothing else writes to `out`).
     pub fn new(out: W, mode: Mode) -> Self {
-        Renderer {
-            out,
-            mode,
-            drawn: 0,
-        }
+        Self::with_area(out, mode, Arc::default())
+    }
+
+    /// A renderer whose frames live in `area`, shared with other writers of the same output.
+    pub fn with_area(out: W, mode: Mode, area: Arc<LiveArea>) -> Self {
+        Renderer { out, mode, area }
     }
 
     pub fn mode(&self) -> Mode {
@@ -249,46 +256,23 @@ impl<W: Write> Renderer<W> {
     /// a sync for.
     pub fn draw(&mut self, snap: &Snapshot) {
         let lines = render(snap, self.mode);
-        let mut buf = String::new();
         match self.mode {
-            Mode::Redraw => {
-                // The cursor rests at the end of the previous frame's last line.
-                if self.drawn > 0 {
-                    buf.push('\r');
-                    if self.drawn > 1 {
-                        buf.push_str(&format!("\x1b[{}A", self.drawn - 1));
-                    }
-                }
-                for (i, l) in lines.iter().enumerate() {
-                    if i > 0 {
-                        buf.push('\n');
-                    }
-                    buf.push_str("\x1b[2K");
-                    buf.push_str(l);
-                }
-                // A shorter frame than the last: clear what is left below it.
-                if lines.len() < self.drawn {
-                    buf.push_str("\x1b[J");
-                }
-                self.drawn = lines.len();
-            }
+            Mode::Redraw => self.area.draw(&mut self.out, &lines),
             Mode::Plain => {
+                let mut buf = String::new();
                 for l in &lines {
                     buf.push_str(l);
                     buf.push('\n');
                 }
+                let _ = self.area.write_above(&mut self.out, buf.as_bytes());
             }
         }
-        let _ = self.out.write_all(buf.as_bytes());
-        let _ = self.out.flush();
     }
 
     /// Ends the display: in Redraw mode the last frame stays and the cursor moves below it.
     pub fn finish(&mut self) {
-        if self.mode == Mode::Redraw && self.drawn > 0 {
-            let _ = self.out.write_all(b"\n");
-            let _ = self.out.flush();
-            self.drawn = 0;
+        if self.mode == Mode::Redraw {
+            self.area.keep(&mut self.out);
         }
     }
 
@@ -322,18 +306,18 @@ impl Tracker {
         self.totals = totals;
     }
 
-    /// A snapshot from `(bucket, read, delivered)` counters at `elapsed` since the start.
-    pub fn snapshot(&mut self, elapsed: Duration, counters: &[(String, u64, u64)]) -> Snapshot {
+    /// A snapshot from the counters of this run at `elapsed` since the start.
+    pub fn snapshot(&mut self, elapsed: Duration, counters: &[BucketCount]) -> Snapshot {
         let mut by_id: BTreeMap<&str, (u64, u64)> =
             self.totals.keys().map(|k| (k.as_str(), (0, 0))).collect();
-        for (id, read, delivered) in counters {
-            by_id.insert(id.as_str(), (*read, *delivered));
+        for c in counters {
+            by_id.insert(c.bucket_id.as_str(), (c.new, c.delivered));
         }
         let buckets = by_id
             .into_iter()
             .filter(|(id, _)| !id.starts_with(OWN_BUCKET_PREFIX))
-            .map(|(id, (read, delivered))| {
-                let active = if read > 0 || delivered > 0 {
+            .map(|(id, (new, delivered))| {
+                let active = if new > 0 || delivered > 0 {
                     let e = self
                         .seen
                         .entry(id.to_string())
@@ -348,7 +332,7 @@ impl Tracker {
                 };
                 BucketProgress {
                     bucket_id: id.to_string(),
-                    read,
+                    new,
                     delivered,
                     held_before: self.held_before.get(id).copied().unwrap_or(0),
                     total: self.totals.get(id).copied(),
@@ -362,10 +346,11 @@ impl Tracker {
 
 /// Runs `cycle` to completion while drawing its progress on `renderer`: every
 /// [`REDRAW_EVERY`] in Redraw mode, every [`PLAIN_EVERY`] in Plain mode (so a quick sync writes
-/// no plain line at all). aw-server's per-bucket counts are asked for alongside, once.
+/// no plain line at all). `counters` are this run's counts so far (the engine's metrics, or the
+/// daemon's as it reports them). aw-server's per-bucket counts are asked for alongside, once.
 pub async fn watch<F: Future, W: Write>(
     renderer: &mut Renderer<W>,
-    metrics: &Metrics,
+    counters: impl Fn() -> Vec<BucketCount>,
     source: &AwClient,
     store: &Arc<Store>,
     cycle: F,
@@ -399,7 +384,7 @@ pub async fn watch<F: Future, W: Write>(
             biased;
             out = &mut cycle => {
                 if renderer.mode() == Mode::Redraw {
-                    let snap = tracker.snapshot(started.elapsed(), &metrics.per_bucket());
+                    let snap = tracker.snapshot(started.elapsed(), &counters());
                     renderer.draw(&snap);
                 }
                 renderer.finish();
@@ -410,7 +395,7 @@ pub async fn watch<F: Future, W: Write>(
                 tracker.set_totals(t);
             }
             _ = tick.tick() => {
-                let snap = tracker.snapshot(started.elapsed(), &metrics.per_bucket());
+                let snap = tracker.snapshot(started.elapsed(), &counters());
                 renderer.draw(&snap);
             }
         }
@@ -443,5 +428,5 @@ pub fn stderr_renderer() -> Renderer<std::io::Stderr> {
     } else {
         Mode::Plain
     };
-    Renderer::new(err, mode)
+    Renderer::with_area(err, mode, crate::term::stderr_area())
 }

@@ -1,23 +1,179 @@
-//! `--status`: what a user (or a script, with `--json`) needs to know at a glance — is
-//! aw-server there, is the upstream there, where the token comes from, and per bucket how far
-//! the sync got. It reads the state database and asks both servers; it never needs the
-//! single-instance lock, so it works while the daemon runs. Tokens never appear in it.
+//! `--status`: what a user (or a script, with `--json`, or a status bar, with `--short`) needs
+//! to know at a glance — is aw-server there, is the upstream there and is it one, where the
+//! token comes from, whether the daemon runs and where it logs, per bucket how far the sync got,
+//! and what to do about whatever is wrong. It reads the state database and asks both servers
+//! and the daemon; it never needs the single-instance lock, so it works while the daemon runs.
+//! Tokens never appear in it.
+//!
+//! One [`State`] sums it up, and the exit code follows from it ([`crate::exit`]): 0 healthy,
+//! 1 the user must act, 2 something is unreachable or failing for now.
 
-use std::fmt::Write as _;
-use std::path::Path;
+mod render;
+
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::source::AwClient;
+use crate::control::{self, Activity};
+use crate::source::{AwClient, SourceError};
 use crate::state::{BucketStatus, CycleRecord, QuarantineEntry, Store};
+use crate::upstream::health::{self, HealthError};
 use crate::upstream::UpstreamClient;
+
+pub use render::ago;
+
+/// The sync's health in one word, the most pressing problem first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Everything answers, the last sync succeeded, nothing is quarantined.
+    Ok,
+    /// The daemon runs its first sync.
+    Syncing,
+    /// No sync has run yet and no daemon runs.
+    NeverSynced,
+    /// `sync.base_url` is empty.
+    NotConfigured,
+    /// `sync.enabled = false`.
+    Disabled,
+    /// aw-server's port is served by another program.
+    NotAwServer,
+    AwServerUnreachable,
+    /// `sync.base_url` answers, but not as an aw-sync-samay upstream.
+    NotAnUpstream,
+    UpstreamUnreachable,
+    /// No usable token: log in (or set `AW_SYNC_SAMAY_TOKEN`).
+    LoginRequired,
+    /// The upstream refused events for good.
+    Quarantined,
+    /// The last sync failed; everything answers now, the daemon retries.
+    LastSyncFailed,
+}
+
+impl State {
+    pub fn exit_code(self) -> u8 {
+        use State::*;
+        match self {
+            Ok | Syncing => crate::exit::HEALTHY,
+            NeverSynced | NotConfigured | Disabled | NotAwServer | NotAnUpstream
+            | LoginRequired | Quarantined => crate::exit::USER_MUST_ACT,
+            AwServerUnreachable | UpstreamUnreachable | LastSyncFailed => crate::exit::UNREACHABLE,
+        }
+    }
+
+    /// In words, for the human and the short form.
+    pub fn label(self) -> &'static str {
+        use State::*;
+        match self {
+            Ok => "ok",
+            Syncing => "syncing",
+            NeverSynced => "never synced",
+            NotConfigured => "not configured",
+            Disabled => "sync disabled",
+            NotAwServer => "not aw-server",
+            AwServerUnreachable => "aw-server unreachable",
+            NotAnUpstream => "not an aw-sync-samay upstream",
+            UpstreamUnreachable => "upstream unreachable",
+            LoginRequired => "login required",
+            Quarantined => "events quarantined",
+            LastSyncFailed => "last sync failed",
+        }
+    }
+}
+
+/// One thing the user should do: what, and the command that does it (with the user's
+/// connection flags, [`crate::hint`]) when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Todo {
+    pub message: String,
+    pub command: Option<String>,
+}
+
+impl Todo {
+    fn say(message: impl Into<String>) -> Todo {
+        Todo {
+            message: message.into(),
+            command: None,
+        }
+    }
+    fn run(message: impl Into<String>, rest: &str) -> Todo {
+        Todo {
+            message: message.into(),
+            command: Some(crate::hint::command(rest)),
+        }
+    }
+}
+
+/// How a server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Ok,
+    /// No answer (or a 5xx).
+    Unreachable,
+    /// Something else answers there: not aw-server, not an aw-sync-samay upstream.
+    Wrong,
+    /// Nothing to ask: no `sync.base_url`.
+    NotConfigured,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reach {
+    pub url: String,
+    pub reachable: bool,
+    pub answer: Answer,
+    pub detail: String,
+}
+
+/// Where the token comes from, as the caller found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Login {
+    /// `AW_SYNC_SAMAY_TOKEN`.
+    Environment,
+    LoggedIn,
+    /// `[auth]` is set, no tokens stored.
+    LoginRequired,
+    /// Neither `[auth]` nor `AW_SYNC_SAMAY_TOKEN`.
+    NotConfigured,
+    /// The token storage cannot be read (a locked keyring).
+    Unavailable,
+}
+
+/// The token line: its text (where the token lives, who is logged in) and what it means.
+#[derive(Debug, Clone)]
+pub struct TokenLine {
+    pub text: String,
+    pub login: Login,
+}
+
+/// The daemon for this aw-server, as its control channel describes it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DaemonLine {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub activity: Option<Activity>,
+    /// The running daemon's log file; when none runs, the newest daemon log.
+    pub log_file: Option<String>,
+    /// Why the running daemon idles, or why it could not be asked.
+    pub detail: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    pub state: State,
+    /// What `--status` exits with ([`crate::exit`]).
+    pub exit_code: u8,
+    /// What to do about what is wrong, most pressing first (empty when nothing is).
+    pub todo: Vec<Todo>,
+    pub daemon: DaemonLine,
     pub aw_server: Reach,
     pub upstream: Reach,
-    /// Where the bearer token comes from ("environment (AW_SYNC_SAMAY_TOKEN)", "none", ...).
+    /// Where the bearer token comes from ("environment (AW_SYNC_SAMAY_TOKEN)", ...).
     pub token: String,
+    pub login: Login,
+    pub config_file: String,
+    pub sync_enabled: bool,
     pub state_db: String,
     pub device_id: Option<String>,
     pub buckets: Vec<BucketLine>,
@@ -26,13 +182,10 @@ pub struct Status {
     pub last_cycle: CycleRecord,
     /// The newest quarantined events, so a user can see what the upstream refused and why.
     pub quarantine: Vec<QuarantineEntry>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Reach {
-    pub url: String,
-    pub reachable: bool,
-    pub detail: String,
+    /// The `status` of the newest record in the status bucket (`"login required"`, ...): what
+    /// kind of failure the last sync's error was.
+    #[serde(skip)]
+    pub recorded: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,46 +197,78 @@ pub struct BucketLine {
     pub pending: Option<u64>,
 }
 
+/// What `--status` looks at.
+pub struct Probe<'a> {
+    pub source: &'a AwClient,
+    /// `None`: `sync.base_url` is empty.
+    pub upstream: Option<&'a UpstreamClient>,
+    pub token: TokenLine,
+    pub state_path: &'a Path,
+    pub config_path: &'a Path,
+    pub sync_enabled: bool,
+    /// The daemon's control socket for this aw-server.
+    pub socket: Option<PathBuf>,
+    /// Where daemon logs are, and which variant (`--testing`), for the newest one when no
+    /// daemon runs.
+    pub log_dir: Option<PathBuf>,
+    pub testing: bool,
+    /// This machine's name: the status bucket is `aw-sync-samay_<hostname>`.
+    pub hostname: String,
+}
+
 /// Gathers the status. Nothing here fails the command except an unreadable state database.
-pub async fn gather(
-    source: &AwClient,
-    upstream: Option<&UpstreamClient>,
-    token: String,
-    state_path: &Path,
-) -> anyhow::Result<Status> {
-    let aw_server = match source.info().await {
+pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
+    let aw_server = match p.source.info().await {
         Ok(info) => Reach {
-            url: source.base_url().to_string(),
+            url: p.source.base_url().to_string(),
             reachable: true,
+            answer: Answer::Ok,
             detail: format!("aw-server {} on {}", info.version, info.hostname),
         },
         Err(e) => Reach {
-            url: source.base_url().to_string(),
+            url: p.source.base_url().to_string(),
             reachable: false,
-            detail: e.to_string(),
+            answer: match e {
+                SourceError::NotAwServer { .. } => Answer::Wrong,
+                _ => Answer::Unreachable,
+            },
+            detail: match &e {
+                SourceError::Unreachable { source, .. } => crate::source::short_cause(source),
+                e => e.to_string(),
+            },
         },
     };
-    let upstream = match upstream {
+    let upstream = match p.upstream {
         None => Reach {
             url: String::new(),
             reachable: false,
+            answer: Answer::NotConfigured,
             detail: "not configured: set sync.base_url in the config file".into(),
         },
-        Some(up) => match up.health().await {
-            Ok(()) => Reach {
-                url: up.health_url().to_string(),
-                reachable: true,
-                detail: "ok".into(),
-            },
-            Err(e) => Reach {
-                url: up.health_url().to_string(),
-                reachable: false,
-                detail: e.to_string(),
-            },
-        },
+        Some(up) => {
+            let url = up.health_url().to_string();
+            match health::check(up).await {
+                Ok(()) => Reach {
+                    url,
+                    reachable: true,
+                    answer: Answer::Ok,
+                    detail: "ok".into(),
+                },
+                Err(e) => Reach {
+                    url,
+                    reachable: false,
+                    answer: match e {
+                        HealthError::NotAnUpstream { .. } => Answer::Wrong,
+                        HealthError::Unreachable { .. } => Answer::Unreachable,
+                    },
+                    detail: e.short(),
+                },
+            }
+        }
     };
-    let (states, record, device_id, quarantine) = if state_path.exists() {
-        let store = Store::open(state_path)?;
+    let daemon = daemon_line(p.socket.as_deref(), p.log_dir.as_deref(), p.testing).await;
+    let (states, record, device_id, quarantine) = if p.state_path.exists() {
+        let store = Store::open(p.state_path)?;
         (
             store.bucket_statuses()?,
             store.cycle_record()?,
@@ -96,7 +281,7 @@ pub async fn gather(
     let mut buckets = Vec::with_capacity(states.len());
     for state in states {
         let pending = if aw_server.reachable {
-            match source.event_count(&state.bucket_id).await {
+            match p.source.event_count(&state.bucket_id).await {
                 Ok(n) => Some(n.saturating_sub(state.delivered_current)),
                 Err(_) => None,
             }
@@ -105,305 +290,210 @@ pub async fn gather(
         };
         buckets.push(BucketLine { state, pending });
     }
-    Ok(Status {
+    let recorded = if aw_server.reachable {
+        last_recorded_status(p.source, &p.hostname).await
+    } else {
+        None
+    };
+    let mut status = Status {
+        state: State::Ok,
+        exit_code: crate::exit::HEALTHY,
+        todo: Vec::new(),
+        daemon,
         aw_server,
         upstream,
-        token,
-        state_db: state_path.display().to_string(),
+        token: p.token.text,
+        login: p.token.login,
+        config_file: p.config_path.display().to_string(),
+        sync_enabled: p.sync_enabled,
+        state_db: p.state_path.display().to_string(),
         device_id,
         pending: buckets.iter().filter_map(|b| b.pending).sum(),
         quarantined: buckets.iter().map(|b| b.state.quarantined).sum(),
         buckets,
         last_cycle: record,
         quarantine,
-    })
+        recorded,
+    };
+    let (state, todo) = status.assess();
+    status.state = state;
+    status.exit_code = state.exit_code();
+    status.todo = todo;
+    Ok(status)
+}
+
+/// The `status` field of the newest event in this machine's status bucket, if any.
+async fn last_recorded_status(source: &AwClient, hostname: &str) -> Option<String> {
+    let id = crate::engine::status_bucket::bucket_id(hostname);
+    let newest = source.get_events(&id, None, None, Some(1)).await.ok()?;
+    Some(newest.first()?.data.get("status")?.as_str()?.to_string())
+}
+
+/// The running daemon, asked over its control channel; when none answers, the newest daemon
+/// log (the last run's) is shown instead.
+async fn daemon_line(socket: Option<&Path>, log_dir: Option<&Path>, testing: bool) -> DaemonLine {
+    let asked = match socket {
+        Some(s) => control::client::status(s).await,
+        None => Err(control::ControlError::Unsupported),
+    };
+    match asked {
+        Ok(info) => DaemonLine {
+            running: true,
+            pid: Some(info.pid),
+            activity: Some(info.activity),
+            log_file: info.log_file,
+            detail: info.detail,
+        },
+        Err(e) => DaemonLine {
+            running: false,
+            pid: None,
+            activity: None,
+            log_file: log_dir
+                .and_then(|d| crate::logging::newest_daemon_log(d, testing))
+                .map(|p| p.display().to_string()),
+            // None: no daemon runs. Otherwise whether one runs is not known.
+            detail: match e {
+                control::ControlError::NoDaemon { .. } => None,
+                control::ControlError::Unsupported => {
+                    Some("not asked: no control channel on this platform".into())
+                }
+                e => Some(format!("could not ask it: {e}")),
+            },
+        },
+    }
 }
 
 impl Status {
-    /// The human form, readable at a glance: connection, sync, what to do next, then a table
-    /// of buckets. The first word of each line says what it is about (scripts use `--json`).
+    /// The state (the most pressing problem) and what to do about every problem.
+    fn assess(&self) -> (State, Vec<Todo>) {
+        let mut found: Vec<(State, Todo)> = Vec::new();
+        let config = &self.config_file;
+        if self.upstream.answer == Answer::NotConfigured {
+            found.push((
+                State::NotConfigured,
+                Todo::say(format!(
+                    "no upstream: set sync.base_url in {config} (or try the embedded one: {})",
+                    crate::hint::command("--dev --once")
+                )),
+            ));
+        }
+        if !self.sync_enabled {
+            found.push((
+                State::Disabled,
+                Todo::say(format!(
+                    "sync is disabled: set sync.enabled = true in {config}"
+                )),
+            ));
+        }
+        match self.aw_server.answer {
+            Answer::Unreachable => found.push((
+                State::AwServerUnreachable,
+                Todo::say(format!(
+                    "aw-server is not answering at {} ({}): start ActivityWatch (aw-qt or aw-server), or pass --port or --testing if it listens elsewhere",
+                    self.aw_server.url, self.aw_server.detail
+                )),
+            )),
+            Answer::Wrong => found.push((State::NotAwServer, Todo::say(self.aw_server.detail.clone()))),
+            Answer::Ok | Answer::NotConfigured => {}
+        }
+        match self.upstream.answer {
+            Answer::Unreachable => found.push((
+                State::UpstreamUnreachable,
+                Todo::say(format!(
+                    "the upstream is not answering at {}: check the network, and sync.base_url in {config}",
+                    self.upstream.url
+                )),
+            )),
+            Answer::Wrong => found.push((
+                State::NotAnUpstream,
+                Todo::say(format!(
+                    "sync.base_url in {config} is wrong: {} is {}; set it to the URL under which v1/health and v1/events/batch live",
+                    self.upstream.url, self.upstream.detail
+                )),
+            )),
+            Answer::Ok | Answer::NotConfigured => {}
+        }
+        match self.login {
+            Login::LoginRequired => {
+                found.push((State::LoginRequired, Todo::run("log in to the upstream", "--login")))
+            }
+            Login::NotConfigured => found.push((
+                State::LoginRequired,
+                Todo::run(
+                    format!("set auth.client_id and auth.issuer in {config} (or set AW_SYNC_SAMAY_TOKEN), then log in"),
+                    "--login",
+                ),
+            )),
+            Login::Unavailable => found.push((
+                State::LoginRequired,
+                Todo::run(
+                    "unlock the keyring (or set auth.token_storage = \"file\"), then log in if asked",
+                    "--login",
+                ),
+            )),
+            Login::Environment | Login::LoggedIn => {}
+        }
+        if self.quarantined > 0 {
+            found.push((
+                State::Quarantined,
+                Todo::say(format!(
+                    "{} event(s) were refused by the upstream and quarantined: see below, and the log; fix the cause upstream",
+                    self.quarantined
+                )),
+            ));
+        }
+        // Only when nothing above explains it (a failed sync while logged out is the login).
+        if found.is_empty() {
+            let refused = self.recorded.as_deref() == Some("login required");
+            if self.last_cycle.last_error.is_some() && refused {
+                // A token the upstream refused (AW_SYNC_SAMAY_TOKEN, or a session it ended).
+                found.push((
+                    State::LoginRequired,
+                    Todo::run(
+                        "the upstream refused the token (see last error): replace AW_SYNC_SAMAY_TOKEN, or log in again",
+                        "--login",
+                    ),
+                ));
+            } else if self.last_cycle.last_error.is_some() {
+                found.push((
+                    State::LastSyncFailed,
+                    Todo::run(
+                        "the last sync failed (see last error); the daemon retries by itself, or sync now",
+                        "--once",
+                    ),
+                ));
+            } else if self.last_cycle.last_success.is_none() && self.daemon.running {
+                found.push((
+                    State::Syncing,
+                    Todo::say("the daemon is running its first sync"),
+                ));
+            } else if self.last_cycle.last_success.is_none() {
+                found.push((
+                    State::NeverSynced,
+                    Todo::run(
+                        "no sync has run yet: start the daemon (or enable the module in aw-qt), or sync once",
+                        "--once",
+                    ),
+                ));
+            }
+        }
+        let state = found.first().map_or(State::Ok, |(s, _)| *s);
+        // "Syncing" is no problem: nothing to do.
+        let todo = found
+            .into_iter()
+            .filter(|(s, _)| *s != State::Syncing)
+            .map(|(_, t)| t)
+            .collect();
+        (state, todo)
+    }
+
+    /// The human form (see [`render`]).
     pub fn render(&self) -> String {
         self.render_at(chrono::Utc::now())
     }
 
-    /// [`Status::render`] as seen at `now` (relative times are computed from it).
-    pub fn render_at(&self, now: chrono::DateTime<chrono::Utc>) -> String {
-        let mut out = String::new();
-        let mark = |ok: bool| if ok { "ok  " } else { "DOWN" };
-        let _ = writeln!(out, "Connection");
-        let _ = writeln!(
-            out,
-            "aw-server  {} {} ({})",
-            mark(self.aw_server.reachable),
-            self.aw_server.url,
-            self.aw_server.detail
-        );
-        let upstream_url = if self.upstream.url.is_empty() {
-            "-"
-        } else {
-            &self.upstream.url
-        };
-        let _ = writeln!(
-            out,
-            "upstream   {} {} ({})",
-            mark(self.upstream.reachable),
-            upstream_url,
-            self.upstream.detail
-        );
-        let _ = writeln!(out, "token      {}", self.token);
-
-        let _ = writeln!(out, "\nSync");
-        let _ = writeln!(
-            out,
-            "last sync  {}",
-            when(self.last_cycle.last_success.as_deref(), now)
-        );
-        if let Some(e) = &self.last_cycle.last_error {
-            let _ = writeln!(
-                out,
-                "last try   {} — failed",
-                when(self.last_cycle.last_cycle.as_deref(), now)
-            );
-            let _ = writeln!(out, "last error {e}");
-        }
-        let _ = writeln!(
-            out,
-            "pending    {}   quarantined {}",
-            self.pending, self.quarantined
-        );
-        let _ = writeln!(out, "state      {}", self.state_db);
-
-        let todo = self.next_steps();
-        if !todo.is_empty() {
-            let _ = writeln!(out, "\nTo do");
-            for t in &todo {
-                let _ = writeln!(out, "  - {t}");
-            }
-        }
-
-        if !self.buckets.is_empty() {
-            let w = self
-                .buckets
-                .iter()
-                .map(|b| b.state.bucket_id.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max("bucket".len());
-            let _ = writeln!(
-                out,
-                "\n{:<w$}  {:>9}  {:>8}  {:>7}  {:>11}  cursor",
-                "bucket", "delivered", "versions", "pending", "quarantined"
-            );
-            for b in &self.buckets {
-                let pending = b.pending.map_or("?".to_string(), |p| p.to_string());
-                let _ = writeln!(
-                    out,
-                    "{:<w$}  {:>9}  {:>8}  {:>7}  {:>11}  {}",
-                    b.state.bucket_id,
-                    b.state.delivered,
-                    b.state.versions_sent,
-                    pending,
-                    b.state.quarantined,
-                    b.state.cursor.as_deref().unwrap_or("-")
-                );
-            }
-        }
-        if !self.quarantine.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nquarantined events (newest first; the upstream refused them — fix the upstream or the event, they are not retried):"
-            );
-            for q in &self.quarantine {
-                let _ = writeln!(
-                    out,
-                    "  {} #{} at {}: {}",
-                    q.bucket_id, q.event_id, q.at, q.reason
-                );
-            }
-        }
-        out
-    }
-
-    /// What the user should do, from what is wrong (empty when nothing is).
-    fn next_steps(&self) -> Vec<String> {
-        let mut todo = Vec::new();
-        if !self.aw_server.reachable {
-            todo.push(format!(
-                "aw-server is not answering at {}: start ActivityWatch (aw-qt or aw-server), or pass --port/--testing if it listens elsewhere",
-                self.aw_server.url
-            ));
-        }
-        if self.upstream.url.is_empty() {
-            todo.push(
-                "no upstream: set sync.base_url in the config file (or try --dev --once)".into(),
-            );
-        } else if !self.upstream.reachable {
-            todo.push(format!(
-                "the upstream is not answering at {}: check the network, and sync.base_url in the config file",
-                self.upstream.url
-            ));
-        }
-        if self.last_cycle.last_success.is_none() && self.last_cycle.last_error.is_none() {
-            todo.push(
-                "no sync has run yet: start the daemon (or aw-qt), or run aw-sync-samay --once"
-                    .into(),
-            );
-        }
-        if self.quarantined > 0 {
-            todo.push(format!(
-                "{} event(s) were refused by the upstream and quarantined: see below, and the log",
-                self.quarantined
-            ));
-        }
-        todo
-    }
-}
-
-/// "3 min ago (2026-11-25 14:05:00 +01:00)" for an RFC 3339 time; "never" for none.
-fn when(t: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> String {
-    let Some(t) = t else {
-        return "never".into();
-    };
-    match chrono::DateTime::parse_from_rfc3339(t) {
-        Ok(at) => {
-            let local = at.with_timezone(&chrono::Local);
-            format!(
-                "{} ({})",
-                ago(now.signed_duration_since(at.with_timezone(&chrono::Utc))),
-                local.format("%Y-%m-%d %H:%M:%S %:z")
-            )
-        }
-        Err(_) => t.to_string(),
-    }
-}
-
-/// A duration before now, in the largest whole unit: "just now", "42 s ago", "3 min ago",
-/// "5 h ago", "2 days ago"; a time in the future (a clock change) says so.
-pub fn ago(d: chrono::Duration) -> String {
-    let s = d.num_seconds();
-    if s < 0 {
-        return "in the future (check the clock)".into();
-    }
-    match s {
-        0..=4 => "just now".into(),
-        5..=59 => format!("{s} s ago"),
-        60..=3599 => format!("{} min ago", s / 60),
-        3600..=172_799 => format!("{} h ago", s / 3600),
-        _ => format!("{} days ago", s / 86_400),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::{Duration as D, TimeZone, Utc};
-
-    #[test]
-    fn relative_times_use_the_largest_whole_unit() {
-        assert_eq!(ago(D::seconds(2)), "just now");
-        assert_eq!(ago(D::seconds(42)), "42 s ago");
-        assert_eq!(ago(D::seconds(200)), "3 min ago");
-        assert_eq!(ago(D::hours(5)), "5 h ago");
-        assert_eq!(ago(D::days(3)), "3 days ago");
-        assert!(ago(D::seconds(-30)).contains("future"));
-    }
-
-    fn status(aw_ok: bool, up_url: &str, error: Option<&str>) -> Status {
-        let reach = |url: &str, ok: bool| Reach {
-            url: url.into(),
-            reachable: ok,
-            detail: if ok {
-                "ok".into()
-            } else {
-                "connection refused".into()
-            },
-        };
-        Status {
-            aw_server: reach("http://127.0.0.1:5600", aw_ok),
-            upstream: reach(up_url, !up_url.is_empty()),
-            token: "environment (AW_SYNC_SAMAY_TOKEN)".into(),
-            state_db: "/tmp/state.sqlite".into(),
-            device_id: None,
-            buckets: vec![
-                BucketLine {
-                    state: BucketStatus {
-                        bucket_id: "aw-watcher-window_a-rather-long-hostname".into(),
-                        generation: 0,
-                        cursor: Some("2026-11-25T13:05:00Z".into()),
-                        delivered: 81234,
-                        delivered_current: 81234,
-                        versions_sent: 84002,
-                        quarantined: 0,
-                        deleted: 0,
-                    },
-                    pending: Some(0),
-                },
-                BucketLine {
-                    state: BucketStatus {
-                        bucket_id: "afk".into(),
-                        generation: 0,
-                        cursor: None,
-                        delivered: 5,
-                        delivered_current: 5,
-                        versions_sent: 5,
-                        quarantined: 0,
-                        deleted: 0,
-                    },
-                    pending: None,
-                },
-            ],
-            pending: 0,
-            quarantined: 0,
-            last_cycle: CycleRecord {
-                last_cycle: Some("2026-11-25T13:05:00+00:00".into()),
-                last_success: Some("2026-11-25T13:02:00+00:00".into()),
-                last_error: error.map(Into::into),
-            },
-            quarantine: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn the_text_groups_connection_sync_and_an_aligned_bucket_table() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 25, 13, 5, 30).unwrap();
-        let text = status(true, "https://up/health", None).render_at(now);
-        let line = |p: &str| text.lines().find(|l| l.starts_with(p)).unwrap_or("");
-        assert!(line("last sync ").contains("3 min ago ("), "{text}");
-        assert!(!text.contains("To do"), "nothing to do: {text}");
-        assert!(!text.contains("last error"), "{text}");
-        let header = text.lines().position(|l| l.starts_with("bucket ")).unwrap();
-        let rows: Vec<&str> = text.lines().skip(header).take(3).collect();
-        // Every column ends at the same place in every row.
-        let end_of = |row: &str, i: usize| {
-            let mut ends = Vec::new();
-            let b = row.as_bytes();
-            for j in 0..b.len() {
-                if b[j] != b' ' && (j + 1 == b.len() || b[j + 1] == b' ') {
-                    ends.push(j);
-                }
-            }
-            ends[i]
-        };
-        for col in 1..5 {
-            let e: Vec<usize> = rows.iter().map(|r| end_of(r, col)).collect();
-            assert!(e.iter().all(|x| *x == e[0]), "column {col}: {rows:#?}");
-        }
-        let afk: Vec<&str> = rows[2].split_whitespace().collect();
-        assert_eq!(afk, ["afk", "5", "5", "?", "0", "-"]);
-    }
-
-    #[test]
-    fn what_is_wrong_comes_with_what_to_do() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 25, 13, 5, 30).unwrap();
-        let text =
-            status(false, "", Some("login required: run aw-sync-samay --login")).render_at(now);
-        assert!(text.contains("aw-server  DOWN"), "{text}");
-        assert!(text.contains("start ActivityWatch"), "{text}");
-        assert!(text.contains("set sync.base_url"), "{text}");
-        assert!(
-            text.contains("last error login required: run aw-sync-samay --login"),
-            "{text}"
-        );
-        assert!(text.contains("last try   30 s ago"), "{text}");
+    /// One line for status bars and prompts, e.g. `synced 3 min ago · 0 pending`.
+    pub fn short(&self) -> String {
+        self.short_at(chrono::Utc::now())
     }
 }

@@ -286,13 +286,19 @@ async fn an_orphaned_daemon_exits_like_the_watchers() {
     // Nothing configured: the daemon idles, so only the orphan watch can end it.
     let template = isolated_command(home);
     let exe = template.get_program().to_owned();
+    // The intermediate "aw-qt": a script of that name run by its interpreter (as aw-qt's pip
+    // entry point runs under Python; `sh` reads it, so no freshly written file is executed),
+    // that starts the daemon, prints its pid, and dies a second later. Only aw-qt's children
+    // exit when orphaned.
+    let aw_qt = home.join("aw-qt");
+    std::fs::write(
+        &aw_qt,
+        "\"$1\" --testing --port \"$2\" & echo $!; sleep 1\n",
+    )
+    .expect("write the aw-qt script");
     let mut shell = Command::new("sh");
-    // The intermediate "aw-qt": starts the daemon, prints its pid, and dies a second later.
-    shell
-        .arg("-c")
-        .arg("\"$0\" --testing --port \"$1\" & echo $!; sleep 1")
-        .arg(&exe)
-        .arg(free_port().to_string());
+    shell.arg(&aw_qt);
+    shell.arg(&exe).arg(free_port().to_string());
     for (key, value) in template.get_envs() {
         match value {
             Some(v) => shell.env(key, v),
@@ -345,7 +351,9 @@ async fn an_orphaned_daemon_exits_like_the_watchers() {
     );
     let said = stderr();
     assert!(
-        said.contains("went away") && said.contains("stopping, as ActivityWatch watchers do"),
+        said.contains("started by aw-qt (PID")
+            && said.contains("went away")
+            && said.contains("stopping, as ActivityWatch watchers do"),
         "the daemon should log why it stopped; stderr:\n{said}"
     );
 }
@@ -384,9 +392,10 @@ async fn a_logged_out_daemon_keeps_running_and_says_login_required() {
         .output()
         .expect("run --status");
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "--status: {status:?}");
+    // The user must act: exit 1, and the hint is for this (testing) instance.
+    assert_eq!(status.status.code(), Some(1), "--status: {status:?}");
     assert!(
-        text.contains("login required: run aw-sync-samay --login"),
+        text.contains("login required: run aw-sync-samay --testing --login"),
         "--status should say what to do:\n{text}"
     );
 

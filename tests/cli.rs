@@ -4,22 +4,21 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use aw_sync_samay::devserver::{self, DevServerConfig};
 use common::awserver::free_port;
-use common::bin::{isolated_command, sync_command, write_config};
+use common::bin::{
+    isolated_command, read, run, sync_command, wait_exit, write_config, Run, RUN_TIMEOUT,
+};
 use common::daemon::Daemon;
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// How long a one-shot command may take before the test gives up on it.
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a daemon to say it started.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A signal must stop the daemon within this.
@@ -79,81 +78,6 @@ impl Home {
 
     fn config(&self, base_url: &str, extra: &str) -> PathBuf {
         write_config(self.path(), base_url, extra)
-    }
-}
-
-/// What a finished command printed.
-#[derive(Debug)]
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The stderr lines that say something.
-    fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
-    }
-}
-
-/// A file in `dir` for a child's output, read back by path (never through the shared handle,
-/// whose offset the child writes at).
-fn output_file(dir: &Path, name: &str) -> (PathBuf, File) {
-    let file = tempfile::Builder::new()
-        .prefix(name)
-        .suffix(".out")
-        .tempfile_in(dir)
-        .expect("output file");
-    let (file, path) = file.keep().expect("keep output file");
-    (path, file)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Runs `cmd` to completion (bounded), without blocking the tokio workers that serve the dev
-/// upstream meanwhile.
-async fn run(cmd: &mut Command, dir: &Path) -> Run {
-    std::fs::create_dir_all(dir).expect("output dir");
-    let (out_path, out) = output_file(dir, "stdout");
-    let (err_path, err) = output_file(dir, "stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn aw-sync-samay");
-    let status = wait_exit(&mut child, RUN_TIMEOUT).await.unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "aw-sync-samay did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
-            read(&err_path)
-        )
-    });
-    Run {
-        status,
-        stdout: read(&out_path),
-        stderr: read(&err_path),
-    }
-}
-
-/// Polls `child` until it exits or `timeout` passes.
-async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -335,13 +259,16 @@ async fn once_with_aw_server_down_fails_with_one_line_saying_what_to_do() {
     assert!(!r.status.success(), "{r:?}");
     let lines = r.stderr_lines();
     assert_eq!(lines.len(), 1, "one line on stderr: {:?}", r.stderr);
+    // The URL once, and the cause (it said the URL twice and no cause).
+    let url = format!("http://127.0.0.1:{port}");
     assert!(
-        lines[0].contains(&format!(
-            "aw-server at http://127.0.0.1:{port} is not reachable"
-        )),
+        lines[0].contains(&format!("no answer from aw-server at {url}")),
         "{lines:?}"
     );
+    assert_eq!(lines[0].matches(&url).count(), 1, "{lines:?}");
+    assert!(lines[0].contains("(connection refused)"), "{lines:?}");
     assert!(lines[0].contains("start ActivityWatch"), "{lines:?}");
+    assert_eq!(r.status.code(), Some(2), "unreachable: exit 2");
     assert!(r.stdout.is_empty(), "no summary on failure: {:?}", r.stdout);
 }
 
@@ -413,7 +340,9 @@ async fn token_never_appears_in_output_or_logs_even_at_trace_level() {
                 &out,
             )
             .await;
-            assert!(st.status.success(), "{st:?}");
+            // A token the upstream refused: the user must act (exit 1).
+            let expected = if should_sync { 0 } else { 1 };
+            assert_eq!(st.status.code(), Some(expected), "{st:?}");
             assert!(st.stdout.contains("AW_SYNC_SAMAY_TOKEN"), "{}", st.stdout);
             runs.push(st);
         }
@@ -451,39 +380,55 @@ async fn token_never_appears_in_output_or_logs_even_at_trace_level() {
 // ---------------------------------------------------------------------------------------------
 // 4. Log file naming
 
+/// A daemon run writes an aw-core named file (aw-qt's crash dialog finds it); a one-shot
+/// command appends to `commands[-testing].log` instead, so it never adds to the daemon's files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_writes_an_aw_core_named_log_file_and_testing_has_its_own() {
-    let home = Home::new();
-    let config = home.config("", "");
-    let port = free_port();
-    let r = run(
-        sync_command(home.path(), port, &config, TEST_TOKEN).arg("--once"),
-        home.path(),
-    )
-    .await;
-    assert!(!r.status.success());
     let names = |home: &Home| -> Vec<String> {
-        home.log_files()
+        let mut n: Vec<String> = home
+            .log_files()
             .iter()
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-            .collect()
+            .collect();
+        n.sort();
+        n
     };
-    let logs = names(&home);
-    assert_eq!(logs.len(), 1, "{logs:?}");
-    assert!(is_log_name(&logs[0], false), "{logs:?}");
+    let port = free_port();
+    for testing in [false, true] {
+        let home = Home::new();
+        let config = home.config("", "");
+        let mut cmd = sync_command(home.path(), port, &config, TEST_TOKEN);
+        if testing {
+            cmd.arg("--testing");
+        }
+        // Nothing configured: the daemon idles until stopped.
+        let mut daemon = Daemon::spawn(&mut cmd, home.path());
+        daemon.wait_for("idling until stopped").await;
+        let (status, took) = daemon.stop_with("TERM").await;
+        assert_clean_stop(status, took, "TERM", &daemon.stderr());
+        let logs = names(&home);
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(is_log_name(&logs[0], testing), "{logs:?}");
+        assert!(!is_log_name(&logs[0], !testing), "{logs:?}");
 
-    let testing = Home::new();
-    let config = testing.config("", "");
-    let r = run(
-        sync_command(testing.path(), port, &config, TEST_TOKEN).args(["--once", "--testing"]),
-        testing.path(),
-    )
-    .await;
-    assert!(!r.status.success());
-    let logs = names(&testing);
-    assert_eq!(logs.len(), 1, "{logs:?}");
-    assert!(is_log_name(&logs[0], true), "{logs:?}");
-    assert!(!is_log_name(&logs[0], false), "{logs:?}");
+        let mut once = sync_command(home.path(), port, &config, TEST_TOKEN);
+        once.arg("--once");
+        if testing {
+            once.arg("--testing");
+        }
+        let r = run(&mut once, home.path()).await;
+        assert!(!r.status.success());
+        let one_shot = if testing {
+            "commands-testing.log"
+        } else {
+            "commands.log"
+        };
+        assert_eq!(
+            names(&home),
+            [logs[0].clone(), one_shot.to_string()],
+            "--once appends to the one-shot log"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,10 +456,11 @@ async fn a_second_instance_for_the_same_port_exits_and_another_port_may_run() {
         "the second instance should give up at once"
     );
     assert!(
-        second
-            .stderr
-            .contains("another aw-sync-samay is already running"),
-        "{:?}",
+        second.stderr.contains(&format!(
+            "another aw-sync-samay (PID {}) is already running",
+            first.pid()
+        )),
+        "the refusal names the PID: {:?}",
         second.stderr
     );
 
@@ -533,7 +479,11 @@ async fn a_second_instance_for_the_same_port_exits_and_another_port_may_run() {
         "{:?}",
         after.stderr
     );
-    assert!(after.stderr.contains("not reachable"), "{:?}", after.stderr);
+    assert!(
+        after.stderr.contains("no answer from aw-server"),
+        "{:?}",
+        after.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,7 +572,7 @@ async fn daemon_keeps_running_while_aw_server_is_down() {
     daemon_survives(
         sync_command(home.path(), free_port(), &config, TEST_TOKEN),
         home.path(),
-        "is not reachable",
+        "no answer from aw-server",
     )
     .await;
 }
@@ -680,7 +630,9 @@ async fn status_url(home: &Home, args: &[&str]) -> String {
         home.path(),
     )
     .await;
-    assert!(r.status.success(), "{r:?}");
+    // Nothing configured (and no aw-server there): exit 1, and the JSON still says where it
+    // looked.
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
     parse_json(&r)["aw_server"]["url"]
         .as_str()
         .expect("aw_server.url")
@@ -838,6 +790,20 @@ async fn dev_once_syncs_into_the_embedded_upstream_database() {
     assert!(all.contains("dev upstream: http://127.0.0.1:"), "{all}");
     assert!(all.contains(&db.display().to_string()), "{all}");
     assert!(db.is_file(), "{} exists", db.display());
+    // No browser is involved: nobody is told to wait for one.
+    assert!(
+        !all.contains("Waiting") && !all.contains("waiting for the browser"),
+        "{all}"
+    );
+    // It says the embedded upstream ends with the command, and how to browse it afterwards.
+    assert!(all.contains("runs until this sync ends"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "dev upstream: stopped with this command; browse what it stored with: samay-dev-server --db {}",
+            db.display()
+        )),
+        "{all}"
+    );
 
     let dev = devserver::spawn(DevServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),

@@ -83,7 +83,8 @@ fn child() {
     let path = PathBuf::from(std::env::var_os(CHILD_PATH_ENV).expect("child path"));
     match role.as_str() {
         "log" => {
-            let guard = logging::init(false, false, Some(&path)).expect("init");
+            let guard =
+                logging::init(false, false, Some(&path), logging::LogKind::Daemon).expect("init");
             tracing::info!(bucket = "aw-watcher-afk_host", "hello from the child");
             tracing::debug!("debug is off by default");
             println!(
@@ -93,7 +94,8 @@ fn child() {
             drop(guard);
         }
         "log-unwritable" => {
-            let guard = logging::init(true, false, Some(&path)).expect("init must not fail");
+            let guard = logging::init(true, false, Some(&path), logging::LogKind::Daemon)
+                .expect("init must not fail");
             assert!(guard.file().is_none());
             tracing::warn!("still logging to stderr");
             drop(guard);
@@ -480,7 +482,10 @@ fn one_instance_per_aw_server_across_processes() {
     let (out, stdout, stderr) = run(iso.child("lock", &path));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("LOCK=busy: another aw-sync-samay is already running for this aw-server"),
+        stdout.contains(&format!(
+            "LOCK=busy: another aw-sync-samay (PID {}) is already running for this aw-server",
+            std::process::id()
+        )),
         "{stdout}\n{stderr}"
     );
 

@@ -788,3 +788,70 @@ async fn health_of_a_wrong_base_url_is_fatal_and_of_nothing_is_network() {
         Err(UpstreamError::Network(_))
     ));
 }
+
+/// The page's counters do not contradict each other (issue 10: "11 batches stored; 0 batch
+/// requests received" after a restart): the database's count and this process's are labelled
+/// as such. And the events themselves show as HTML, escaped, newest first.
+#[tokio::test]
+async fn the_page_says_what_its_counters_count_and_shows_events_in_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_dev_server(dir.path()).await;
+    let mut b = three(Uuid::new_v4());
+    b.events[0] = event(
+        WINDOW,
+        1,
+        "h1",
+        json!({"app": "a", "title": "<b>bold</b> & co"}),
+    );
+    client(&server).send_batch(&token(), &b).await.unwrap();
+    server.shutdown().await;
+    // Browsed afterwards: a new process on the same database.
+    let server = start_dev_server(dir.path()).await;
+    let http = reqwest::Client::new();
+    let base = server.base_url();
+    let page = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(
+            "This database holds 1 stored batch(es), from every run of the server on it."
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("Since this server started: 0 batch request(s) received, 0 batch(es) stored"),
+        "{page}"
+    );
+    // Each bucket links to its events.
+    assert!(page.contains("href=\"/events?device_id="), "{page}");
+
+    let events = http
+        .get(format!("{base}/events"))
+        .query(&[("bucket_id", WINDOW)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert!(events.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = events.text().await.unwrap();
+    assert!(html.contains("<table>"), "{html}");
+    // Both window events, newest first (event 2 starts a second after event 1).
+    let row = |id: i64| format!("<td>{WINDOW}</td><td class=\"n\">{id}</td>");
+    let two = html.find(&row(2)).expect("event 2");
+    let one = html.find(&row(1)).expect("event 1");
+    assert!(two < one, "newest first: {html}");
+    assert!(
+        html.contains("&lt;b&gt;bold&lt;/b&gt; &amp; co"),
+        "data shown, escaped: {html}"
+    );
+    assert!(!html.contains("<b>bold</b>"), "{html}");
+    assert!(!html.contains(AFK), "only the bucket asked for: {html}");
+}

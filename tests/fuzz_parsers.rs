@@ -955,11 +955,20 @@ proptest! {
             (Err(e), _) => prop_assert!(false, "{e}"),
         }
 
-        // info is not bucket-scoped: a 404 there is a plain status error.
+        // info tells aw-server from another program on its port: a 3xx/4xx, or a success
+        // whose body is not aw-server's info, is "not aw-server"; a 5xx may be aw-server in
+        // trouble, a plain status error.
+        let is_info = serde_json::from_slice::<ServerInfo>(&body).is_ok();
         match &info {
-            Ok(_) => prop_assert!(parses(serde_json::from_slice::<ServerInfo>(&body).is_ok())),
-            Err(SourceError::Status { status: s, .. }) => prop_assert_eq!(*s, status),
-            Err(SourceError::Malformed { .. }) => prop_assert!(ok),
+            Ok(_) => prop_assert!(parses(is_info)),
+            Err(SourceError::NotAwServer { detail, .. }) => {
+                prop_assert!((300..500).contains(&status) || (ok && !is_info), "{} {}", status, detail);
+                prop_assert!(detail.chars().count() < 200, "{} chars", detail.chars().count());
+            }
+            Err(SourceError::Status { status: s, .. }) => {
+                prop_assert_eq!(*s, status);
+                prop_assert!(status >= 500);
+            }
             Err(e) => prop_assert!(false, "{e}"),
         }
         match &count {

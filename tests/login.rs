@@ -313,12 +313,18 @@ async fn a_revoked_grant_means_login_required_and_a_new_login_resumes_with_nothi
     assert!(text(&out).contains("login required"), "{}", text(&out));
     assert!(rig.stored().await.is_none());
     let status = rig.run(&["--status"], None).await;
+    // The hint repeats the flags this command was run with, and the user must act: exit 1.
+    let login = format!(
+        "login required: run aw-sync-samay --port {} --config {} --login",
+        rig.aw.port(),
+        rig.config.display()
+    );
     assert!(
-        String::from_utf8_lossy(&status.stdout)
-            .contains("login required: run aw-sync-samay --login"),
-        "{}",
+        String::from_utf8_lossy(&status.stdout).contains(&login),
+        "{login:?} in:\n{}",
         text(&status)
     );
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
 
     // A new login resumes: everything arrives, nothing twice.
     assert!(rig.login("alice").await.status.success());
@@ -414,7 +420,7 @@ async fn login_into_the_real_secret_service() {
     let script = format!(
         "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; \
          \"{bin}\" --port {port} --config \"{cfg}\" --login && \
-         \"{bin}\" --port {port} --config \"{cfg}\" --status && \
+         \"{bin}\" --port {port} --config \"{cfg}\" --status; \
          secret-tool search --all service aw-sync-samay 2>&1",
         port = rig.aw.port(),
         cfg = rig.config.display()
@@ -620,4 +626,66 @@ async fn register_scheme_installs_the_desktop_handler() {
         "{entry}"
     );
     assert!(entry.contains("--callback %u"), "{entry}");
+}
+
+/// On a terminal the login draws a spinner while it waits for the browser; the log lines that
+/// come meanwhile ("authorization response received") ran into it. Each one now starts on a
+/// cleared line. `script` (util-linux) gives the binary a pseudo-terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_log_lines_never_run_into_the_spinner() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let rig = LoginRig::new(3600, "").await;
+    // The user takes a moment: the spinner draws several frames first.
+    let play = PlayUser {
+        delay_secs: 1,
+        ..Default::default()
+    };
+    let base = rig.cmd();
+    let inner = format!(
+        "'{}' {} --login",
+        env!("CARGO_BIN_EXE_aw-sync-samay"),
+        base.get_args()
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut c = Command::new("script");
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    play.apply(&mut c)
+        .env("SHELL", "/bin/sh")
+        .env("TERM", "xterm")
+        .args(["-qfec", &inner, "/dev/null"]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all:?}");
+    assert!(all.contains("Logged in as alice"), "{all:?}");
+    assert!(
+        all.contains("Waiting for the sign-in in the browser..."),
+        "the spinner ran: {all:?}"
+    );
+    let logged = all
+        .match_indices(" [INFO ]: ")
+        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    assert!(!logged.is_empty(), "{all:?}");
+    for at in logged {
+        // "2026-01-01 12:00:00,123" before " [INFO ]".
+        let start = at.saturating_sub(23);
+        let before = &all[..start];
+        assert!(
+            before.is_empty() || before.ends_with('\n') || before.ends_with("\r\x1b[J"),
+            "a log line starts where the spinner's text is: {:?}",
+            &all[start.saturating_sub(120)..(at + 40).min(all.len())]
+        );
+    }
 }

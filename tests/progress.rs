@@ -5,23 +5,21 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use aw_sync_samay::config::Config;
+use aw_sync_samay::engine::BucketCount;
 use aw_sync_samay::progress::{render, BucketProgress, Mode, Renderer, Snapshot, Tracker};
-use common::bin::{sync_command, write_config};
+use common::bin::{run, sync_command, write_config};
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn bucket(id: &str, read: u64, delivered: u64, held: u64, total: Option<u64>) -> BucketProgress {
+fn bucket(id: &str, new: u64, delivered: u64, held: u64, total: Option<u64>) -> BucketProgress {
     BucketProgress {
         bucket_id: id.into(),
-        read,
+        new,
         delivered,
         held_before: held,
         total,
@@ -54,7 +52,7 @@ fn remaining_is_the_aw_server_count_minus_what_the_upstream_holds() {
     let rem: Vec<Option<u64>> = s.buckets.iter().map(|b| b.remaining()).collect();
     assert_eq!(rem, [Some(0), Some(1000), Some(4), None]);
     assert_eq!(s.remaining(), Some(1004), "the sum of the known ones");
-    assert_eq!((s.read(), s.delivered()), (2916, 2506));
+    assert_eq!((s.new_events(), s.delivered()), (2916, 2506));
     // A grown heartbeat re-delivered can make delivered exceed the count: never negative.
     assert_eq!(bucket("b", 5, 5, 10, Some(12)).remaining(), Some(0));
 }
@@ -75,10 +73,10 @@ fn plain_mode_writes_a_line_per_unfinished_bucket_and_a_total() {
     assert_eq!(
         lines,
         [
-            "progress: aw-watcher-window_laptop: 2400 read, 2000 delivered, 500 events/s, 1000 remaining",
-            "progress: aw-watcher-web: 6 read, 6 delivered, 1.5 events/s, 4 remaining",
-            "progress: editor: 10 read, 0 delivered, 0.0 events/s, ? remaining",
-            "progress: total: 2916 read, 2506 delivered, 313 events/s, 1004 remaining, 0:08 elapsed",
+            "progress: aw-watcher-window_laptop: 2400 new, 2000 delivered, 500 events/s, 1000 remaining",
+            "progress: aw-watcher-web: 6 new, 6 delivered, 1.5 events/s, 4 remaining",
+            "progress: editor: 10 new, 0 delivered, 0.0 events/s, ? remaining",
+            "progress: total: 2916 new, 2506 delivered, 313 events/s, 1004 remaining, 0:08 elapsed",
         ]
     );
 }
@@ -164,20 +162,27 @@ fn the_renderer_redraws_in_place_on_a_terminal_and_appends_plain_lines_otherwise
 
 #[test]
 fn the_tracker_times_each_bucket_from_its_own_first_activity() {
+    let count = |id: &str, new: u64, delivered: u64| BucketCount {
+        bucket_id: id.into(),
+        // Re-reads show in `read` only: the display is about what is new.
+        read: new + 7,
+        new,
+        delivered,
+    };
     let mut t = Tracker::new(HashMap::from([("a".to_string(), 10)]));
     t.set_totals(BTreeMap::from([
         ("a".to_string(), 30),
         ("b".to_string(), 40),
         ("aw-sync-samay_host".to_string(), 3),
     ]));
-    let s = t.snapshot(Duration::from_secs(1), &[("a".into(), 5, 0)]);
+    let s = t.snapshot(Duration::from_secs(1), &[count("a", 5, 0)]);
     let ids: Vec<&str> = s.buckets.iter().map(|b| b.bucket_id.as_str()).collect();
     assert_eq!(ids, ["a", "b"], "known buckets listed, our own never");
     assert_eq!(s.buckets[0].remaining(), Some(20));
     assert_eq!(s.buckets[1].remaining(), Some(40));
     let s = t.snapshot(
         Duration::from_secs(3),
-        &[("a".into(), 20, 20), ("b".into(), 5, 0)],
+        &[count("a", 20, 20), count("b", 5, 0)],
     );
     assert_eq!(s.buckets[0].active, Duration::from_secs(2));
     assert_eq!(s.buckets[0].rate(), Some(10.0));
@@ -185,7 +190,7 @@ fn the_tracker_times_each_bucket_from_its_own_first_activity() {
     // b only started at 3 s, and its rate is its own.
     let s = t.snapshot(
         Duration::from_secs(5),
-        &[("a".into(), 20, 20), ("b".into(), 40, 40)],
+        &[count("a", 20, 20), count("b", 40, 40)],
     );
     assert_eq!(
         s.buckets[0].active,
@@ -200,55 +205,6 @@ fn the_tracker_times_each_bucket_from_its_own_first_activity() {
 // ---------------------------------------------------------------------------------------------
 // The real binary
 
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn output_file(dir: &Path, name: &str) -> (PathBuf, File) {
-    let path = dir.join(name);
-    (path.clone(), File::create(&path).expect("output file"))
-}
-
-async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Runs `cmd` to completion (bounded) with stdout and stderr to files (not terminals).
-async fn run(cmd: &mut Command, dir: &Path) -> Run {
-    let (out_path, out) = output_file(dir, "stdout");
-    let (err_path, err) = output_file(dir, "stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn");
-    let status = wait_exit(&mut child, RUN_TIMEOUT).await.unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        )
-    });
-    Run {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    }
-}
-
 /// A rig with `n` events in bucket "window" and an upstream that takes `slow_ms` per batch of
 /// 100, so the sync lasts long enough for progress to be drawn.
 async fn slow_rig(n: usize, slow_ms: u64) -> (Rig, PathBuf, PathBuf) {
@@ -262,7 +218,7 @@ async fn slow_rig(n: usize, slow_ms: u64) -> (Rig, PathBuf, PathBuf) {
     (rig, home, config)
 }
 
-/// `(read, delivered, remaining)` of a `progress: <name>: …` line.
+/// `(new, delivered, remaining)` of a `progress: <name>: …` line.
 fn parse_plain(line: &str) -> (u64, u64, Option<u64>) {
     let fields: Vec<&str> = line.split(", ").collect();
     let num = |i: usize, unit: &str| -> &str {
@@ -271,7 +227,7 @@ fn parse_plain(line: &str) -> (u64, u64, Option<u64>) {
             .unwrap_or_else(|| panic!("{line:?}: field {i} is not {unit:?}"))
     };
     (
-        num(0, " read").parse().unwrap(),
+        num(0, " new").parse().unwrap(),
         num(1, " delivered").parse().unwrap(),
         num(3, " remaining").parse().ok(),
     )
@@ -317,9 +273,9 @@ async fn once_without_a_terminal_writes_plain_progress_lines_then_the_summary() 
     );
     let mut last_delivered = 0;
     for line in &totals {
-        // Reads may exceed N (copies re-read at page and window edges); deliveries may not.
-        let (read, delivered, remaining) = parse_plain(line);
-        assert!(delivered <= N && delivered <= read, "{line}");
+        // New events and deliveries never exceed the events (re-reads are not shown).
+        let (new, delivered, remaining) = parse_plain(line);
+        assert!(new <= N && delivered <= new, "{line}");
         assert!(delivered >= last_delivered, "never goes back: {totals:#?}");
         last_delivered = delivered;
         if let Some(rem) = remaining {
@@ -331,8 +287,8 @@ async fn once_without_a_terminal_writes_plain_progress_lines_then_the_summary() 
         .lines()
         .filter(|l| l.starts_with("progress: window: "))
     {
-        let (read, delivered, remaining) = parse_plain(line);
-        assert!(delivered <= N && delivered <= read, "{line}");
+        let (new, delivered, remaining) = parse_plain(line);
+        assert!(new <= N && delivered <= new, "{line}");
         if let Some(rem) = remaining {
             assert_eq!(delivered + rem, N, "{line}");
         }

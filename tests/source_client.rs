@@ -639,13 +639,24 @@ async fn garbage_json_is_malformed_not_a_panic() {
     }
     request_of(handle).await;
 
-    // Valid JSON of the wrong shape is malformed too.
-    let (port, handle) = fake_server(http_response("200 OK", r#"{"hostname": 5}"#)).await;
+    // Valid JSON of the wrong shape is malformed too; from `info`, the server's first answer,
+    // it means another program answers on the port.
+    let (port, handle) = fake_server(http_response("200 OK", r#"[{"hostname": 5}]"#)).await;
     let client = AwClient::new("127.0.0.1", port).expect("client");
     assert!(matches!(
-        client.info().await,
+        client.get_buckets().await,
         Err(SourceError::Malformed { .. })
     ));
+    request_of(handle).await;
+    let (port, handle) = fake_server(http_response("200 OK", r#"{"hostname": 5}"#)).await;
+    let client = AwClient::new("127.0.0.1", port).expect("client");
+    match client.info().await {
+        Err(e @ SourceError::NotAwServer { .. }) => {
+            assert!(!e.is_transient());
+            assert!(e.to_string().contains("is not aw-server"), "{e}");
+        }
+        other => panic!("expected NotAwServer, got {other:?}"),
+    }
     request_of(handle).await;
 }
 

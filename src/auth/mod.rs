@@ -41,10 +41,10 @@ impl fmt::Debug for AccessToken {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No token at all (never logged in, or logged out): idle, say "run --login".
-    #[error("login required: no upstream token; run aw-sync-samay --login (with [auth] set in the config file), or set AW_SYNC_SAMAY_TOKEN")]
+    #[error("login required: no upstream token; run {} (with [auth] set in the config file), or set AW_SYNC_SAMAY_TOKEN", crate::hint::command("--login"))]
     LoginRequired,
     /// The token was rejected and cannot be refreshed (static token, or `invalid_grant`).
-    #[error("the token was rejected by the upstream and cannot be refreshed: {0}; log in again with aw-sync-samay --login (or replace AW_SYNC_SAMAY_TOKEN)")]
+    #[error("the token was rejected by the upstream and cannot be refreshed: {0}; log in again with {login} (or replace AW_SYNC_SAMAY_TOKEN)", login = crate::hint::command("--login"))]
     Rejected(String),
     /// The provider or keyring could not be reached now; try again later.
     #[error("token refresh failed for now: {0}")]

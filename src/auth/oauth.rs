@@ -246,6 +246,9 @@ pub async fn login(
         cfg,
         CallbackOptions {
             paste_from_stdin: opts.no_browser,
+            // An in-process opener (`--dev`) is no browser anyone waits for: no "Waiting for
+            // the sign-in in the browser".
+            progress: opts.opener.is_none(),
             ..CallbackOptions::default()
         },
     )
@@ -291,11 +294,11 @@ pub async fn login(
                     got: got.to_string(),
                     expected: expected.clone(),
                 };
-                return Err(fail(pending, e, AGAIN).await);
+                return Err(fail(pending, e, &again()).await);
             }
             None if provider.iss_parameter_supported => {
                 let e = LoginError::IssuerMissing(expected.clone());
-                return Err(fail(pending, e, AGAIN).await);
+                return Err(fail(pending, e, &again()).await);
             }
             _ => {}
         }
@@ -310,7 +313,7 @@ pub async fn login(
         Ok(r) => r,
         Err(e) => {
             let e = LoginError::Exchange(describe_token_error(&e));
-            return Err(fail(pending, e, AGAIN).await);
+            return Err(fail(pending, e, &again()).await);
         }
     };
     let account = provider.account(&cfg.client_id);
@@ -329,7 +332,10 @@ pub async fn login(
     Ok(tokens)
 }
 
-const AGAIN: &str = "Run aw-sync-samay --login again.";
+/// The browser page's advice after a failed login.
+fn again() -> String {
+    format!("Run {} again.", crate::hint::command("--login"))
+}
 
 /// Shows the failure in the browser tab, then hands it back to be returned.
 async fn fail(pending: PendingCallback, e: LoginError, hint: &str) -> LoginError {
@@ -572,7 +578,7 @@ impl OAuthSession {
         }
         let Some(refresh) = stored.refresh_token.clone() else {
             return Err(AuthError::Rejected(
-                "the access token expired and the provider gave no refresh token: run aw-sync-samay --login".into(),
+                "the access token expired and the provider gave no refresh token".into(),
             ));
         };
         let provider = self.provider().await?;
@@ -610,7 +616,8 @@ impl OAuthSession {
                     // Final (RFC 6749 §5.2): the grant is gone. Forget it so status says so.
                     let _ = self.store.delete().await;
                     tracing::warn!(
-                        "the provider ended the session (invalid_grant): run aw-sync-samay --login"
+                        "the provider ended the session (invalid_grant): run {}",
+                        crate::hint::command("--login")
                     );
                     return Err(AuthError::LoginRequired);
                 }

@@ -50,6 +50,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let provider = oidc::router(state.oidc.clone());
     Router::new()
         .route("/", get(index))
+        .route("/events", get(events_page))
         .route("/v1/health", get(health))
         .route("/v1/events/batch", post(post_batch))
         .route("/v1/inspect", get(inspect))
@@ -506,6 +507,26 @@ async fn index(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
     match blocking(move || store.inspect()).await {
         Ok(summary) => Html(page::render(&summary, &state.faults.report())).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /events`: the newest stored events as an HTML table (see [`page::render_events`]).
+async fn events_page(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+    let store = state.store.clone();
+    let limit = q
+        .limit
+        .unwrap_or(page::EVENTS_SHOWN)
+        .min(page::MAX_EVENTS_SHOWN);
+    let (device, bucket) = (q.device_id.clone(), q.bucket_id.clone());
+    match blocking(move || store.recent_events(device.as_deref(), bucket.as_deref(), limit)).await {
+        Ok(events) => Html(page::render_events(
+            &events,
+            q.device_id.as_deref(),
+            q.bucket_id.as_deref(),
+            limit,
+        ))
+        .into_response(),
         Err(response) => response,
     }
 }

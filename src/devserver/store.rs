@@ -294,6 +294,17 @@ impl Store {
         })
     }
 
+    /// The `limit` most recent stored events (by timestamp, then event id), optionally
+    /// filtered: what the events page shows.
+    pub fn recent_events(
+        &self,
+        device_id: Option<&str>,
+        bucket_id: Option<&str>,
+        limit: u32,
+    ) -> rusqlite::Result<Vec<StoredEvent>> {
+        self.query_events("timestamp DESC, event_id DESC", device_id, bucket_id, limit)
+    }
+
     /// Stored events, optionally filtered, ordered by (device, bucket, event_id); at most `limit`.
     pub fn events(
         &self,
@@ -301,12 +312,29 @@ impl Store {
         bucket_id: Option<&str>,
         limit: u32,
     ) -> rusqlite::Result<Vec<StoredEvent>> {
+        self.query_events(
+            "device_id, bucket_id, event_id",
+            device_id,
+            bucket_id,
+            limit,
+        )
+    }
+
+    /// Stored events of a device and bucket (each optional), in `order_by` (a fixed SQL
+    /// `ORDER BY` list of ours, never input), at most `limit`.
+    fn query_events(
+        &self,
+        order_by: &'static str,
+        device_id: Option<&str>,
+        bucket_id: Option<&str>,
+        limit: u32,
+    ) -> rusqlite::Result<Vec<StoredEvent>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT user, device_id, bucket_id, event_id, hash, timestamp, duration, data, versions FROM events
              WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR bucket_id = ?2)
-             ORDER BY device_id, bucket_id, event_id LIMIT ?3",
-        )?;
+             ORDER BY {order_by} LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(params![device_id, bucket_id, limit], |r| {
             let data: String = r.get(7)?;
             Ok(StoredEvent {

@@ -1,9 +1,9 @@
-//! The daemon loop: cycles on a schedule until told to stop.
+//! The daemon loop: cycles on a schedule until told to stop, or sooner when asked ("sync now").
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::{backoff, Engine};
+use super::{backoff, CycleError, CycleReport, Engine};
 
 /// How a cycle ended, as the daemon loop sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +18,27 @@ pub enum Outcome {
 /// one *ended* (so a slow cycle, or a laptop waking from sleep, never causes a burst of
 /// catch-up cycles), failures space cycles out (see [`backoff::cycle_delay`]), and shutdown
 /// interrupts a cycle or a wait at once.
-pub async fn run_daemon<C, F>(interval: Duration, mut cycle: C, shutdown: impl Future<Output = ()>)
+pub async fn run_daemon<C, F>(interval: Duration, cycle: C, shutdown: impl Future<Output = ()>)
 where
     C: FnMut() -> F,
     F: Future<Output = Outcome>,
+{
+    run_daemon_woken(interval, cycle, shutdown, std::future::pending).await
+}
+
+/// [`run_daemon`], and a wait between cycles also ends when `wake()` resolves (a "sync now"
+/// request, [`crate::control`]): the next cycle starts at once, whatever the interval or the
+/// backoff said.
+pub async fn run_daemon_woken<C, F, W, WF>(
+    interval: Duration,
+    mut cycle: C,
+    shutdown: impl Future<Output = ()>,
+    mut wake: W,
+) where
+    C: FnMut() -> F,
+    F: Future<Output = Outcome>,
+    W: FnMut() -> WF,
+    WF: Future<Output = ()>,
 {
     tokio::pin!(shutdown);
     let mut failures = 0u32;
@@ -47,6 +64,7 @@ where
         tracing::debug!(delay_s = delay.as_secs_f64(), "next cycle scheduled");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
+            _ = wake() => tracing::debug!("sync requested: starting the next cycle now"),
             _ = &mut shutdown => return,
         }
     }
@@ -56,8 +74,20 @@ impl Engine {
     /// A cycle for the daemon loop: logs the result, records it in the status bucket
     /// ([`status_bucket`]) and classifies it.
     pub async fn daemon_cycle(&self) -> Outcome {
+        self.daemon_cycle_reporting(false).await.0
+    }
+
+    /// [`Engine::daemon_cycle`], also handing back the cycle's result (for those who asked
+    /// for it over the control channel).
+    /// With `verify`, the cycle re-reads the whole history too (asked by `--once --verify`).
+    pub async fn daemon_cycle_reporting(
+        &self,
+        verify: bool,
+    ) -> (Outcome, Result<CycleReport, CycleError>) {
         let started = Instant::now();
-        let result = self.run_cycle().await;
+        let result = self
+            .run_cycle_verifying(self.settings.verify_all || verify)
+            .await;
         let outcome = match &result {
             Ok(r) => {
                 tracing::info!(
@@ -80,7 +110,7 @@ impl Engine {
             }
         };
         self.record_status(&result, started.elapsed()).await;
-        outcome
+        (outcome, result)
     }
 }
 
@@ -167,6 +197,43 @@ mod tests {
         let starts = run_script(i, vec![l, l, l, l], Duration::from_secs(200)).await;
         let secs: Vec<u64> = starts.iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, vec![0, 60, 120, 180]);
+    }
+
+    /// A sync request between cycles starts the next one at once, not an interval later.
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_starts_the_next_cycle_at_once() {
+        let t0 = TokioInstant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let wake_at = Arc::new(Mutex::new(vec![Duration::from_secs(10)]));
+        let cycle = {
+            let starts = Arc::clone(&starts);
+            move || {
+                starts.lock().unwrap().push(t0.elapsed());
+                async { Outcome::Synced }
+            }
+        };
+        let wake = {
+            let wake_at = Arc::clone(&wake_at);
+            move || {
+                let next = wake_at.lock().unwrap().pop();
+                async move {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(t0 + at).await,
+                        None => std::future::pending().await,
+                    }
+                }
+            }
+        };
+        run_daemon_woken(
+            Duration::from_secs(300),
+            cycle,
+            tokio::time::sleep(Duration::from_secs(301)),
+            wake,
+        )
+        .await;
+        let secs: Vec<u64> = starts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+        // 0, woken at 10, then the interval from the end of that cycle.
+        assert_eq!(secs, vec![0, 10]);
     }
 
     #[tokio::test(start_paused = true)]

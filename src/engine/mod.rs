@@ -26,8 +26,8 @@ use crate::state::{DestKey, StateError, Store};
 use crate::upstream::contract::BucketMeta;
 use crate::upstream::{BatchSink, UpstreamError};
 use backoff::RetryPolicy;
-pub use daemon::{run_daemon, Outcome};
-pub use metrics::{BucketCounters, Metrics};
+pub use daemon::{run_daemon, run_daemon_woken, Outcome};
+pub use metrics::{BucketCount, BucketCounters, Metrics};
 pub use scan::{ScanError, ScanStats, Verify};
 pub use upload::{UploadError, UploadStats};
 
@@ -108,8 +108,11 @@ impl Settings {
 /// again later", and none of them stops the process.
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
-    #[error("aw-server at {url} is not reachable: start ActivityWatch (aw-server) — {source}")]
+    #[error("{source}: start ActivityWatch (aw-qt or aw-server), or pass --port or --testing if it listens elsewhere")]
     SourceDown { url: String, source: SourceError },
+    /// Another program answers on aw-server's port (its message says what to do).
+    #[error(transparent)]
+    NotAwServer(SourceError),
     #[error("reading aw-server failed: {0} (see aw-server's log; nothing is lost, the next sync resumes where this one stopped)")]
     Source(SourceError),
     #[error(transparent)]
@@ -126,6 +129,19 @@ impl CycleError {
     /// Waiting for the user (a login), not for a fault to pass.
     pub fn needs_login(&self) -> bool {
         matches!(self, CycleError::Auth(_))
+    }
+
+    /// The exit code of a `--once` that ended with this ([`crate::exit`]): the user must act
+    /// (log in, fix the port or `sync.base_url`) or it is a fault that passes by itself.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CycleError::Auth(_) | CycleError::NotAwServer(_) => crate::exit::USER_MUST_ACT,
+            // A 3xx/4xx the upstream will answer again: the wrong URL or API, not an outage.
+            CycleError::Upstream(UpstreamError::Fatal { .. } | UpstreamError::Config(_)) => {
+                crate::exit::USER_MUST_ACT
+            }
+            _ => crate::exit::UNREACHABLE,
+        }
     }
 }
 
@@ -210,8 +226,14 @@ impl Engine {
 
     /// One complete sync: every bucket read, everything new delivered, positions moved.
     pub async fn run_cycle(&self) -> Result<CycleReport, CycleError> {
+        self.run_cycle_verifying(self.settings.verify_all).await
+    }
+
+    /// [`Engine::run_cycle`], verifying the whole history with `full` (`--once --verify`, here
+    /// or asked of the daemon).
+    pub async fn run_cycle_verifying(&self, full: bool) -> Result<CycleReport, CycleError> {
         let started = Instant::now();
-        let result = self.cycle().await;
+        let result = self.cycle(full).await;
         if !self.settings.dry_run {
             let record = result.as_ref().err().map(|e| e.to_string());
             let store = Arc::clone(&self.store);
@@ -227,9 +249,9 @@ impl Engine {
 
     /// Whether this cycle takes a step of the background verification. The first cycle only
     /// starts the clock: a catch-up has just read everything.
-    async fn verify_plan(&self, now: DateTime<Utc>) -> Result<Verify, CycleError> {
+    async fn verify_plan(&self, now: DateTime<Utc>, full: bool) -> Result<Verify, CycleError> {
         let s = &self.settings;
-        if s.verify_all {
+        if full {
             return Ok(Verify::Full);
         }
         if s.verify_batch == 0 || s.dry_run {
@@ -264,16 +286,14 @@ impl Engine {
             .map_err(CycleError::State)
     }
 
-    async fn cycle(&self) -> Result<CycleReport, CycleError> {
-        let down = |source: SourceError| {
-            if matches!(source, SourceError::Unreachable { .. }) {
-                CycleError::SourceDown {
-                    url: self.source.base_url().to_string(),
-                    source,
-                }
-            } else {
-                CycleError::Source(source)
-            }
+    async fn cycle(&self, full: bool) -> Result<CycleReport, CycleError> {
+        let down = |source: SourceError| match source {
+            SourceError::Unreachable { .. } => CycleError::SourceDown {
+                url: self.source.base_url().to_string(),
+                source,
+            },
+            SourceError::NotAwServer { .. } => CycleError::NotAwServer(source),
+            source => CycleError::Source(source),
         };
         let info = self.source.info().await.map_err(down)?;
         let buckets = self.source.get_buckets().await.map_err(down)?;
@@ -285,7 +305,7 @@ impl Engine {
             self.blocking(move |store| store.destination(&key, write))
                 .await?
         };
-        let verify = self.verify_plan(now).await?;
+        let verify = self.verify_plan(now, full).await?;
 
         let metas: BTreeMap<String, BucketMeta> = buckets
             .values()

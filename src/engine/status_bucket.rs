@@ -105,7 +105,7 @@ impl CycleStatus {
     ) -> Option<CycleStatus> {
         let (status, delivered, last_error) = match result {
             Ok(r) => (State::Ok, r.upload.delivered, None),
-            Err(CycleError::SourceDown { .. }) => return None,
+            Err(CycleError::SourceDown { .. } | CycleError::NotAwServer(_)) => return None,
             Err(e) if e.needs_login() => (State::LoginRequired, 0, Some(e.to_string())),
             Err(e) => (State::Error, 0, Some(e.to_string())),
         };

@@ -143,6 +143,14 @@ impl Uploader {
                     return Ok(stats);
                 }
                 Some(Item::Events(events)) => {
+                    // A page's events are of one bucket; deletions are not events to send.
+                    if let Some(first) = events.first() {
+                        let n = events
+                            .iter()
+                            .filter(|p| matches!(p.body, Body::Event(_)))
+                            .count();
+                        self.metrics.queued(first.bucket_id(), n as u64);
+                    }
                     for p in events {
                         batch.push(p);
                         if batch.len() >= self.batch_size {

@@ -30,13 +30,19 @@ const BODY_SNIPPET_CHARS: usize = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// No answer: connection refused, reset or timed out. aw-server is probably not running
-    /// (yet); retry later.
-    #[error("aw-server at {url} is unreachable: {source}")]
+    /// (yet); retry later. The message names the URL once and the cause ("connection refused"),
+    /// not reqwest's "error sending request for url (…)", which repeats the URL and hides why.
+    #[error("no answer from aw-server at {url} ({})", short_cause(source))]
     Unreachable {
         url: String,
         #[source]
         source: reqwest::Error,
     },
+    /// Something answers on aw-server's port, but not as aw-server: `GET /api/0/info` got a 4xx
+    /// or a body that is not aw-server's. Another program has the port (or `--port` is wrong);
+    /// retrying will not help.
+    #[error("the server at {url} is not aw-server ({detail}): is another program using this port? Pass --port with aw-server's port (or --testing for 5666)")]
+    NotAwServer { url: String, detail: String },
     /// The bucket does not exist (any more): it was deleted, possibly mid-run, or the database
     /// was replaced.
     #[error("bucket {0:?} does not exist on aw-server")]
@@ -69,6 +75,7 @@ impl SourceError {
             SourceError::Unreachable { .. } => true,
             SourceError::Status { status, .. } => matches!(status, 408 | 429 | 502 | 503 | 504),
             SourceError::BucketNotFound(_)
+            | SourceError::NotAwServer { .. }
             | SourceError::Malformed { .. }
             | SourceError::InvalidConfig { .. } => false,
         }
@@ -140,13 +147,32 @@ impl AwClient {
         &self.base_url
     }
 
-    /// `GET /api/0/info`. Also the cheapest "is it up" probe.
+    /// `GET /api/0/info`. Also the cheapest "is it up" probe, and the one that tells aw-server
+    /// from another program on its port: both aw-servers answer it 200 with their info (even
+    /// aw-server-rust with an API key), so a 4xx or a body that is not their info means the
+    /// port belongs to something else ([`SourceError::NotAwServer`]). A 5xx stays a `Status`:
+    /// that may be aw-server in trouble.
     pub async fn info(&self) -> Result<ServerInfo, SourceError> {
         let url = self.url(&["info"], &[]);
-        let bytes = self
-            .send_ok(self.request(Method::GET, &url), &url, None)
-            .await?;
-        parse(&url, &bytes)
+        let not_aw_server = |detail: String| SourceError::NotAwServer {
+            url: self.base_url.clone(),
+            detail,
+        };
+        let response = self.send(self.request(Method::GET, &url), &url).await?;
+        let status = response.status();
+        let bytes = read_body(response, &url).await?;
+        if status.is_client_error() || status.is_redirection() {
+            return Err(not_aw_server(format!("GET /api/0/info answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(status_error(status, &url, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| {
+            not_aw_server(format!(
+                "GET /api/0/info answered something else than aw-server's info: {:?}",
+                snippet(&bytes, 60)
+            ))
+        })
     }
 
     /// `GET /api/0/buckets/`, keyed by bucket id.
@@ -489,6 +515,36 @@ fn push_path_segment(out: &mut String, segment: &str) {
             // Writing to a String cannot fail.
             let _ = write!(out, "%{b:02X}");
         }
+    }
+}
+
+/// Why a request got no answer, in a few words: "connection refused", "timed out",
+/// "connection reset", else the innermost error's own words (without a URL, which the message
+/// around it names).
+pub fn short_cause(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut innermost: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut next = e.source();
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => return "connection refused".into(),
+                ConnectionReset => return "connection reset".into(),
+                ConnectionAborted => return "connection aborted".into(),
+                TimedOut => return "timed out".into(),
+                _ => {}
+            }
+        }
+        innermost = Some(err);
+        next = err.source();
+    }
+    match innermost {
+        Some(err) => err.to_string(),
+        None => e.to_string(),
     }
 }
 

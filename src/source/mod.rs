@@ -6,7 +6,7 @@
 mod client;
 pub mod model;
 
-pub use client::{AwClient, SourceError};
+pub use client::{short_cause, AwClient, SourceError};
 pub use model::{object_to_raw, Bucket, BucketSpan, Event, PageEvent, ServerInfo};
 
 use crate::auth::BoxFuture;

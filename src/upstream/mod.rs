@@ -3,6 +3,7 @@
 pub mod client;
 pub mod contract;
 pub mod dry_run;
+pub mod health;
 
 pub use client::{UpstreamClient, UpstreamError};
 

@@ -149,10 +149,10 @@ pub enum CallbackError {
     },
 
     /// The right state but no `code`: the provider's answer is unusable.
-    #[error("the sign-in response had no authorization code; run `aw-sync-samay --login` again, and if it keeps happening check that the identity provider's client allows the authorization-code flow")]
+    #[error("the sign-in response had no authorization code; run `{}` again, and if it keeps happening check that the identity provider's client allows the authorization-code flow", crate::hint::command("--login"))]
     MissingCode,
 
-    #[error("no sign-in came back within {} s; run `aw-sync-samay --login` again (with --no-browser you can paste the redirected URL instead)", waited.as_secs())]
+    #[error("no sign-in came back within {} s; run `{}` again (with --no-browser you can paste the redirected URL instead)", waited.as_secs(), crate::hint::command("--login"))]
     Timeout { waited: Duration },
 
     /// `wait` was called again after the wait already ended.
@@ -167,8 +167,14 @@ fn describe_denied(error: &str, description: Option<&str>) -> String {
         format!("the identity provider refused the sign-in ({error})")
     };
     match description {
-        Some(d) => format!("{what}: {d}; run `aw-sync-samay --login` to try again"),
-        None => format!("{what}; run `aw-sync-samay --login` to try again"),
+        Some(d) => format!(
+            "{what}: {d}; run `{}` to try again",
+            crate::hint::command("--login")
+        ),
+        None => format!(
+            "{what}; run `{}` to try again",
+            crate::hint::command("--login")
+        ),
     }
 }
 
@@ -461,7 +467,12 @@ impl CallbackWaiter {
                     shutdown.subscribe(),
                     hold,
                 );
-                tracing::info!("waiting for the browser on {redirect_uri}");
+                if options.progress {
+                    tracing::info!("waiting for the browser on {redirect_uri}");
+                } else {
+                    // No browser anyone waits for (`--dev`'s in-process sign-in).
+                    tracing::debug!("listening for the sign-in on {redirect_uri}");
+                }
                 CallbackWaiter {
                     redirect_uri,
                     source: CallbackSource::Loopback,

@@ -19,6 +19,11 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("x-frame-options", "DENY"),
 ];
 
+/// The login command, with the flags of the login that is running (see [`crate::hint`]).
+fn login() -> String {
+    crate::hint::command("--login")
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Page {
     pub(crate) status: StatusCode,
@@ -81,10 +86,10 @@ impl Page {
             StatusCode::OK,
             "Sign-in failed",
             message.to_string(),
-            Some(
-                hint.unwrap_or("Run `aw-sync-samay --login` again to retry.")
-                    .to_string(),
-            ),
+            Some(hint.map_or_else(
+                || format!("Run `{}` again to retry.", login()),
+                str::to_string,
+            )),
         )
         .last()
         .refusal()
@@ -106,7 +111,7 @@ impl Page {
             StatusCode::BAD_REQUEST,
             "Not this sign-in",
             "This sign-in response does not belong to the login in progress, so it was ignored.".into(),
-            Some("If you started a login, finish it in the tab that aw-sync-samay opened, or run `aw-sync-samay --login` again.".into()),
+            Some(format!("If you started a login, finish it in the tab that aw-sync-samay opened, or run `{}` again.", login())),
         )
     }
 
@@ -124,7 +129,10 @@ impl Page {
             StatusCode::OK,
             "Sign-in not completed",
             message,
-            Some("Run `aw-sync-samay --login` again and approve the access to sign in.".into()),
+            Some(format!(
+                "Run `{}` again and approve the access to sign in.",
+                login()
+            )),
         )
         .last()
         .refusal()
@@ -135,7 +143,7 @@ impl Page {
             StatusCode::BAD_REQUEST,
             "Sign-in failed",
             "The sign-in response had no authorization code.".into(),
-            Some("Run `aw-sync-samay --login` again. If it keeps happening, the identity provider's client may not allow the authorization-code flow.".into()),
+            Some(format!("Run `{}` again. If it keeps happening, the identity provider's client may not allow the authorization-code flow.", login())),
         )
         .last()
     }
@@ -145,7 +153,7 @@ impl Page {
             StatusCode::GONE,
             "Sign-in already finished",
             "This login is over; this response was not used.".into(),
-            Some("Run `aw-sync-samay --login` to sign in again.".into()),
+            Some(format!("Run `{}` to sign in again.", login())),
         )
         .last()
     }

@@ -2,10 +2,10 @@
 //! on a terminal, so the user sees the program is alive and how long is left; a single plain line
 //! when stderr is a file or pipe (aw-qt's log, CI), where redraws would only be noise.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -35,16 +35,19 @@ impl Indicator {
             for frame in FRAMES.iter().cycle() {
                 tick.tick().await;
                 let elapsed = started.elapsed().as_secs();
-                let mut err = std::io::stderr().lock();
-                // Checked under the lock `stop` takes, so no frame is drawn after its clear.
-                if stop_flag.load(Ordering::SeqCst) {
+                // In stderr's live area, which log lines clear first (crate::term). The stop
+                // flag is checked under the area's lock, which `stop` takes to clear: no frame
+                // is drawn after the clear.
+                let drawn = crate::term::stderr_area().draw_unless(
+                    &mut std::io::stderr(),
+                    &[format!(
+                        "{frame} Waiting for the sign-in in the browser... {elapsed} s of {limit} s (Ctrl+C to cancel)"
+                    )],
+                    &stop_flag,
+                );
+                if !drawn {
                     return;
                 }
-                let _ = write!(
-                    err,
-                    "\r\x1b[2K{frame} Waiting for the sign-in in the browser... {elapsed} s of {limit} s (Ctrl+C to cancel)"
-                );
-                let _ = err.flush();
             }
         });
         Self {
@@ -56,10 +59,7 @@ impl Indicator {
     pub(super) fn stop(self) {
         if let Some((spinner, stopped)) = self.spinner {
             spinner.abort();
-            let mut err = std::io::stderr().lock();
-            stopped.store(true, Ordering::SeqCst);
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
+            crate::term::stderr_area().stop_and_clear(&mut std::io::stderr(), &stopped);
         }
     }
 }

@@ -51,7 +51,7 @@ pub enum ScanError {
 pub struct ScanStats {
     /// Events aw-server returned (including copies re-read at page edges).
     pub read: u64,
-    /// Events queued for upload (new or changed), and deletions.
+    /// Events found new or changed: queued for upload, or set aside in the quarantine.
     pub queued: u64,
     /// Events fetched by id because the range query may have clipped them.
     pub fetched: u64,
@@ -65,6 +65,8 @@ pub struct ScanStats {
     pub slices_read: u64,
     /// Events re-read by the background verification.
     pub verified: u64,
+    /// Of `queued` and `deleted`, what the verification found different.
+    pub verify_differed: u64,
     pub requests: u64,
     /// Nothing had changed: the cycle only compared the listing and the count.
     pub settled: bool,
@@ -415,7 +417,7 @@ impl Scanner<'_> {
                 row: state.row,
                 generation: state.generation,
             };
-            let queued = stats.queued;
+            let before = stats.queued + stats.deleted;
             let out = self.read(ctx, plan, true, &mut progress, stats).await?;
             stats.verified += out.events;
             // What the state knows in the range just read, and the read did not return.
@@ -434,12 +436,14 @@ impl Scanner<'_> {
                 .filter(|(id, _)| {
                     out.ids
                         .as_ref()
-                        .is_none_or(|seen| !seen.contains_key(&(id & mask)))
+                        .map_or(true, |seen| !seen.contains_key(&(id & mask)))
                 })
                 .collect();
             self.tombstones(ctx, gone, stats).await?;
-            if stats.queued > queued {
-                tracing::warn!(bucket = %ctx.bucket.id, differed = stats.queued - queued,
+            let differed = (stats.queued + stats.deleted).saturating_sub(before);
+            if differed > 0 {
+                stats.verify_differed += differed;
+                tracing::warn!(bucket = %ctx.bucket.id, differed,
                     "verification found events that differ from what the upstream holds; sending them");
             }
             match out.reached {

@@ -301,7 +301,6 @@ impl Scanner<'_> {
             tracing::info!(bucket = %ctx.bucket.id, deleted = n,
                 "events deleted in aw-server: telling the upstream");
             stats.deleted += n;
-            stats.queued += n;
             self.tx
                 .send_events(deletions)
                 .await

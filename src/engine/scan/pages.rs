@@ -223,7 +223,7 @@ impl Scanner<'_> {
                 .filter_map(|e| e.id)
                 .collect()
         };
-        if end_q.is_none_or(|e| q < e) {
+        if end_q.map_or(true, |e| q < e) {
             let seen = again(q);
             return Ok((q, page_limit.max(1) + seen.len(), seen));
         }
@@ -396,6 +396,7 @@ impl Scanner<'_> {
             .map_err(|_| ScanError::UploaderGone)?;
         if !quarantined.is_empty() {
             stats.quarantined += quarantined.len() as u64;
+            stats.queued += quarantined.len() as u64;
             self.tx
                 .send(crate::engine::queue::Item::Quarantine(quarantined))
                 .await
