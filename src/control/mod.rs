@@ -40,7 +40,8 @@ pub enum Request {
     /// Sync now: start a cycle at once (or right after the running one) and stream it; with
     /// `verify`, that cycle also re-reads and re-hashes the whole history (`--once --verify`).
     SyncNow {
-        #[serde(default)]
+        /// Left out of the line when false, so a plain sync now reads the same as before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         verify: bool,
     },
 }
@@ -280,6 +281,12 @@ mod tests {
     fn the_protocol_is_one_tagged_json_object_a_line() {
         let r = serde_json::to_string(&Request::SyncNow { verify: false }).expect("json");
         assert_eq!(r, r#"{"request":"sync_now"}"#);
+        let r = serde_json::to_string(&Request::SyncNow { verify: true }).expect("json");
+        assert_eq!(r, r#"{"request":"sync_now","verify":true}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(&r).expect("parses"),
+            Request::SyncNow { verify: true }
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"request":"status"}"#).expect("parses"),
             Request::Status
