@@ -102,6 +102,7 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
             nasty_text(),
             nasty_text(),
             nasty_text(),
+            nasty_text(),
         ),
         prop_oneof![
             Just(TokenStorage::Auto),
@@ -119,7 +120,14 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
             |(
                 (enabled, client_id, redirect_uri),
                 scopes,
-                (auth_url, token_url, issuer, revocation_url, userinfo_url),
+                (
+                    auth_url,
+                    token_url,
+                    issuer,
+                    revocation_url,
+                    userinfo_url,
+                    device_authorization_url,
+                ),
                 token_storage,
                 callback,
                 (deep_link_uri, login_timeout, login_on_start),
@@ -133,6 +141,7 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
                 issuer,
                 revocation_url,
                 userinfo_url,
+                device_authorization_url,
                 token_storage,
                 callback,
                 deep_link_uri,
@@ -383,7 +392,9 @@ fn load_text(bytes: &[u8]) -> Result<config::LoadedConfig, ConfigError> {
 
 /// Checks the `file:line:col` of a parse error points inside `text`.
 fn assert_position_inside(text: &str, err: &ConfigError) -> Result<(), TestCaseError> {
-    if let ConfigError::Parse { line, column, .. } = err {
+    if let ConfigError::Parse { line, column, .. } | ConfigError::UnknownKey { line, column, .. } =
+        err
+    {
         let lines: Vec<&str> = text.split('\n').collect();
         prop_assert!(
             *line >= 1 && *line <= lines.len(),
@@ -429,7 +440,10 @@ proptest! {
                 }
             }
             Err(e) => {
-                prop_assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+                prop_assert!(
+                    matches!(e, ConfigError::Parse { .. } | ConfigError::UnknownKey { .. }),
+                    "{e:?}"
+                );
                 assert_position_inside(&text, &e)?;
             }
         }
