@@ -1699,9 +1699,9 @@ proptest! {
         }
     }
 
-    /// `--callback <url>` refuses empty, multi-line and over-long URLs before looking for a
-    /// login, naming the URL without its query; a plausible URL with no login waiting is
-    /// "no login".
+    /// `--callback <url>` refuses empty, multi-line and over-long URLs, and anything that is
+    /// not a URL with a state and a code (or error), before looking for a login, naming the
+    /// URL without its query; a plausible URL with no login waiting is "no login".
     #[test]
     fn callback_argument_errors_never_repeat_the_response(
         (state, code) in secrets(),
@@ -1721,9 +1721,17 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let result = runtime.block_on(callback::deliver_in(&nowhere, &url));
         let trimmed = url.trim();
-        let refused = trimmed.is_empty() || trimmed.len() > 16 * 1024 || trimmed.contains(['\n', '\r']);
+        let plausible = url::Url::parse(trimmed).is_ok_and(|u| {
+            let has = |name: &str| u.query_pairs().any(|(k, _)| k == name);
+            has("state") && (has("code") || has("error"))
+        });
+        let refused = trimmed.is_empty()
+            || trimmed.len() > 16 * 1024
+            || trimmed.contains(['\n', '\r'])
+            || !plausible;
+        prop_assert!(shape != 0 || !refused, "a real callback URL is plausible: {:?}", url);
         match &result {
-            Err(DeliverError::BadUrl(shown)) => {
+            Err(DeliverError::BadUrl { shown, .. }) => {
                 prop_assert!(refused, "{:?} refused", url);
                 prop_assert!(!shown.contains('?'), "{:?}", shown);
                 prop_assert!(shown.chars().count() <= 81);
