@@ -65,23 +65,33 @@ pub struct Args {
     #[arg(long, requires = "once")]
     pub verify: bool,
 
-    /// Sign in to the upstream in the browser (coming with the login).
+    /// Sign in to the upstream's identity provider in the browser and store the tokens in the
+    /// OS keyring. Without a usable browser (SSH, no display) it signs in with a code entered
+    /// on another device when the provider offers that, else as with --no-browser.
     #[arg(long, conflicts_with = "logout")]
     pub login: bool,
 
-    /// Forget the stored tokens (coming with the login).
+    /// Revoke the session at the provider and delete the stored tokens (sync state is kept).
     #[arg(long)]
     pub logout: bool,
 
-    /// With --login: print the sign-in URL instead of opening a browser (coming with the login).
-    #[arg(long)]
+    /// With --login: print the sign-in URL instead of opening a browser, and take the address
+    /// the browser ends on, pasted back.
+    #[arg(long, requires = "login", conflicts_with = "device")]
     pub no_browser: bool,
 
-    /// Complete a login from the redirect URL the OS hands over (coming with the login).
+    /// With --login: sign in with a code entered in a browser on any other device (OAuth device
+    /// authorization grant, RFC 8628), as `gh auth login` does.
+    #[arg(long, requires = "login")]
+    pub device: bool,
+
+    /// Finish a login with the address the browser was sent to (the OS runs this for the
+    /// samay:// deep link; --register-scheme sets that up).
     #[arg(long, value_name = "URL")]
     pub callback: Option<String>,
 
-    /// Register the URL scheme handler for login callbacks (coming with the login).
+    /// Install the handler that lets the browser hand a login back through the samay:// deep
+    /// link, for when no loopback port can be used (Linux: a desktop entry).
     #[arg(long)]
     pub register_scheme: bool,
 }
@@ -120,6 +130,7 @@ mod tests {
         assert_eq!(args.config, None);
         assert!(!args.verbose && !args.once && !args.status && !args.json && !args.dev);
         assert!(!args.dry_run && !args.login && !args.logout && !args.no_browser);
+        assert!(!args.device);
         assert!(!args.register_scheme && args.callback.is_none());
 
         let args = parse(&["--testing"]).expect("aw-qt's testing launch parses");
@@ -181,9 +192,17 @@ mod tests {
     }
 
     #[test]
-    fn reserved_login_flags_parse() {
+    fn login_flags_parse() {
         let args = parse(&["--login", "--no-browser"]).expect("parses");
         assert!(args.login && args.no_browser);
+        let args = parse(&["--login", "--device"]).expect("parses");
+        assert!(args.login && args.device);
+        for alone in ["--device", "--no-browser"] {
+            let err = parse(&[alone]).expect_err("needs --login");
+            assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument, "{alone}");
+        }
+        let err = parse(&["--login", "--device", "--no-browser"]).expect_err("one or the other");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
         let args = parse(&["--logout"]).expect("parses");
         assert!(args.logout);
         let args = parse(&["--callback", "samay://cb?code=x&state=y"]).expect("parses");
@@ -192,6 +211,28 @@ mod tests {
         assert!(args.register_scheme);
         assert!(parse(&["--login", "--logout"]).is_err());
         assert!(parse(&["--callback"]).is_err());
+    }
+
+    /// Issue 10: the login flags said "(coming with the login)" long after the login came.
+    #[test]
+    fn help_describes_the_login_flags_as_they_are() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(!help.contains("coming with"), "{help}");
+        for flag in [
+            "--login",
+            "--logout",
+            "--no-browser",
+            "--device",
+            "--callback",
+            "--register-scheme",
+        ] {
+            let line = help
+                .lines()
+                .position(|l| l.trim_start().starts_with(flag))
+                .unwrap_or_else(|| panic!("{flag} is not in the help:\n{help}"));
+            let described = help.lines().nth(line + 1).unwrap_or("").trim();
+            assert!(described.len() > 20, "{flag} has no description:\n{help}");
+        }
     }
 
     #[test]

@@ -4,8 +4,14 @@
 //! user leaves commented out keeps its default, so a later version's new defaults reach them.
 //!
 //! Loading never guesses: a value of the wrong type or out of range stops the program with the
-//! file, line, column and key to fix; an unknown key (a typo, or a key from another version) is
-//! only a warning, because refusing to start over it would make aw-qt crash-loop the module.
+//! file, line, column and key to fix, and so does a key it does not know in one of its sections
+//! (a misspelt privacy filter would silently do nothing); only names that cannot be meant for
+//! it are warnings ([`keys`] says which).
+
+mod keys;
+mod template;
+
+pub use template::default_file_contents;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -16,7 +22,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Unknown keys are not refused (no `deny_unknown_fields`): [`load`] reports them as warnings.
+/// Unknown keys are found before serde sees the file ([`keys::unknown_keys`]), so each gets
+/// its own message and position rather than `deny_unknown_fields`' generic one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct Config {
@@ -39,6 +46,8 @@ pub struct AuthConfig {
     pub revocation_url: String,
     /// OpenID Connect userinfo endpoint; empty: from discovery.
     pub userinfo_url: String,
+    /// RFC 8628 device authorization endpoint (`--login --device`); empty: from discovery.
+    pub device_authorization_url: String,
     /// Where tokens are kept: the OS keyring, or a 0600 file in the data dir.
     pub token_storage: TokenStorage,
     /// How the browser hands the login back: loopback listener, private-use URI scheme, or
@@ -88,6 +97,7 @@ impl Default for AuthConfig {
             issuer: String::new(),
             revocation_url: String::new(),
             userinfo_url: String::new(),
+            device_authorization_url: String::new(),
             token_storage: TokenStorage::Auto,
             callback: CallbackMode::Auto,
             deep_link_uri: "samay://callback".into(),
@@ -230,7 +240,7 @@ pub struct LoadedConfig {
     pub config: Config,
     /// The file it came from.
     pub path: PathBuf,
-    /// Keys that were ignored (unknown), one sentence each, for the log.
+    /// Foreign top-level names that were ignored, one sentence each, for the log.
     pub warnings: Vec<String>,
     /// The file did not exist and was written with the commented-out defaults.
     pub created: bool,
@@ -267,6 +277,17 @@ pub enum ConfigError {
         column: usize,
         key: Option<String>,
         message: String,
+    },
+
+    /// A key this program does not know, in one of its sections or meant for one; `hint` is
+    /// the "did you mean" or what belongs there.
+    #[error("{}:{line}:{column}: unknown key `{key}`: {hint}", path.display())]
+    UnknownKey {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        hint: String,
     },
 
     /// A value parsed but is not acceptable ([`Config::validate`]). `path` and `position`
@@ -309,7 +330,7 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Parse { key, .. } => key.as_deref(),
-            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Invalid { key, .. } | ConfigError::UnknownKey { key, .. } => Some(key),
             ConfigError::Read { .. } | ConfigError::Create { .. } => None,
         }
     }
@@ -422,178 +443,6 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// One line per key, shown above it in the generated file. Kept next to the structs; a test
-/// checks that every key has one and every entry is a key, so the file cannot drift.
-const KEY_DOCS: &[(&str, &str)] = &[
-    (
-        "auth.enabled",
-        "Use the OAuth login (--login) to get bearer tokens for the upstream.",
-    ),
-    (
-        "auth.client_id",
-        "OAuth client id registered with the identity provider.",
-    ),
-    (
-        "auth.redirect_uri",
-        "Loopback redirect for the login; another port is used when this one is taken.",
-    ),
-    (
-        "auth.scopes",
-        "OAuth scopes requested at login.",
-    ),
-    (
-        "auth.auth_url",
-        "Authorization endpoint; empty: found by OpenID discovery of `issuer`.",
-    ),
-    (
-        "auth.token_url",
-        "Token endpoint; empty: found by OpenID discovery of `issuer`.",
-    ),
-    (
-        "auth.issuer",
-        "OpenID issuer URL of the identity provider.",
-    ),
-    (
-        "auth.revocation_url",
-        "Token revocation endpoint (RFC 7009) used by --logout; empty: from discovery.",
-    ),
-    (
-        "auth.userinfo_url",
-        "OpenID userinfo endpoint, for \"Logged in as\"; empty: from discovery.",
-    ),
-    (
-        "auth.token_storage",
-        "\"auto\" (OS keyring, else a 0600 file with a warning), \"keyring\" or \"file\" (plain text: base64 is not encryption).",
-    ),
-    (
-        "auth.callback",
-        "\"auto\" (loopback, deep link if it can't listen), \"loopback\" or \"deep-link\".",
-    ),
-    (
-        "auth.deep_link_uri",
-        "Private-use redirect URI for the deep-link fallback (register it with --register-scheme).",
-    ),
-    (
-        "auth.login_timeout",
-        "Seconds --login waits for the browser to come back.",
-    ),
-    (
-        "auth.login_on_start",
-        "Open the browser login once when the daemon starts logged out.",
-    ),
-    (
-        "sync.enabled",
-        "Sync at all; false: the daemon runs but sends nothing.",
-    ),
-    (
-        "sync.base_url",
-        "Upstream base URL (https; http only to localhost). Empty: not configured, nothing is sent.",
-    ),
-    (
-        "sync.sync_interval",
-        "Seconds between sync cycles (at least 1).",
-    ),
-    (
-        "sync.batch_size",
-        "Events per upload batch (1-10000).",
-    ),
-    (
-        "sync.max_retries",
-        "Retries of one batch on timeouts, 429, 5xx and network errors (at most 100).",
-    ),
-    (
-        "sync.offline_queue_size",
-        "Events read but not yet acknowledged, at most (at least batch_size).",
-    ),
-    (
-        "sync.lookback",
-        "Seconds below the newest synced event that each sync re-reads, to catch late events near it at once (at most 30 days); older inserts and deletions are found through aw-server's counts.",
-    ),
-    (
-        "sync.page_size",
-        "Events fetched from aw-server per request (10-100000).",
-    ),
-    (
-        "sync.request_timeout",
-        "Seconds one upstream request may take (at least 1).",
-    ),
-    (
-        "sync.gzip",
-        "gzip the upload bodies.",
-    ),
-    (
-        "sync.verify_batch",
-        "Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place (0-10000000; 0: never).",
-    ),
-    (
-        "sync.verify_interval",
-        "Seconds between two background verification steps (at least 60).",
-    ),
-    (
-        "sync.include_buckets",
-        "Bucket ids to sync, as patterns (* any characters, ? one), e.g. [\"aw-watcher-window_*\"]; empty: all.",
-    ),
-    (
-        "sync.exclude_buckets",
-        "Bucket ids never synced, as patterns; wins over include_buckets. aw-sync-samay's own buckets are never synced.",
-    ),
-    (
-        "sync.start_from",
-        "Upload nothing that ended before this: \"2025-01-31\" (local midnight) or \"2025-01-31T08:00:00+01:00\"; empty: everything. An event running across it is sent whole.",
-    ),
-    (
-        "sync.redact",
-        "Redaction rules, as [[sync.redact]] tables with buckets=\"<pattern>\" and/or types=\"<bucket type>\", drop=[\"title\"] (fields removed), hash=[\"url\"] (fields replaced by a hash keyed with a secret that never leaves this machine).",
-    ),
-];
-
-fn key_doc(key: &str) -> Option<&'static str> {
-    KEY_DOCS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, doc)| *doc)
-}
-
-/// The text of the file written on first run: every key with its default, commented out, with
-/// a line saying what it does. Section headers stay uncommented so that uncommenting a key is
-/// all a user has to do. Parses to [`Config::default`].
-pub fn default_file_contents() -> Result<String, toml::ser::Error> {
-    let defaults = toml::to_string(&Config::default())?;
-    let mut out = String::from(
-        "# aw-sync-samay configuration.\n\
-         #\n\
-         # Every key is listed below with its default value, commented out. To change one, remove\n\
-         # the \"# \" in front of it (keep it under its [section]) and edit the value. Keys left\n\
-         # commented out keep their defaults, so newer defaults reach you after an update.\n",
-    );
-    let mut section = String::new();
-    for line in defaults.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            out.push('\n');
-        } else if trimmed.starts_with('[') {
-            section = trimmed.trim_matches(|c| c == '[' || c == ']').to_owned();
-            if !out.ends_with("\n\n") {
-                out.push('\n');
-            }
-            let _ = writeln!(out, "{trimmed}");
-        } else {
-            if let Some((key, _)) = trimmed.split_once(" = ") {
-                let path = if section.is_empty() {
-                    key.to_owned()
-                } else {
-                    format!("{section}.{key}")
-                };
-                if let Some(doc) = key_doc(&path) {
-                    let _ = writeln!(out, "# {doc}");
-                }
-            }
-            let _ = writeln!(out, "# {line}");
-        }
-    }
-    Ok(out)
-}
-
 /// Loads the config from `path`; on first run (no file) writes the commented-out defaults there
 /// first, so the user has a documented file to edit. Missing keys take their defaults, unknown
 /// keys become [`LoadedConfig::warnings`], and the result is [validated](Config::validate).
@@ -651,35 +500,81 @@ fn create_default_file(path: &Path) -> Result<bool, ConfigError> {
 }
 
 /// Parses config text; `path` is only for messages. Returns the config and the warnings about
-/// unknown keys.
+/// foreign names; an unknown key of ours is an error ([`keys`]).
 pub fn parse(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
     let parse_error = |err: toml::de::Error, key: Option<String>| {
         let (line, column) = err
             .span()
             .map(|span| line_col(text, span.start))
             .unwrap_or((1, 1));
+        let mut message = friendly_message(err.message(), key.as_deref());
+        if let Some(first) = err.span().and_then(|span| first_definition(text, &span)) {
+            message.push_str(&first);
+        }
         ConfigError::Parse {
             path: path.to_owned(),
             line,
             column,
-            message: friendly_message(err.message(), key.as_deref()),
+            message,
             key,
         }
     };
     let table = toml::de::DeTable::parse(text).map_err(|e| parse_error(e, None))?;
-    let mut unknown = Vec::new();
-    let config: Config = serde_ignored::deserialize(toml::de::Deserializer::from(table), |p| {
-        unknown.push(p.to_string())
-    })
-    .map_err(|e| {
+    let mut warnings = Vec::new();
+    for unknown in keys::unknown_keys(table.get_ref()) {
+        let (line, column) = line_col(text, unknown.offset);
+        if unknown.foreign {
+            warnings.push(format!(
+                "{}:{line}:{column}: `{}` {}",
+                path.display(),
+                unknown.key,
+                unknown.hint
+            ));
+            continue;
+        }
+        return Err(ConfigError::UnknownKey {
+            path: path.to_owned(),
+            line,
+            column,
+            key: unknown.key,
+            hint: unknown.hint,
+        });
+    }
+    let config = Config::deserialize(toml::de::Deserializer::from(table)).map_err(|e| {
         let key = e.span().and_then(|span| key_at(text, &span));
         parse_error(e, key)
     })?;
-    let warnings = unknown
-        .into_iter()
-        .map(|key| format!("unknown key `{key}` in {} (ignored)", path.display()))
-        .collect();
     Ok((config, warnings))
+}
+
+/// For a duplicate key at `span`: where the same name was set first. TOML points at the second
+/// one only, which alone reads as "this line is wrong" when the earlier line is the mistake —
+/// as a `redact = []` line above `[[sync.redact]]` tables is (issue 10).
+fn first_definition(text: &str, span: &Range<usize>) -> Option<String> {
+    let name = text.get(span.clone())?.trim().trim_matches(['"', '\'']);
+    if name.is_empty() {
+        return None;
+    }
+    let (line, _) = line_col(text, span.start);
+    let first = text.lines().take(line - 1).position(|l| {
+        let l = l.trim_start();
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with(['=', '.']))
+            || (l.starts_with('[')
+                && l.trim_matches(['[', ']', ' '])
+                    .split('.')
+                    .any(|p| p.trim() == name))
+    })?;
+    let mut said = format!(
+        " `{name}`, first set at line {}; set each key once",
+        first + 1
+    );
+    if name == "redact" {
+        said.push_str(
+            " (redaction rules are [[sync.redact]] tables only: remove the `redact = ...` line)",
+        );
+    }
+    Some(said)
 }
 
 /// serde speaks Rust ("expected usize"); the user wrote TOML. Flattened to one line, with the
@@ -771,65 +666,6 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
-    }
-
-    #[test]
-    fn every_key_is_documented_and_every_doc_is_a_key() {
-        let defaults = toml::Value::try_from(Config::default()).expect("serializes");
-        let mut keys = Vec::new();
-        collect_keys(&defaults, "", &mut keys);
-        for key in &keys {
-            assert!(key_doc(key).is_some(), "no doc line for `{key}`");
-        }
-        for (key, _) in KEY_DOCS {
-            assert!(keys.iter().any(|k| k == key), "doc for `{key}`, not a key");
-        }
-        let text = default_file_contents().expect("renders");
-        let docs = text
-            .lines()
-            .filter(|l| l.starts_with("# ") && !l.contains(" = "))
-            .count();
-        // the 4 header lines plus one per key
-        assert_eq!(docs, 4 + keys.len(), "{text}");
-    }
-
-    fn collect_keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
-        if let toml::Value::Table(table) = value {
-            for (k, v) in table {
-                let path = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                if v.is_table() {
-                    collect_keys(v, &path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn default_file_parses_to_defaults_commented_and_uncommented() {
-        let text = default_file_contents().expect("renders");
-        let (config, warnings) = parse(&text, Path::new("x.toml")).expect("parses");
-        assert_eq!(config, Config::default());
-        assert!(warnings.is_empty());
-
-        // Uncomment every value line: the values written must be the defaults themselves.
-        let uncommented: String = text
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.contains(" = ") => rest,
-                _ => l,
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert_ne!(uncommented, text);
-        let (config, warnings) = parse(&uncommented, Path::new("x.toml")).expect("parses");
-        assert_eq!(config, Config::default(), "{uncommented}");
-        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
@@ -945,6 +781,26 @@ mod tests {
             let err = load_text(text).expect_err(text).to_string();
             assert!(err.contains(want), "{err}\n  wanted: {want}");
         }
+    }
+
+    #[test]
+    fn a_duplicate_key_names_its_first_line() {
+        let err = load_text(
+            "[sync]\nbatch_size = 5\nredact = []\n\n[[sync.redact]]\ndrop = [\"title\"]\n",
+        )
+        .expect_err("duplicate");
+        let text = err.to_string();
+        assert!(text.contains("c.toml:5:"), "{text}");
+        assert!(
+            text.contains("duplicate key `redact`, first set at line 3"),
+            "{text}"
+        );
+        assert!(text.contains("remove the `redact = ...` line"), "{text}");
+        let err = load_text("[sync]\ngzip = true\ngzip = false\n").expect_err("duplicate");
+        assert!(
+            err.to_string().contains("`gzip`, first set at line 2"),
+            "{err}"
+        );
     }
 
     #[test]

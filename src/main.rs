@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
+use aw_sync_samay::auth::device::{self, LoginMethod};
 use aw_sync_samay::auth::oauth::{self, LoginOptions, OAuthSession};
 use aw_sync_samay::auth::store::TokenStore;
-use aw_sync_samay::auth::{callback, NoToken, StaticToken, TokenSource, TOKEN_ENV};
+use aw_sync_samay::auth::{browser, callback, NoToken, StaticToken, TokenSource, TOKEN_ENV};
 use aw_sync_samay::cli::Args;
 use aw_sync_samay::config::{self, AuthConfig, CallbackMode, Config, TokenStorage};
 use aw_sync_samay::control::server::{DaemonBase, DaemonControl};
@@ -494,6 +495,7 @@ async fn start_dev_upstream(
         LoginOptions {
             no_browser: false,
             opener: Some(opener),
+            preflight: false,
         },
     )
     .await
@@ -551,6 +553,7 @@ async fn login_on_start(config: &Config, session: &Arc<OAuthSession>, once: bool
             let opts = LoginOptions {
                 no_browser: false,
                 opener: None,
+                preflight: true,
             };
             anyhow::Ok(oauth::login(&auth, &store, &provider, opts).await?)
         }
@@ -577,11 +580,34 @@ async fn login_command(
     let http = oauth::http_client()?;
     let provider = oauth::resolve_provider(auth, &http).await?;
     let store = open_token_store(auth).await?;
-    let opts = LoginOptions {
-        no_browser: args.no_browser,
-        opener: None,
+    let no_browser_here = browser::reason_not_to_open();
+    let offers_device = provider.device_authorization_endpoint.is_some();
+    let method =
+        device::choose_method(args.device, args.no_browser, no_browser_here, offers_device)
+            .map_err(oauth::LoginError::from)?;
+    if let (false, Some(why)) = (args.device || args.no_browser, no_browser_here) {
+        match method {
+            LoginMethod::Device => eprintln!(
+                "No browser can be opened here: {why}.\nSigning in with a code on another device instead.\n"
+            ),
+            _ => eprintln!(
+                "No browser can be opened here: {why}.\nThe provider offers no sign-in with a code, so open the URL on another device and paste back the address it sends you to.\n"
+            ),
+        }
+    }
+    let tokens = match method {
+        LoginMethod::Device => {
+            device::login(auth, &store, &provider, &http, |p| eprintln!("{p}")).await?
+        }
+        LoginMethod::Browser | LoginMethod::Paste => {
+            let opts = LoginOptions {
+                no_browser: method == LoginMethod::Paste,
+                opener: None,
+                preflight: true,
+            };
+            oauth::login(auth, &store, &provider, opts).await?
+        }
     };
-    let tokens = oauth::login(auth, &store, &provider, opts).await?;
     println!("Logged in as {}", oauth::display_name(&tokens));
     println!("Tokens stored in {}.", store.describe());
     Ok(ExitCode::SUCCESS)
@@ -609,9 +635,10 @@ async fn logout_command(
         Some(Err(why)) => println!(
             "Could not revoke the session at the provider ({why}); it ends when its tokens expire."
         ),
-        None => println!(
-            "The provider has no revocation endpoint; the session ends when its tokens expire."
-        ),
+        None => match &report.no_endpoint {
+            Some(why) => println!("Not revoked: {why}."),
+            None => println!("Not revoked at the provider."),
+        },
     }
     if report.deleted {
         println!("Deleted the stored tokens from {}.", store.describe());

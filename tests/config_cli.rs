@@ -247,28 +247,59 @@ fn malformed_toml_names_line_and_column() {
     assert!(!msg.contains('\n'), "one line: {msg}");
 }
 
+/// Issue 10: `exclude_bucket` for `exclude_buckets`, or a `[synk]` section, was only a warning,
+/// so a privacy filter silently did nothing. Keys and sections meant for aw-sync-samay are
+/// errors at their place, with the key they were probably meant to be; names that cannot be
+/// ours (another tool's table) are warnings.
 #[test]
-fn unknown_keys_are_warnings_naming_them() {
+fn unknown_keys_of_ours_are_errors_with_did_you_mean_and_foreign_names_warnings() {
     let iso = Isolated::new();
     let path = iso.dir("aw-sync-samay.toml");
-    std::fs::write(
-        &path,
-        "[sync]\nbatchsize = 5\nbatch_size = 7\n\n[extra]\nx = 1\n",
-    )
-    .expect("write");
-    let loaded = config::load(&path).expect("unknown keys do not fail");
+    let cases = [
+        (
+            "[sync]\nbatch_size = 7\nexclude_bucket = [\"aw-watcher-afk_*\"]\n",
+            ":3:1: unknown key `sync.exclude_bucket`: did you mean `sync.exclude_buckets`?",
+        ),
+        (
+            "[synk]\nexclude_buckets = [\"aw-watcher-afk_*\"]\n",
+            ":1:2: unknown key `synk`: did you mean [sync]?",
+        ),
+        (
+            "[auth]\nclientid = \"x\"\n",
+            ":2:1: unknown key `auth.clientid`: did you mean `auth.client_id`?",
+        ),
+        (
+            "base_url = \"https://sync.example.org\"\n[sync]\n",
+            ":1:1: unknown key `base_url`: `base_url` belongs under [sync]",
+        ),
+        (
+            "[sync]\ndrop = [\"title\"]\n",
+            "unknown key `sync.drop`: `drop` belongs to a redaction rule",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&path, text).expect("write");
+        let err = config::load(&path).expect_err(text);
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&path.display().to_string()),
+            "file first: {msg}"
+        );
+        assert!(msg.contains(want), "{msg}\n  wanted: {want}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    std::fs::write(&path, "[sync]\nbatch_size = 7\n\n[tool.other]\nx = 1\n").expect("write");
+    let loaded = config::load(&path).expect("a foreign table is not an error");
     assert_eq!(loaded.config.sync.batch_size, 7);
-    let expected = format!(
-        "unknown key `sync.batchsize` in {} (ignored)",
-        path.display()
-    );
-    assert!(loaded.warnings.contains(&expected), "{:?}", loaded.warnings);
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
     assert!(
-        loaded.warnings.iter().any(|w| w.contains("`extra")),
+        loaded.warnings[0].contains(":4:2: `tool` is not a setting of aw-sync-samay"),
         "{:?}",
         loaded.warnings
     );
-    assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("(ignored)"));
 }
 
 #[test]

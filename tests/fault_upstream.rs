@@ -471,6 +471,8 @@ async fn access_tokens_expiring_every_three_seconds_fail_no_upload_and_no_refres
         LoginOptions {
             no_browser: false,
             opener: Some(browser),
+            // As --dev: the auto-approving provider would issue a code for the check too.
+            preflight: false,
         },
     )
     .await

@@ -102,6 +102,7 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
             nasty_text(),
             nasty_text(),
             nasty_text(),
+            nasty_text(),
         ),
         prop_oneof![
             Just(TokenStorage::Auto),
@@ -119,7 +120,14 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
             |(
                 (enabled, client_id, redirect_uri),
                 scopes,
-                (auth_url, token_url, issuer, revocation_url, userinfo_url),
+                (
+                    auth_url,
+                    token_url,
+                    issuer,
+                    revocation_url,
+                    userinfo_url,
+                    device_authorization_url,
+                ),
                 token_storage,
                 callback,
                 (deep_link_uri, login_timeout, login_on_start),
@@ -133,6 +141,7 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
                 issuer,
                 revocation_url,
                 userinfo_url,
+                device_authorization_url,
                 token_storage,
                 callback,
                 deep_link_uri,
@@ -387,7 +396,9 @@ fn load_text(bytes: &[u8]) -> Result<config::LoadedConfig, ConfigError> {
 
 /// Checks the `file:line:col` of a parse error points inside `text`.
 fn assert_position_inside(text: &str, err: &ConfigError) -> Result<(), TestCaseError> {
-    if let ConfigError::Parse { line, column, .. } = err {
+    if let ConfigError::Parse { line, column, .. } | ConfigError::UnknownKey { line, column, .. } =
+        err
+    {
         let lines: Vec<&str> = text.split('\n').collect();
         prop_assert!(
             *line >= 1 && *line <= lines.len(),
@@ -433,7 +444,10 @@ proptest! {
                 }
             }
             Err(e) => {
-                prop_assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+                prop_assert!(
+                    matches!(e, ConfigError::Parse { .. } | ConfigError::UnknownKey { .. }),
+                    "{e:?}"
+                );
                 assert_position_inside(&text, &e)?;
             }
         }
@@ -1699,9 +1713,9 @@ proptest! {
         }
     }
 
-    /// `--callback <url>` refuses empty, multi-line and over-long URLs before looking for a
-    /// login, naming the URL without its query; a plausible URL with no login waiting is
-    /// "no login".
+    /// `--callback <url>` refuses empty, multi-line and over-long URLs, and anything that is
+    /// not a URL with a state and a code (or error), before looking for a login, naming the
+    /// URL without its query; a plausible URL with no login waiting is "no login".
     #[test]
     fn callback_argument_errors_never_repeat_the_response(
         (state, code) in secrets(),
@@ -1721,9 +1735,17 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let result = runtime.block_on(callback::deliver_in(&nowhere, &url));
         let trimmed = url.trim();
-        let refused = trimmed.is_empty() || trimmed.len() > 16 * 1024 || trimmed.contains(['\n', '\r']);
+        let plausible = url::Url::parse(trimmed).is_ok_and(|u| {
+            let has = |name: &str| u.query_pairs().any(|(k, _)| k == name);
+            has("state") && (has("code") || has("error"))
+        });
+        let refused = trimmed.is_empty()
+            || trimmed.len() > 16 * 1024
+            || trimmed.contains(['\n', '\r'])
+            || !plausible;
+        prop_assert!(shape != 0 || !refused, "a real callback URL is plausible: {:?}", url);
         match &result {
-            Err(DeliverError::BadUrl(shown)) => {
+            Err(DeliverError::BadUrl { shown, .. }) => {
                 prop_assert!(refused, "{:?} refused", url);
                 prop_assert!(!shown.contains('?'), "{:?}", shown);
                 prop_assert!(shown.chars().count() <= 81);

@@ -54,12 +54,18 @@ impl fmt::Display for BrowserOutcome {
     }
 }
 
+/// Why no browser can be opened in this process's environment (`None`: one can). The login
+/// then signs in with a code on another device, or asks for the address to be pasted back.
+pub fn reason_not_to_open() -> Option<SkipReason> {
+    let env = |key: &str| std::env::var_os(key);
+    skip_reason(&env, cfg!(all(unix, not(target_os = "macos"))), is_wsl())
+}
+
 /// Opens `url` in the user's browser unless that is pointless (see [`SkipReason`]). May block
 /// briefly while the launcher starts (and for as long as a text-mode `$BROWSER` runs); call it
 /// from `spawn_blocking` on an async runtime.
 pub fn open(url: &Url) -> BrowserOutcome {
-    let env = |key: &str| std::env::var_os(key);
-    if let Some(why) = skip_reason(&env, cfg!(all(unix, not(target_os = "macos"))), is_wsl()) {
+    if let Some(why) = reason_not_to_open() {
         tracing::info!("not opening a browser: {why}");
         return BrowserOutcome::Skipped(why);
     }

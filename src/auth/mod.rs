@@ -3,7 +3,9 @@
 
 pub mod browser;
 pub mod callback;
+pub mod device;
 pub mod oauth;
+pub mod preflight;
 pub mod store;
 pub mod tokens;
 

@@ -41,6 +41,9 @@ pub struct Provider {
     pub token_endpoint: Url,
     pub userinfo_endpoint: Option<Url>,
     pub revocation_endpoint: Option<Url>,
+    /// RFC 8628 device authorization endpoint: `--login --device`, and the login without a
+    /// browser.
+    pub device_authorization_endpoint: Option<Url>,
     /// RFC 9207: the provider promises an `iss` on every authorization response.
     pub iss_parameter_supported: bool,
 }
@@ -96,6 +99,12 @@ pub enum LoginError {
     IssuerMissing(String),
     #[error("the provider refused the code exchange: {0}")]
     Exchange(String),
+    /// The provider turned the sign-in request down before anyone signed in (an unknown
+    /// `client_id`, an unregistered redirect URI, ...): found before a browser was opened.
+    #[error(transparent)]
+    Refused(#[from] super::preflight::Refusal),
+    #[error(transparent)]
+    Device(#[from] super::device::DeviceError),
     #[error("storing the tokens failed: {0}")]
     Store(String),
 }
@@ -108,15 +117,15 @@ pub struct IdTokenFields {
 }
 impl ExtraTokenFields for IdTokenFields {}
 
-type TokenResp = StandardTokenResponse<IdTokenFields, BasicTokenType>;
-type OidcClient<HasAuth> = oauth2::Client<
+pub(super) type TokenResp = StandardTokenResponse<IdTokenFields, BasicTokenType>;
+pub(super) type OidcClient<HasAuth, HasDevice = EndpointNotSet> = oauth2::Client<
     BasicErrorResponse,
     TokenResp,
     BasicTokenIntrospectionResponse,
     StandardRevocableToken,
     BasicRevocationErrorResponse,
     HasAuth,
-    EndpointNotSet,
+    HasDevice,
     EndpointNotSet,
     EndpointNotSet,
     EndpointSet,
@@ -143,6 +152,8 @@ struct Discovery {
     #[serde(default)]
     revocation_endpoint: Option<Url>,
     #[serde(default)]
+    device_authorization_endpoint: Option<Url>,
+    #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
 }
 
@@ -163,15 +174,18 @@ pub async fn resolve_provider(
     let token = parse("token_url", &cfg.token_url)?;
     let userinfo = parse("userinfo_url", &cfg.userinfo_url)?;
     let revocation = parse("revocation_url", &cfg.revocation_url)?;
+    let device = parse("device_authorization_url", &cfg.device_authorization_url)?;
     let issuer = cfg.issuer.trim().trim_end_matches('/').to_string();
     if let (Some(a), Some(t)) = (&auth, &token) {
-        if issuer.is_empty() || (userinfo.is_some() && revocation.is_some()) {
+        let all_set = userinfo.is_some() && revocation.is_some() && device.is_some();
+        if issuer.is_empty() || all_set {
             return Ok(Provider {
                 issuer: (!issuer.is_empty()).then_some(issuer),
                 authorization_endpoint: a.clone(),
                 token_endpoint: t.clone(),
                 userinfo_endpoint: userinfo,
                 revocation_endpoint: revocation,
+                device_authorization_endpoint: device,
                 iss_parameter_supported: false,
             });
         }
@@ -209,11 +223,12 @@ pub async fn resolve_provider(
         token_endpoint: token.unwrap_or(d.token_endpoint),
         userinfo_endpoint: userinfo.or(d.userinfo_endpoint),
         revocation_endpoint: revocation.or(d.revocation_endpoint),
+        device_authorization_endpoint: device.or(d.device_authorization_endpoint),
         iss_parameter_supported: d.authorization_response_iss_parameter_supported,
     })
 }
 
-fn client(provider: &Provider, client_id: &str) -> OidcClient<EndpointNotSet> {
+pub(super) fn client(provider: &Provider, client_id: &str) -> OidcClient<EndpointNotSet> {
     oauth2::Client::new(ClientId::new(client_id.to_string()))
         .set_token_uri(TokenUrl::from_url(provider.token_endpoint.clone()))
 }
@@ -228,6 +243,11 @@ pub struct LoginOptions {
     /// How the browser is opened; `None`: the system browser (`$BROWSER` honoured). `--dev`
     /// passes a function that plays the user in-process.
     pub opener: Option<Opener>,
+    /// Ask the provider about the authorization request before the browser goes there, so a
+    /// refusal (an unknown `client_id`, ...) ends the login at once instead of after
+    /// `auth.login_timeout` (see [`super::preflight`]). `--dev` skips it: its provider and
+    /// client are its own, and its auto-approving provider would issue a code nobody redeems.
+    pub preflight: bool,
 }
 
 /// `--login`: the authorization-code flow with PKCE through the system browser. Returns the
@@ -267,6 +287,9 @@ pub async fn login(
         request = request.add_extra_param("prompt", "consent");
     }
     let (url, state) = request.url();
+    if opts.preflight {
+        super::preflight::check(&http, &url, &redirect, &cfg.client_id).await?;
+    }
 
     match &opts.opener {
         Some(open) => open(&url),
@@ -356,7 +379,7 @@ pub fn display_name(t: &StoredTokens) -> String {
         .unwrap_or_else(|| "(unknown user)".into())
 }
 
-fn from_response(
+pub(super) fn from_response(
     r: &TokenResp,
     previous_refresh: Option<&str>,
     account: &Account,
@@ -442,7 +465,11 @@ fn id_token_claims(jwt: &str) -> Option<Claims> {
 }
 
 /// Fills subject and username from userinfo when the provider has it (else from the ID token).
-async fn identify(t: &mut StoredTokens, provider: &Provider, http: &oauth2::reqwest::Client) {
+pub(super) async fn identify(
+    t: &mut StoredTokens,
+    provider: &Provider,
+    http: &oauth2::reqwest::Client,
+) {
     let Some(url) = &provider.userinfo_endpoint else {
         return;
     };
@@ -472,7 +499,7 @@ async fn identify(t: &mut StoredTokens, provider: &Provider, http: &oauth2::reqw
     }
 }
 
-fn describe_token_error<RE: std::error::Error>(
+pub(super) fn describe_token_error<RE: std::error::Error>(
     e: &RequestTokenError<RE, StandardErrorResponse<BasicErrorResponseType>>,
 ) -> String {
     match e {
@@ -743,9 +770,23 @@ async fn acquire_refresh_lock(path: &Path) -> Result<std::fs::File, AuthError> {
 pub struct LogoutReport {
     pub had_tokens: bool,
     /// `Some(Ok)` revoked at the provider, `Some(Err(why))` tried and failed, `None` not tried
-    /// (no revocation endpoint, or no refresh token).
+    /// (no revocation endpoint: [`LogoutReport::no_endpoint`] says why).
     pub revoked: Option<Result<(), String>>,
+    pub no_endpoint: Option<NoRevocationEndpoint>,
     pub deleted: bool,
+}
+
+/// Why `--logout` had no revocation endpoint to call: the message says what is true and how
+/// to configure one (issue 10: it used to claim "the provider has none" when none was
+/// configured).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRevocationEndpoint {
+    /// Endpoints configured by hand, `auth.revocation_url` empty, no issuer to discover one.
+    #[error("no revocation endpoint is configured (auth.revocation_url is empty, and without auth.issuer none can be discovered), so the session stays valid at the provider until its tokens expire. To revoke it at logout, set auth.revocation_url to the provider's RFC 7009 endpoint, or auth.issuer for discovery")]
+    NotConfigured,
+    /// The issuer's discovery document names none, and `auth.revocation_url` is empty.
+    #[error("the discovery document of {issuer} names no revocation endpoint and auth.revocation_url is empty, so the session stays valid at the provider until its tokens expire. If the provider has an RFC 7009 endpoint, set auth.revocation_url to it")]
+    NotDiscovered { issuer: String },
 }
 
 /// `--logout`: revoke the refresh token at the provider (RFC 7009), then delete the stored
@@ -759,15 +800,23 @@ pub async fn logout(cfg: &AuthConfig, store: &TokenStore) -> Result<LogoutReport
         return Ok(LogoutReport {
             had_tokens: false,
             revoked: None,
+            no_endpoint: None,
             deleted: false,
         });
     };
     let http = http_client()?;
+    let mut no_endpoint = None;
     let revoked = match resolve_provider(cfg, &http).await {
         Ok(p) => match (&p.revocation_endpoint, &tokens.refresh_token) {
             (Some(url), Some(rt)) => Some(revoke(&http, url, rt, &cfg.client_id).await),
             (Some(url), None) => Some(revoke_access(&http, url, &tokens, &cfg.client_id).await),
-            (None, _) => None,
+            (None, _) => {
+                no_endpoint = Some(match p.issuer {
+                    Some(issuer) => NoRevocationEndpoint::NotDiscovered { issuer },
+                    None => NoRevocationEndpoint::NotConfigured,
+                });
+                None
+            }
         },
         Err(e) => Some(Err(e.to_string())),
     };
@@ -778,6 +827,7 @@ pub async fn logout(cfg: &AuthConfig, store: &TokenStore) -> Result<LogoutReport
     Ok(LogoutReport {
         had_tokens: true,
         revoked,
+        no_endpoint,
         deleted,
     })
 }

@@ -8,8 +8,11 @@
 //!
 //! * every keyring call runs on its own thread under a timeout ([`DEFAULT_KEYRING_TIMEOUT`]) and
 //!   a timeout is reported as [`StoreError::Unavailable`] with what to do, never a hang;
-//! * `token_storage = "auto"` falls back to the file with a loud warning, like gh's
-//!   "Authentication credentials saved in plain text"; `"keyring"` refuses the fallback;
+//! * `token_storage = "auto"` falls back to the file, and says so where the user looks — like
+//!   gh's "Authentication credentials saved in plain text" — in one short line: at login and in
+//!   `--status` ([`TokenStore::describe`]), not before every command's output (issue 10: a
+//!   600-character warning was). The full reason is a debug line (`--verbose`);
+//!   `"keyring"` refuses the fallback;
 //! * the file is written atomically (temp file, fsync, rename), so a crash mid-save leaves the
 //!   old tokens or the new ones, never a torn file that would log the user out.
 //!
@@ -72,6 +75,8 @@ pub struct TokenStore {
     /// The file backend's path; also known for a keyring store, to migrate a leftover file.
     path: PathBuf,
     timeout: Duration,
+    /// Why `auto` fell back to the file: no keyring answered, and this is what it said.
+    fallback: Option<String>,
 }
 
 impl TokenStore {
@@ -106,6 +111,7 @@ impl TokenStore {
             kind: StorageKind::File,
             path,
             timeout,
+            fallback: None,
         };
         if setting == TokenStorage::File {
             return Ok(store);
@@ -117,11 +123,14 @@ impl TokenStore {
                 Ok(store)
             }
             Err(StoreError::Unavailable { reason }) if setting == TokenStorage::Auto => {
-                tracing::warn!(
+                // Every command opens the store: the user is told in `describe` (login,
+                // `--status`), and the reason is here for `--verbose`.
+                tracing::debug!(
                     "tokens stored in plain text at {}: no OS keyring available ({reason}); \
                      set auth.token_storage = \"keyring\" to refuse this",
                     store.path.display()
                 );
+                store.fallback = Some(reason);
                 Ok(store)
             }
             Err(e) => Err(e),
@@ -178,15 +187,27 @@ impl TokenStore {
         }
     }
 
-    /// Where the tokens live, for `--status`.
+    /// Where the tokens live, for `--login` and `--status`: one line, which for `auto`'s
+    /// fallback says that no keyring answered and how to refuse the file.
     pub fn describe(&self) -> String {
-        match self.kind {
-            StorageKind::Keyring => format!("OS keyring ({})", keyring_name()),
-            StorageKind::File if cfg!(unix) => {
-                format!("file {} (plain text, mode 0600)", self.path.display())
+        let mode = if cfg!(unix) { ", mode 0600" } else { "" };
+        match (self.kind, &self.fallback) {
+            (StorageKind::Keyring, _) => format!("OS keyring ({})", keyring_name()),
+            (StorageKind::File, None) => {
+                format!("file {} (plain text{mode})", self.path.display())
             }
-            StorageKind::File => format!("file {} (plain text)", self.path.display()),
+            (StorageKind::File, Some(_)) => format!(
+                "file {} (plain text{mode}: no OS keyring answered; --verbose says why, \
+                 auth.token_storage = \"keyring\" refuses the file)",
+                self.path.display()
+            ),
         }
+    }
+
+    /// Why `auto` keeps the tokens in the file: what the keyring said (`None`: it did not fall
+    /// back).
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     pub fn kind(&self) -> StorageKind {

@@ -8,8 +8,15 @@
 # -> POST prompt=consent (when asked) -> 303 to the redirect_uri with code/state/iss, which it
 # then GETs: that request is the "browser" arriving at the app's loopback listener.
 #
+# Device flow (RFC 8628): with PLAY_USER_CODE set, the URL is the provider's verification page
+# (`verification_uri`), opened on "another device": the script types the code into its form,
+# confirms (or aborts, for deny) on the next page, then logs in and consents as above. It ends on
+# the provider's "Sign-in Success" page instead of a redirect to the app; the app learns of the
+# approval by polling.
+#
 # Environment knobs:
 #   PLAY_USER           login name (default alice); it becomes the subject (sub)
+#   PLAY_USER_CODE      the user code the app showed: play the device flow (see above)
 #   PLAY_ACTION         approve (default) | deny (abort at the first page: the app gets
 #                       error=access_denied) | ignore (read the first page, then walk away: the
 #                       user closed the tab, the app's listener must time out)
@@ -90,6 +97,45 @@ if [ "$delay" != 0 ]; then
     sleep "$delay"
 fi
 next="$url"
+
+# A hidden or text input's value in the page just read, and the form's action.
+field() { sed -n 's/.*name="'"$1"'" value="\([^"]*\)".*/\1/p' "$body" | head -n1; }
+form_action() {
+    local action
+    action="$(sed -n 's/.*<form[^>]*action="\([^"]*\)".*/\1/p' "$body" | head -n1)"
+    case "$action" in /*) action="$origin$action" ;; "") action="$origin/device" ;; esac
+    printf '%s' "$action"
+}
+
+user_code="${PLAY_USER_CODE:-}"
+if [ -n "$user_code" ]; then
+    # The verification page: a form asking for the code.
+    request GET "$url"
+    [ "$status" = 200 ] || fail "verification page answered $status: $(page_text)"
+    xsrf="$(field xsrf)"
+    grep -q 'name="user_code"' "$body" || fail "verification page has no code field: $(page_text)"
+    log "typing the user code"
+    request POST "$(form_action)" --data-urlencode "xsrf=$xsrf" --data-urlencode "user_code=$user_code"
+    [ "$status" = 200 ] || fail "entering the code answered $status: $(page_text)"
+    grep -q 'name="confirm"' "$body" || fail "the code was not accepted: $(page_text)"
+    log "page asks to confirm the device"
+    case "$action" in
+    ignore)
+        log "walking away without answering (PLAY_ACTION=ignore)"
+        exit 0
+        ;;
+    deny)
+        request POST "$(form_action)" --data-urlencode "xsrf=$(field xsrf)" \
+            --data-urlencode "user_code=$(field user_code)" --data-urlencode "abort=yes"
+        log "aborted the device sign-in ($status)"
+        exit 0
+        ;;
+    esac
+    request POST "$(form_action)" --data-urlencode "xsrf=$(field xsrf)" \
+        --data-urlencode "user_code=$(field user_code)" --data-urlencode "confirm=yes"
+    case "$status" in 30[1237]) ;; *) fail "confirming answered $status: $(page_text)" ;; esac
+    next="$location"
+fi
 for _ in $(seq 1 12); do
     case "$next" in
     "$origin"/interaction/*)
@@ -125,8 +171,13 @@ for _ in $(seq 1 12); do
         esac
         ;;
     "$origin"/*)
-        # The provider's own endpoints (/auth, /auth/{uid} to resume after an interaction).
+        # The provider's own endpoints (/auth, /auth/{uid} to resume after an interaction,
+        # /device/{uid} in the device flow).
         request GET "$next"
+        if [ -n "$user_code" ] && [ "$status" = 200 ] && grep -q '<title>Sign-in Success</title>' "$body"; then
+            log "the provider confirmed the device sign-in"
+            exit 0
+        fi
         ;;
     http://* | https://*)
         # Leaving the provider: this is the redirect to the app.

@@ -258,6 +258,9 @@ pub struct PlayUser {
     pub deliver: bool,
     /// Seconds to wait before starting, like a user who takes a moment.
     pub delay_secs: u64,
+    /// The device flow (RFC 8628): the URL is the verification page and this the code the app
+    /// showed; the script types it in and confirms (or aborts) before logging in.
+    pub user_code: Option<String>,
 }
 
 impl Default for PlayUser {
@@ -269,6 +272,7 @@ impl Default for PlayUser {
             redirect_file: None,
             deliver: true,
             delay_secs: 0,
+            user_code: None,
         }
     }
 }
@@ -304,6 +308,10 @@ impl PlayUser {
                 if self.deliver { "1" } else { "0" }.to_string(),
             ),
             ("PLAY_DELAY".to_string(), self.delay_secs.to_string()),
+            (
+                "PLAY_USER_CODE".to_string(),
+                self.user_code.clone().unwrap_or_default(),
+            ),
             ("PLAY_MAX_TIME".to_string(), "10".to_string()),
         ]
     }

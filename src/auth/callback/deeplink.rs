@@ -36,10 +36,11 @@ pub enum DeliverError {
     NoLogin,
     #[error("the waiting login refused this sign-in link: {0}")]
     Rejected(String),
-    /// Empty, too long or spanning lines. Holds the URL without its query and fragment, so the
-    /// message never repeats an authorization code or state.
-    #[error("{0:?} is not a sign-in callback URL")]
-    BadUrl(String),
+    /// Not the address a sign-in sends the browser to: empty, too long, spanning lines, not a
+    /// URL, or without a state and a code (or error). `shown` is the URL without its query and
+    /// fragment, so the message never repeats an authorization code or state.
+    #[error("{shown:?} is not a sign-in callback URL: {why}")]
+    BadUrl { shown: String, why: &'static str },
     #[error("cannot reach the waiting login through {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -248,7 +249,9 @@ mod unix {
             Ok(url) if same_endpoint(&url, expected) => url,
             _ => {
                 tracing::warn!("the deep-link channel got a URL that is not the sign-in callback");
-                let msg = format!("error this is not a {expected} sign-in callback URL\n");
+                let msg = format!(
+                    "error the login in progress waits for the browser at {expected}, not at this address\n"
+                );
                 write.write_all(msg.as_bytes()).await?;
                 return Ok(());
             }
@@ -280,8 +283,11 @@ mod unix {
     pub(super) async fn deliver_in(dir: &Path, url: &str) -> Result<String, super::DeliverError> {
         use super::DeliverError;
         let url = url.trim();
-        if url.is_empty() || url.len() > MAX_REQUEST_BYTES || url.contains(['\n', '\r']) {
-            return Err(DeliverError::BadUrl(super::without_response(url)));
+        if let Some(why) = super::not_a_callback(url) {
+            return Err(DeliverError::BadUrl {
+                shown: super::without_response(url),
+                why,
+            });
         }
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -354,6 +360,28 @@ mod unix {
             None => DeliverError::NoLogin,
         })
     }
+}
+
+/// Why `url` cannot be a sign-in callback (`None`: it may be one), judged before any login is
+/// looked for, so a typo is not answered "no login is in progress".
+#[cfg(unix)]
+fn not_a_callback(url: &str) -> Option<&'static str> {
+    if url.is_empty() {
+        return Some("it is empty");
+    }
+    if url.len() > super::MAX_REQUEST_BYTES || url.contains(['\n', '\r']) {
+        return Some("it is too long or spans lines");
+    }
+    let Ok(parsed) = Url::parse(url) else {
+        return Some(
+            "it is not a URL; pass the whole address, e.g. \"samay://callback?code=…&state=…\"",
+        );
+    };
+    let has = |name: &str| parsed.query_pairs().any(|(k, _)| k == name);
+    if !has("state") || !(has("code") || has("error")) {
+        return Some("it carries no state and code; pass the whole address the browser was sent to after signing in");
+    }
+    None
 }
 
 /// A refused URL as it may be shown: scheme, host and path, at most 80 characters, never the

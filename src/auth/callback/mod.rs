@@ -8,7 +8,10 @@
 //!   URI with the port actually bound, and is the one to put in the authorization request;
 //! * a private-use URI scheme (`auth.deep_link_uri`) when configured, or in `auto` mode when no
 //!   loopback port can be bound: the OS starts `aw-sync-samay --callback <url>`, whose
-//!   [`deliver`] hands the URL to the waiting login over a per-user local socket;
+//!   [`deliver`] hands the URL to the waiting login over a per-user local socket. A loopback
+//!   login opens that socket too, expecting its loopback address: `--callback` run by hand
+//!   during it then delivers the address the browser was sent to, or says which address the
+//!   login waits for — never "no login is in progress" while one is (issue 10);
 //! * optionally, standard input (`--no-browser`): the user pastes the URL the browser was sent to.
 //!
 //! Every channel feeds the same validation in [`CallbackWaiter::wait`]: the `state` must be the
@@ -375,7 +378,7 @@ fn same_secret(got: &str, expected: &str) -> bool {
 
 /// Text from the response made safe for a terminal and a log line: control characters (escape
 /// sequences) removed, length capped.
-fn printable(text: &str, max_chars: usize) -> String {
+pub(crate) fn printable(text: &str, max_chars: usize) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -473,11 +476,34 @@ impl CallbackWaiter {
                     // No browser anyone waits for (`--dev`'s in-process sign-in).
                     tracing::debug!("listening for the sign-in on {redirect_uri}");
                 }
+                // Only a convenience here (the browser comes back over loopback): a channel
+                // that cannot be opened is not worth failing the login for. `--dev`'s
+                // in-process sign-in has no one to paste an address, so it leaves the channel
+                // to a real `--login`.
+                let socket = if options.progress {
+                    match &options.channel_dir {
+                        Some(dir) => Ok(dir.clone()),
+                        None => default_channel_dir().map_err(CallbackError::from),
+                    }
+                    .and_then(|dir| {
+                        deeplink::listen(
+                            &dir,
+                            redirect_uri.clone(),
+                            queue_tx.clone(),
+                            shutdown.subscribe(),
+                            hold,
+                        )
+                    })
+                    .map_err(|e| tracing::debug!("no --callback channel for this login: {e}"))
+                    .ok()
+                } else {
+                    None
+                };
                 CallbackWaiter {
                     redirect_uri,
                     source: CallbackSource::Loopback,
                     local_addr,
-                    socket: None,
+                    socket,
                     queue,
                     _queue_tx: Some(queue_tx.clone()),
                     shutdown,
@@ -575,7 +601,8 @@ impl CallbackWaiter {
         self.local_addr
     }
 
-    /// The deep-link socket's path while it is open.
+    /// The `--callback` socket's path while it is open (deep-link logins, and loopback logins
+    /// where it could be opened).
     pub fn channel_path(&self) -> Option<&Path> {
         self.socket.as_ref().map(|s| s.path())
     }
