@@ -3,6 +3,7 @@ pub mod bin;
 pub mod daemon;
 pub mod devserver;
 pub mod exact;
+pub mod hostile;
 pub mod oidc;
 pub mod procfs;
 pub mod rig;
