@@ -1,5 +1,6 @@
 pub mod awserver;
 pub mod bin;
+pub mod callback;
 pub mod daemon;
 pub mod devserver;
 pub mod exact;
