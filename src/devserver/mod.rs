@@ -8,7 +8,10 @@
 //!
 //! Inspection (`/`, `/v1/inspect*`), fault (`/v1/_faults`) and provider counter (`/v1/_oauth`)
 //! endpoints need no token, which is why the server refuses to bind anything but a loopback
-//! address.
+//! address, and answers only requests whose `Host` is this machine at its port (`127.0.0.1`,
+//! `[::1]`, `localhost`): a web page using DNS rebinding reaches the port but names its own
+//! domain. Its database is created 0600: it holds every synced event and the provider's
+//! ID-token signing key.
 
 mod faults;
 mod http;
@@ -336,9 +339,19 @@ async fn serve_connection(
     mut closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
         async move {
+            // DNS rebinding: a page whose domain now resolves to 127.0.0.1 reaches this port,
+            // but its requests still name that domain. Only this machine's names are served.
+            let host = request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            if !host.is_some_and(|h| crate::endpoint::is_local_host_header(h, port)) {
+                return Ok(http::wrong_host(host));
+            }
             let response = router
                 .oneshot(request)
                 .await
