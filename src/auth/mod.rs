@@ -3,7 +3,9 @@
 
 pub mod browser;
 pub mod callback;
+pub mod id_token;
 pub mod oauth;
+pub mod provider;
 pub mod store;
 pub mod tokens;
 
