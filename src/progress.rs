@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Metrics, OWN_BUCKET_PREFIX};
+use crate::printable::printable;
 use crate::source::AwClient;
 use crate::state::Store;
 
@@ -139,7 +140,7 @@ fn render_plain(snap: &Snapshot) -> Vec<String> {
         .map(|b| {
             format!(
                 "progress: {}: {} read, {} delivered, {} events/s, {} remaining",
-                b.bucket_id,
+                printable(&b.bucket_id),
                 b.read,
                 b.delivered,
                 fmt_rate(b.rate()),
@@ -173,7 +174,7 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
     }
     let width = shown
         .iter()
-        .map(|b| b.bucket_id.chars().count())
+        .map(|b| printable(&b.bucket_id).chars().count())
         .chain([6]) // "bucket", "total"
         .max()
         .unwrap_or(6)
@@ -198,7 +199,7 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
     )];
     for b in &shown {
         lines.push(row(
-            &b.bucket_id,
+            &printable(&b.bucket_id),
             b.read,
             b.delivered,
             b.rate(),

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::printable::printable;
 use crate::source::AwClient;
 use crate::state::{BucketStatus, CycleRecord, QuarantineEntry, Store};
 use crate::upstream::UpstreamClient;
@@ -126,7 +127,9 @@ impl Status {
         self.render_at(chrono::Utc::now())
     }
 
-    /// [`Status::render`] as seen at `now` (relative times are computed from it).
+    /// [`Status::render`] as seen at `now` (relative times are computed from it). Text that
+    /// came from outside — server details, errors, bucket ids, the user name — goes through
+    /// the printable filter: this is written to a terminal.
     pub fn render_at(&self, now: chrono::DateTime<chrono::Utc>) -> String {
         let mut out = String::new();
         let mark = |ok: bool| if ok { "ok  " } else { "DOWN" };
@@ -136,7 +139,7 @@ impl Status {
             "aw-server  {} {} ({})",
             mark(self.aw_server.reachable),
             self.aw_server.url,
-            self.aw_server.detail
+            printable(&self.aw_server.detail)
         );
         let upstream_url = if self.upstream.url.is_empty() {
             "-"
@@ -148,9 +151,9 @@ impl Status {
             "upstream   {} {} ({})",
             mark(self.upstream.reachable),
             upstream_url,
-            self.upstream.detail
+            printable(&self.upstream.detail)
         );
-        let _ = writeln!(out, "token      {}", self.token);
+        let _ = writeln!(out, "token      {}", printable(&self.token));
 
         let _ = writeln!(out, "\nSync");
         let _ = writeln!(
@@ -164,7 +167,7 @@ impl Status {
                 "last try   {} — failed",
                 when(self.last_cycle.last_cycle.as_deref(), now)
             );
-            let _ = writeln!(out, "last error {e}");
+            let _ = writeln!(out, "last error {}", printable(e));
         }
         let _ = writeln!(
             out,
@@ -185,7 +188,7 @@ impl Status {
             let w = self
                 .buckets
                 .iter()
-                .map(|b| b.state.bucket_id.chars().count())
+                .map(|b| printable(&b.state.bucket_id).chars().count())
                 .max()
                 .unwrap_or(0)
                 .max("bucket".len());
@@ -199,7 +202,7 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "{:<w$}  {:>9}  {:>8}  {:>7}  {:>11}  {}",
-                    b.state.bucket_id,
+                    printable(&b.state.bucket_id),
                     b.state.delivered,
                     b.state.versions_sent,
                     pending,
@@ -217,7 +220,10 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "  {} #{} at {}: {}",
-                    q.bucket_id, q.event_id, q.at, q.reason
+                    printable(&q.bucket_id),
+                    q.event_id,
+                    q.at,
+                    printable(&q.reason)
                 );
             }
         }
@@ -403,5 +409,35 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("last try   30 s ago"), "{text}");
+    }
+
+    /// Issue 11: remote text reached the terminal raw — aw-server's host name, an upstream's
+    /// error, a bucket id, the user name, a quarantine reason.
+    #[test]
+    fn remote_text_is_shown_printable() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 13, 5, 30).unwrap();
+        let evil = "\u{1b}[2J\u{1b}]0;pwned\u{7}";
+        let mut s = status(true, "https://up/health", Some(evil));
+        s.aw_server.detail = format!("aw-server 0.12 on {evil}");
+        s.upstream.detail = format!("upstream answered 500: {evil}");
+        s.token = format!("OS keyring: logged in as {evil}");
+        s.buckets[1].state.bucket_id = format!("afk{evil}");
+        s.quarantine.push(QuarantineEntry {
+            bucket_id: format!("b{evil}"),
+            event_id: 1,
+            reason: format!("upstream rejected: {evil}"),
+            at: "2026-11-25T13:05:00Z".into(),
+            event: serde_json::Value::Null,
+        });
+        let text = s.render_at(now);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert_eq!(
+            text.matches("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}").count(),
+            7,
+            "{text}"
+        );
     }
 }

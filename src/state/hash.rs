@@ -98,7 +98,7 @@ pub fn event_data_hash(span: Span, data: &RawValue) -> Result<EventHash, DataErr
 /// [`event_data_hash`] with its error as a `serde_json::Error`, the type the scan's callers
 /// handled before [`DataError`] existed; the message is the same.
 pub fn event_hash_raw(span: Span, data: &RawValue) -> Result<EventHash, serde_json::Error> {
-    event_data_hash(span, data).map_err(|e| <serde_json::Error as serde::de::Error>::custom(e))
+    event_data_hash(span, data).map_err(<serde_json::Error as serde::de::Error>::custom)
 }
 
 /// Whether JSON `text` nests deeper than [`MAX_DATA_DEPTH`]: one pass over its bytes, without
@@ -634,7 +634,7 @@ mod tests {
         }
         text.truncate(text.len() - if levels % 2 == 1 { r#","a":"#.len() } else { 0 });
         if levels % 2 == 0 {
-            text.push_str("1");
+            text.push('1');
         }
         for level in (1..=levels).rev() {
             text.push(if level % 2 == 1 { '}' } else { ']' });
