@@ -8,6 +8,11 @@
 //! stops at the limit and drops the connection, so an answer costs at most its limit in memory.
 //! Time is bounded by each client's own request timeout.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 /// An answer's first bytes, and whether that was all of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefix {
@@ -27,24 +32,12 @@ pub enum BodyError {
     Read(#[from] reqwest::Error),
 }
 
-/// Reads at most `limit` bytes of the body. An announced `Content-Length` above the limit is
-/// believed, and nothing is read; otherwise the body is read as it comes, and reading stops at
-/// the limit.
+/// Reads at most `limit` bytes of the body, as it comes; reading stops at the limit. (An
+/// announced `Content-Length` changes nothing here: the first bytes are wanted either way.)
 pub async fn read_prefix(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Prefix, reqwest::Error> {
-    let announced = response
-        .headers()
-        .get(reqwest::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|announced| announced > limit as u64) {
-        return Ok(Prefix {
-            bytes: Vec::new(),
-            complete: false,
-        });
-    }
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = limit - bytes.len();
@@ -63,8 +56,17 @@ pub async fn read_prefix(
     })
 }
 
-/// The whole body, or [`BodyError::TooLarge`] when it is longer than `limit` bytes.
+/// The whole body, or [`BodyError::TooLarge`] when it is longer than `limit` bytes. An
+/// announced `Content-Length` above the limit is believed, and nothing is read.
 pub async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let announced = response
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|announced| announced > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
     let prefix = read_prefix(response, limit).await?;
     if prefix.complete {
         Ok(prefix.bytes)
@@ -86,42 +88,70 @@ pub fn describe_size(bytes: usize) -> String {
     }
 }
 
+/// [`read_capped`] over a body made of `chunks`, announcing `announced` as its
+/// `Content-Length` when given, without a socket: the entry point of the property tests and
+/// the `http_body` fuzz target. Also returns how many bytes were taken from the body — what a
+/// peer managed to make us hold.
+#[doc(hidden)]
+pub async fn read_chunks(
+    chunks: Vec<Vec<u8>>,
+    announced: Option<u64>,
+    limit: usize,
+) -> (Result<Vec<u8>, BodyError>, u64) {
+    let (response, taken) = response_of(chunks.into_iter(), announced);
+    let result = read_capped(response, limit).await;
+    (result, taken.load(Ordering::Relaxed))
+}
+
+/// A response whose body is `chunks`, counting the bytes taken from it.
+fn response_of<I>(chunks: I, announced: Option<u64>) -> (reqwest::Response, Arc<AtomicU64>)
+where
+    I: Iterator<Item = Vec<u8>> + Send + Sync + Unpin + 'static,
+{
+    let taken = Arc::new(AtomicU64::new(0));
+    let body = reqwest::Body::wrap(Chunks {
+        chunks,
+        taken: taken.clone(),
+    });
+    let mut response = hyper::Response::new(body);
+    if let Some(n) = announced {
+        response
+            .headers_mut()
+            .insert(reqwest::header::CONTENT_LENGTH, n.into());
+    }
+    (response.into(), taken)
+}
+
+/// A body of the given chunks, counting what was taken.
+struct Chunks<I> {
+    chunks: I,
+    taken: Arc<AtomicU64>,
+}
+
+impl<I: Iterator<Item = Vec<u8>> + Unpin> hyper::body::Body for Chunks<I> {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        Poll::Ready(this.chunks.next().map(|chunk| {
+            this.taken.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(hyper::body::Frame::data(chunk.into()))
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    use std::task::{Context, Poll};
-
-    use hyper::body::{Body, Bytes, Frame};
-
     const CHUNK: usize = 64 * 1024;
 
-    /// A body that never ends (chunks of `x`), counting what was taken from it.
-    struct EndlessBody {
-        taken: Arc<AtomicU64>,
-    }
-
-    impl Body for EndlessBody {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            self.taken.fetch_add(CHUNK as u64, Ordering::Relaxed);
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; CHUNK])))))
-        }
-    }
-
     fn endless() -> (reqwest::Response, Arc<AtomicU64>) {
-        let taken = Arc::new(AtomicU64::new(0));
-        let body = reqwest::Body::wrap(EndlessBody {
-            taken: taken.clone(),
-        });
-        (hyper::Response::new(body).into(), taken)
+        response_of(std::iter::repeat(vec![b'x'; CHUNK]), None)
     }
 
     #[tokio::test]
@@ -151,22 +181,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_within_the_limit_is_read_whole_and_an_announced_oversize_not_at_all() {
-        let response: reqwest::Response = hyper::Response::new("hello").into();
-        assert_eq!(read_capped(response, 5).await.expect("fits"), b"hello");
-        let response: reqwest::Response = hyper::Response::new("hello!").into();
-        assert!(matches!(
-            read_capped(response, 5).await,
-            Err(BodyError::TooLarge { limit: 5 })
-        ));
-        let (_, taken) = endless();
-        let mut announced = hyper::Response::new(reqwest::Body::wrap(EndlessBody {
-            taken: taken.clone(),
-        }));
-        announced.headers_mut().insert(
-            hyper::header::CONTENT_LENGTH,
-            hyper::header::HeaderValue::from_static("10000000000"),
-        );
-        let prefix = read_prefix(announced.into(), 1024).await.expect("prefix");
+        let (fits, _) = read_chunks(vec![b"hel".to_vec(), b"lo".to_vec()], None, 5).await;
+        assert_eq!(fits.expect("fits"), b"hello");
+        let (over, _) = read_chunks(vec![b"hello!".to_vec()], None, 5).await;
+        assert!(matches!(over, Err(BodyError::TooLarge { limit: 5 })));
+        let (response, taken) =
+            response_of(std::iter::repeat(vec![b'x'; CHUNK]), Some(10_000_000_000));
+        let prefix = read_prefix(response, 1024).await.expect("prefix");
         assert!(!prefix.complete && prefix.bytes.is_empty());
         assert_eq!(taken.load(Ordering::Relaxed), 0, "nothing read");
     }

@@ -6,5 +6,5 @@
 mod client;
 pub mod model;
 
-pub use client::{AwClient, SourceError};
+pub use client::{AwClient, SourceError, MAX_DATA_ANSWER, MAX_SMALL_ANSWER};
 pub use model::{object_to_raw, Bucket, Event, PageEvent, ServerInfo};
