@@ -180,7 +180,8 @@ fn data_as_deep_as_aw_server_rust_accepts_is_hashed_and_redacted() {
 /// aw-server-rust's answers, shaped as the scan asks (a probe for the newest event, then the
 /// window's page).
 async fn aw_server_with_a_deep_event(levels: usize) -> Hostile {
-    let (_, page) = page_with_a_deep_event(levels);
+    let (deep, page) = page_with_a_deep_event(levels);
+    let deep_event = event_text(2, 2, &deep);
     let newest = format!("[{}]", event_text(3, 1, r#"{"app":"after"}"#));
     Hostile::start(move |req| {
         let path = req.target.split('?').next().unwrap_or("");
@@ -203,6 +204,7 @@ async fn aw_server_with_a_deep_event(levels: usize) -> Hostile {
                 }
             }
             ("GET", "/api/0/buckets/b/events") => Answer::json(200, page.clone()),
+            ("GET", "/api/0/buckets/b/events/2") => Answer::json(200, deep_event.clone()),
             ("POST", p) if p.ends_with("/heartbeat") => Answer::json(
                 200,
                 event_text(9, 0, "{}"),
@@ -229,6 +231,16 @@ async fn the_client_reads_a_deep_page_as_text_and_refuses_it_as_a_map() {
         }
         other => panic!("expected Malformed, got {other:?}"),
     }
+    // By id, too: as text it is read, as a map it is refused.
+    let one: Option<PageEvent> = client.get_event_as("b", 2).await.expect("read as text");
+    assert_eq!(
+        one.map(|e| e.data.get().len()),
+        Some(nested_data(200_000).len())
+    );
+    assert!(matches!(
+        client.get_event("b", 2).await,
+        Err(SourceError::Malformed { .. })
+    ));
 }
 
 /// The real binary, `--once`, from the hostile aw-server into the real dev server: it ends

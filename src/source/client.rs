@@ -236,6 +236,17 @@ impl AwClient {
     /// internal error message. That could not be verified here, so it is reported as
     /// `SourceError::Status { status: 500, .. }` rather than guessed to be `None`.
     pub async fn get_event(&self, bucket_id: &str, id: i64) -> Result<Option<Event>, SourceError> {
+        self.get_event_as(bucket_id, id).await
+    }
+
+    /// [`AwClient::get_event`] into any event type: a [`PageEvent`](super::PageEvent) keeps the
+    /// data as text, so an event whose data nests deeper than serde_json parses into a map is
+    /// still read (and can be quarantined by the caller) instead of failing the request.
+    pub async fn get_event_as<T: DeserializeOwned>(
+        &self,
+        bucket_id: &str,
+        id: i64,
+    ) -> Result<Option<T>, SourceError> {
         let url = self.url(&["buckets", bucket_id, "events", &id.to_string()], &[]);
         let response = self.send(self.request(Method::GET, &url), &url).await?;
         let status = response.status();
@@ -251,7 +262,7 @@ impl AwClient {
         }
         let bytes = read_body(response, &url, MAX_DATA_ANSWER).await?;
         // A 200 with `null` is what "absent" would look like if a server stopped using 404.
-        parse::<Option<Event>>(&url, &bytes)
+        parse::<Option<T>>(&url, &bytes)
     }
 
     /// `GET /api/0/buckets/{id}/events/count`: every event in the bucket.
