@@ -981,7 +981,9 @@ proptest! {
         // A count padded with spaces: valid JSON of exactly `size` bytes.
         let mut body = vec![b' '; size - 1];
         body.push(b'7');
-        let fake = aw_fake();
+        // Its own server: the reply slot of `aw_fake` belongs to a test running in parallel.
+        static SERVER: OnceLock<FakeServer> = OnceLock::new();
+        let fake = SERVER.get_or_init(FakeServer::start);
         fake.answer(Reply { status: 200, headers: Vec::new(), body, chunked });
         let client = AwClient::new("127.0.0.1", fake.addr.port()).expect("client");
         let count = fake.runtime.block_on(client.event_count("b1"));
