@@ -56,13 +56,16 @@ pub fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Whether an HTTP `Host` header names this machine at `port`: `127.0.0.1`, `[::1]` or
-/// `localhost` (any case), with that port (which may be left out only when it is 80). A local
-/// server with unauthenticated pages answers nothing else: a web page can make the browser
-/// resolve its own domain to 127.0.0.1 (DNS rebinding) and read the answers, but the `Host`
-/// header still names that domain.
-pub fn is_local_host_header(host: &str, port: u16) -> bool {
-    let (name, port_text) = match host.strip_prefix('[') {
+/// Whether an HTTP `Host` header names this machine: `127.0.0.1`, `[::1]` or `localhost` (any
+/// case), with or without a port. A local server with unauthenticated pages answers nothing
+/// else: a web page can make the browser resolve its own domain to 127.0.0.1 (DNS rebinding)
+/// and read the answers, but the `Host` header still names that domain.
+///
+/// The port is not compared with the one the server bound: a browser always sends the port it
+/// connected to, so a rebinding page cannot change it, while a TCP port forward on this machine
+/// (`ssh -L`, `socat`, the tests' relays) names its own port.
+pub fn is_local_host_header(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((name, "")) => (name, None),
             Some((name, after)) => match after.strip_prefix(':') {
@@ -76,20 +79,13 @@ pub fn is_local_host_header(host: &str, port: u16) -> bool {
             None => (host, None),
         },
     };
-    let named_port = match port_text {
-        None => 80,
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-            match p.parse::<u16>() {
-                Ok(p) => p,
-                Err(_) => return false,
-            }
-        }
-        Some(_) => return false,
-    };
+    let port_ok = port.map_or(true, |p| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    });
     let local_name = name == "127.0.0.1"
         || name.eq_ignore_ascii_case("localhost")
         || (host.starts_with('[') && name == "::1");
-    local_name && named_port == port
+    local_name && port_ok
 }
 
 #[cfg(test)]
@@ -128,23 +124,23 @@ mod tests {
     }
 
     #[test]
-    fn only_loopback_host_headers_with_the_bound_port_are_local() {
+    fn only_loopback_host_headers_are_local() {
         for ok in [
             "127.0.0.1:5680",
             "localhost:5680",
             "LocalHost:5680",
             "[::1]:5680",
+            "127.0.0.1:9000",
+            "localhost",
+            "[::1]",
         ] {
-            assert!(is_local_host_header(ok, 5680), "{ok}");
+            assert!(is_local_host_header(ok), "{ok}");
         }
-        assert!(is_local_host_header("localhost", 80));
-        assert!(is_local_host_header("[::1]", 80));
         for bad in [
             "rebind.example:5680",
+            "rebind.example",
             "127.0.0.1.nip.io:5680",
             "localhost.example.com:5680",
-            "127.0.0.1:5681",
-            "127.0.0.1",
             "localhost:",
             "localhost:+5680",
             "localhost:99999",
@@ -155,7 +151,7 @@ mod tests {
             "0.0.0.0:5680",
             "",
         ] {
-            assert!(!is_local_host_header(bad, 5680), "{bad}");
+            assert!(!is_local_host_header(bad), "{bad}");
         }
     }
 }

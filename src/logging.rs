@@ -183,7 +183,8 @@ fn is_own_log(name: &str, testing: bool) -> bool {
 }
 
 /// Deletes this variant's log files in `dir` beyond the newest `keep`, returning the deleted
-/// paths. Newest by name: the names carry the start time in a sortable format. Other files
+/// paths, and makes the kept ones private (0600: an older version wrote them under the
+/// umask). Newest by name: the names carry the start time in a sortable format. Other files
 /// (and the other variant's logs) are never touched.
 pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<PathBuf>> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
@@ -193,6 +194,9 @@ pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<Path
         .filter(|name| is_own_log(name, testing))
         .collect();
     names.sort_unstable_by(|a, b| b.cmp(a));
+    for name in names.iter().take(keep) {
+        crate::private_fs::tighten(&dir.join(name), crate::private_fs::FILE_MODE)?;
+    }
     let mut removed = Vec::new();
     for name in names.into_iter().skip(keep) {
         let path = dir.join(name);

@@ -83,7 +83,7 @@ pub(crate) fn wrong_host(host: Option<&str>) -> Response {
     );
     error(
         StatusCode::FORBIDDEN,
-        format!("Host {shown} is not this server: it answers only 127.0.0.1, [::1] or localhost at its own port"),
+        format!("Host {shown} is not this machine: this server answers only 127.0.0.1, [::1] or localhost"),
     )
 }
 

@@ -8,9 +8,8 @@
 //!
 //! Inspection (`/`, `/v1/inspect*`), fault (`/v1/_faults`) and provider counter (`/v1/_oauth`)
 //! endpoints need no token, which is why the server refuses to bind anything but a loopback
-//! address, and answers only requests whose `Host` is this machine at its port (`127.0.0.1`,
-//! `[::1]`, `localhost`): a web page using DNS rebinding reaches the port but names its own
-//! domain. Its database is created 0600: it holds every synced event and the provider's
+//! address, and answers only requests whose `Host` is this machine (`127.0.0.1`, `[::1]`,
+//! `localhost`): a web page using DNS rebinding reaches the port but names its own domain. Its database is created 0600: it holds every synced event and the provider's
 //! ID-token signing key.
 
 mod faults;
@@ -339,7 +338,6 @@ async fn serve_connection(
     mut closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
         async move {
@@ -349,7 +347,7 @@ async fn serve_connection(
                 .headers()
                 .get(hyper::header::HOST)
                 .and_then(|h| h.to_str().ok());
-            if !host.is_some_and(|h| crate::endpoint::is_local_host_header(h, port)) {
+            if !host.is_some_and(crate::endpoint::is_local_host_header) {
                 return Ok(http::wrong_host(host));
             }
             let response = router
