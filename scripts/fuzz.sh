@@ -52,7 +52,7 @@ dict_of() {
     case "$1" in
         callback_*) echo dicts/callback.dict ;;
         config) echo dicts/config.dict ;;
-        aw_events | upstream_answer | token_answer) echo dicts/json.dict ;;
+        aw_events | event_data | upstream_answer | token_answer) echo dicts/json.dict ;;
     esac
 }
 

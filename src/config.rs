@@ -15,7 +15,6 @@ pub use template::default_file_contents;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -337,10 +336,12 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Checks what types cannot: ranges, and that `sync.base_url` is a URL events may be sent
-    /// to. The error names the key (dotted, as written in the file).
+    /// Checks what types cannot: ranges, and that `sync.base_url` and the `auth` endpoints are
+    /// URLs events and tokens may be sent to. The error names the key (dotted, as written in
+    /// the file).
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_base_url(&self.sync.base_url)?;
+        validate_auth_urls(&self.auth)?;
         let s = &self.sync;
         check_range("sync.batch_size", s.batch_size as u64, 1, 10_000)?;
         if s.offline_queue_size < s.batch_size {
@@ -391,25 +392,14 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigEr
 }
 
 /// Empty means "not configured" (the daemon idles and says so). Otherwise events and bearer
-/// tokens go there, so it must be https, except to this machine (a local proxy or `--dev`-like
-/// setups), where plain http cannot be sniffed on the network.
+/// tokens go there, so it must pass [`crate::endpoint::secure_url`] (https, or http to this
+/// machine); the API paths are appended to it, so no query or fragment either.
 fn validate_base_url(base_url: &str) -> Result<(), ConfigError> {
     const KEY: &str = "sync.base_url";
     if base_url.is_empty() {
         return Ok(());
     }
-    let url = url::Url::parse(base_url).map_err(|e| {
-        ConfigError::invalid(
-            KEY,
-            format!("{base_url:?} is not a URL ({e}); expected e.g. \"https://sync.example.com\""),
-        )
-    })?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ConfigError::invalid(
-            KEY,
-            "must not contain a user name or password; credentials come from the login",
-        ));
-    }
+    let url = crate::endpoint::secure_url(KEY, base_url)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::invalid(
             KEY,
@@ -418,28 +408,31 @@ fn validate_base_url(base_url: &str) -> Result<(), ConfigError> {
             ),
         ));
     }
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback(&url) => Ok(()),
-        "http" => Err(ConfigError::invalid(
-            KEY,
-            format!(
-                "{base_url:?} uses plain http to another machine, which would send events and tokens unencrypted; use https://"
-            ),
-        )),
-        other => Err(ConfigError::invalid(
-            KEY,
-            format!("{base_url:?} has scheme {other:?}; use https://"),
-        )),
-    }
+    Ok(())
 }
 
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
+/// The login's endpoints carry the authorization code, the PKCE verifier and the tokens: the
+/// same rule as `sync.base_url`. Empty means "from discovery" (whose answers are checked
+/// against the same rule when they arrive, in `auth::oauth::resolve_provider`).
+fn validate_auth_urls(auth: &AuthConfig) -> Result<(), ConfigError> {
+    for (key, value) in [
+        ("auth.issuer", &auth.issuer),
+        ("auth.auth_url", &auth.auth_url),
+        ("auth.token_url", &auth.token_url),
+        ("auth.userinfo_url", &auth.userinfo_url),
+        ("auth.revocation_url", &auth.revocation_url),
+    ] {
+        let value = value.trim();
+        if !value.is_empty() {
+            crate::endpoint::secure_url(key, value)?;
+        }
+    }
+    Ok(())
+}
+
+impl From<crate::endpoint::EndpointError> for ConfigError {
+    fn from(e: crate::endpoint::EndpointError) -> Self {
+        ConfigError::invalid(&e.key, e.message)
     }
 }
 
@@ -709,6 +702,32 @@ mod tests {
         }
         let err = validate_base_url("http://sync.example.com").expect_err("http");
         assert!(err.to_string().contains("use https://"), "{err}");
+    }
+
+    /// Issue 11: the login's endpoints went out over plain http, and `ftp://x` passed.
+    #[test]
+    fn auth_endpoints_follow_the_base_url_rule() {
+        for key in [
+            "issuer",
+            "auth_url",
+            "token_url",
+            "userinfo_url",
+            "revocation_url",
+        ] {
+            for bad in ["ftp://x", "http://id.example.org/x", "not a url"] {
+                let text = format!("[auth]\nclient_id = \"c\"\n{key} = \"{bad}\"\n");
+                let err = load_text(&text).expect_err(&text);
+                let dotted = format!("auth.{key}");
+                assert_eq!(err.key(), Some(dotted.as_str()), "{err}");
+                let message = err.to_string();
+                assert!(message.contains("c.toml:3:1"), "{message}");
+                assert!(message.contains("https"), "{message}");
+            }
+            for good in ["https://id.example.org/x", "http://127.0.0.1:9/x", ""] {
+                let text = format!("[auth]\n{key} = \"{good}\"\n");
+                load_text(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            }
+        }
     }
 
     fn load_text(text: &str) -> Result<LoadedConfig, ConfigError> {

@@ -15,7 +15,7 @@
 //! daemon's log survives however many runs came after it (on Windows an open file cannot be
 //! deleted anyway).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -182,11 +182,13 @@ fn install_panic_hook() {
 }
 
 /// Appends (a restart within the same second reuses the name; it must not truncate the
-/// previous run's lines), and marks the file as in use for as long as it is open.
+/// previous run's lines), and marks the file as in use for as long as it is open. The directory
+/// is 0700 and the file 0600 whatever the umask: the log names buckets, hosts and the signed-in
+/// user.
 fn open_log_file(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
-    std::fs::create_dir_all(dir)?;
+    crate::private_fs::private_dir(dir)?;
     let path = dir.join(name);
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let file = crate::private_fs::append_private(&path)?;
     mark_in_use(&file);
     Ok((file, path))
 }
@@ -304,8 +306,9 @@ fn is_own_log(name: &str, testing: bool) -> bool {
 }
 
 /// Deletes this variant's daemon log files in `dir` beyond the newest `keep`, returning the
-/// deleted paths. Newest by name: the names carry the start time in a sortable format. Other
-/// files (the other variant's logs, the one-shot log) are never touched, nor is a file another
+/// deleted paths, and makes the kept ones private (0600: an older version wrote them under the
+/// umask). Newest by name: the names carry the start time in a sortable format. Other files
+/// (the other variant's logs, the one-shot log) are never touched, nor is a file another
 /// process has open (see [`mark_in_use`]): the running daemon's log outlives any number of
 /// later runs.
 pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<PathBuf>> {
@@ -316,6 +319,9 @@ pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<Path
         .filter(|name| is_own_log(name, testing))
         .collect();
     names.sort_unstable_by(|a, b| b.cmp(a));
+    for name in names.iter().take(keep) {
+        crate::private_fs::tighten(&dir.join(name), crate::private_fs::FILE_MODE)?;
+    }
     let mut removed = Vec::new();
     for name in names.into_iter().skip(keep) {
         let path = dir.join(name);
@@ -333,7 +339,8 @@ pub fn prune_logs(dir: &Path, testing: bool, keep: usize) -> io::Result<Vec<Path
 }
 
 /// aw-core's `%(asctime)s [%(levelname)-5s]: %(message)s  (%(name)s:%(lineno)s)`, with the
-/// tracing target for the logger name and span context before the message.
+/// tracing target for the logger name and span context before the message; the message
+/// printable ([`crate::printable`]), one line.
 struct AwFormat;
 
 impl<S, N> FormatEvent<S, N> for AwFormat
@@ -348,26 +355,32 @@ where
         event: &Event<'_>,
     ) -> std::fmt::Result {
         let meta = event.metadata();
-        write!(
-            writer,
-            "{} [{:<5}]: ",
-            chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f"),
-            meta.level().as_str()
-        )?;
+        // The message and its fields carry text from outside (an upstream's error, a bucket
+        // id, a user name): the line is assembled first and written through the printable
+        // filter, so no escape sequence reaches a terminal and no `\n` forges a log line.
+        let mut line = String::new();
+        let mut body = Writer::new(&mut line);
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
-                write!(writer, "{}", span.name())?;
+                write!(body, "{}", span.name())?;
                 let extensions = span.extensions();
                 if let Some(fields) = extensions.get::<FormattedFields<N>>() {
                     if !fields.is_empty() {
-                        write!(writer, "{{{fields}}}")?;
+                        write!(body, "{{{fields}}}")?;
                     }
                 }
-                write!(writer, ": ")?;
+                write!(body, ": ")?;
             }
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer, "  ({})", meta.target())
+        ctx.field_format().format_fields(body.by_ref(), event)?;
+        writeln!(
+            writer,
+            "{} [{:<5}]: {}  ({})",
+            chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f"),
+            meta.level().as_str(),
+            crate::printable::printable(&line),
+            meta.target()
+        )
     }
 }
 
@@ -506,5 +519,54 @@ mod tests {
         let not_a_dir = dir.path().join("file");
         std::fs::write(&not_a_dir, "x").expect("write");
         assert!(open_log_file(&not_a_dir.join("logs"), "a.log").is_err());
+    }
+
+    /// Issue 11: an upstream's `error` of "\e[2J\e]0;pwned\a" was written raw to stderr and
+    /// the log. Every line goes through the printable filter, fields and message alike.
+    #[test]
+    fn log_lines_are_printable_and_one_line_each() {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(AwFormat)
+                .with_ansi(false)
+                .with_writer(move || sink.clone()),
+        );
+        let evil = "\u{1b}[2J\u{1b}]0;pwned\u{7}\n2026-01-01 00:00:00,000 [INFO ]: forged";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("bucket", id = %evil);
+            let _in = span.enter();
+            tracing::warn!(detail = %evil, "upstream said {evil}");
+        });
+        let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(
+            !text.trim_end_matches('\n').chars().any(char::is_control),
+            "{text:?}"
+        );
+        // The span's and the event's fields, and the message (tracing itself escapes a
+        // message's ESC as `\x1b`; whatever it leaves goes through the filter).
+        assert_eq!(text.matches("pwned").count(), 3, "{text}");
+        assert_eq!(
+            text.matches("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\u{a}")
+                .count(),
+            2,
+            "{text}"
+        );
     }
 }

@@ -13,7 +13,9 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use crate::config::{ConfigError, RedactRule, SyncConfig};
-use crate::state::hash::canonical_json;
+use serde_json::value::RawValue;
+
+use crate::state::hash::{canonical_json, check_depth, DataError};
 
 /// A bucket-id pattern: `*` matches any run of characters (also none), `?` exactly one; every
 /// other character matches itself, case-sensitively (bucket ids are case-sensitive).
@@ -124,6 +126,21 @@ impl Redaction {
                 *v = Value::String(keyed_hash(key, v));
             }
         }
+    }
+}
+
+impl Redaction {
+    /// [`Redaction::apply`] to event data kept as JSON text (the scan's
+    /// [`PageEvent::data`](crate::source::PageEvent)): parsed, redacted, written back. Data
+    /// nested deeper than [`MAX_DATA_DEPTH`](crate::state::hash::MAX_DATA_DEPTH) is
+    /// [`DataError::TooDeep`] — found in one pass over the text, before anything is parsed —
+    /// the same answer the event hash gives, so the scan can quarantine the event either way.
+    pub fn apply_raw(&self, key: &[u8; 32], data: &RawValue) -> Result<Box<RawValue>, DataError> {
+        check_depth(data.get())?;
+        let mut map: Map<String, Value> =
+            serde_json::from_str(data.get()).map_err(|e| DataError::Invalid(e.to_string()))?;
+        self.apply(key, &mut map);
+        Ok(crate::source::object_to_raw(&map))
     }
 }
 

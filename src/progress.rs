@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{BucketCount, OWN_BUCKET_PREFIX};
+use crate::printable::printable;
 use crate::source::AwClient;
 use crate::state::Store;
 use crate::term::LiveArea;
@@ -144,7 +145,7 @@ fn render_plain(snap: &Snapshot) -> Vec<String> {
         .map(|b| {
             format!(
                 "progress: {}: {} new, {} delivered, {} events/s, {} remaining",
-                b.bucket_id,
+                printable(&b.bucket_id),
                 b.new,
                 b.delivered,
                 fmt_rate(b.rate()),
@@ -178,7 +179,7 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
     }
     let width = shown
         .iter()
-        .map(|b| b.bucket_id.chars().count())
+        .map(|b| printable(&b.bucket_id).chars().count())
         .chain([6]) // "bucket", "total"
         .max()
         .unwrap_or(6)
@@ -203,7 +204,7 @@ fn render_table(snap: &Snapshot) -> Vec<String> {
     )];
     for b in &shown {
         lines.push(row(
-            &b.bucket_id,
+            &printable(&b.bucket_id),
             b.new,
             b.delivered,
             b.rate(),

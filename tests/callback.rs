@@ -2,106 +2,20 @@
 //! Everything runs on 127.0.0.1 with port 0 (so tests run in parallel) and short timeouts; no
 //! test sleeps to make time pass.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use aw_sync_samay::auth::callback::{
     self, CallbackError, CallbackOptions, CallbackSource, CallbackWaiter, DeliverError, Finish,
-    PendingCallback,
 };
 use aw_sync_samay::config::{AuthConfig, CallbackMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
-const STATE: &str = "st4te-of-this-login_0123456789";
-/// Long enough never to fire in a passing test, short enough that a broken one fails quickly.
-const WAIT: Duration = Duration::from_secs(10);
-
-fn loopback_cfg() -> AuthConfig {
-    AuthConfig {
-        redirect_uri: "http://127.0.0.1:0/callback".into(),
-        callback: CallbackMode::Loopback,
-        ..AuthConfig::default()
-    }
-}
-
-fn quiet() -> CallbackOptions {
-    CallbackOptions {
-        progress: false,
-        ..CallbackOptions::default()
-    }
-}
-
-async fn start() -> CallbackWaiter {
-    CallbackWaiter::start(&loopback_cfg(), quiet())
-        .await
-        .expect("listener starts")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
-
-fn url(waiter: &CallbackWaiter, query: &str) -> String {
-    format!("{}?{query}", waiter.redirect_uri())
-}
-
-fn addr(waiter: &CallbackWaiter) -> SocketAddr {
-    waiter.local_addr().expect("loopback listener")
-}
-
-type Waiting = JoinHandle<(CallbackWaiter, Result<PendingCallback, CallbackError>)>;
-
-fn spawn_wait(mut waiter: CallbackWaiter, timeout: Duration) -> Waiting {
-    tokio::spawn(async move {
-        let result = waiter.wait(STATE, timeout).await;
-        (waiter, result)
-    })
-}
-
-async fn joined(waiting: Waiting) -> (CallbackWaiter, Result<PendingCallback, CallbackError>) {
-    tokio::time::timeout(WAIT, waiting)
-        .await
-        .expect("wait ends in time")
-        .expect("wait task")
-}
-
-/// Sends `bytes` on a fresh connection and returns whatever comes back until the server closes
-/// (empty when it just hangs up).
-async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    // The server may close before reading everything (oversized request): that's fine.
-    let _ = stream.write_all(bytes).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A valid callback completes the login: proves the listener still works after whatever a test
-/// threw at it first.
-async fn complete(waiter: CallbackWaiter, code: &str) {
-    let target = url(&waiter, &format!("code={code}&state={STATE}"));
-    let waiting = spawn_wait(waiter, WAIT);
-    let browser = tokio::spawn(async move { client().get(target).send().await });
-    let (_waiter, result) = joined(waiting).await;
-    let pending = result.expect("accepted");
-    assert_eq!(pending.code, code);
-    assert_eq!(pending.source, CallbackSource::Loopback);
-    pending
-        .finish(Finish::Success {
-            username: "alice".into(),
-        })
-        .await;
-    let response = browser.await.expect("task").expect("response");
-    assert_eq!(response.status(), 200);
-}
+use common::callback::*;
 
 fn assert_security_headers(response: &reqwest::Response) {
     let h = response.headers();

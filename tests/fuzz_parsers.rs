@@ -25,8 +25,13 @@ use aw_sync_samay::config::{
     self, AuthConfig, CallbackMode, Config, ConfigError, RedactRule, SyncConfig, TokenStorage,
     MAX_LOOKBACK_SECS,
 };
-use aw_sync_samay::source::{AwClient, Bucket, Event, ServerInfo, SourceError};
-use aw_sync_samay::state::hash::{event_hash, Span};
+use aw_sync_samay::http_body;
+use aw_sync_samay::privacy::Redaction;
+use aw_sync_samay::source::MAX_SMALL_ANSWER;
+use aw_sync_samay::source::{AwClient, Bucket, Event, PageEvent, ServerInfo, SourceError};
+use aw_sync_samay::state::hash::{
+    check_depth, event_data_hash, event_hash, DataError, Span, MAX_DATA_DEPTH,
+};
 use aw_sync_samay::upstream::client::{batch_outcome, parse_retry_after};
 use aw_sync_samay::upstream::contract::{BatchResponse, ErrorResponse};
 use aw_sync_samay::upstream::{UpstreamClient, UpstreamError};
@@ -34,6 +39,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{json, Map, Value};
+
+/// The most characters one character of remote text takes once through the printable filter
+/// (`\u{2069}`): message caps count characters of the text, not of its escapes.
+const PRINTABLE_WIDTH: usize = 8;
 
 /// `default` cases, or at least `PROPTEST_CASES` when that asks for more (long runs).
 fn cases(default: u32) -> ProptestConfig {
@@ -147,6 +156,50 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
                 deep_link_uri,
                 login_timeout,
                 login_on_start,
+            },
+        )
+}
+
+/// An endpoint the https rule accepts: empty (from discovery), https anywhere, or plain http to
+/// this machine.
+fn secure_endpoint() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "https://[a-z]{1,12}\\.example(:[0-9]{1,4})?(/[a-z0-9._~-]{0,10}){0,3}",
+        "http://(127\\.0\\.0\\.1|localhost|\\[::1\\]):[0-9]{1,4}(/[a-z]{0,8}){0,2}",
+    ]
+}
+
+/// An endpoint that would carry codes and tokens unencrypted (or is no URL at all).
+fn insecure_endpoint() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "http://[a-z]{1,12}\\.example(:[0-9]{1,4})?(/[a-z]{0,8}){0,2}",
+        "http://(10|192\\.168|172\\.16)\\.[0-9]{1,3}\\.[0-9]{1,3}/[a-z]{0,8}",
+        "(ftp|file|ws|javascript|data):[a-z/]{1,12}",
+        "[a-z]{1,12}\\.example/[a-z]{0,8}",
+    ]
+}
+
+/// [`any_auth`] with endpoints the https rule accepts: what a valid file holds.
+fn valid_auth() -> impl Strategy<Value = AuthConfig> {
+    (
+        any_auth(),
+        (
+            secure_endpoint(),
+            secure_endpoint(),
+            secure_endpoint(),
+            secure_endpoint(),
+            secure_endpoint(),
+        ),
+    )
+        .prop_map(
+            |(auth, (auth_url, token_url, issuer, revocation_url, userinfo_url))| AuthConfig {
+                auth_url,
+                token_url,
+                issuer,
+                revocation_url,
+                userinfo_url,
+                ..auth
             },
         )
 }
@@ -469,13 +522,36 @@ proptest! {
 
     /// A valid config written to a file loads (parse + validate) as itself.
     #[test]
-    fn a_valid_config_file_loads_as_itself(auth in any_auth(), sync in valid_sync()) {
+    fn a_valid_config_file_loads_as_itself(auth in valid_auth(), sync in valid_sync()) {
         let config = Config { auth, sync };
         let text = toml::to_string(&config).expect("serializes");
         let loaded = load_text(text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert_eq!(loaded.config, config);
         prop_assert!(loaded.warnings.is_empty());
         prop_assert!(!loaded.created);
+    }
+
+    /// Issue 11: any of the login's endpoints over plain http to another machine, or with
+    /// another scheme, is refused by the config check, naming that key and saying https.
+    #[test]
+    fn an_insecure_auth_endpoint_is_refused_at_its_key(
+        auth in valid_auth(),
+        key in 0usize..5,
+        bad in insecure_endpoint(),
+    ) {
+        let mut auth = auth;
+        let (name, slot) = match key {
+            0 => ("auth.issuer", &mut auth.issuer),
+            1 => ("auth.auth_url", &mut auth.auth_url),
+            2 => ("auth.token_url", &mut auth.token_url),
+            3 => ("auth.userinfo_url", &mut auth.userinfo_url),
+            _ => ("auth.revocation_url", &mut auth.revocation_url),
+        };
+        *slot = bad.clone();
+        let config = Config { auth, sync: SyncConfig::default() };
+        let err = config.validate().expect_err(&bad);
+        prop_assert_eq!(err.key(), Some(name), "{}", err);
+        prop_assert!(err.to_string().contains("https"), "{}", err);
     }
 
     /// One key of a complete file given a value of the wrong type: refused, at that key's line,
@@ -781,8 +857,8 @@ proptest! {
 proptest! {
     #![proptest_config(cases(32))]
 
-    /// Nesting in event data: serde_json's depth limit answers with an error; below it the
-    /// canonical hash (recursive) copes.
+    /// Nesting in event data read as a parsed `Event`: serde_json's depth limit answers with an
+    /// error; below it the hash copes.
     #[test]
     fn deeply_nested_event_data_is_an_error_not_a_crash(depth in prop_oneof![1usize..120, 120usize..140, Just(100_000)]) {
         let text = format!(
@@ -802,12 +878,155 @@ proptest! {
     }
 }
 
-/// What the fake server answers next: status, extra headers, body.
+/// Event data nested `depth` levels (the data object is level 1), each level an object or an
+/// array as `kinds` says (cycled), with strings full of brackets and escapes along the way
+/// that must not count as nesting.
+fn nested_data(depth: usize, kinds: &[bool]) -> String {
+    let mut open = String::new();
+    let mut close = Vec::with_capacity(depth);
+    for level in 0..depth {
+        let object = level == 0 || kinds[level % kinds.len()];
+        if object {
+            open.push_str(r#"{"k\"[{":"]}\\\"","a":"#);
+            close.push('}');
+        } else {
+            open.push_str(r#"["{[",  "#);
+            close.push(']');
+        }
+    }
+    // The innermost level holds a number instead of another level.
+    open.push('1');
+    open.extend(close.iter().rev());
+    open
+}
+
+proptest! {
+    #![proptest_config(cases(48))]
+
+    /// Issue 11: event data of any depth, as the scan reads it (text), is hashed when serde_json
+    /// could parse it into a map and is `TooDeep` otherwise — by the hash, the depth check and
+    /// the redaction alike, in one pass, on a stack smaller than a Windows main thread's. A
+    /// hashed one hashes as its parsed map does.
+    #[test]
+    fn event_data_of_any_depth_is_hashed_or_too_deep(
+        depth in prop_oneof![3 => 1usize..=MAX_DATA_DEPTH + 8, 1 => 1_000usize..5_000, 1 => Just(20_000usize), 1 => Just(200_000usize)],
+        kinds in proptest::collection::vec(any::<bool>(), 1..8),
+    ) {
+        let text = nested_data(depth, &kinds);
+        let outcome = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                let page = format!(r#"[{{"id":1,"timestamp":"2024-01-01T00:00:00Z","duration":1,"data":{text}}}]"#);
+                let events: Vec<PageEvent> = serde_json::from_str(&page).map_err(|e| e.to_string())?;
+                let data = &events[0].data;
+                let span = Span { start_ns: 1, duration_ns: 2 };
+                let hashed = event_data_hash(span, data);
+                let checked = check_depth(data.get());
+                let redaction = Redaction { drop: ["k\"[{".to_string()].into(), hash: ["a".to_string()].into() };
+                let redacted = redaction.apply_raw(&[1; 32], data).map(|_| ());
+                let parsed = serde_json::from_str::<Map<String, Value>>(data.get()).ok();
+                let parsed_hash = parsed.map(|data| {
+                    let event = Event { id: None, timestamp: DateTime::<Utc>::from_timestamp_nanos(1), duration: 2e-9, data };
+                    event_hash(&event).map(|h| h.0)
+                });
+                Ok::<_, String>((hashed, checked, redacted, parsed_hash))
+            })
+            .expect("thread")
+            .join()
+            .map_err(|_| TestCaseError::fail(format!("depth {depth}: a reader panicked or overflowed")))?
+            .map_err(TestCaseError::fail)?;
+        let (hashed, checked, redacted, parsed_hash) = outcome;
+        let fits = depth <= MAX_DATA_DEPTH;
+        prop_assert_eq!(parsed_hash.is_some(), fits, "serde_json's own limit at {}", depth);
+        if fits {
+            prop_assert_eq!(hashed.as_ref().ok().copied(), parsed_hash.flatten());
+            prop_assert_eq!(checked, Ok(()));
+            prop_assert_eq!(redacted, Ok(()));
+        } else {
+            prop_assert_eq!(hashed, Err(DataError::TooDeep));
+            prop_assert_eq!(checked, Err(DataError::TooDeep));
+            prop_assert_eq!(redacted, Err(DataError::TooDeep));
+        }
+    }
+
+    /// Issue 11: a body of any size, in any chunks, announced or not, is read whole up to the
+    /// limit and refused past it, having taken at most the limit and one chunk from the peer —
+    /// nothing at all when it announced more than the limit.
+    #[test]
+    fn bodies_are_read_whole_up_to_the_limit_and_refused_past_it(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..12),
+        limit in 0usize..3000,
+        announce in prop_oneof![Just(None), Just(Some(0i64)), (-100i64..100).prop_map(Some)],
+    ) {
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        let biggest = chunks.iter().map(Vec::len).max().unwrap_or(0);
+        // The announced length: none, the truth, or a lie around it.
+        let announced = announce.map(|lie| (total as i64 + lie).max(0) as u64);
+        let whole: Vec<u8> = chunks.concat();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (result, taken) = runtime.block_on(http_body::read_chunks(chunks, announced, limit));
+        let refused_up_front = announced.is_some_and(|a| a > limit as u64);
+        match result {
+            Ok(body) => {
+                prop_assert!(!refused_up_front && total <= limit);
+                prop_assert_eq!(body, whole);
+            }
+            Err(http_body::BodyError::TooLarge { limit: l }) => {
+                prop_assert_eq!(l, limit);
+                prop_assert!(refused_up_front || total > limit);
+                prop_assert!(taken <= (limit + biggest) as u64, "took {} of a {} limit", taken, limit);
+                if refused_up_front {
+                    prop_assert_eq!(taken, 0);
+                }
+            }
+            Err(e) => prop_assert!(false, "{e}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(8))]
+
+    /// Issue 11: aw-server's small answers around their ceiling, through the real client over
+    /// loopback HTTP: read up to 1 MiB, `TooLarge` past it, whether the length is announced
+    /// or the body is chunked.
+    #[test]
+    fn aw_server_answers_past_their_ceiling_are_too_large(
+        extra in prop_oneof![Just(-1i64), Just(0), Just(1), Just(4096), 1i64..100_000],
+        chunked in any::<bool>(),
+    ) {
+        let size = (MAX_SMALL_ANSWER as i64 + extra) as usize;
+        // A count padded with spaces: valid JSON of exactly `size` bytes.
+        let mut body = vec![b' '; size - 1];
+        body.push(b'7');
+        // Its own server: the reply slot of `aw_fake` belongs to a test running in parallel.
+        static SERVER: OnceLock<FakeServer> = OnceLock::new();
+        let fake = SERVER.get_or_init(FakeServer::start);
+        fake.answer(Reply { status: 200, headers: Vec::new(), body, chunked });
+        let client = AwClient::new("127.0.0.1", fake.addr.port()).expect("client");
+        let count = fake.runtime.block_on(client.event_count("b1"));
+        match count {
+            Ok(n) => {
+                prop_assert!(size <= MAX_SMALL_ANSWER);
+                prop_assert_eq!(n, 7);
+            }
+            Err(SourceError::TooLarge { limit, .. }) => {
+                prop_assert!(size > MAX_SMALL_ANSWER);
+                prop_assert_eq!(limit, MAX_SMALL_ANSWER);
+            }
+            Err(e) => prop_assert!(false, "{size} bytes: {e}"),
+        }
+    }
+}
+
+/// What the fake server answers next: status, extra headers, body (sent with its length, or
+/// `chunked` in pieces of 64 KiB without one).
 #[derive(Clone, Default)]
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    chunked: bool,
 }
 
 /// One loopback HTTP server for a whole property test, answering every request with the reply
@@ -835,8 +1054,13 @@ impl FakeServer {
             let app = axum::Router::new().fallback(move || {
                 let r = shared.lock().expect("reply").clone();
                 async move {
-                    let mut response =
-                        axum::response::Response::new(axum::body::Body::from(r.body));
+                    let body = if r.chunked {
+                        let pieces = r.body.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+                        axum::body::Body::new(Pieces(pieces))
+                    } else {
+                        axum::body::Body::from(r.body)
+                    };
+                    let mut response = axum::response::Response::new(body);
                     *response.status_mut() =
                         axum::http::StatusCode::from_u16(r.status).expect("status");
                     for (name, value) in r.headers {
@@ -864,6 +1088,25 @@ impl FakeServer {
 
     fn answer(&self, reply: Reply) {
         *self.reply.lock().expect("reply") = reply;
+    }
+}
+
+/// A body sent in pieces, without a length (chunked transfer encoding).
+struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+impl hyper::body::Body for Pieces {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .0
+                .pop_front()
+                .map(|p| Ok(hyper::body::Frame::data(p.into()))),
+        )
     }
 }
 
@@ -913,7 +1156,7 @@ proptest! {
     fn aw_server_answers_become_values_or_typed_errors(status in final_status(), body in aw_body()) {
         let fake = aw_fake();
         let body = if status == 204 || status == 304 { Vec::new() } else { body };
-        fake.answer(Reply { status, headers: Vec::new(), body: body.clone() });
+        fake.answer(Reply { status, headers: Vec::new(), body: body.clone(), chunked: false });
         let client = AwClient::new("127.0.0.1", fake.addr.port()).expect("client");
         let (events, event, info, count) = fake.runtime.block_on(async {
             (
@@ -940,12 +1183,19 @@ proptest! {
             }
             Err(SourceError::Malformed { detail, .. }) => {
                 prop_assert!(ok, "Malformed for {}", status);
-                prop_assert!(detail.chars().count() < 1100, "{} chars", detail.chars().count());
+                // serde's capped message and an 80-character excerpt, each character at most
+                // PRINTABLE_WIDTH once printable (and Debug adds a backslash to each escape).
+                prop_assert!(
+                    detail.chars().count() < PRINTABLE_WIDTH * 260 + (PRINTABLE_WIDTH + 2) * 80 + 100,
+                    "{} chars", detail.chars().count()
+                );
+                prop_assert!(!detail.chars().any(char::is_control), "{:?}", detail);
             }
             Err(SourceError::Status { status: s, body: snippet, .. }) => {
                 prop_assert_eq!(*s, status);
                 prop_assert!(!ok && status != 404);
-                prop_assert!(snippet.chars().count() <= 201, "{} chars", snippet.chars().count());
+                prop_assert!(snippet.chars().count() <= PRINTABLE_WIDTH * 200 + 1, "{} chars", snippet.chars().count());
+                prop_assert!(!snippet.chars().any(char::is_control), "{:?}", snippet);
             }
             Err(e) => prop_assert!(false, "{e}"),
         }
@@ -1115,7 +1365,12 @@ fn check_outcome(
                 UpstreamError::Malformed(m) => {
                     prop_assert!((200..300).contains(&status));
                     prop_assert!(serde_json::from_slice::<BatchResponse>(body).is_err());
-                    prop_assert!(m.chars().count() < 600, "{} chars", m.chars().count());
+                    prop_assert!(
+                        m.chars().count() < PRINTABLE_WIDTH * 600,
+                        "{} chars",
+                        m.chars().count()
+                    );
+                    prop_assert!(!m.chars().any(char::is_control), "{:?}", m);
                 }
                 UpstreamError::Unauthorized => prop_assert_eq!(status, 401),
                 UpstreamError::TooLarge => prop_assert_eq!(status, 413),
@@ -1143,10 +1398,11 @@ fn check_outcome(
                     prop_assert_eq!(*s, status);
                     prop_assert!(status == 400 || status == 422);
                     prop_assert!(
-                        message.chars().count() <= 301,
+                        message.chars().count() <= PRINTABLE_WIDTH * 300 + 1,
                         "{} chars",
                         message.chars().count()
                     );
+                    prop_assert!(!message.chars().any(char::is_control), "{:?}", message);
                     if let Some(idx) = rejected {
                         prop_assert!(!idx.is_empty());
                         prop_assert!(
@@ -1175,10 +1431,11 @@ fn check_outcome(
                             && (status == 501 || !(500..600).contains(&status))
                     );
                     prop_assert!(
-                        message.chars().count() <= 340,
+                        message.chars().count() <= PRINTABLE_WIDTH * 300 + 40,
                         "{} chars",
                         message.chars().count()
                     );
+                    prop_assert!(!message.chars().any(char::is_control), "{:?}", message);
                 }
                 UpstreamError::Network(_) | UpstreamError::Config(_) => prop_assert!(false, "{e}"),
             }
@@ -1282,7 +1539,7 @@ proptest! {
             body.extend_from_slice(&vec![b'x'; 1_200_000]);
         }
         let headers = retry_after.iter().map(|v| ("retry-after".to_string(), v.clone())).collect();
-        fake.answer(Reply { status, headers, body: body.clone() });
+        fake.answer(Reply { status, headers, body: body.clone(), chunked: false });
         let client = UpstreamClient::new(&format!("http://{}", fake.addr), Duration::from_secs(20), true).expect("client");
         let token_value = AccessToken::new(token.clone());
         let got = fake.runtime.block_on(client.send_batch(&token_value, &batch(events)));
@@ -1366,11 +1623,8 @@ fn encode(params: &[(Key, String)]) -> String {
 
 /// `printable` as specified: control characters to spaces, cut at `max` characters with `…`.
 fn shown(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect();
+    let head: String = text.chars().take(max).collect();
+    let mut out = aw_sync_samay::printable::printable(&head).into_owned();
     if text.chars().count() > max {
         out.push('…');
     }

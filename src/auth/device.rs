@@ -27,7 +27,7 @@ use oauth2::{
 
 use super::browser::SkipReason;
 use super::callback::printable;
-use super::oauth::{self, LoginError, OidcClient, Provider, TokenResp};
+use super::oauth::{self, LoginError, OidcClient, Provider, ProviderHttp, TokenResp};
 use super::store::TokenStore;
 use super::tokens::StoredTokens;
 use crate::config::AuthConfig;
@@ -141,7 +141,7 @@ pub async fn login(
     cfg: &AuthConfig,
     store: &TokenStore,
     provider: &Provider,
-    http: &oauth2::reqwest::Client,
+    http: &ProviderHttp,
     show: impl FnOnce(&DevicePrompt),
 ) -> Result<StoredTokens, LoginError> {
     if cfg.client_id.trim().is_empty() {
@@ -170,6 +170,7 @@ pub async fn login(
     let mut tokens = oauth::from_response(
         &response,
         None,
+        provider,
         &provider.account(&cfg.client_id),
         requested_at,
     );

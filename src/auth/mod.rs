@@ -4,8 +4,10 @@
 pub mod browser;
 pub mod callback;
 pub mod device;
+pub mod id_token;
 pub mod oauth;
 pub mod preflight;
+pub mod provider;
 pub mod store;
 pub mod tokens;
 

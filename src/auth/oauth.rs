@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use oauth2::basic::{
     BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
@@ -27,39 +26,14 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::callback::{self, CallbackOptions, CallbackWaiter, Finish, PendingCallback};
+use super::id_token::{verified_claims, Claims};
+use super::provider::get_json;
+pub use super::provider::{http_client, resolve_provider, Provider, ProviderHttp};
 use super::store::TokenStore;
 use super::tokens::{Account, StoredTokens};
 use super::{AccessToken, AuthError, BoxFuture, TokenSource};
 use crate::config::AuthConfig;
-
-/// The provider's endpoints, from the config or from OpenID discovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provider {
-    /// The issuer identifier; `None` for a plain OAuth 2 server configured by endpoints only.
-    pub issuer: Option<String>,
-    pub authorization_endpoint: Url,
-    pub token_endpoint: Url,
-    pub userinfo_endpoint: Option<Url>,
-    pub revocation_endpoint: Option<Url>,
-    /// RFC 8628 device authorization endpoint: `--login --device`, and the login without a
-    /// browser.
-    pub device_authorization_endpoint: Option<Url>,
-    /// RFC 9207: the provider promises an `iss` on every authorization response.
-    pub iss_parameter_supported: bool,
-}
-
-impl Provider {
-    /// Which stored entry the tokens of this provider and client live in.
-    pub fn account(&self, client_id: &str) -> Account {
-        Account {
-            issuer: self
-                .issuer
-                .clone()
-                .unwrap_or_else(|| self.token_endpoint.to_string()),
-            client_id: client_id.to_string(),
-        }
-    }
-}
+use crate::printable::printable;
 
 /// Whether `[auth]` says enough for a login: a client id, and an issuer or both endpoints.
 pub fn login_configured(cfg: &AuthConfig) -> bool {
@@ -89,6 +63,10 @@ pub enum LoginError {
     NotConfigured(String),
     #[error("OpenID discovery at {url} failed: {detail}")]
     Discovery { url: String, detail: String },
+    /// An endpoint (configured, or named by discovery) that would carry the code or the tokens
+    /// unencrypted over the network: refused before any request is sent to it.
+    #[error("{0}")]
+    Insecure(#[from] crate::endpoint::EndpointError),
     #[error(transparent)]
     Callback(#[from] callback::CallbackError),
     #[error(
@@ -131,103 +109,6 @@ pub(super) type OidcClient<HasAuth, HasDevice = EndpointNotSet> = oauth2::Client
     EndpointSet,
 >;
 
-/// An HTTP client for the provider: never follows redirects (RFC 9700: a redirect from the
-/// token endpoint would carry the code or refresh token elsewhere), bounded in time.
-pub fn http_client() -> Result<oauth2::reqwest::Client, AuthError> {
-    oauth2::reqwest::Client::builder()
-        .redirect(oauth2::reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| AuthError::Transient(format!("cannot build an HTTP client: {e}")))
-}
-
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    authorization_endpoint: Url,
-    token_endpoint: Url,
-    #[serde(default)]
-    userinfo_endpoint: Option<Url>,
-    #[serde(default)]
-    revocation_endpoint: Option<Url>,
-    #[serde(default)]
-    device_authorization_endpoint: Option<Url>,
-    #[serde(default)]
-    authorization_response_iss_parameter_supported: bool,
-}
-
-/// Endpoints from the config, filling what is missing from the issuer's discovery document.
-pub async fn resolve_provider(
-    cfg: &AuthConfig,
-    http: &oauth2::reqwest::Client,
-) -> Result<Provider, LoginError> {
-    let parse = |key: &str, v: &str| -> Result<Option<Url>, LoginError> {
-        if v.trim().is_empty() {
-            return Ok(None);
-        }
-        Url::parse(v.trim())
-            .map(Some)
-            .map_err(|e| LoginError::NotConfigured(format!("auth.{key} = {v:?} is not a URL: {e}")))
-    };
-    let auth = parse("auth_url", &cfg.auth_url)?;
-    let token = parse("token_url", &cfg.token_url)?;
-    let userinfo = parse("userinfo_url", &cfg.userinfo_url)?;
-    let revocation = parse("revocation_url", &cfg.revocation_url)?;
-    let device = parse("device_authorization_url", &cfg.device_authorization_url)?;
-    let issuer = cfg.issuer.trim().trim_end_matches('/').to_string();
-    if let (Some(a), Some(t)) = (&auth, &token) {
-        let all_set = userinfo.is_some() && revocation.is_some() && device.is_some();
-        if issuer.is_empty() || all_set {
-            return Ok(Provider {
-                issuer: (!issuer.is_empty()).then_some(issuer),
-                authorization_endpoint: a.clone(),
-                token_endpoint: t.clone(),
-                userinfo_endpoint: userinfo,
-                revocation_endpoint: revocation,
-                device_authorization_endpoint: device,
-                iss_parameter_supported: false,
-            });
-        }
-    }
-    if issuer.is_empty() {
-        return Err(LoginError::NotConfigured(
-            "set auth.issuer (OpenID discovery), or auth.auth_url and auth.token_url".into(),
-        ));
-    }
-    let url = format!("{issuer}/.well-known/openid-configuration");
-    let fail = |detail: String| LoginError::Discovery {
-        url: url.clone(),
-        detail,
-    };
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(fail(format!("HTTP {}", resp.status())));
-    }
-    let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
-    let d: Discovery = serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
-    // OpenID Connect Discovery §4.3: the document must be for the issuer we asked.
-    if d.issuer.trim_end_matches('/') != issuer {
-        return Err(fail(format!(
-            "the document is for issuer {} instead of {issuer}",
-            d.issuer
-        )));
-    }
-    Ok(Provider {
-        issuer: Some(d.issuer),
-        authorization_endpoint: auth.unwrap_or(d.authorization_endpoint),
-        token_endpoint: token.unwrap_or(d.token_endpoint),
-        userinfo_endpoint: userinfo.or(d.userinfo_endpoint),
-        revocation_endpoint: revocation.or(d.revocation_endpoint),
-        device_authorization_endpoint: device.or(d.device_authorization_endpoint),
-        iss_parameter_supported: d.authorization_response_iss_parameter_supported,
-    })
-}
-
 pub(super) fn client(provider: &Provider, client_id: &str) -> OidcClient<EndpointNotSet> {
     oauth2::Client::new(ClientId::new(client_id.to_string()))
         .set_token_uri(TokenUrl::from_url(provider.token_endpoint.clone()))
@@ -261,6 +142,7 @@ pub async fn login(
     if cfg.client_id.trim().is_empty() {
         return Err(LoginError::NotConfigured("set auth.client_id".into()));
     }
+    provider.check_endpoints()?;
     let http = http_client().map_err(|e| LoginError::Exchange(e.to_string()))?;
     let mut waiter = CallbackWaiter::start(
         cfg,
@@ -314,7 +196,7 @@ pub async fn login(
         match pending.iss.as_deref() {
             Some(got) if got.trim_end_matches('/') != expected.trim_end_matches('/') => {
                 let e = LoginError::IssuerMismatch {
-                    got: got.to_string(),
+                    got: printable(got).into_owned(),
                     expected: expected.clone(),
                 };
                 return Err(fail(pending, e, &again()).await);
@@ -340,7 +222,7 @@ pub async fn login(
         }
     };
     let account = provider.account(&cfg.client_id);
-    let mut tokens = from_response(&response, None, &account, Utc::now());
+    let mut tokens = from_response(&response, None, provider, &account, Utc::now());
     identify(&mut tokens, provider, &http).await;
     if let Err(e) = store.save(&tokens).await {
         let e = LoginError::Store(e.to_string());
@@ -371,22 +253,32 @@ async fn fail(pending: PendingCallback, e: LoginError, hint: &str) -> LoginError
     e
 }
 
-/// What "Logged in as …" shows.
+/// What "Logged in as …" shows (in the terminal, the log, `--status` and the browser tab): the
+/// provider's words, so through the printable filter.
 pub fn display_name(t: &StoredTokens) -> String {
-    t.username
-        .clone()
-        .or_else(|| t.subject.clone())
-        .unwrap_or_else(|| "(unknown user)".into())
+    let name = t
+        .username
+        .as_deref()
+        .or(t.subject.as_deref())
+        .unwrap_or("(unknown user)");
+    printable(name).into_owned()
 }
 
+/// The tokens of a token endpoint's answer. The ID token's claims name the user only when the
+/// token was issued by `provider`'s issuer to `account`'s client (see [`super::id_token`]).
 pub(super) fn from_response(
     r: &TokenResp,
     previous_refresh: Option<&str>,
+    provider: &Provider,
     account: &Account,
     requested_at: DateTime<Utc>,
 ) -> StoredTokens {
     let id_token = r.extra_fields().id_token.clone();
-    let claims = id_token.as_deref().and_then(id_token_claims);
+    let claims = id_token.as_deref().and_then(|jwt| {
+        verified_claims(jwt, provider.issuer.as_deref(), &account.client_id)
+            .map_err(|e| tracing::warn!("the ID token's claims are not used: {e}"))
+            .ok()
+    });
     StoredTokens {
         access_token: r.access_token().secret().clone(),
         // A provider that does not rotate sends no new refresh token: keep the old one.
@@ -423,79 +315,62 @@ pub fn tokens_from_answer(
     requested_at: DateTime<Utc>,
 ) -> Result<StoredTokens, String> {
     let response: TokenResp = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let account = Account {
-        issuer: "https://issuer.invalid".into(),
-        client_id: "fuzz".into(),
-    };
     Ok(from_response(
         &response,
         previous_refresh,
-        &account,
+        &answer_provider(),
+        &answer_provider().account(ANSWER_CLIENT_ID),
         requested_at,
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Claims {
-    sub: Option<String>,
-    preferred_username: Option<String>,
-    email: Option<String>,
-    name: Option<String>,
-}
+/// The client id [`tokens_from_answer`] reads answers for.
+#[doc(hidden)]
+pub const ANSWER_CLIENT_ID: &str = "fuzz";
 
-impl Claims {
-    fn name(&self) -> Option<String> {
-        self.preferred_username
-            .clone()
-            .or_else(|| self.email.clone())
-            .or_else(|| self.name.clone())
-            .or_else(|| self.sub.clone())
+/// The provider [`tokens_from_answer`] reads answers from: issuer `https://issuer.invalid`.
+#[doc(hidden)]
+pub fn answer_provider() -> Provider {
+    let url = |path: &str| {
+        Url::parse(&format!("https://issuer.invalid{path}"))
+            .unwrap_or_else(|_| unreachable!("a valid URL"))
+    };
+    Provider {
+        issuer: Some("https://issuer.invalid".into()),
+        authorization_endpoint: url("/auth"),
+        token_endpoint: url("/token"),
+        userinfo_endpoint: None,
+        revocation_endpoint: None,
+        device_authorization_endpoint: None,
+        iss_parameter_supported: false,
     }
 }
 
-/// The claims of an ID token, read for display only: the token came straight from the token
-/// endpoint over the channel we authenticated, so its signature adds nothing here (OpenID
-/// Connect Core §3.1.3.7 allows skipping it for that reason); nothing is authorised by it.
-fn id_token_claims(jwt: &str) -> Option<Claims> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Fills subject and username from userinfo when the provider has it (else from the ID token).
-pub(super) async fn identify(
-    t: &mut StoredTokens,
-    provider: &Provider,
-    http: &oauth2::reqwest::Client,
-) {
+/// Fills subject and username from userinfo when the provider has it (else they stay what the
+/// ID token said). A userinfo answer for another subject than the ID token's is not used
+/// (OpenID Connect Core §5.3.2).
+pub(super) async fn identify(t: &mut StoredTokens, provider: &Provider, http: &ProviderHttp) {
     let Some(url) = &provider.userinfo_endpoint else {
         return;
     };
-    let resp = http
-        .get(url.clone())
-        .bearer_auth(&t.access_token)
-        .send()
-        .await;
-    let claims: Option<Claims> = match resp {
-        Ok(r) if r.status().is_success() => r.json().await.ok(),
-        Ok(r) => {
-            tracing::warn!(status = %r.status(), "userinfo refused the new token");
-            None
-        }
+    let claims: Claims = match get_json(http, url.as_str(), Some(&t.access_token)).await {
+        Ok(claims) => claims,
         Err(e) => {
-            tracing::warn!("userinfo unreachable: {e}");
-            None
+            tracing::warn!("userinfo gave no answer to use: {e}");
+            return;
         }
     };
-    if let Some(c) = claims {
-        if t.subject.is_none() {
-            t.subject = c.sub.clone();
+    if let (Some(known), Some(said)) = (&t.subject, &claims.sub) {
+        if known != said {
+            tracing::warn!("userinfo answered for another subject than the ID token's; ignored");
+            return;
         }
-        if let Some(n) = c.name() {
-            t.username = Some(n);
-        }
+    }
+    if t.subject.is_none() {
+        t.subject = claims.sub.clone();
+    }
+    if let Some(n) = claims.name() {
+        t.username = Some(n);
     }
 }
 
@@ -503,13 +378,19 @@ pub(super) fn describe_token_error<RE: std::error::Error>(
     e: &RequestTokenError<RE, StandardErrorResponse<BasicErrorResponseType>>,
 ) -> String {
     match e {
-        RequestTokenError::ServerResponse(r) => match r.error_description() {
-            Some(d) => format!("{}: {d}", r.error()),
-            None => r.error().to_string(),
-        },
+        // The provider's own words: printable, they reach the terminal and the log.
+        RequestTokenError::ServerResponse(r) => {
+            let error = r.error().to_string();
+            match r.error_description() {
+                Some(d) => format!("{}: {}", printable(&error), printable(d)),
+                None => printable(&error).into_owned(),
+            }
+        }
         RequestTokenError::Request(e) => format!("request failed: {e}"),
-        RequestTokenError::Parse(e, _) => format!("unreadable answer: {e}"),
-        RequestTokenError::Other(s) => s.clone(),
+        RequestTokenError::Parse(e, _) => {
+            format!("unreadable answer: {}", printable(&e.to_string()))
+        }
+        RequestTokenError::Other(s) => printable(s).into_owned(),
     }
 }
 
@@ -609,6 +490,9 @@ impl OAuthSession {
             ));
         };
         let provider = self.provider().await?;
+        provider
+            .check_endpoints()
+            .map_err(|e| AuthError::Transient(e.to_string()))?;
         let http = http_client()?;
         let client = client(provider, &self.client_id);
         let refresh_token = RefreshToken::new(refresh.clone());
@@ -624,9 +508,19 @@ impl OAuthSession {
                     let mut t = from_response(
                         &r,
                         Some(&refresh),
+                        provider,
                         &provider.account(&self.client_id),
                         requested_at,
                     );
+                    // OpenID Connect Core §12.2: a refreshed ID token is about the same user.
+                    if stored.subject.is_some()
+                        && t.subject.is_some()
+                        && t.subject != stored.subject
+                    {
+                        tracing::warn!("the refreshed ID token names another subject; keeping the signed-in user");
+                        t.subject = None;
+                        t.username = None;
+                    }
                     t.subject = t.subject.or(stored.subject.clone());
                     t.username = t.username.or(stored.username.clone());
                     // Persist first: a rotated refresh token that only lived in memory would be
@@ -833,7 +727,7 @@ pub async fn logout(cfg: &AuthConfig, store: &TokenStore) -> Result<LogoutReport
 }
 
 async fn revoke_access(
-    http: &oauth2::reqwest::Client,
+    http: &ProviderHttp,
     url: &Url,
     t: &StoredTokens,
     client_id: &str,
@@ -842,7 +736,7 @@ async fn revoke_access(
 }
 
 async fn revoke(
-    http: &oauth2::reqwest::Client,
+    http: &ProviderHttp,
     url: &Url,
     refresh_token: &str,
     client_id: &str,
@@ -851,9 +745,10 @@ async fn revoke(
 }
 
 /// RFC 7009 §2.1 by hand: oauth2's `revoke_token` refuses non-https endpoints, loopback
-/// providers included, and the request is one form POST.
+/// providers included, and the request is one form POST. A refusal says the provider's
+/// `error` (RFC 7009 §2.2.1), printable.
 async fn post_revocation(
-    http: &oauth2::reqwest::Client,
+    http: &ProviderHttp,
     url: &Url,
     token: &str,
     hint: &str,
@@ -864,26 +759,34 @@ async fn post_revocation(
         .append_pair("token_type_hint", hint)
         .append_pair("client_id", client_id)
         .finish();
-    let resp = http
+    let request = http
+        .reqwest()
         .post(url.clone())
         .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
+        .body(body);
+    let (status, answer) = http
+        .send(request)
         .await
         .map_err(|e| format!("revocation request failed: {e}"))?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the provider answered {} to the revocation",
-            resp.status()
-        ))
+    if status.is_success() {
+        return Ok(());
     }
+    #[derive(Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    let why = serde_json::from_slice::<Refusal>(&answer)
+        .map(|r| format!(" ({})", printable(&r.error)))
+        .unwrap_or_default();
+    Err(format!(
+        "the provider answered {status} to the revocation{why}"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn margin_is_a_third_capped_at_ten_minutes() {
@@ -953,15 +856,61 @@ mod tests {
         );
     }
 
+    fn answer_with_id_token(claims: serde_json::Value) -> Vec<u8> {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        serde_json::json!({
+            "access_token": "at",
+            "token_type": "bearer",
+            "id_token": format!("e30.{payload}.sig"),
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Issue 11: the ID token named the user whoever it was issued to or by.
     #[test]
-    fn id_token_claims_are_read_for_display() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"sub":"u1","preferred_username":"alice","email":"a@x"}"#);
-        let jwt = format!("e30.{payload}.sig");
-        let c = id_token_claims(&jwt).unwrap();
-        assert_eq!(c.sub.as_deref(), Some("u1"));
-        assert_eq!(c.name().as_deref(), Some("alice"));
-        assert!(id_token_claims("garbage").is_none());
-        assert!(id_token_claims("a.!!!.c").is_none());
+    fn only_an_id_token_for_this_client_from_this_issuer_names_the_user() {
+        let now = Utc::now();
+        let ours = serde_json::json!({"iss": "https://issuer.invalid", "aud": ANSWER_CLIENT_ID,
+            "sub": "u1", "preferred_username": "alice"});
+        let t = tokens_from_answer(&answer_with_id_token(ours), None, now).expect("parses");
+        assert_eq!(t.subject.as_deref(), Some("u1"));
+        assert_eq!(display_name(&t), "alice");
+        for theirs in [
+            serde_json::json!({"iss": "https://issuer.invalid", "aud": "another-client", "sub": "u2", "preferred_username": "mallory"}),
+            serde_json::json!({"iss": "https://evil.example", "aud": ANSWER_CLIENT_ID, "sub": "u2", "preferred_username": "mallory"}),
+        ] {
+            let t = tokens_from_answer(&answer_with_id_token(theirs.clone()), None, now)
+                .expect("parses");
+            assert_eq!(t.subject, None, "{theirs}");
+            assert_eq!(display_name(&t), "(unknown user)", "{theirs}");
+            assert!(t.id_token.is_some(), "kept as it came");
+        }
+    }
+
+    /// Issue 11: the user name is the provider's text; it reaches the terminal.
+    #[test]
+    fn the_displayed_name_is_printable() {
+        let now = Utc::now();
+        let claims = serde_json::json!({"iss": "https://issuer.invalid", "aud": ANSWER_CLIENT_ID,
+            "sub": "u1", "preferred_username": "\u{1b}[2J\u{1b}]0;pwned\u{7}alice"});
+        let t = tokens_from_answer(&answer_with_id_token(claims), None, now).expect("parses");
+        assert_eq!(display_name(&t), "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}alice");
+    }
+
+    /// Issue 11: the provider's `error` and `error_description` reached the terminal raw.
+    #[test]
+    fn token_endpoint_errors_are_printable() {
+        let answer: StandardErrorResponse<BasicErrorResponseType> = serde_json::from_str(
+            r#"{"error":"invalid_grant\u001b[2J","error_description":"\u001b]0;pwned\u0007 gone\r\nFAKE LINE"}"#,
+        )
+        .expect("an error answer");
+        let e: RequestTokenError<std::io::Error, _> = RequestTokenError::ServerResponse(answer);
+        let text = describe_token_error(&e);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(
+            text,
+            "invalid_grant\\u{1b}[2J: \\u{1b}]0;pwned\\u{7} gone\\u{d}\\u{a}FAKE LINE"
+        );
     }
 }

@@ -62,12 +62,14 @@ pub struct Refusal {
 /// Checks the authorization request `url` (see the module docs). `redirect_uri` is where the
 /// provider would send the browser back; `client_id` is named in the hint.
 pub async fn check(
-    http: &oauth2::reqwest::Client,
+    http: &super::provider::ProviderHttp,
     url: &Url,
     redirect_uri: &Url,
     client_id: &str,
 ) -> Result<(), Refusal> {
-    let response = match tokio::time::timeout(CHECK_TIMEOUT, http.get(url.clone()).send()).await {
+    let response = match tokio::time::timeout(CHECK_TIMEOUT, http.reqwest().get(url.clone()).send())
+        .await
+    {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             tracing::debug!("checking the authorization request failed ({e}); opening it anyway");
@@ -82,7 +84,7 @@ pub async fn check(
     if status.is_redirection() {
         let location = response
             .headers()
-            .get(oauth2::reqwest::header::LOCATION)
+            .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|l| url.join(l).ok());
         return match location {
@@ -162,7 +164,7 @@ fn hint(code: Option<&str>, text: &str, client_id: &str) -> String {
     }
 }
 
-async fn read_capped(mut response: oauth2::reqwest::Response) -> String {
+async fn read_capped(mut response: reqwest::Response) -> String {
     let mut page = Vec::new();
     while page.len() < MAX_PAGE_BYTES {
         match tokio::time::timeout(CHECK_TIMEOUT, response.chunk()).await {

@@ -523,54 +523,24 @@ fn file_load(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
 
 /// A tokens file readable by others (copied around, restored from a backup) is made private
 /// again, with a warning, rather than refused: refusing would only log the user out.
-#[cfg(unix)]
 fn tighten_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return;
-    };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            Ok(()) => tracing::warn!(
-                "{} was readable by others (mode {mode:o}); changed it to 0600",
-                path.display()
-            ),
-            Err(e) => tracing::warn!(
-                "{} is readable by others (mode {mode:o}) and could not be changed: {e}",
-                path.display()
-            ),
-        }
+    match crate::private_fs::tighten(path, crate::private_fs::FILE_MODE) {
+        Ok(None) => {}
+        Ok(Some(mode)) => tracing::warn!(
+            "{} was readable by others (mode {mode:o}); changed it to 0600",
+            path.display()
+        ),
+        Err(e) => tracing::warn!(
+            "{} may be readable by others and could not be made private: {e}",
+            path.display()
+        ),
     }
 }
-
-#[cfg(not(unix))]
-fn tighten_permissions(_path: &Path) {}
 
 /// Creates the tokens directory private to the user (0700 on Unix), tightening it when it
 /// already exists looser.
 fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(io_error(dir))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir)
-            .map_err(io_error(dir))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_error(dir))?;
-        }
-    }
-    Ok(())
+    crate::private_fs::private_dir(dir).map_err(io_error(dir))
 }
 
 /// Writes the file atomically: a new 0600 temp file in the same directory, fsync, rename over

@@ -16,11 +16,19 @@ struct Args {
     /// Address to listen on (loopback only; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:5680")]
     bind: SocketAddr,
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing, mode 0600: it holds every synced event and the
+    /// provider's signing key).
     #[arg(long, default_value = "samay-dev-server.sqlite")]
     db: PathBuf,
     /// Accepted bearer token; repeat for several. Without any, a random one is made and printed.
-    #[arg(long = "token", env = "SAMAY_DEV_TOKEN", value_delimiter = ',')]
+    /// Prefer the SAMAY_DEV_TOKEN environment variable (comma-separated for several): a
+    /// command line is visible to every user of the machine (`ps`), the environment is not.
+    #[arg(
+        long = "token",
+        env = "SAMAY_DEV_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     tokens: Vec<String>,
     /// Sign every OAuth authorization request in at once as USER (or as the request's
     /// login_hint), without showing the sign-in page: for scripts and headless tests.

@@ -113,9 +113,16 @@ pub struct SyncResult {
 }
 
 impl SyncResult {
+    /// A cycle that ran to its end: healthy, unless the upstream refused some of its events
+    /// for good — they wait in the quarantine for the user, so the upstream does not hold
+    /// everything (exit 1, as `--status` says for a quarantine).
     pub fn synced(summary: CycleSummary) -> SyncResult {
         SyncResult {
-            exit_code: crate::exit::HEALTHY,
+            exit_code: if summary.quarantined > 0 {
+                crate::exit::USER_MUST_ACT
+            } else {
+                crate::exit::HEALTHY
+            },
             summary: Some(summary),
             error: None,
         }

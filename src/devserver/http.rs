@@ -75,6 +75,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// 403 for a request whose `Host` is not this machine at this server's port (see
+/// `devserver::serve_connection`).
+pub(crate) fn wrong_host(host: Option<&str>) -> Response {
+    let shown = host.map_or_else(
+        || "(none)".into(),
+        |h| format!("{:?}", crate::printable::printable(h)),
+    );
+    error(
+        StatusCode::FORBIDDEN,
+        format!("Host {shown} is not this machine: this server answers only 127.0.0.1, [::1] or localhost"),
+    )
+}
+
 fn drop_connection() -> Response {
     let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
     response.extensions_mut().insert(DropConnection);

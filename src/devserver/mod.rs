@@ -8,7 +8,9 @@
 //!
 //! Inspection (`/`, `/v1/inspect*`), fault (`/v1/_faults`) and provider counter (`/v1/_oauth`)
 //! endpoints need no token, which is why the server refuses to bind anything but a loopback
-//! address.
+//! address, and answers only requests whose `Host` is this machine (`127.0.0.1`, `[::1]`,
+//! `localhost`): a web page using DNS rebinding reaches the port but names its own domain. Its database is created 0600: it holds every synced event and the provider's
+//! ID-token signing key.
 
 mod faults;
 mod http;
@@ -339,6 +341,15 @@ async fn serve_connection(
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
         async move {
+            // DNS rebinding: a page whose domain now resolves to 127.0.0.1 reaches this port,
+            // but its requests still name that domain. Only this machine's names are served.
+            let host = request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            if !host.is_some_and(crate::endpoint::is_local_host_header) {
+                return Ok(http::wrong_host(host));
+            }
             let response = router
                 .oneshot(request)
                 .await

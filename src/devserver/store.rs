@@ -131,7 +131,11 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// Creates the database 0600 (with its -wal and -shm): it holds every synced event and the
+    /// provider's ID-token signing key.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        crate::private_fs::private_database(path)
+            .with_context(|| format!("creating {} private to this user", path.display()))?;
         let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -16,6 +16,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::model::{Bucket, Event, ServerInfo};
+use crate::http_body::BodyError;
+use crate::printable::printable;
 
 /// aw-server is local: if it cannot accept a connection within this, it is down or wedged.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,6 +26,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of an error body to keep: Python aw-server in `--testing` answers a 500 with a whole
 /// Werkzeug debugger page, which would otherwise flood the log.
 const BODY_SNIPPET_CHARS: usize = 200;
+/// The most of a small answer that is read (`/info`, a count, a deletion): they are tens of
+/// bytes; an endless body there grew memory to 1.8 GB in 6 s (issue 11).
+pub const MAX_SMALL_ANSWER: usize = 1024 * 1024;
+/// The most of a bucket list or a page of events that is read. A page of `sync.page_size`
+/// (default 1000) events is typically under a megabyte; one beyond this means the events are
+/// huge or the page too large (`sync.page_size`), and is refused rather than buffered.
+pub const MAX_DATA_ANSWER: usize = 256 * 1024 * 1024;
+/// The most of an error answer that is read: enough for the snippet in the message.
+const MAX_ERROR_ANSWER: usize = 64 * 1024;
 
 /// Why a call to aw-server failed, typed so the caller can choose between retrying later,
 /// forgetting a bucket, and reporting a bug.
@@ -59,6 +70,11 @@ pub enum SourceError {
     /// on the port, a format change).
     #[error("aw-server sent an unexpected body for {url}: {detail}")]
     Malformed { url: String, detail: String },
+    /// The answer is longer than the most read for it ([`MAX_SMALL_ANSWER`],
+    /// [`MAX_DATA_ANSWER`]); reading stopped there. Asking again gets the same; for a page of
+    /// events, a smaller `limit` may fit.
+    #[error("aw-server's answer for {url} is larger than {}, the most read; stopped reading it (for event pages: lower sync.page_size)", crate::http_body::describe_size(*.limit))]
+    TooLarge { url: String, limit: usize },
     /// The client could not be built from the given host/port (or the TLS backend failed to
     /// initialise); retrying will not help.
     #[error("invalid aw-server client configuration: {detail}")]
@@ -77,6 +93,7 @@ impl SourceError {
             SourceError::BucketNotFound(_)
             | SourceError::NotAwServer { .. }
             | SourceError::Malformed { .. }
+            | SourceError::TooLarge { .. }
             | SourceError::InvalidConfig { .. } => false,
         }
     }
@@ -160,13 +177,14 @@ impl AwClient {
         };
         let response = self.send(self.request(Method::GET, &url), &url).await?;
         let status = response.status();
-        let bytes = read_body(response, &url).await?;
-        if status.is_client_error() || status.is_redirection() {
-            return Err(not_aw_server(format!("GET /api/0/info answered {status}")));
-        }
         if !status.is_success() {
+            let bytes = read_error_body(response, &url).await?;
+            if status.is_client_error() || status.is_redirection() {
+                return Err(not_aw_server(format!("GET /api/0/info answered {status}")));
+            }
             return Err(status_error(status, &url, &bytes));
         }
+        let bytes = read_body(response, &url, MAX_SMALL_ANSWER).await?;
         serde_json::from_slice(&bytes).map_err(|_| {
             not_aw_server(format!(
                 "GET /api/0/info answered something else than aw-server's info: {:?}",
@@ -180,7 +198,7 @@ impl AwClient {
         // The trailing slash matters: Python aw-server redirects `/buckets` to `/buckets/`.
         let url = format!("{}/api/0/buckets/", self.base_url);
         let bytes = self
-            .send_ok(self.request(Method::GET, &url), &url, None)
+            .send_ok(self.request(Method::GET, &url), &url, None, MAX_DATA_ANSWER)
             .await?;
         parse(&url, &bytes)
     }
@@ -222,7 +240,12 @@ impl AwClient {
         }
         let url = self.url(&["buckets", bucket_id, "events"], &query);
         let bytes = self
-            .send_ok(self.request(Method::GET, &url), &url, Some(bucket_id))
+            .send_ok(
+                self.request(Method::GET, &url),
+                &url,
+                Some(bucket_id),
+                MAX_DATA_ANSWER,
+            )
             .await?;
         parse(&url, &bytes)
     }
@@ -235,28 +258,45 @@ impl AwClient {
     /// internal error message. That could not be verified here, so it is reported as
     /// `SourceError::Status { status: 500, .. }` rather than guessed to be `None`.
     pub async fn get_event(&self, bucket_id: &str, id: i64) -> Result<Option<Event>, SourceError> {
+        self.get_event_as(bucket_id, id).await
+    }
+
+    /// [`AwClient::get_event`] into any event type: a [`PageEvent`](super::PageEvent) keeps the
+    /// data as text, so an event whose data nests deeper than serde_json parses into a map is
+    /// still read (and can be quarantined by the caller) instead of failing the request.
+    pub async fn get_event_as<T: DeserializeOwned>(
+        &self,
+        bucket_id: &str,
+        id: i64,
+    ) -> Result<Option<T>, SourceError> {
         let url = self.url(&["buckets", bucket_id, "events", &id.to_string()], &[]);
         let response = self.send(self.request(Method::GET, &url), &url).await?;
         let status = response.status();
-        let bytes = read_body(response, &url).await?;
-        if status == StatusCode::NOT_FOUND {
-            if says_no_such_bucket(&bytes) {
-                return Err(SourceError::BucketNotFound(bucket_id.to_owned()));
-            }
-            return Ok(None);
-        }
         if !status.is_success() {
+            let bytes = read_error_body(response, &url).await?;
+            if status == StatusCode::NOT_FOUND {
+                if says_no_such_bucket(&bytes) {
+                    return Err(SourceError::BucketNotFound(bucket_id.to_owned()));
+                }
+                return Ok(None);
+            }
             return Err(status_error(status, &url, &bytes));
         }
+        let bytes = read_body(response, &url, MAX_DATA_ANSWER).await?;
         // A 200 with `null` is what "absent" would look like if a server stopped using 404.
-        parse::<Option<Event>>(&url, &bytes)
+        parse::<Option<T>>(&url, &bytes)
     }
 
     /// `GET /api/0/buckets/{id}/events/count`: every event in the bucket.
     pub async fn event_count(&self, bucket_id: &str) -> Result<u64, SourceError> {
         let url = self.url(&["buckets", bucket_id, "events", "count"], &[]);
         let bytes = self
-            .send_ok(self.request(Method::GET, &url), &url, Some(bucket_id))
+            .send_ok(
+                self.request(Method::GET, &url),
+                &url,
+                Some(bucket_id),
+                MAX_SMALL_ANSWER,
+            )
             .await?;
         parse(&url, &bytes)
     }
@@ -276,7 +316,12 @@ impl AwClient {
         };
         let url = self.url(&["buckets", bucket_id, "events", "count"], &query);
         let bytes = self
-            .send_ok(self.request(Method::GET, &url), &url, Some(bucket_id))
+            .send_ok(
+                self.request(Method::GET, &url),
+                &url,
+                Some(bucket_id),
+                MAX_SMALL_ANSWER,
+            )
             .await?;
         parse(&url, &bytes)
     }
@@ -306,7 +351,12 @@ impl AwClient {
                 .collect::<Vec<_>>(),
         });
         let bytes = self
-            .send_ok(self.request(Method::POST, &url).json(&body), &url, None)
+            .send_ok(
+                self.request(Method::POST, &url).json(&body),
+                &url,
+                None,
+                MAX_SMALL_ANSWER,
+            )
             .await?;
         let sums: Vec<f64> = parse(&url, &bytes)?;
         if sums.len() != periods.len() {
@@ -349,10 +399,11 @@ impl AwClient {
         if status == StatusCode::NOT_MODIFIED {
             return Ok(false);
         }
-        let bytes = read_body(response, &url).await?;
         if !status.is_success() {
+            let bytes = read_error_body(response, &url).await?;
             return Err(status_error(status, &url, &bytes));
         }
+        read_body(response, &url, MAX_SMALL_ANSWER).await?;
         Ok(true)
     }
 
@@ -370,6 +421,7 @@ impl AwClient {
             self.request(Method::POST, &url).json(&body),
             &url,
             Some(bucket_id),
+            MAX_DATA_ANSWER,
         )
         .await?;
         Ok(())
@@ -395,6 +447,7 @@ impl AwClient {
                     .json(&NewEvent::from(event)),
                 &url,
                 Some(bucket_id),
+                MAX_DATA_ANSWER,
             )
             .await?;
         parse(&url, &bytes)
@@ -404,16 +457,19 @@ impl AwClient {
     /// not an error on Python aw-server (it answers `{"success": 0}`).
     pub async fn delete_event(&self, bucket_id: &str, id: i64) -> Result<(), SourceError> {
         let url = self.url(&["buckets", bucket_id, "events", &id.to_string()], &[]);
-        self.send_ok(self.request(Method::DELETE, &url), &url, Some(bucket_id))
-            .await?;
-        Ok(())
+        self.delete(&url, bucket_id).await
     }
 
     /// `DELETE /api/0/buckets/{id}?force=1`: outside testing mode both servers refuse without
     /// `force`.
     pub async fn delete_bucket(&self, bucket_id: &str) -> Result<(), SourceError> {
         let url = self.url(&["buckets", bucket_id], &[("force", "1")]);
-        self.send_ok(self.request(Method::DELETE, &url), &url, Some(bucket_id))
+        self.delete(&url, bucket_id).await
+    }
+
+    async fn delete(&self, url: &str, bucket_id: &str) -> Result<(), SourceError> {
+        let request = self.request(Method::DELETE, url);
+        self.send_ok(request, url, Some(bucket_id), MAX_SMALL_ANSWER)
             .await?;
         Ok(())
     }
@@ -454,20 +510,21 @@ impl AwClient {
             .map_err(|source| unreachable(url, source))
     }
 
-    /// Sends, requires a 2xx and returns the whole body. A 404 on a bucket-scoped endpoint
-    /// (`bucket` is set) is `BucketNotFound`.
+    /// Sends, requires a 2xx and returns the whole body, of at most `limit` bytes. A 404 on a
+    /// bucket-scoped endpoint (`bucket` is set) is `BucketNotFound`.
     async fn send_ok(
         &self,
         builder: RequestBuilder,
         url: &str,
         bucket: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<u8>, SourceError> {
         let response = self.send(builder, url).await?;
         let status = response.status();
-        let bytes = read_body(response, url).await?;
         if status.is_success() {
-            return Ok(bytes);
+            return read_body(response, url, limit).await;
         }
+        let bytes = read_error_body(response, url).await?;
         match bucket {
             Some(id) if status == StatusCode::NOT_FOUND => {
                 Err(SourceError::BucketNotFound(id.to_owned()))
@@ -555,15 +612,30 @@ fn unreachable(url: &str, source: reqwest::Error) -> SourceError {
     }
 }
 
-/// A body that stops mid-way means the connection broke (server killed): that is the same
-/// situation as not reaching it at all.
-/// The body is read whole and parsed with `from_slice`: the fastest path for large pages.
-async fn read_body(response: reqwest::Response, url: &str) -> Result<Vec<u8>, SourceError> {
-    // Usually zero-copy: the buffer is uniquely owned once the body is collected.
-    response
-        .bytes()
+/// The whole body, at most `limit` bytes ([`crate::http_body`]), then parsed with `from_slice`
+/// (the fastest path for large pages). A body that stops mid-way means the connection broke
+/// (server killed): that is the same situation as not reaching it at all.
+async fn read_body(
+    response: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Vec<u8>, SourceError> {
+    crate::http_body::read_capped(response, limit)
         .await
-        .map(Vec::from)
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => SourceError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            },
+            BodyError::Read(e) => unreachable(url, e),
+        })
+}
+
+/// The start of an error answer: enough to classify it and quote it.
+async fn read_error_body(response: reqwest::Response, url: &str) -> Result<Vec<u8>, SourceError> {
+    crate::http_body::read_prefix(response, MAX_ERROR_ANSWER)
+        .await
+        .map(|prefix| prefix.bytes)
         .map_err(|e| unreachable(url, e))
 }
 
@@ -575,13 +647,14 @@ fn status_error(status: StatusCode, url: &str, body: &[u8]) -> SourceError {
     }
 }
 
-/// The first `max` characters of a body, lossily decoded, with an ellipsis when cut.
+/// The first `max` characters of a body, lossily decoded, with an ellipsis when cut, through
+/// the printable filter: it is quoted in messages that reach the terminal and the log.
 fn snippet(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", printable(&text[..cut])),
+        None => printable(text).into_owned(),
     }
 }
 
@@ -615,11 +688,11 @@ fn serde_message(e: &serde_json::Error) -> String {
     match text.char_indices().nth(MAX_CHARS) {
         Some((cut, _)) => format!(
             "{}… at line {} column {}",
-            &text[..cut],
+            printable(&text[..cut]),
             e.line(),
             e.column()
         ),
-        None => text,
+        None => printable(&text).into_owned(),
     }
 }
 
@@ -746,19 +819,19 @@ mod properties {
         #![proptest_config(crate::proptest_config(256))]
 
         #[test]
-        fn snippets_are_capped_prefixes_of_the_trimmed_body(
+        fn snippets_are_capped_printable_prefixes_of_the_trimmed_body(
             body in proptest::collection::vec(any::<u8>(), 0..600),
             max in 0usize..250,
         ) {
             let s = snippet(&body, max);
             let text = String::from_utf8_lossy(&body);
             let text = text.trim();
-            match s.strip_suffix('…') {
-                Some(cut) if text.chars().count() > max => {
-                    prop_assert_eq!(cut.chars().count(), max);
-                    prop_assert!(text.starts_with(cut));
-                }
-                _ => prop_assert_eq!(s.as_str(), text),
+            prop_assert!(!s.chars().any(char::is_control), "{:?}", s);
+            if text.chars().count() > max {
+                let head: String = text.chars().take(max).collect();
+                prop_assert_eq!(s, format!("{}…", printable(&head)));
+            } else {
+                prop_assert_eq!(s, printable(text).into_owned());
             }
         }
 

@@ -6,7 +6,7 @@
 mod client;
 pub mod model;
 
-pub use client::{short_cause, AwClient, SourceError};
+pub use client::{short_cause, AwClient, SourceError, MAX_DATA_ANSWER, MAX_SMALL_ANSWER};
 pub use model::{object_to_raw, Bucket, BucketSpan, Event, PageEvent, ServerInfo};
 
 use crate::auth::BoxFuture;
@@ -31,12 +31,13 @@ pub trait EventSource: Send + Sync {
         query: PageQuery,
     ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>>;
 
-    /// One event, unclipped; `None` when the bucket has no such event.
+    /// One event, unclipped; `None` when the bucket has no such event. Its data stays text,
+    /// as in a page, so an event nested too deep to parse is still read (and quarantined).
     fn event<'a>(
         &'a self,
         bucket: &'a str,
         id: i64,
-    ) -> BoxFuture<'a, Result<Option<Event>, SourceError>>;
+    ) -> BoxFuture<'a, Result<Option<PageEvent>, SourceError>>;
 
     /// `GET .../events/count`, over `range` when given (Python aw-server honours it,
     /// aw-server-rust counts the whole bucket whatever the request says).
@@ -72,8 +73,8 @@ impl EventSource for AwClient {
         &'a self,
         bucket: &'a str,
         id: i64,
-    ) -> BoxFuture<'a, Result<Option<Event>, SourceError>> {
-        Box::pin(self.get_event(bucket, id))
+    ) -> BoxFuture<'a, Result<Option<PageEvent>, SourceError>> {
+        Box::pin(self.get_event_as(bucket, id))
     }
 
     fn count<'a>(

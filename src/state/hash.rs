@@ -9,10 +9,8 @@
 use std::fmt::Write as _;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -69,14 +67,65 @@ pub fn event_hash(event: &Event) -> Option<(EventHash, Span)> {
     Some((hash_parts(span, &canonical), span))
 }
 
+/// How deep event data may nest, counting the data object itself as level 1: what
+/// `serde_json` parses into a map (its recursion limit of 128 stops at the 128th nested
+/// container). aw-server-rust parses every event it stores with serde_json, so no event it
+/// accepted is deeper; nothing here walks deeper (issue 11: 20,000 levels overflowed the
+/// stack, 200,000 burnt 22 s of CPU first).
+pub const MAX_DATA_DEPTH: usize = 127;
+
+/// Why event data cannot be hashed (or redacted). The event is unusable as it is; its
+/// neighbours are not affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    /// Nested deeper than [`MAX_DATA_DEPTH`]: quarantine the event with this reason.
+    #[error("event data is nested more than {MAX_DATA_DEPTH} levels deep (the most aw-server-rust accepts); not synced")]
+    TooDeep,
+    /// Not JSON. The scan's data was validated when it was read, so only a bug gets here.
+    #[error("event data is not valid JSON: {0}")]
+    Invalid(String),
+}
+
 /// [`event_hash`] of an event whose data is still JSON text (the scan's [`crate::source::PageEvent`]):
 /// the same bytes are hashed as if the text had been parsed into a map first, without building
-/// one. `Err` when the text is not valid JSON (serde_json validated it when it was read, so
-/// only a caller's bug gets here).
-pub fn event_hash_raw(span: Span, data: &RawValue) -> Result<EventHash, serde_json::Error> {
+/// one, in one pass over the text. [`DataError::TooDeep`] beyond [`MAX_DATA_DEPTH`].
+pub fn event_data_hash(span: Span, data: &RawValue) -> Result<EventHash, DataError> {
     let mut canonical = Vec::with_capacity(data.get().len() + 16);
     write_canonical_raw(&mut canonical, data.get())?;
     Ok(hash_parts(span, &canonical))
+}
+
+/// [`event_data_hash`] with its error as a `serde_json::Error`, the type the scan's callers
+/// handled before [`DataError`] existed; the message is the same.
+pub fn event_hash_raw(span: Span, data: &RawValue) -> Result<EventHash, serde_json::Error> {
+    event_data_hash(span, data).map_err(<serde_json::Error as serde::de::Error>::custom)
+}
+
+/// Whether JSON `text` nests deeper than [`MAX_DATA_DEPTH`]: one pass over its bytes, without
+/// parsing, for callers about to parse it (redaction) that must say [`DataError::TooDeep`]
+/// rather than serde_json's recursion error.
+pub fn check_depth(text: &str) -> Result<(), DataError> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => i = string_end(bytes, i)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err(DataError::TooDeep);
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
 }
 
 fn hash_parts(span: Span, canonical: &[u8]) -> EventHash {
@@ -89,74 +138,235 @@ fn hash_parts(span: Span, canonical: &[u8]) -> EventHash {
     out
 }
 
-/// An object key, borrowed from the text unless it had escapes.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// The canonical form of one JSON text, byte for byte what [`canonical_json`] makes of its
 /// parsed value: keys sorted (as `String`s compare, last duplicate wins, as when parsing into a
 /// map), strings and numbers as serde_json prints them. Strings without escapes and the
 /// literals are already in that form and are copied as they are.
-fn write_canonical_raw(out: &mut Vec<u8>, text: &str) -> Result<(), serde_json::Error> {
-    match text.as_bytes().first() {
-        Some(b'{') => {
-            let map: BTreeMap<Key, &RawValue> = serde_json::from_str(text)?;
-            out.push(b'{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(out, k.0.as_ref());
-                out.push(b':');
-                write_canonical_raw(out, v.get())?;
-            }
-            out.push(b'}');
-        }
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text)?;
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical_raw(out, v.get())?;
-            }
-            out.push(b']');
-        }
-        Some(b'"') if !text.contains('\\') => out.extend_from_slice(text.as_bytes()),
-        Some(b'"') => {
-            let s: String = serde_json::from_str(text)?;
-            write_scalar(out, s.as_str());
-        }
-        Some(b't' | b'f' | b'n') => out.extend_from_slice(text.as_bytes()),
-        _ => {
-            let n: serde_json::Number = serde_json::from_str(text)?;
-            write_scalar(out, &n);
-        }
+///
+/// One pass: each value is read once, written once, and an object's members are moved once
+/// more only when they were not already in order (Python aw-server keeps insertion order;
+/// serde_json maps are sorted). Recursion is one frame per nesting level, at most
+/// [`MAX_DATA_DEPTH`].
+fn write_canonical_raw(out: &mut Vec<u8>, text: &str) -> Result<(), DataError> {
+    let mut reader = Reader {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    reader.value(out, 1)?;
+    reader.skip_ws();
+    if reader.at != reader.bytes.len() {
+        return Err(reader.invalid("trailing characters"));
     }
     Ok(())
+}
+
+/// A cursor over JSON text that serde_json has already validated; every check that remains
+/// answers [`DataError::Invalid`] instead of panicking, should a caller pass other text.
+struct Reader<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+/// One member of an object as written into `out`: its key, and where `"key":value` starts and
+/// ends.
+struct Member<'a> {
+    key: Cow<'a, str>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn invalid(&self, what: &str) -> DataError {
+        DataError::Invalid(format!("{what} at byte {}", self.at))
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Result<u8, DataError> {
+        self.skip_ws();
+        self.bytes
+            .get(self.at)
+            .copied()
+            .ok_or_else(|| self.invalid("unexpected end"))
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), DataError> {
+        if self.peek()? != byte {
+            return Err(self.invalid(&format!("expected `{}`", byte as char)));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), DataError> {
+        match self.peek()? {
+            b'{' | b'[' if depth > MAX_DATA_DEPTH => Err(DataError::TooDeep),
+            b'{' => self.object(out, depth),
+            b'[' => self.array(out, depth),
+            b'"' => {
+                let text = self.string()?;
+                if text.contains('\\') {
+                    let s: String = serde_json::from_str(text)
+                        .map_err(|e| DataError::Invalid(e.to_string()))?;
+                    write_scalar(out, s.as_str());
+                } else {
+                    out.extend_from_slice(text.as_bytes());
+                }
+                Ok(())
+            }
+            b't' => self.literal(out, "true"),
+            b'f' => self.literal(out, "false"),
+            b'n' => self.literal(out, "null"),
+            _ => {
+                let start = self.at;
+                while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') =
+                    self.bytes.get(self.at)
+                {
+                    self.at += 1;
+                }
+                let digits = self.text.get(start..self.at).unwrap_or("");
+                let n: serde_json::Number = serde_json::from_str(digits)
+                    .map_err(|e| DataError::Invalid(format!("{e} at byte {start}")))?;
+                write_scalar(out, &n);
+                Ok(())
+            }
+        }
+    }
+
+    fn literal(&mut self, out: &mut Vec<u8>, word: &str) -> Result<(), DataError> {
+        if !self.bytes[self.at..].starts_with(word.as_bytes()) {
+            return Err(self.invalid("unknown literal"));
+        }
+        self.at += word.len();
+        out.extend_from_slice(word.as_bytes());
+        Ok(())
+    }
+
+    /// The string at the cursor, quotes included, as it is in the text.
+    fn string(&mut self) -> Result<&'a str, DataError> {
+        let start = self.at;
+        self.at = string_end(self.bytes, start)?;
+        self.text
+            .get(start..self.at)
+            .ok_or_else(|| self.invalid("a string cut inside a character"))
+    }
+
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), DataError> {
+        self.at += 1;
+        out.push(b'[');
+        if self.peek()? == b']' {
+            self.at += 1;
+            out.push(b']');
+            return Ok(());
+        }
+        loop {
+            self.value(out, depth + 1)?;
+            match self.peek()? {
+                b',' => {
+                    self.at += 1;
+                    out.push(b',');
+                }
+                b']' => {
+                    self.at += 1;
+                    out.push(b']');
+                    return Ok(());
+                }
+                _ => return Err(self.invalid("expected `,` or `]`")),
+            }
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), DataError> {
+        self.at += 1;
+        out.push(b'{');
+        let body = out.len();
+        let mut members: Vec<Member<'a>> = Vec::new();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            out.push(b'}');
+            return Ok(());
+        }
+        loop {
+            if self.peek()? != b'"' {
+                return Err(self.invalid("expected a key"));
+            }
+            let start = out.len();
+            let raw = self.string()?;
+            let key = if raw.contains('\\') {
+                let key: String =
+                    serde_json::from_str(raw).map_err(|e| DataError::Invalid(e.to_string()))?;
+                write_scalar(out, key.as_str());
+                Cow::Owned(key)
+            } else {
+                out.extend_from_slice(raw.as_bytes());
+                Cow::Borrowed(&raw[1..raw.len() - 1])
+            };
+            self.expect(b':')?;
+            out.push(b':');
+            self.value(out, depth + 1)?;
+            members.push(Member {
+                key,
+                start,
+                end: out.len(),
+            });
+            match self.peek()? {
+                b',' => {
+                    self.at += 1;
+                    out.push(b',');
+                }
+                b'}' => {
+                    self.at += 1;
+                    break;
+                }
+                _ => return Err(self.invalid("expected `,` or `}`")),
+            }
+        }
+        if members.windows(2).any(|w| w[0].key >= w[1].key) {
+            sort_members(out, body, members);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Rewrites an object's members (`out[body..]`, written in the text's order) sorted by key,
+/// keeping only the last of equal keys — what a map made of the text would hold.
+fn sort_members(out: &mut Vec<u8>, body: usize, mut members: Vec<Member<'_>>) {
+    let written = out.split_off(body);
+    // Stable: among equal keys the text's order stays, so the last one is the last in its run.
+    members.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut first = true;
+    for (i, m) in members.iter().enumerate() {
+        if members.get(i + 1).is_some_and(|next| next.key == m.key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(&written[m.start - body..m.end - body]);
+    }
+}
+
+/// The index just past the string starting at `bytes[start]` (a `"`), skipping escapes.
+fn string_end(bytes: &[u8], start: usize) -> Result<usize, DataError> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Ok(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Err(DataError::Invalid(format!(
+        "unterminated string at byte {start}"
+    )))
 }
 
 pub fn hash_hex(hash: &EventHash) -> String {
@@ -407,6 +617,139 @@ mod tests {
             let data: serde_json::Map<String, Value> = serde_json::from_str(raw.get()).unwrap();
             let event = Event { id: None, timestamp: DateTime::<Utc>::from_timestamp_nanos(1), duration: 2e-9, data };
             prop_assert_eq!(event_hash_raw(span, &raw).unwrap(), event_hash(&event).unwrap().0);
+        }
+    }
+
+    /// `{"a":[{"a":[…]}]}`-style text nested `levels` deep (the data object is level 1),
+    /// alternating objects and arrays, with bracket characters inside strings that must not
+    /// count.
+    fn nested(levels: usize) -> String {
+        let mut text = String::with_capacity(levels * 12);
+        for level in 1..=levels {
+            if level % 2 == 1 {
+                text.push_str(r#"{"k\"{[":"]}\\","a":"#);
+            } else {
+                text.push('[');
+            }
+        }
+        text.truncate(text.len() - if levels % 2 == 1 { r#","a":"#.len() } else { 0 });
+        if levels % 2 == 0 {
+            text.push('1');
+        }
+        for level in (1..=levels).rev() {
+            text.push(if level % 2 == 1 { '}' } else { ']' });
+        }
+        text
+    }
+
+    fn raw(text: &str) -> Box<RawValue> {
+        // serde_json reads any depth into a RawValue (it skips values without recursion), which
+        // is how such data reaches the hash.
+        serde_json::from_str(text).expect("valid JSON")
+    }
+
+    /// Issue 11: event data 20,000 levels deep overflowed the stack here (recursion per level,
+    /// re-parsing the rest each time); 200,000 levels burnt 22 s of CPU first. Now both are
+    /// `TooDeep` after one pass, on a stack smaller than a Windows main thread's 1 MiB.
+    #[test]
+    fn data_nested_20000_and_200000_levels_deep_is_too_deep_without_deep_recursion() {
+        let run = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| {
+                for levels in [20_000, 200_000] {
+                    let data = raw(&nested(levels));
+                    let span = Span {
+                        start_ns: 1,
+                        duration_ns: 2,
+                    };
+                    assert_eq!(
+                        event_data_hash(span, &data),
+                        Err(DataError::TooDeep),
+                        "{levels}"
+                    );
+                    assert_eq!(check_depth(data.get()), Err(DataError::TooDeep), "{levels}");
+                    let e = event_hash_raw(span, &data).expect_err("too deep");
+                    assert!(e.to_string().contains("nested more than 127 levels"), "{e}");
+                }
+            })
+            .expect("thread");
+        run.join().expect("no stack overflow, no panic");
+    }
+
+    /// The limit is what serde_json reads into a map, to the level: everything that hashes can
+    /// be redacted (which parses the map), and nothing aw-server-rust stored is refused.
+    #[test]
+    fn the_depth_limit_is_what_serde_json_parses() {
+        for levels in [
+            1,
+            2,
+            126,
+            MAX_DATA_DEPTH,
+            MAX_DATA_DEPTH + 1,
+            MAX_DATA_DEPTH + 2,
+        ] {
+            let text = nested(levels);
+            let parsed = serde_json::from_str::<serde_json::Map<String, Value>>(&text);
+            let hashed = event_data_hash(
+                Span {
+                    start_ns: 0,
+                    duration_ns: 0,
+                },
+                &raw(&text),
+            );
+            assert_eq!(parsed.is_ok(), levels <= MAX_DATA_DEPTH, "{levels}");
+            assert_eq!(hashed.is_ok(), parsed.is_ok(), "{levels}");
+            assert_eq!(check_depth(&text).is_ok(), parsed.is_ok(), "{levels}");
+            if let Ok(map) = parsed {
+                let mut out = Vec::new();
+                write_canonical_raw(&mut out, &text).expect("canonical");
+                assert_eq!(
+                    String::from_utf8(out).expect("utf-8"),
+                    canonical_json(&Value::Object(map))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_and_escaped_keys_sort_by_their_text() {
+        let text = r#"{"b":1,"a":2,"b":3,"\u0061":4,"c":{"y":1,"x":2,"y":[3]}}"#;
+        let mut out = Vec::new();
+        write_canonical_raw(&mut out, text).expect("canonical");
+        let map: serde_json::Map<String, Value> = serde_json::from_str(text).expect("parses");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            canonical_json(&Value::Object(map))
+        );
+        assert_eq!(
+            canonical_json(&serde_json::from_str(text).expect("parses")),
+            r#"{"a":4,"b":3,"c":{"x":2,"y":[3]}}"#
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_invalid_not_a_panic() {
+        for bad in [
+            "",
+            "{",
+            "{\"a\"",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{\"a\":tru}",
+            "{\"a\":1} x",
+            "\"open",
+            "{1:2}",
+            "-",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                matches!(
+                    write_canonical_raw(&mut out, bad),
+                    Err(DataError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 

@@ -59,7 +59,9 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot create the directory for the state database {path}: {source}")]
+    #[error(
+        "cannot create the state database {path} and its directory, private to this user: {source}"
+    )]
     Io {
         path: PathBuf,
         #[source]
@@ -271,12 +273,12 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StateError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
+        // Private before SQLite touches it (issue 11): the directory 0700, the database (and so
+        // its -wal and -shm) 0600 — it holds the redaction key and quarantined events in full.
+        crate::private_fs::private_database(path).map_err(|source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let err = |source| classify(path, source);
         let mut write = Connection::open(path).map_err(err)?;
         write

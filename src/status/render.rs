@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::{State, Status};
+use crate::printable::printable;
 
 /// What each column of the bucket table counts: the numbers are of different things, and
 /// "versions sent 5004" beside "delivered 2502" is only right when it says so.
@@ -18,7 +19,9 @@ pub const LEGEND: [&str; 4] = [
 ];
 
 impl Status {
-    /// [`Status::render`] as seen at `now` (relative times are computed from it).
+    /// [`Status::render`] as seen at `now` (relative times are computed from it). Text that
+    /// came from outside — server details, errors, bucket ids, the user name — goes through
+    /// the printable filter: this is written to a terminal.
     pub fn render_at(&self, now: DateTime<Utc>) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "status     {}", self.state.label());
@@ -30,7 +33,7 @@ impl Status {
             "aw-server  {} {} ({})",
             mark(self.aw_server.reachable),
             self.aw_server.url,
-            self.aw_server.detail
+            printable(&self.aw_server.detail)
         );
         let upstream_url = if self.upstream.url.is_empty() {
             "-"
@@ -42,9 +45,9 @@ impl Status {
             "upstream   {} {} ({})",
             mark(self.upstream.reachable),
             upstream_url,
-            self.upstream.detail
+            printable(&self.upstream.detail)
         );
-        let _ = writeln!(out, "token      {}", self.token);
+        let _ = writeln!(out, "token      {}", printable(&self.token));
         let _ = writeln!(out, "daemon     {}", self.daemon_text());
 
         let _ = writeln!(out, "\nSync");
@@ -59,7 +62,7 @@ impl Status {
                 "last try   {} — failed",
                 when(self.last_cycle.last_cycle.as_deref(), now)
             );
-            let _ = writeln!(out, "last error {e}");
+            let _ = writeln!(out, "last error {}", printable(e));
         }
         let _ = writeln!(
             out,
@@ -74,10 +77,10 @@ impl Status {
             for t in &self.todo {
                 match &t.command {
                     Some(c) => {
-                        let _ = writeln!(out, "  - {}: {c}", t.message);
+                        let _ = writeln!(out, "  - {}: {c}", printable(&t.message));
                     }
                     None => {
-                        let _ = writeln!(out, "  - {}", t.message);
+                        let _ = writeln!(out, "  - {}", printable(&t.message));
                     }
                 }
             }
@@ -95,7 +98,10 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "  {} #{} at {}: {}",
-                    q.bucket_id, q.event_id, q.at, q.reason
+                    printable(&q.bucket_id),
+                    q.event_id,
+                    q.at,
+                    printable(&q.reason)
                 );
             }
         }
@@ -120,7 +126,7 @@ impl Status {
             "not running".to_string()
         };
         if let Some(detail) = &d.detail {
-            let _ = write!(text, ": {detail}");
+            let _ = write!(text, ": {}", printable(detail));
         }
         match (&d.log_file, d.running) {
             (Some(log), true) => {
@@ -139,7 +145,7 @@ impl Status {
         let w = self
             .buckets
             .iter()
-            .map(|b| b.state.bucket_id.chars().count())
+            .map(|b| printable(&b.state.bucket_id).chars().count())
             .max()
             .unwrap_or(0)
             .max("bucket".len());
@@ -153,7 +159,7 @@ impl Status {
             let _ = writeln!(
                 out,
                 "{:<w$}  {:>9}  {:>13}  {:>7}  {:>11}  {}",
-                b.state.bucket_id,
+                printable(&b.state.bucket_id),
                 b.state.delivered,
                 b.state.versions_sent,
                 pending,
@@ -459,5 +465,47 @@ mod tests {
             "aw-server unreachable · synced 3 min ago",
             "no pending count without aw-server"
         );
+    }
+
+    /// Issue 11: remote text reached the terminal raw — aw-server's host name, an upstream's
+    /// error, a bucket id, the user name, a quarantine reason.
+    #[test]
+    fn remote_text_is_shown_printable() {
+        let evil = "\u{1b}[2J\u{1b}]0;pwned\u{7}";
+        let mut s = status(Answer::Ok, Answer::Ok, Login::Environment, Some(evil));
+        s.aw_server.detail = format!("aw-server 0.12 on {evil}");
+        s.upstream.detail = format!("upstream answered 500: {evil}");
+        s.token = format!("OS keyring: logged in as {evil}");
+        s.buckets[1].state.bucket_id = format!("afk{evil}");
+        s.quarantine.push(QuarantineEntry {
+            bucket_id: format!("b{evil}"),
+            event_id: 1,
+            reason: format!("upstream rejected: {evil}"),
+            at: "2026-11-25T13:05:00Z".into(),
+            event: serde_json::Value::Null,
+        });
+        let text = s.render_at(now());
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        // Each of the seven places shows the text, escaped.
+        let escaped = "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}";
+        for start in [
+            "aw-server ",
+            "upstream ",
+            "token ",
+            "last error ",
+            "afk",
+            "  b",
+            "  b",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(start) && l.contains(escaped)),
+                "{start:?}: {text}"
+            );
+        }
+        assert!(text.matches(escaped).count() >= 7, "{text}");
     }
 }

@@ -20,6 +20,7 @@ use url::Url;
 
 use super::contract::{BatchRequest, BatchResponse, ErrorResponse, BATCH_PATH, HEALTH_PATH};
 use crate::auth::AccessToken;
+use crate::printable::printable;
 
 /// Header carrying the batch id, so a backend can answer a replay without parsing the body.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -270,7 +271,10 @@ struct Answer {
     status: StatusCode,
     retry_after: Option<Duration>,
     location: Option<String>,
+    /// At most [`MAX_ANSWER_BYTES`] of the body.
     body: Vec<u8>,
+    /// The body was no longer than that.
+    complete: bool,
 }
 
 impl Answer {
@@ -286,11 +290,15 @@ impl Answer {
             header(RETRY_AFTER).and_then(|v| parse_retry_after(&v, SystemTime::now()));
         let location = header(reqwest::header::LOCATION);
         let status = response.status();
+        let body = crate::http_body::read_prefix(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(network)?;
         Ok(Answer {
             status,
             retry_after,
             location,
-            body: read_bounded(response).await?,
+            body: body.bytes,
+            complete: body.complete,
         })
     }
 
@@ -302,6 +310,13 @@ impl Answer {
         token: &AccessToken,
     ) -> Result<BatchResponse, UpstreamError> {
         if self.status.is_success() {
+            if !self.complete {
+                // Not even a start to parse: a real answer is a few dozen bytes.
+                return Err(UpstreamError::Malformed(format!(
+                    "the answer is larger than {}, the most read",
+                    crate::http_body::describe_size(MAX_ANSWER_BYTES)
+                )));
+            }
             return serde_json::from_slice::<BatchResponse>(&self.body).map_err(|e| {
                 // serde quotes a mistyped string whole: `"accepted": "Bearer <token>"` from a
                 // backend echoing the header would otherwise put the token in the log.
@@ -346,6 +361,7 @@ pub fn batch_outcome(
         retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
         location: location.map(str::to_owned),
         body: body.to_vec(),
+        complete: true,
     };
     Some(answer.batch_outcome(events, token))
 }
@@ -416,20 +432,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// Reads at most [`MAX_ANSWER_BYTES`] of the answer; the rest is ignored, which is enough to
-/// classify it (a valid `BatchResponse` is a few dozen bytes).
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(network)? {
-        let room = MAX_ANSWER_BYTES - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ANSWER_BYTES {
-            break;
-        }
-    }
-    Ok(body)
 }
 
 /// Maps a non-2xx answer to the caller's next step.
@@ -510,10 +512,12 @@ fn scrub(text: &str, token: &AccessToken) -> String {
     }
 }
 
+/// The upstream's text as it may be shown: at most [`MAX_MESSAGE_CHARS`] characters, through
+/// the printable filter (it reaches the terminal, the log and `--status`).
 fn truncate(text: &str) -> String {
     match text.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
+        Some((cut, _)) => format!("{}…", printable(&text[..cut])),
+        None => printable(text).into_owned(),
     }
 }
 
@@ -683,5 +687,31 @@ mod tests {
             assert!(matches!(e, UpstreamError::Malformed(_)), "{e:?}");
             assert!(!format!("{e} {e:?}").contains("sekrit-token"), "{e}");
         }
+    }
+
+    /// Issue 11: an upstream `error` of "\e[2J\e]0;pwned\a" reached stderr and the log raw.
+    #[test]
+    fn the_upstreams_words_are_printable() {
+        let token = AccessToken::new("sekrit-token");
+        let evil = r#"{"error":"\u001b[2J\u001b]0;pwned\u0007"}"#;
+        for (status, body, location) in [
+            (400, evil, None),
+            (500, "\u{1b}[2J raw \u{7}", None),
+            (302, "", Some("\u{1b}]0;pwned\u{7}")),
+            (200, "{\"accepted\":\"\u{1b}[2J\"}", None),
+        ] {
+            let e = batch_outcome(status, None, location, body.as_bytes(), 1, &token)
+                .expect("a status")
+                .expect_err("an error");
+            let text = e.to_string();
+            assert!(!text.chars().any(char::is_control), "{status}: {text:?}");
+        }
+        let e = batch_outcome(422, None, None, evil.as_bytes(), 1, &token)
+            .expect("a status")
+            .expect_err("rejected");
+        assert_eq!(
+            e.to_string(),
+            "upstream rejected the batch (422): \\u{1b}[2J\\u{1b}]0;pwned\\u{7}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use crate::auth::{AccessToken, BoxFuture};
 use crate::engine::CycleReport;
+use crate::printable::printable;
 use crate::upstream::contract::{BatchRequest, BatchResponse};
 use crate::upstream::{BatchSink, UpstreamError};
 
@@ -75,7 +76,7 @@ impl BatchSink for DryRunSink {
 
 impl DryRunReport {
     /// The text `--once --dry-run` prints: per bucket the count and samples, then the buckets
-    /// left out by the filters.
+    /// left out by the filters. Bucket ids are aw-server's text: printable.
     pub fn render(&self, cycle: &CycleReport) -> String {
         let mut out = String::new();
         let total: u64 = self.buckets.values().map(|b| b.events).sum();
@@ -91,7 +92,12 @@ impl DryRunReport {
             } else {
                 ""
             };
-            let _ = writeln!(out, "\n{id}: {} events to send{rescan}", b.events);
+            let _ = writeln!(
+                out,
+                "\n{}: {} events to send{rescan}",
+                printable(id),
+                b.events
+            );
             for s in &b.samples {
                 let _ = writeln!(out, "  {s}");
             }
@@ -99,7 +105,8 @@ impl DryRunReport {
         for id in &cycle.excluded {
             let _ = writeln!(
                 out,
-                "\n{id}: excluded (sync.include_buckets / sync.exclude_buckets)"
+                "\n{}: excluded (sync.include_buckets / sync.exclude_buckets)",
+                printable(id)
             );
         }
         out

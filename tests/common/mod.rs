@@ -1,8 +1,10 @@
 pub mod awserver;
 pub mod bin;
+pub mod callback;
 pub mod daemon;
 pub mod devserver;
 pub mod exact;
+pub mod hostile;
 pub mod login_cli;
 pub mod oidc;
 pub mod procfs;

@@ -6,9 +6,10 @@
 //! authorization code: a Unix domain socket, mode 0600, in a directory of mode 0700 under
 //! `$XDG_RUNTIME_DIR` (a per-user tmpfs), else under the cache dir. Each login has its own
 //! socket (`login-<random>.sock`), removed when the login ends; `deliver` tries every socket in
-//! the directory, so two logins at once still each get their own answer. The waiter also checks
-//! the peer's uid, so even a mistake in the directory's permissions hands nothing to another
-//! user.
+//! the directory, so two logins at once still each get their own answer. The directory must be
+//! owned by the effective uid, and the waiter serves only peers with that uid, so even a mistake
+//! in the directory's permissions — or a directory another user planted for a login running as
+//! root — hands nothing to another user.
 //!
 //! Any app can claim a private-use scheme (§8.4); that is why the code is useless without the
 //! PKCE verifier that only the waiting process holds.
@@ -134,9 +135,12 @@ mod unix {
     };
     use super::{SocketGuard, READ_TIMEOUT};
 
-    /// Creates `dir` as 0700 (or tightens it), returning its owner's uid. `chmod` only succeeds
-    /// for the owner, so an existing directory someone else made is refused rather than used.
+    /// Creates `dir` as 0700 (or tightens it) and returns the effective uid, the only user
+    /// whose connections are served. The directory must be a real directory owned by that uid:
+    /// `chmod` succeeds for root on anyone's directory, so a root login trusting the owner would
+    /// have served the user who planted it (issue 11).
     pub(in super::super) fn private_dir(dir: &Path) -> std::io::Result<u32> {
+        let me = rustix::process::geteuid().as_raw();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -145,10 +149,16 @@ mod unix {
         if !meta.is_dir() {
             return Err(std::io::Error::other("not a directory (a symlink?)"));
         }
+        if meta.uid() != me {
+            return Err(std::io::Error::other(format!(
+                "owned by uid {}, not by this user (uid {me}); remove it",
+                meta.uid()
+            )));
+        }
         if meta.mode() & 0o077 != 0 {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        Ok(meta.uid())
+        Ok(me)
     }
 
     /// Binds this login's socket (0600, in a 0700 directory) and serves it until `shutdown`.
@@ -163,7 +173,7 @@ mod unix {
             dir: dir.to_path_buf(),
             source,
         };
-        let owner = private_dir(dir).map_err(channel_err)?;
+        let me = private_dir(dir).map_err(channel_err)?;
         let name = format!("login-{:016x}.sock", rand::random::<u64>());
         let path = dir.join(name);
         let listener = UnixListener::bind(&path).map_err(channel_err)?;
@@ -183,7 +193,7 @@ mod unix {
                         let expected = expected.clone();
                         let queue = queue.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = serve(stream, owner, &expected, &queue, hold).await {
+                            if let Err(e) = serve(stream, me, &expected, &queue, hold).await {
                                 tracing::debug!("deep-link connection ended: {e}");
                             }
                         });
@@ -204,13 +214,13 @@ mod unix {
     /// `error <text>` (not this login's, declined, failed) once the login has decided.
     async fn serve(
         stream: UnixStream,
-        owner: u32,
+        me: u32,
         expected: &Url,
         queue: &mpsc::Sender<Candidate>,
         hold: Duration,
     ) -> std::io::Result<()> {
         let peer = stream.peer_cred()?;
-        if peer.uid() != owner {
+        if peer.uid() != me {
             tracing::warn!(
                 "refused a deep-link connection from another user (uid {})",
                 peer.uid()

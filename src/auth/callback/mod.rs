@@ -45,6 +45,7 @@ use url::Url;
 use crate::config::{AuthConfig, CallbackMode};
 
 pub use deeplink::{default_channel_dir, deliver, deliver_in, DeliverError};
+pub use loopback::{FIRST_BYTE_TIMEOUT, MAX_CONNECTIONS};
 pub use scheme::{register_scheme, Registration, SchemeError};
 
 use page::Page;
@@ -376,15 +377,12 @@ fn same_secret(got: &str, expected: &str) -> bool {
             == 0
 }
 
-/// Text from the response made safe for a terminal and a log line: control characters (escape
-/// sequences) removed, length capped.
+/// Text from the response made safe for a terminal and a log line: its first `max_chars`
+/// characters through the one printable filter ([`crate::printable`]), `…` when cut.
 pub(crate) fn printable(text: &str, max_chars: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max_chars)
-        .collect();
-    if text.chars().count() > max_chars {
+    let head: String = text.chars().take(max_chars).collect();
+    let mut out = crate::printable::printable(&head).into_owned();
+    if text.chars().nth(max_chars).is_some() {
         out.push('…');
     }
     out
@@ -725,7 +723,7 @@ mod tests {
 
     #[test]
     fn printable_strips_terminal_escapes() {
-        assert_eq!(printable("a\u{1b}[31mb\n", 100), "a [31mb ");
+        assert_eq!(printable("a\u{1b}[31mb\n", 100), "a\\u{1b}[31mb\\u{a}");
         assert_eq!(printable("abcdef", 3), "abc…");
     }
 
@@ -772,12 +770,12 @@ mod properties {
         ) {
             let out = printable(&text, max);
             prop_assert!(!out.chars().any(char::is_control), "{:?}", out);
-            let n = text.chars().count();
-            if n > max {
-                prop_assert_eq!(out.chars().count(), max + 1);
-                prop_assert!(out.ends_with('…'));
+            let head: String = text.chars().take(max).collect();
+            let shown = crate::printable::printable(&head);
+            if text.chars().count() > max {
+                prop_assert_eq!(out, format!("{shown}…"));
             } else {
-                prop_assert_eq!(out.chars().count(), n);
+                prop_assert_eq!(out, shown.into_owned());
             }
         }
 

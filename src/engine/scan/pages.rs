@@ -20,9 +20,10 @@ use std::sync::atomic::Ordering;
 
 use super::{Ctx, ScanError, ScanStats, Scanner};
 use crate::engine::queue::{Body, Pending};
-use crate::source::{object_to_raw, PageEvent, PageQuery, SourceError};
+use crate::source::{PageEvent, PageQuery, SourceError};
 use crate::state::{
-    event_hash_raw, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined, Span,
+    hash::event_data_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined,
+    Span,
 };
 use crate::upstream::contract::UpEvent;
 
@@ -329,7 +330,7 @@ impl Scanner<'_> {
                 stats.fetched += 1;
                 tracing::debug!(bucket = %bucket.id, id, ?clip, "fetching a possibly clipped event by id");
                 match self.source.event(&bucket.id, id).await {
-                    Ok(Some(e)) => PageEvent::from_event(e),
+                    Ok(Some(e)) => e,
                     Ok(None) | Err(SourceError::BucketNotFound(_)) => continue, // deleted meanwhile
                     Err(e) => return Err(e.into()),
                 }
@@ -437,17 +438,18 @@ impl Scanner<'_> {
         };
         // Redacted before hashing: the hash, and so the dedupe, is of what is sent.
         if !ctx.redaction.is_empty() {
-            let mut data = match event.data_map() {
-                Ok(d) => d,
+            match ctx.redaction.apply_raw(&self.redaction_key, &event.data) {
+                Ok(data) => event.data = data,
                 Err(e) => {
                     let text = event.data.get().to_owned();
-                    return Err(quarantine(format!("event data cannot be read: {e}"), &text));
+                    return Err(quarantine(
+                        format!("event data cannot be redacted: {e}"),
+                        &text,
+                    ));
                 }
-            };
-            ctx.redaction.apply(&self.redaction_key, &mut data);
-            event.data = object_to_raw(&data);
+            }
         }
-        let hash = match event_hash_raw(span, &event.data) {
+        let hash = match event_data_hash(span, &event.data) {
             Ok(h) => h,
             Err(e) => {
                 let text = event.data.get().to_owned();

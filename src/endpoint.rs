@@ -1,0 +1,157 @@
+//! Which URLs events and tokens may be sent to: `https://`, or plain `http://` to this machine
+//! only (a loopback IP or `localhost`), where nothing crosses a network to be sniffed.
+//!
+//! One rule for every such URL — the upstream's `sync.base_url`, and every endpoint of the login
+//! (`auth.issuer`, `auth_url`, `token_url`, `userinfo_url`, `revocation_url`, and whatever the
+//! issuer's discovery document names) — checked before any request is made: the authorization
+//! code, the PKCE verifier and the tokens are as secret as the events (issue 11).
+
+use std::net::IpAddr;
+
+use url::Url;
+
+/// Why a URL may not be used. `key` names where it came from (a config key, or a discovery
+/// field); the message says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct EndpointError {
+    pub key: String,
+    pub message: String,
+}
+
+/// Parses `text` and checks it against the rule: https, or http to this machine; no user name
+/// or password in it (credentials come from the login). `key` is used in the error.
+pub fn secure_url(key: &str, text: &str) -> Result<Url, EndpointError> {
+    let err = |message: String| EndpointError {
+        key: key.to_owned(),
+        message,
+    };
+    let url = Url::parse(text).map_err(|e| {
+        err(format!(
+            "{text:?} is not a URL ({e}); expected an https:// URL, e.g. \"https://id.example.org\""
+        ))
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(err(
+            "must not contain a user name or password; credentials come from the login".into(),
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(err(format!(
+            "{text:?} uses plain http to another machine, which would send events, codes and tokens unencrypted; use https://"
+        ))),
+        other => Err(err(format!("{text:?} has scheme {other:?}; use https://"))),
+    }
+}
+
+/// A loopback IP literal, or `localhost` (which resolves to loopback by RFC 6761).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Whether an HTTP `Host` header names this machine: `127.0.0.1`, `[::1]` or `localhost` (any
+/// case), with or without a port. A local server with unauthenticated pages answers nothing
+/// else: a web page can make the browser resolve its own domain to 127.0.0.1 (DNS rebinding)
+/// and read the answers, but the `Host` header still names that domain.
+///
+/// The port is not compared with the one the server bound: a browser always sends the port it
+/// connected to, so a rebinding page cannot change it, while a TCP port forward on this machine
+/// (`ssh -L`, `socat`, the tests' relays) names its own port.
+pub fn is_local_host_header(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, "")) => (name, None),
+            Some((name, after)) => match after.strip_prefix(':') {
+                Some(p) => (name, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, p)) => (name, Some(p)),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.map_or(true, |p| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    });
+    let local_name = name == "127.0.0.1"
+        || name.eq_ignore_ascii_case("localhost")
+        || (host.starts_with('[') && name == "::1");
+    local_name && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_anywhere_and_http_only_to_this_machine() {
+        for ok in [
+            "https://id.example.org",
+            "https://id.example.org/realms/x/protocol/openid-connect/token",
+            "http://localhost:8080/token",
+            "http://LOCALHOST",
+            "http://127.0.0.1:9000",
+            "http://127.1.2.3",
+            "http://[::1]:8080/auth?x=y",
+        ] {
+            secure_url("k", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "id.example.org",
+            "http://id.example.org/token",
+            "http://192.168.1.2",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "ftp://x",
+            "file:///etc/passwd",
+            "",
+        ] {
+            let err = secure_url("auth.token_url", bad).expect_err(bad);
+            assert_eq!(err.key, "auth.token_url");
+            assert!(err.to_string().contains("https"), "{bad}: {err}");
+        }
+        let err = secure_url("k", "https://user:pw@example.com").expect_err("credentials");
+        assert!(err.to_string().contains("user name or password"), "{err}");
+    }
+
+    #[test]
+    fn only_loopback_host_headers_are_local() {
+        for ok in [
+            "127.0.0.1:5680",
+            "localhost:5680",
+            "LocalHost:5680",
+            "[::1]:5680",
+            "127.0.0.1:9000",
+            "localhost",
+            "[::1]",
+        ] {
+            assert!(is_local_host_header(ok), "{ok}");
+        }
+        for bad in [
+            "rebind.example:5680",
+            "rebind.example",
+            "127.0.0.1.nip.io:5680",
+            "localhost.example.com:5680",
+            "localhost:",
+            "localhost:+5680",
+            "localhost:99999",
+            "::1:5680",
+            "[::1]5680",
+            "[::2]:5680",
+            "[::1:5680",
+            "0.0.0.0:5680",
+            "",
+        ] {
+            assert!(!is_local_host_header(bad), "{bad}");
+        }
+    }
+}
