@@ -65,6 +65,12 @@ pub struct Args {
     #[arg(long, requires = "once")]
     pub verify: bool,
 
+    /// Forget what the current upstream and account acknowledged and send everything again
+    /// (the upstream absorbs what it already holds as duplicates). With --once, or when
+    /// starting the daemon.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub resync: bool,
+
     /// Sign in to the upstream's identity provider in the browser and store the tokens in the
     /// OS keyring. Without a usable browser (SSH, no display) it signs in with a code entered
     /// on another device when the provider offers that, else as with --no-browser.

@@ -18,11 +18,11 @@ use aw_sync_samay::cli::Args;
 use aw_sync_samay::config::{self, AuthConfig, CallbackMode, Config, TokenStorage};
 use aw_sync_samay::control::server::{DaemonBase, DaemonControl};
 use aw_sync_samay::control::{self, Activity, SyncResult};
-use aw_sync_samay::engine::{run_daemon_woken, status_bucket, Engine, Settings};
+use aw_sync_samay::engine::{run_daemon_woken, status_bucket, Destination, Engine, Settings};
 use aw_sync_samay::lifecycle::{self, Lifecycle};
 use aw_sync_samay::lock::{InstanceLock, LockError};
 use aw_sync_samay::source::AwClient;
-use aw_sync_samay::state::Store;
+use aw_sync_samay::state::{DestKey, Store};
 use aw_sync_samay::status::{Login, TokenLine};
 use aw_sync_samay::upstream::UpstreamClient;
 use aw_sync_samay::{devserver, hint, logging, once, orphan, paths, status};
@@ -191,7 +191,10 @@ async fn run_logged(
             let expect = once::Expect {
                 config: &config_path,
                 dev: args.dev,
-                verify: args.verify,
+                asks: aw_sync_samay::control::Asks {
+                    verify: args.verify,
+                    resync: args.resync,
+                },
             };
             let code = once::through_daemon(&socket, pid, expect, &source, &state_path).await;
             return Ok(ExitCode::from(code));
@@ -265,7 +268,10 @@ async fn run_logged(
         Duration::from_secs(config.sync.request_timeout),
         config.sync.gzip,
     )?);
-    let destination = destination_key(&base_url, tokens.as_ref());
+    let destination = Destination::upstream(&base_url);
+    if args.resync {
+        destination.ask_resync();
+    }
     let mut settings = Settings::from_config(&config.sync);
     settings.verify_all = args.verify;
     let engine = Engine {
@@ -332,14 +338,15 @@ async fn run_logged(
     Ok(code)
 }
 
-/// What the state's records belong to: the upstream and the account.
-fn destination_key(base_url: &str, tokens: &dyn TokenSource) -> aw_sync_samay::state::DestKey {
-    let account = tokens.user_id().unwrap_or_default();
-    aw_sync_samay::state::DestKey {
-        base_url: base_url.trim_end_matches('/').to_string(),
-        label: account.clone(),
-        account,
-    }
+/// The destination a dry run reports against: the one the last sync went to, when that is the
+/// configured upstream (working out the account would need the upstream, which a dry run does
+/// not ask); else a new one, to which everything would be sent.
+fn dry_run_destination(store: &Store, base_url: &str) -> anyhow::Result<DestKey> {
+    let fresh = DestKey::new(base_url, "");
+    Ok(match store.current_destination()? {
+        Some((_, key)) if key.base_url == fresh.base_url => key,
+        _ => fresh,
+    })
 }
 
 /// `--once --dry-run`: what a sync would send now, filtered and redacted, sending and recording
@@ -359,13 +366,14 @@ async fn dry_run_command(
     }
     let store = Arc::new(Store::open(state_path).context("opening the sync state")?);
     let sink = Arc::new(aw_sync_samay::upstream::dry_run::DryRunSink::default());
+    let destination = dry_run_destination(&store, &config.sync.base_url)?;
     let engine = Engine::dry_run(
         source,
         store,
         Settings::from_config(&config.sync),
         gethostname::gethostname().to_string_lossy().into_owned(),
         Arc::clone(&sink),
-        destination_key(&config.sync.base_url, &NoToken),
+        destination,
     );
     match engine.run_cycle().await {
         Ok(r) => {
@@ -399,6 +407,7 @@ async fn status_command(
     let st = status::gather(status::Probe {
         source,
         upstream: upstream.as_ref(),
+        base_url: config.sync.base_url.trim(),
         token: token_status(config).await,
         state_path,
         config_path,

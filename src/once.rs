@@ -62,7 +62,7 @@ pub async fn daemon_cycle(
         return engine.daemon_cycle().await;
     };
     let wrong = preflight(engine, upstream).await.err();
-    let (outcome, result) = engine.daemon_cycle_reporting(asked.verify).await;
+    let (outcome, result) = engine.daemon_cycle_reporting(asked.asks).await;
     asked.finish(match wrong {
         Some(e) => SyncResult::failed(e.exit_code(), e.to_string()),
         None => SyncResult::of(&result),
@@ -93,8 +93,8 @@ fn holder(pid: Option<u32>) -> String {
 pub struct Expect<'a> {
     pub config: &'a Path,
     pub dev: bool,
-    /// `--verify`: the daemon's cycle verifies the whole history too.
-    pub verify: bool,
+    /// `--verify`, `--resync`: what the daemon's cycle does beyond a plain sync.
+    pub asks: crate::control::Asks,
 }
 
 /// The instance lock is held by `pid`: if that is a daemon listening on `socket`, asks it to
@@ -161,7 +161,7 @@ pub async fn through_daemon(
         || lock(&counts),
         source,
         &store,
-        client::sync_now(socket, expect.verify, |reply| match reply {
+        client::sync_now(socket, expect.asks, |reply| match reply {
             Reply::Accepted {
                 after_running_cycle: true,
             } => tracing::info!("a sync is running; this one starts when it ends"),

@@ -147,6 +147,17 @@ pub struct TokenLine {
     pub login: Login,
 }
 
+/// An upstream and the account at it, as the state knows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationLine {
+    pub base_url: String,
+    /// The user name, the subject, or the token's fingerprint (saying so).
+    pub account: String,
+    /// It is the upstream `sync.base_url` names now. When not, the next sync goes to a
+    /// destination of its own, and sends it the whole history.
+    pub configured: bool,
+}
+
 /// The daemon for this aw-server, as its control channel describes it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DaemonLine {
@@ -176,6 +187,8 @@ pub struct Status {
     pub sync_enabled: bool,
     pub state_db: String,
     pub device_id: Option<String>,
+    /// The destination the bucket numbers are about: the last sync's. `None` before any.
+    pub destination: Option<DestinationLine>,
     pub buckets: Vec<BucketLine>,
     pub pending: u64,
     pub quarantined: u64,
@@ -202,6 +215,8 @@ pub struct Probe<'a> {
     pub source: &'a AwClient,
     /// `None`: `sync.base_url` is empty.
     pub upstream: Option<&'a UpstreamClient>,
+    /// `sync.base_url` as configured.
+    pub base_url: &'a str,
     pub token: TokenLine,
     pub state_path: &'a Path,
     pub config_path: &'a Path,
@@ -267,16 +282,25 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         }
     };
     let daemon = daemon_line(p.socket.as_deref(), p.log_dir.as_deref(), p.testing).await;
-    let (states, record, device_id, quarantine) = if p.state_path.exists() {
+    let (states, record, device_id, quarantine, destination) = if p.state_path.exists() {
         let store = Store::open(p.state_path)?;
+        let destination = store
+            .current_destination()?
+            .filter(|(_, key)| !key.base_url.is_empty())
+            .map(|(_, key)| DestinationLine {
+                configured: key.base_url == p.base_url.trim_end_matches('/'),
+                base_url: key.base_url,
+                account: key.label,
+            });
         (
             store.bucket_statuses()?,
             store.cycle_record()?,
             Some(store.device_id().to_string()),
             store.quarantine(5)?,
+            destination,
         )
     } else {
-        (Vec::new(), CycleRecord::default(), None, Vec::new())
+        (Vec::new(), CycleRecord::default(), None, Vec::new(), None)
     };
     let mut buckets = Vec::with_capacity(states.len());
     for state in states {
@@ -308,6 +332,7 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         sync_enabled: p.sync_enabled,
         state_db: p.state_path.display().to_string(),
         device_id,
+        destination,
         pending: buckets.iter().filter_map(|b| b.pending).sum(),
         quarantined: buckets.iter().map(|b| b.state.quarantined).sum(),
         buckets,

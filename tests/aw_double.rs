@@ -649,7 +649,7 @@ async fn sync_into_dev_upstream(
         settings: test_settings(),
         hostname: "test-host".into(),
         metrics: Default::default(),
-        destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
+        destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test").into(),
         clock: std::sync::Arc::new(aw_sync_samay::clock::SystemClock),
     };
     engine.run_cycle().await.expect("cycle");

@@ -676,7 +676,7 @@ async fn a_kept_upstream_connection_that_died_silently_is_retried_and_release_cl
         settings: common::rig::test_settings(),
         hostname: "test-host".into(),
         metrics: Default::default(),
-        destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
+        destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test").into(),
         clock: std::sync::Arc::new(aw_sync_samay::clock::SystemClock),
     };
 

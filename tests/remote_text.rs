@@ -42,7 +42,15 @@ async fn an_upstreams_error_with_escape_sequences_reaches_no_terminal_or_log_raw
     )
     .expect("insert");
     let body = serde_json::json!({ "error": EVIL }).to_string();
-    let upstream = Hostile::start(move |_| Answer::json(404, body.clone())).await;
+    // An upstream by its health check, whose every other answer is a 400 carrying the text.
+    let upstream = Hostile::start(move |req| {
+        if req.target.ends_with("/v1/health") {
+            Answer::json(200, r#"{"ok":true}"#)
+        } else {
+            Answer::json(400, body.clone())
+        }
+    })
+    .await;
 
     let home = tempfile::tempdir().expect("tempdir");
     let config = write_config(home.path(), &upstream.base_url(), "");

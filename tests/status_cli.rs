@@ -106,7 +106,12 @@ async fn the_exit_code_says_who_must_act() {
         .update(|f| f.reject_bucket_ids = vec!["window".into()]);
     rig.insert("window", &series(2, 1.0, 5, "refused")).await;
     let once = run(cmd(&good).arg("--once"), &home).await;
-    assert!(once.status.success(), "{}", once.all());
+    assert_eq!(
+        once.status.code(),
+        Some(1),
+        "a --once that quarantined must say so: {}",
+        once.all()
+    );
     let (v, code) = status_json(&mut cmd(&good), &home).await;
     assert_eq!(
         (v["state"].as_str(), code),

@@ -489,7 +489,7 @@ mod tests {
         let text = DevicePrompt::new(&details).to_string();
         assert!(!text.contains('\u{1b}'), "{text}");
         assert!(text.contains("\n  https://id.example/device\n"), "{text}");
-        assert!(text.contains("enter the code  AB [2JCD"), "{text}");
+        assert!(text.contains("enter the code  AB\\u{1b}[2JCD"), "{text}");
         assert!(
             text.contains("https://id.example/device?user_code=ABCD"),
             "{text}"

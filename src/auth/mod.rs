@@ -55,6 +55,15 @@ pub enum AuthError {
     Transient(String),
 }
 
+/// An account, as the sync state keys its records by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Stable and unique per account (`oidc:<issuer>|<subject>`); never a secret.
+    pub key: String,
+    /// How `--status` names it (the user name, else the subject).
+    pub label: String,
+}
+
 /// A source of bearer tokens for the upstream.
 pub trait TokenSource: Send + Sync {
     /// A token to use now.
@@ -66,6 +75,11 @@ pub trait TokenSource: Send + Sync {
     ) -> BoxFuture<'a, Result<AccessToken, AuthError>>;
     /// The signed-in user's subject, sent as `user_id`; `None` when unknown.
     fn user_id(&self) -> Option<String>;
+    /// Who the tokens belong to, when they say so themselves (a login: its issuer and
+    /// subject), as of the last token handed out. `None`: ask the upstream (`v1/me`).
+    fn identity(&self) -> Option<Identity> {
+        None
+    }
     /// Where the token lives, for `--status` ("environment", "keyring", "file", ...).
     fn describe(&self) -> String;
 }

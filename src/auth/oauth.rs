@@ -405,7 +405,8 @@ pub struct OAuthSession {
     store: TokenStore,
     lock_path: PathBuf,
     current: tokio::sync::Mutex<Option<StoredTokens>>,
-    subject: StdMutex<Option<String>>,
+    /// Whose tokens were handed out last (issuer, subject, user name).
+    who: StdMutex<Option<(String, Option<String>, Option<String>)>>,
 }
 
 /// Refresh this long before expiry: a third of the token's lifetime, at most 10 minutes (gh
@@ -423,7 +424,7 @@ impl OAuthSession {
             store,
             lock_path: lock_dir.join("aw-sync-samay-refresh.lock"),
             current: tokio::sync::Mutex::new(None),
-            subject: StdMutex::new(None),
+            who: StdMutex::new(None),
         }
     }
 
@@ -456,7 +457,8 @@ impl OAuthSession {
     }
 
     fn remember(&self, t: &StoredTokens) {
-        *self.subject.lock().unwrap_or_else(|p| p.into_inner()) = t.subject.clone();
+        *self.who.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((t.issuer.clone(), t.subject.clone(), t.username.clone()));
     }
 
     fn fresh(t: &StoredTokens, now: DateTime<Utc>) -> bool {
@@ -620,10 +622,21 @@ impl TokenSource for OAuthSession {
     }
 
     fn user_id(&self) -> Option<String> {
-        self.subject
+        self.who
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .and_then(|(_, subject, _)| subject.clone())
+    }
+
+    fn identity(&self) -> Option<super::Identity> {
+        let who = self.who.lock().unwrap_or_else(|p| p.into_inner());
+        let (issuer, subject, username) = who.as_ref()?;
+        let subject = subject.as_ref()?;
+        Some(super::Identity {
+            key: format!("oidc:{}|{subject}", issuer.trim_end_matches('/')),
+            label: username.clone().unwrap_or_else(|| subject.clone()),
+        })
     }
 
     fn describe(&self) -> String {

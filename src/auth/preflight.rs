@@ -276,8 +276,8 @@ mod tests {
         .unwrap();
         let refusal = refusal_in_redirect(&back, "c").expect_err("an error");
         assert_eq!(
-            refusal.detail, "invalid_scope: no [2J",
-            "escape sequences are dropped"
+            refusal.detail, "invalid_scope: no\\u{1b}[2J",
+            "escape sequences are shown, never sent raw"
         );
         assert!(refusal.hint.contains("auth.scopes"));
         let approved = Url::parse("http://127.0.0.1:5/callback?code=x&state=s").unwrap();

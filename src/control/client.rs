@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{ControlError, DaemonInfo, Reply, Request, SyncResult, MAX_LINE};
+use super::{Asks, ControlError, DaemonInfo, Reply, Request, SyncResult, MAX_LINE};
 
 /// How long connecting and a `status` answer may take: the daemon answers at once.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,13 +30,17 @@ pub async fn status(path: &Path) -> Result<DaemonInfo, ControlError> {
 /// limit: a catch-up may take minutes, and a daemon that dies closes the connection.
 pub async fn sync_now(
     path: &Path,
-    verify: bool,
+    asks: Asks,
     mut on_reply: impl FnMut(&Reply),
 ) -> Result<SyncResult, ControlError> {
     let mut conn = tokio::time::timeout(STATUS_TIMEOUT, Connection::open(path))
         .await
         .unwrap_or_else(|_| Err(ControlError::io(path, "no answer within 5 s")))?;
-    conn.send(&Request::SyncNow { verify }).await?;
+    conn.send(&Request::SyncNow {
+        verify: asks.verify,
+        resync: asks.resync,
+    })
+    .await?;
     loop {
         match conn.next().await? {
             Some(Reply::Finished(result)) => return Ok(result),

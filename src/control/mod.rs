@@ -43,7 +43,30 @@ pub enum Request {
         /// Left out of the line when false, so a plain sync now reads the same as before.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         verify: bool,
+        /// `--resync`: the cycle first forgets what the destination acknowledged, and sends
+        /// everything again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resync: bool,
     },
+}
+
+/// What a sync-now request asks of its cycle beyond a plain sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asks {
+    /// Re-read and re-hash the whole history (`--verify`).
+    pub verify: bool,
+    /// Forget the destination's acknowledgements first (`--resync`).
+    pub resync: bool,
+}
+
+impl Asks {
+    /// Both, when either of two requests served by one cycle asked.
+    pub fn merge(self, other: Asks) -> Asks {
+        Asks {
+            verify: self.verify || other.verify,
+            resync: self.resync || other.resync,
+        }
+    }
 }
 
 /// What the daemon answers, one JSON object a line.
@@ -286,14 +309,19 @@ mod tests {
 
     #[test]
     fn the_protocol_is_one_tagged_json_object_a_line() {
-        let r = serde_json::to_string(&Request::SyncNow { verify: false }).expect("json");
+        let plain = Request::SyncNow {
+            verify: false,
+            resync: false,
+        };
+        let r = serde_json::to_string(&plain).expect("json");
         assert_eq!(r, r#"{"request":"sync_now"}"#);
-        let r = serde_json::to_string(&Request::SyncNow { verify: true }).expect("json");
-        assert_eq!(r, r#"{"request":"sync_now","verify":true}"#);
-        assert_eq!(
-            serde_json::from_str::<Request>(&r).expect("parses"),
-            Request::SyncNow { verify: true }
-        );
+        let asked = Request::SyncNow {
+            verify: true,
+            resync: true,
+        };
+        let r = serde_json::to_string(&asked).expect("json");
+        assert_eq!(r, r#"{"request":"sync_now","verify":true,"resync":true}"#);
+        assert_eq!(serde_json::from_str::<Request>(&r).expect("parses"), asked);
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"request":"status"}"#).expect("parses"),
             Request::Status

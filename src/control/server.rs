@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{mpsc, Notify};
 
-use super::{Activity, DaemonInfo, Reply, Request, SyncResult};
+use super::{Activity, Asks, DaemonInfo, Reply, Request, SyncResult};
 use crate::engine::{BucketCount, Metrics};
 
 /// How long a client may take to send its request.
@@ -46,8 +46,8 @@ struct State {
     detail: Option<String>,
     /// Requests waiting for a cycle to start.
     waiting: Vec<mpsc::UnboundedSender<CycleEvent>>,
-    /// One of them asked for a full verification.
-    verify: bool,
+    /// What they asked of the cycle, together.
+    asks: Asks,
     /// Why requests cannot be served now (the daemon idles), and the result they get.
     idle: Option<SyncResult>,
     metrics: Option<Arc<Metrics>>,
@@ -66,8 +66,8 @@ pub struct Hub {
 pub struct CycleWaiters<'a> {
     hub: &'a Hub,
     waiters: Vec<mpsc::UnboundedSender<CycleEvent>>,
-    /// A waiter asked for a full verification.
-    pub verify: bool,
+    /// What the waiters asked of the cycle, together.
+    pub asks: Asks,
 }
 
 impl CycleWaiters<'_> {
@@ -98,7 +98,7 @@ impl Hub {
                 activity: Activity::Waiting,
                 detail: None,
                 waiting: Vec::new(),
-                verify: false,
+                asks: Asks::default(),
                 idle: None,
                 metrics: None,
             }),
@@ -166,17 +166,17 @@ impl Hub {
 
     /// A cycle starts: it serves every request waiting now.
     pub fn begin_cycle(&self) -> CycleWaiters<'_> {
-        let (waiters, baseline, verify) = {
+        let (waiters, baseline, asks) = {
             let mut s = self.lock();
             s.activity = Activity::Syncing;
             let waiters = std::mem::take(&mut s.waiting);
-            let verify = std::mem::take(&mut s.verify);
+            let asks = std::mem::take(&mut s.asks);
             // Nothing to copy for an ordinary cycle: idle cycles stay cheap.
             let baseline = match &s.metrics {
                 Some(m) if !waiters.is_empty() => m.per_bucket(),
                 _ => Vec::new(),
             };
-            (waiters, baseline, verify)
+            (waiters, baseline, asks)
         };
         for w in &waiters {
             let _ = w.send(CycleEvent::Started {
@@ -186,7 +186,7 @@ impl Hub {
         CycleWaiters {
             hub: self,
             waiters,
-            verify,
+            asks,
         }
     }
 
@@ -194,7 +194,7 @@ impl Hub {
     /// for the next one). `Err`: the daemon idles, with the answer.
     fn register(
         &self,
-        verify: bool,
+        asks: Asks,
     ) -> Result<(mpsc::UnboundedReceiver<CycleEvent>, bool), SyncResult> {
         let (tx, rx) = mpsc::unbounded_channel();
         let running = {
@@ -203,7 +203,7 @@ impl Hub {
                 return Err(result.clone());
             }
             s.waiting.push(tx);
-            s.verify |= verify;
+            s.asks = s.asks.merge(asks);
             s.activity == Activity::Syncing
         };
         self.wake.notify_one();
@@ -251,12 +251,14 @@ where
         Request::Status => {
             let _ = send(&mut write, &Reply::Status(hub.info())).await;
         }
-        Request::SyncNow { verify } => sync_now(hub, verify, &mut write).await,
+        Request::SyncNow { verify, resync } => {
+            sync_now(hub, Asks { verify, resync }, &mut write).await
+        }
     }
 }
 
-async fn sync_now<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, verify: bool, write: &mut W) {
-    let (mut events, running) = match hub.register(verify) {
+async fn sync_now<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, asks: Asks, write: &mut W) {
+    let (mut events, running) = match hub.register(asks) {
         Ok(r) => r,
         Err(result) => {
             let _ = send(write, &Reply::Finished(result)).await;

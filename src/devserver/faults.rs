@@ -57,6 +57,8 @@ pub struct FaultSettings {
     pub slow_answer_ms: u64,
     /// Bodies above this (wire or decompressed) are answered 413.
     pub max_body_bytes: u64,
+    /// Answer `GET v1/me` 404, as an upstream written before it existed.
+    pub no_me: bool,
 }
 
 impl Default for FaultSettings {
@@ -75,6 +77,7 @@ impl Default for FaultSettings {
             // Longer than any sensible client timeout: `slow_answers: 1` alone does what it says.
             slow_answer_ms: 60_000,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            no_me: false,
         }
     }
 }

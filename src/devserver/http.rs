@@ -22,7 +22,9 @@ use super::faults::{After, BatchStage, Before, Faults, RequestRecord};
 use super::oidc::{self, Bearer, Provider};
 use super::page;
 use super::store::{IncomingBatch, Outcome, Store};
-use crate::upstream::contract::{BatchResponse, BucketMeta, Deletion, ErrorResponse, UpEvent};
+use crate::upstream::contract::{
+    BatchResponse, BucketMeta, Deletion, ErrorResponse, MeResponse, UpEvent,
+};
 
 /// Bearer token → the user (subject) it authenticates. Shared so an OAuth provider running in
 /// the same process can register the tokens it issues.
@@ -52,6 +54,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/events", get(events_page))
         .route("/v1/health", get(health))
+        .route("/v1/me", get(me))
         .route("/v1/events/batch", post(post_batch))
         .route("/v1/inspect", get(inspect))
         .route("/v1/inspect/events", get(inspect_events))
@@ -96,6 +99,38 @@ fn drop_connection() -> Response {
 
 async fn health() -> Response {
     Json(json!({"ok": true})).into_response()
+}
+
+/// `GET /v1/me`: the user the bearer token authenticates (the key the store files its events
+/// under), 401 for a token it does not know.
+async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.faults.settings().no_me {
+        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    }
+    match authenticate(&state, &headers).await {
+        Bearer::User(user) => Json(MeResponse { user }).into_response(),
+        Bearer::Invalid => unauthorized(),
+        Bearer::Unavailable(why) => {
+            tracing::warn!("cannot check a bearer token: {why}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the token now",
+            )
+        }
+    }
+}
+
+/// 401 with the RFC 6750 challenge.
+fn unauthorized() -> Response {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "missing, unknown, expired or revoked bearer token",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    response
 }
 
 /// The user the request's bearer token belongs to: a static token, else an access token the
@@ -362,17 +397,7 @@ async fn handle_batch(state: &AppState, headers: &HeaderMap, body: Body) -> Resp
     }
     let user = match authenticate(state, headers).await {
         Bearer::User(user) => user,
-        Bearer::Invalid => {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "missing, unknown, expired or revoked bearer token",
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-            return response;
-        }
+        Bearer::Invalid => return unauthorized(),
         // Not a 401: the client would throw away tokens that may well be good.
         Bearer::Unavailable(why) => {
             tracing::warn!("cannot check a bearer token: {why}");

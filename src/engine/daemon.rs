@@ -74,17 +74,21 @@ impl Engine {
     /// A cycle for the daemon loop: logs the result, records it in the status bucket
     /// ([`status_bucket`]) and classifies it.
     pub async fn daemon_cycle(&self) -> Outcome {
-        self.daemon_cycle_reporting(false).await.0
+        self.daemon_cycle_reporting(Default::default()).await.0
     }
 
     /// [`Engine::daemon_cycle`], also handing back the cycle's result (for those who asked
     /// for it over the control channel).
-    /// With `verify`, the cycle re-reads the whole history too (asked by `--once --verify`).
+    /// `asks` come from `--once --verify` / `--once --resync` run beside the daemon.
     pub async fn daemon_cycle_reporting(
         &self,
-        verify: bool,
+        asks: crate::control::Asks,
     ) -> (Outcome, Result<CycleReport, CycleError>) {
         let started = Instant::now();
+        let verify = asks.verify;
+        if asks.resync {
+            self.destination.ask_resync();
+        }
         let result = self
             .run_cycle_verifying(self.settings.verify_all || verify)
             .await;

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 mod daemon;
+pub mod destination;
 mod metrics;
 pub(crate) mod queue;
 pub mod scan;
@@ -27,6 +28,7 @@ use crate::upstream::contract::BucketMeta;
 use crate::upstream::{BatchSink, UpstreamError};
 use backoff::RetryPolicy;
 pub use daemon::{run_daemon, run_daemon_woken, Outcome};
+pub use destination::Destination;
 pub use metrics::{BucketCount, BucketCounters, Metrics};
 pub use scan::{ScanError, ScanStats, Verify};
 pub use upload::{UploadError, UploadStats};
@@ -190,8 +192,8 @@ pub struct Engine {
     pub settings: Settings,
     pub hostname: String,
     pub metrics: Arc<Metrics>,
-    /// Where the data goes: what the state's records belong to.
-    pub destination: DestKey,
+    /// Where the data goes: what the state's records belong to ([`destination`]).
+    pub destination: destination::Destination,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -219,7 +221,7 @@ impl Engine {
             settings,
             hostname,
             metrics: Default::default(),
-            destination,
+            destination: destination.into(),
             clock: Arc::new(crate::clock::SystemClock),
         }
     }
@@ -300,11 +302,19 @@ impl Engine {
         let token = self.tokens.token().await.map_err(CycleError::Auth)?;
         let now = self.clock.now();
         let write = !self.settings.dry_run;
-        let dest = {
-            let key = self.destination.clone();
-            self.blocking(move |store| store.destination(&key, write))
-                .await?
-        };
+        let (key, token) = self.destination_for(token).await?;
+        let resync = write && self.destination.take_resync();
+        let dest = self
+            .blocking(move |store| {
+                let dest = store.destination(&key, write)?;
+                if let (Some(id), true) = (dest, resync) {
+                    let forgot = store.forget_destination(id)?;
+                    tracing::info!(upstream = %key.base_url, account = %key.label, forgot,
+                        "--resync: forgot what this destination acknowledged; sending everything again");
+                }
+                Ok(dest)
+            })
+            .await?;
         let verify = self.verify_plan(now, full).await?;
 
         let metas: BTreeMap<String, BucketMeta> = buckets

@@ -401,6 +401,12 @@ impl Store {
             .map_err(self.err())?;
         if let Some(id) = found {
             if write {
+                // The account's name may have changed (a new user name at the provider).
+                conn.execute(
+                    "UPDATE destinations SET label = ?2 WHERE id = ?1 AND label != ?2",
+                    params![id, key.label],
+                )
+                .map_err(self.err())?;
                 set_meta(&conn, "current_dest", &id.to_string()).map_err(self.err())?;
             }
             return Ok(Some(id));

@@ -69,6 +69,19 @@ impl Status {
             "pending    {}   quarantined {}",
             self.pending, self.quarantined
         );
+        if let Some(d) = &self.destination {
+            let _ = writeln!(
+                out,
+                "account    {} at {}{}",
+                printable(&d.account),
+                d.base_url,
+                if d.configured {
+                    ""
+                } else {
+                    " (the numbers below) — not the configured upstream, whose first sync sends it the whole history"
+                }
+            );
+        }
         let _ = writeln!(out, "config     {}", self.config_file);
         let _ = writeln!(out, "database   {}", self.state_db);
 
@@ -285,6 +298,7 @@ mod tests {
             sync_enabled: true,
             state_db: "/tmp/state.sqlite".into(),
             device_id: None,
+            destination: None,
             buckets: vec![
                 BucketLine {
                     state: BucketStatus {

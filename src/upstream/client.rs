@@ -18,7 +18,9 @@ use reqwest::header::{
 use reqwest::{redirect, StatusCode};
 use url::Url;
 
-use super::contract::{BatchRequest, BatchResponse, ErrorResponse, BATCH_PATH, HEALTH_PATH};
+use super::contract::{
+    BatchRequest, BatchResponse, ErrorResponse, MeResponse, BATCH_PATH, HEALTH_PATH, ME_PATH,
+};
 use crate::auth::AccessToken;
 use crate::printable::printable;
 
@@ -133,6 +135,7 @@ pub struct UpstreamClient {
     timeout: Duration,
     batch_url: Url,
     health_url: Url,
+    me_url: Url,
     gzip: bool,
 }
 
@@ -144,6 +147,7 @@ impl UpstreamClient {
         let base = base_url_dir(base_url)?;
         let batch_url = join(&base, BATCH_PATH)?;
         let health_url = join(&base, HEALTH_PATH)?;
+        let me_url = join(&base, ME_PATH)?;
         // Built now, so a configuration the TLS backend refuses fails at start-up.
         let http = http_client(timeout)?;
         Ok(Self {
@@ -151,6 +155,7 @@ impl UpstreamClient {
             timeout,
             batch_url,
             health_url,
+            me_url,
             gzip,
         })
     }
@@ -228,6 +233,34 @@ impl UpstreamClient {
         Answer::read(response)
             .await?
             .batch_outcome(batch.events.len(), token)
+    }
+
+    /// `GET {base_url}/v1/me` with the token: the account it authenticates, or `None` when the
+    /// upstream has no such endpoint (404). A 401 is `Unauthorized` (refresh, or log in again);
+    /// a 2xx without a non-empty `user` is `Malformed`.
+    pub async fn whoami(&self, token: &AccessToken) -> Result<Option<String>, UpstreamError> {
+        let response = self
+            .http()?
+            .get(self.me_url.clone())
+            .header(AUTHORIZATION, bearer(token)?)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .send()
+            .await
+            .map_err(network)?;
+        let answer = Answer::read(response).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Err(answer.classify(0, token));
+        }
+        match serde_json::from_slice::<MeResponse>(&answer.body) {
+            Ok(me) if answer.complete && !me.user.trim().is_empty() => Ok(Some(me.user)),
+            _ => Err(UpstreamError::Malformed(format!(
+                "GET {ME_PATH} answered without a user: {}",
+                snippet(&answer.body, token)
+            ))),
+        }
     }
 
     /// `GET {base_url}/v1/health` without a token. `Ok` on any 2xx; anything else is classified

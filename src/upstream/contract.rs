@@ -13,6 +13,17 @@ pub const BATCH_PATH: &str = "v1/events/batch";
 /// Path of the health endpoint, relative to `base_url`: `GET` without auth answers 200
 /// `{"ok":true}`. Any HTTP answer means "reachable"; only a 2xx means "this is the API".
 pub const HEALTH_PATH: &str = "v1/health";
+/// Path of the "who am I" endpoint, relative to `base_url`: `GET` with the bearer token answers
+/// 200 [`MeResponse`]. The client keys its records by the answer when the token does not say
+/// who it belongs to (`AW_SYNC_SAMAY_TOKEN`, `--dev`); an upstream without it answers 404.
+pub const ME_PATH: &str = "v1/me";
+
+/// `GET {base_url}/v1/me`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeResponse {
+    /// The account the token authenticates: stable, unique at this upstream.
+    pub user: String,
+}
 
 /// `POST {base_url}/v1/events/batch`. A superset of the original design's data format
 /// (`events[].timestamp/duration/data`, `user_id`, `device_id`, `sync_timestamp`).

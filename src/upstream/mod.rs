@@ -19,6 +19,15 @@ pub trait BatchSink: Send + Sync {
         token: &'a AccessToken,
         batch: &'a BatchRequest,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>>;
+
+    /// The account `token` authenticates at this upstream (`GET v1/me`); `None` when the
+    /// upstream cannot say (no such endpoint; sinks that are no upstream).
+    fn whoami<'a>(
+        &'a self,
+        _token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl BatchSink for UpstreamClient {
@@ -28,5 +37,12 @@ impl BatchSink for UpstreamClient {
         batch: &'a BatchRequest,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         Box::pin(UpstreamClient::send_batch(self, token, batch))
+    }
+
+    fn whoami<'a>(
+        &'a self,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+        Box::pin(UpstreamClient::whoami(self, token))
     }
 }

@@ -99,7 +99,7 @@ impl Rig {
             settings,
             hostname: "test-host".into(),
             metrics: Default::default(),
-            destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test"),
+            destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "test").into(),
             clock: std::sync::Arc::new(aw_sync_samay::clock::SystemClock),
         }
     }
