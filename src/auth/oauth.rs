@@ -405,8 +405,16 @@ pub struct OAuthSession {
     store: TokenStore,
     lock_path: PathBuf,
     current: tokio::sync::Mutex<Option<StoredTokens>>,
-    /// Whose tokens were handed out last (issuer, subject, user name).
-    who: StdMutex<Option<(String, Option<String>, Option<String>)>>,
+    /// Whose tokens were handed out last.
+    who: StdMutex<Option<Whose>>,
+}
+
+/// The issuer, subject and user name of the tokens an [`OAuthSession`] handed out last.
+#[derive(Debug, Clone)]
+struct Whose {
+    issuer: String,
+    subject: Option<String>,
+    username: Option<String>,
 }
 
 /// Refresh this long before expiry: a third of the token's lifetime, at most 10 minutes (gh
@@ -457,8 +465,11 @@ impl OAuthSession {
     }
 
     fn remember(&self, t: &StoredTokens) {
-        *self.who.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((t.issuer.clone(), t.subject.clone(), t.username.clone()));
+        *self.who.lock().unwrap_or_else(|p| p.into_inner()) = Some(Whose {
+            issuer: t.issuer.clone(),
+            subject: t.subject.clone(),
+            username: t.username.clone(),
+        });
     }
 
     fn fresh(t: &StoredTokens, now: DateTime<Utc>) -> bool {
@@ -626,16 +637,16 @@ impl TokenSource for OAuthSession {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|(_, subject, _)| subject.clone())
+            .and_then(|w| w.subject.clone())
     }
 
     fn identity(&self) -> Option<super::Identity> {
         let who = self.who.lock().unwrap_or_else(|p| p.into_inner());
-        let (issuer, subject, username) = who.as_ref()?;
-        let subject = subject.as_ref()?;
+        let who = who.as_ref()?;
+        let subject = who.subject.as_ref()?;
         Some(super::Identity {
-            key: format!("oidc:{}|{subject}", issuer.trim_end_matches('/')),
-            label: username.clone().unwrap_or_else(|| subject.clone()),
+            key: format!("oidc:{}|{subject}", who.issuer.trim_end_matches('/')),
+            label: who.username.clone().unwrap_or_else(|| subject.clone()),
         })
     }
 
