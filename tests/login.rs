@@ -335,6 +335,60 @@ async fn a_revoked_grant_means_login_required_and_a_new_login_resumes_with_nothi
     assert!(stored.iter().all(|e| e.versions == 1));
 }
 
+/// Issue 10 §1: logging out and in as another user sent that user nothing (the first user's
+/// acknowledgements were taken as the upstream's). Each account now has its own records: bob
+/// gets the whole history, alice again gets nothing twice, and `--status` names who.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_gets_the_whole_history_and_the_first_nothing_twice() {
+    let rig = LoginRig::new(3600, "").await;
+    let client = rig.aw.client();
+    client.create_bucket("b", "t", "t", "h").await.unwrap();
+    client
+        .insert_events("b", &series(30, 5.0, 600, "w"))
+        .await
+        .unwrap();
+    let users = |stored: &[aw_sync_samay::devserver::StoredEvent]| {
+        let mut by_user = std::collections::BTreeMap::<String, usize>::new();
+        for e in stored {
+            *by_user.entry(e.user.clone()).or_default() += 1;
+        }
+        by_user.into_values().collect::<Vec<_>>()
+    };
+
+    assert!(rig.login("alice").await.status.success());
+    let out = rig.run(&["--once"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(rig.run(&["--logout"], None).await.status.success());
+    assert!(rig.login("bob").await.status.success());
+    let out = rig.run(&["--once"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("30 delivered"),
+        "{}",
+        text(&out)
+    );
+    let stored = rig.dev.stored_events(None, Some("b")).await.unwrap();
+    assert_eq!(users(&stored), [30, 30], "each account holds everything");
+    let status = rig.run(&["--status"], None).await;
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("account    bob at "),
+        "{}",
+        text(&status)
+    );
+
+    assert!(rig.run(&["--logout"], None).await.status.success());
+    assert!(rig.login("alice").await.status.success());
+    let out = rig.run(&["--once"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("synced: 0 new"),
+        "alice's records are hers again: {}",
+        text(&out)
+    );
+    let stored = rig.dev.stored_events(None, Some("b")).await.unwrap();
+    assert_eq!(users(&stored), [30, 30]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_refreshers_at_once_never_spend_the_same_refresh_token() {
     let rig = LoginRig::new(3600, "").await;

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::awserver::free_port;
-use common::bin::{run, sync_command, write_config, Run};
+use common::bin::{run, summary_count as count, sync_command, write_config, Run};
 use common::daemon::Daemon;
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};
@@ -39,23 +39,6 @@ fn daemon_logs(home: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// The summary line's count before `what` (e.g. " delivered").
-fn count(r: &Run, what: &str) -> u64 {
-    let line = r
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("synced: "))
-        .unwrap_or_else(|| panic!("no summary line: {}", r.all()));
-    let at = line
-        .find(what)
-        .unwrap_or_else(|| panic!("{what:?} in {line}"));
-    line[..at]
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("a number before {what:?} in {line}"))
 }
 
 /// The daemon syncs once an hour; `--once` beside it makes it sync now: the new events arrive,

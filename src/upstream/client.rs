@@ -248,6 +248,7 @@ impl UpstreamClient {
             .await
             .map_err(network)?;
         let answer = Answer::read(response).await?;
+        tracing::debug!(url = %self.me_url, status = %answer.status, "asked the upstream whose token this is");
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -110,6 +110,23 @@ pub async fn run(cmd: &mut Command, dir: &Path) -> Run {
     }
 }
 
+/// The summary line's count before `what` (e.g. " delivered").
+pub fn summary_count(r: &Run, what: &str) -> u64 {
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("synced: "))
+        .unwrap_or_else(|| panic!("no summary line: {}", r.all()));
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("{what:?} in {line}"));
+    line[..at]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("a number before {what:?} in {line}"))
+}
+
 /// Polls `child` until it exits or `timeout` passes.
 pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
