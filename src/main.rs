@@ -404,10 +404,12 @@ async fn status_command(
             config.sync.gzip,
         )?)
     };
+    let privacy = Settings::from_config(&config.sync).privacy;
     let st = status::gather(status::Probe {
         source,
         upstream: upstream.as_ref(),
         base_url: config.sync.base_url.trim(),
+        privacy: &privacy,
         token: token_status(config).await,
         state_path,
         config_path,

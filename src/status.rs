@@ -217,6 +217,8 @@ pub struct Probe<'a> {
     pub upstream: Option<&'a UpstreamClient>,
     /// `sync.base_url` as configured.
     pub base_url: &'a str,
+    /// Which buckets are synced at all (`include_buckets`, `exclude_buckets`).
+    pub privacy: &'a crate::privacy::Privacy,
     pub token: TokenLine,
     pub state_path: &'a Path,
     pub config_path: &'a Path,
@@ -313,6 +315,27 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
             None
         };
         buckets.push(BucketLine { state, pending });
+    }
+    // Buckets the destination has not registered yet (never synced to it, or every cycle so far
+    // failed before reaching them): all their events are pending.
+    let fresh = destination.as_ref().map_or(true, |d| d.configured);
+    if aw_server.reachable && fresh {
+        if let Ok(listing) = p.source.get_buckets().await {
+            for id in listing.keys() {
+                let known = buckets.iter().any(|b| &b.state.bucket_id == id);
+                if known
+                    || id.starts_with(crate::engine::OWN_BUCKET_PREFIX)
+                    || !p.privacy.includes(id)
+                {
+                    continue;
+                }
+                let pending = p.source.event_count(id).await.ok();
+                buckets.push(BucketLine {
+                    state: BucketStatus::unregistered(id),
+                    pending,
+                });
+            }
+        }
     }
     let recorded = if aw_server.reachable {
         last_recorded_status(p.source, &p.hostname).await

@@ -176,9 +176,10 @@ impl Trap {
 ///
 /// The source is the in-memory aw-server double (Python aw-server would take minutes just to
 /// load 200k events); its request hook and the dev server's batch hook hold the request the
-/// kill is aimed at, so "in flight" is certain, not hoped for. Settings: `page_size = 1000`
-/// (default), `batch_size = 500`, `offline_queue_size = 2000`: fewer, larger requests keep
-/// the debug build's 51 runs short while every phase still recurs many times per run.
+/// kill is aimed at, so "in flight" is certain, not hoped for. Settings: `page_size = 200`
+/// (catch-up pages of 1,000: the scan reads five pages' worth at once while catching up),
+/// `batch_size = 500`, `offline_queue_size = 2000`: few, large requests keep the debug build's
+/// 51 runs short while every phase still recurs many times per run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_50_points_of_a_200k_event_sync_in_every_phase() {
     const EVENTS: usize = 200_000;
@@ -204,7 +205,7 @@ async fn kill_9_at_50_points_of_a_200k_event_sync_in_every_phase() {
     let config = write_config(
         &home,
         &dev.base_url(),
-        "page_size = 1000\nbatch_size = 500\noffline_queue_size = 2000",
+        "page_size = 200\nbatch_size = 500\noffline_queue_size = 2000",
     );
 
     let (fired, mut fired_rx) = mpsc::unbounded_channel();

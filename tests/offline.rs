@@ -113,8 +113,8 @@ async fn offline_for_a_week_then_one_catch_up_delivers_everything() {
     });
     assert_eq!(status["upstream"]["reachable"], false, "{status:#}");
     assert_eq!(status["aw_server"]["reachable"], true, "{status:#}");
-    // Nothing lost: every bucket the failed cycles reached has all its events pending (a
-    // bucket is listed once a cycle registered it; the first failure ends the cycle).
+    // Nothing lost: every bucket has all its events pending (listed from aw-server: a cycle
+    // that cannot reach the upstream stops before it registers anything for it).
     let listed = status["buckets"].as_array().expect("buckets");
     assert!(!listed.is_empty(), "{status:#}");
     for b in listed {

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::awserver::free_port;
-use common::bin::{run, summary_count as count, sync_command, write_config, Run};
+use common::bin::{run, summary_count as count, sync_command, write_config};
 use common::daemon::Daemon;
 use common::devserver::TEST_TOKEN;
 use common::rig::{series, Rig};

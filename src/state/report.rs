@@ -25,6 +25,22 @@ pub struct BucketStatus {
     pub deleted: u64,
 }
 
+impl BucketStatus {
+    /// A bucket the destination has not registered: nothing delivered yet.
+    pub fn unregistered(bucket_id: &str) -> BucketStatus {
+        BucketStatus {
+            bucket_id: bucket_id.to_string(),
+            generation: 0,
+            cursor: None,
+            delivered: 0,
+            delivered_current: 0,
+            versions_sent: 0,
+            quarantined: 0,
+            deleted: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuarantineEntry {
     pub bucket_id: String,
