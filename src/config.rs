@@ -421,6 +421,10 @@ fn validate_auth_urls(auth: &AuthConfig) -> Result<(), ConfigError> {
         ("auth.token_url", &auth.token_url),
         ("auth.userinfo_url", &auth.userinfo_url),
         ("auth.revocation_url", &auth.revocation_url),
+        (
+            "auth.device_authorization_url",
+            &auth.device_authorization_url,
+        ),
     ] {
         let value = value.trim();
         if !value.is_empty() {
@@ -713,6 +717,7 @@ mod tests {
             "token_url",
             "userinfo_url",
             "revocation_url",
+            "device_authorization_url",
         ] {
             for bad in ["ftp://x", "http://id.example.org/x", "not a url"] {
                 let text = format!("[auth]\nclient_id = \"c\"\n{key} = \"{bad}\"\n");

@@ -4,7 +4,7 @@
 //! | code | meaning | examples |
 //! |---|---|---|
 //! | 0 | healthy / synced | |
-//! | 1 | the user must act; retrying alone will not help | login required, `sync.base_url` empty, sync disabled, quarantined events, `base_url` is not an aw-sync-samay upstream, the port is not aw-server's |
+//! | 1 | the user must act; retrying alone will not help | login required, `sync.base_url` empty, sync disabled, quarantined events, no sync yet (to the configured upstream and account), `base_url` is not an aw-sync-samay upstream, the port is not aw-server's |
 //! | 2 | something is unreachable or failing for now; it is retried by itself | aw-server or the upstream not answering, a 5xx, another `--once` running |
 
 /// Healthy: everything answered and everything was delivered.

@@ -32,13 +32,22 @@ pub enum BodyError {
     Read(#[from] reqwest::Error),
 }
 
+/// The most [`read_prefix`] reserves up front on the strength of a `Content-Length`.
+const MAX_PREALLOCATION: usize = 16 * 1024 * 1024;
+
 /// Reads at most `limit` bytes of the body, as it comes; reading stops at the limit. (An
-/// announced `Content-Length` changes nothing here: the first bytes are wanted either way.)
+/// announced `Content-Length` only sizes the buffer: the first bytes are wanted either way.)
 pub async fn read_prefix(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Prefix, reqwest::Error> {
-    let mut bytes = Vec::new();
+    // Sized once from `Content-Length` (believed up to a bound: the body may stop short):
+    // growing by doubling copied every megabyte-sized page several times over.
+    let announced = response
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let mut bytes = Vec::with_capacity(announced.min(limit).min(MAX_PREALLOCATION));
     while let Some(chunk) = response.chunk().await? {
         let room = limit - bytes.len();
         if chunk.len() > room {

@@ -660,7 +660,11 @@ async fn logout_command(
 
 /// The token line of `--status`: where tokens come from and who is logged in.
 async fn token_status(config: &Config) -> TokenLine {
-    let line = |text: String, login| TokenLine { text, login };
+    let line = |text: String, login| TokenLine {
+        text,
+        login,
+        account: None,
+    };
     if let Some(t) = StaticToken::from_env() {
         return line(t.describe(), Login::Environment);
     }
@@ -677,14 +681,20 @@ async fn token_status(config: &Config) -> TokenLine {
             Login::Unavailable,
         ),
         Ok(store) => match store.load().await {
-            Ok(Some(t)) => line(
-                format!(
-                    "{}: logged in as {}",
-                    store.describe(),
-                    oauth::display_name(&t)
-                ),
-                Login::LoggedIn,
-            ),
+            Ok(Some(t)) => TokenLine {
+                account: t
+                    .subject
+                    .as_deref()
+                    .map(|subject| oauth::account_key(&t.issuer, subject)),
+                ..line(
+                    format!(
+                        "{}: logged in as {}",
+                        store.describe(),
+                        oauth::display_name(&t)
+                    ),
+                    Login::LoggedIn,
+                )
+            },
             Ok(None) => line(
                 format!("{}: login required: run {login}", store.describe()),
                 Login::LoginRequired,

@@ -145,6 +145,9 @@ pub enum Login {
 pub struct TokenLine {
     pub text: String,
     pub login: Login,
+    /// The account the stored login names (the state's key for it), when it names one: a
+    /// destination recorded for another account is not the configured one.
+    pub account: Option<String>,
 }
 
 /// An upstream and the account at it, as the state knows them.
@@ -153,8 +156,8 @@ pub struct DestinationLine {
     pub base_url: String,
     /// The user name, the subject, or the token's fingerprint (saying so).
     pub account: String,
-    /// It is the upstream `sync.base_url` names now. When not, the next sync goes to a
-    /// destination of its own, and sends it the whole history.
+    /// It is the upstream `sync.base_url` names now, for the account logged in now. When not,
+    /// the next sync goes to a destination of its own, and sends it the whole history.
     pub configured: bool,
 }
 
@@ -290,7 +293,8 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
             .current_destination()?
             .filter(|(_, key)| !key.base_url.is_empty())
             .map(|(_, key)| DestinationLine {
-                configured: key.base_url == p.base_url.trim_end_matches('/'),
+                configured: key.base_url == p.base_url.trim_end_matches('/')
+                    && p.token.account.as_ref().map_or(true, |a| *a == key.account),
                 base_url: key.base_url,
                 account: key.label,
             });
@@ -510,6 +514,21 @@ impl Status {
                         "--once",
                     ),
                 ));
+            } else if let Some(d) = self.destination.as_ref().filter(|d| !d.configured) {
+                // The numbers are about another destination: the configured one has had
+                // nothing yet, which "ok" would hide (issue 10).
+                let what = format!(
+                    "nothing has been sent yet to the configured upstream for the account logged in now (the numbers are about {} at {})",
+                    d.account, d.base_url
+                );
+                if self.daemon.running {
+                    found.push((State::Syncing, Todo::say(what)));
+                } else {
+                    found.push((
+                        State::NeverSynced,
+                        Todo::run(format!("{what}: sync once"), "--once"),
+                    ));
+                }
             } else if self.last_cycle.last_success.is_none() && self.daemon.running {
                 found.push((
                     State::Syncing,

@@ -112,6 +112,8 @@ async fn every_new_upstream_or_account_gets_the_whole_history_and_an_old_one_not
     let other = config_at(&home, "second.toml", &second.base_url());
     let v = status(&rig, &home, &other, TEST_TOKEN).await;
     assert_eq!(v["destination"]["configured"], false, "{v:#}");
+    assert_eq!(v["state"], "never_synced", "not \"ok\": {v:#}");
+    assert_eq!(v["exit_code"], 1, "{v:#}");
     let human = run(
         sync_command(&home, rig.aw.port(), &other, TEST_TOKEN).arg("--status"),
         &home.join("out"),
@@ -263,4 +265,78 @@ async fn resync_sends_everything_again_with_once_through_the_daemon_and_at_its_s
     let (n, _) = held(&rig.dev, "dev", "window").await;
     assert_eq!(n as u64, EVENTS, "duplicates absorbed, nothing doubled");
     rig.assert_exact("window").await;
+}
+
+/// A login whose provider names no subject (only `auth_url`/`token_url` configured, no
+/// userinfo), refreshed between cycles, against an upstream without `v1/me`.
+struct LoginWithoutSubject {
+    current: std::sync::Mutex<String>,
+}
+
+impl aw_sync_samay::auth::TokenSource for LoginWithoutSubject {
+    fn token(
+        &self,
+    ) -> aw_sync_samay::auth::BoxFuture<
+        '_,
+        Result<aw_sync_samay::auth::AccessToken, aw_sync_samay::auth::AuthError>,
+    > {
+        let token = self.current.lock().expect("lock").clone();
+        Box::pin(async move { Ok(aw_sync_samay::auth::AccessToken::new(token)) })
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        _rejected: &'a aw_sync_samay::auth::AccessToken,
+    ) -> aw_sync_samay::auth::BoxFuture<
+        'a,
+        Result<aw_sync_samay::auth::AccessToken, aw_sync_samay::auth::AuthError>,
+    > {
+        Box::pin(async {
+            Err(aw_sync_samay::auth::AuthError::Rejected(
+                "no refresh here".into(),
+            ))
+        })
+    }
+
+    fn user_id(&self) -> Option<String> {
+        None
+    }
+
+    fn login(&self) -> Option<aw_sync_samay::auth::Identity> {
+        Some(aw_sync_samay::auth::Identity {
+            key: "login:https://provider.test|client".into(),
+            label: "the account logged in at https://provider.test".into(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        "a login without a subject".into()
+    }
+}
+
+/// Keyed by the access token, such a login would be a new destination after every refresh
+/// and send the whole history again each time; keyed by the login, a refresh sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_without_subject_keeps_its_records_across_refreshes_without_v1_me() {
+    let rig = Rig::new().await;
+    rig.bucket("window").await;
+    rig.insert("window", &series(EVENTS as usize, 10.0, 600, "w"))
+        .await;
+    rig.dev.faults().update(|f| f.no_me = true);
+    rig.dev.add_token_for("refreshed-token", "dev");
+    let tokens = std::sync::Arc::new(LoginWithoutSubject {
+        current: std::sync::Mutex::new(TEST_TOKEN.to_string()),
+    });
+    let mut engine = rig.engine_full(common::rig::test_settings(), tokens.clone(), "state.sqlite");
+    engine.destination = aw_sync_samay::engine::Destination::upstream(&rig.dev.base_url());
+
+    let first = engine.run_cycle().await.expect("first cycle");
+    assert_eq!(first.upload.delivered, EVENTS);
+    *tokens.current.lock().expect("lock") = "refreshed-token".into();
+    let after_refresh = engine.run_cycle().await.expect("cycle after the refresh");
+    assert_eq!(
+        after_refresh.upload.delivered, 0,
+        "a refreshed token is the same login: nothing is sent again"
+    );
+    assert_eq!(held(&rig.dev, "dev", "window").await.0 as u64, EVENTS);
 }

@@ -37,7 +37,7 @@ fn request(port: u16, method: &str, path: &str, host: Option<&str>, body: &str) 
 }
 
 #[tokio::test]
-async fn only_this_machines_host_names_at_the_bound_port_are_answered() {
+async fn only_this_machines_host_names_are_answered_whatever_the_port() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_dev_server(dir.path()).await;
     let port = server.addr().port();

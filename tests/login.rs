@@ -360,6 +360,12 @@ async fn another_account_gets_the_whole_history_and_the_first_nothing_twice() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(rig.run(&["--logout"], None).await.status.success());
     assert!(rig.login("bob").await.status.success());
+    // Before bob's first sync, --status does not call alice's numbers healthy for bob.
+    let status = rig.run(&["--status", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(v["destination"]["configured"], false, "{v:#}");
+    assert_eq!(v["state"], "never_synced", "{v:#}");
+    assert_eq!(status.status.code(), Some(1), "{v:#}");
     let out = rig.run(&["--once"], None).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(

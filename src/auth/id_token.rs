@@ -1,5 +1,6 @@
-//! The OpenID Connect ID token: who signed in, for "Logged in as …" and the batch's
-//! informational `user_id`. Nothing is authorised by it — the upstream keys data on the
+//! The OpenID Connect ID token: who signed in, for "Logged in as …", the batch's
+//! informational `user_id` and the account the state files its acknowledgements under (a wrong
+//! subject there would at worst send the history again, which the upstream absorbs). Nothing is authorised by it — the upstream keys data on the
 //! subject of the *access token* it validates itself (`docs/upstream-api.md`) — but a wrong
 //! name or subject must still not be shown or sent, so its claims are used only when they are
 //! meant for us (OpenID Connect Core §3.1.3.7):

@@ -80,6 +80,14 @@ pub trait TokenSource: Send + Sync {
     fn identity(&self) -> Option<Identity> {
         None
     }
+    /// The login these tokens come from, when [`TokenSource::identity`] cannot name the
+    /// account (a provider configured without an issuer or userinfo gives no subject) and the
+    /// upstream has no `v1/me` either: the records are then kept per login rather than per
+    /// access token, which every refresh replaces (keying by the token would send the whole
+    /// history again after each refresh).
+    fn login(&self) -> Option<Identity> {
+        None
+    }
     /// Where the token lives, for `--status` ("environment", "keyring", "file", ...).
     fn describe(&self) -> String;
 }

@@ -409,6 +409,12 @@ pub struct OAuthSession {
     who: StdMutex<Option<Whose>>,
 }
 
+/// The account a login's records are kept under in the state: its issuer and subject. Also
+/// what `--status` compares the last sync's destination with.
+pub fn account_key(issuer: &str, subject: &str) -> String {
+    format!("oidc:{}|{subject}", issuer.trim_end_matches('/'))
+}
+
 /// The issuer, subject and user name of the tokens an [`OAuthSession`] handed out last.
 #[derive(Debug, Clone)]
 struct Whose {
@@ -645,8 +651,20 @@ impl TokenSource for OAuthSession {
         let who = who.as_ref()?;
         let subject = who.subject.as_ref()?;
         Some(super::Identity {
-            key: format!("oidc:{}|{subject}", who.issuer.trim_end_matches('/')),
+            key: account_key(&who.issuer, subject),
             label: who.username.clone().unwrap_or_else(|| subject.clone()),
+        })
+    }
+
+    fn login(&self) -> Option<super::Identity> {
+        let who = self.who.lock().unwrap_or_else(|p| p.into_inner());
+        let issuer = who.as_ref()?.issuer.trim_end_matches('/');
+        Some(super::Identity {
+            key: format!("login:{issuer}|{}", self.client_id),
+            label: format!(
+                "the account logged in at {issuer} (it names no subject and the upstream has no \
+                 v1/me: after logging in as someone else, run --resync)"
+            ),
         })
     }
 

@@ -4,8 +4,9 @@
 //!
 //! The account comes from the tokens when they say who they belong to (a login: its issuer and
 //! subject), else from the upstream (`GET v1/me`, for `AW_SYNC_SAMAY_TOKEN` and `--dev`); an
-//! upstream without `v1/me` gets a keyed fingerprint of the token — never the token, and
-//! useless to anyone without this installation's secret. It is worked out at every cycle, so a
+//! upstream without `v1/me` gets the login (when tokens come from one: refreshes keep it) or a
+//! keyed fingerprint of the token — never the token, and useless to anyone without this
+//! installation's secret. It is worked out at every cycle, so a
 //! new login or a new token under a running daemon moves the sync to that account's records;
 //! the answer of `v1/me` is remembered per token, so an idle cycle asks nothing more.
 
@@ -123,13 +124,24 @@ impl Engine {
             Err(e) => return Err(CycleError::Upstream(e)),
         };
         let (fingerprint, fallback) = token_account(&secret, &token);
-        let key = match user {
-            Some(user) => DestKey {
+        let key = match (user, self.tokens.login()) {
+            (Some(user), _) => DestKey {
                 base_url: base_url.clone(),
                 account: format!("user:{user}"),
                 label: user,
             },
-            None => {
+            (None, Some(who)) => {
+                tracing::info!(
+                    upstream = %base_url,
+                    "the upstream has no v1/me and the login names no subject: records are kept per login"
+                );
+                DestKey {
+                    base_url: base_url.clone(),
+                    account: who.key,
+                    label: who.label,
+                }
+            }
+            (None, None) => {
                 tracing::info!(
                     upstream = %base_url,
                     "the upstream has no v1/me: this token's records are kept under its fingerprint"

@@ -314,7 +314,13 @@ impl Engine {
                 }
                 Ok(dest)
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // Not forgotten: the next cycle tries the resync again.
+                if resync {
+                    self.destination.ask_resync();
+                }
+            })?;
         let verify = self.verify_plan(now, full).await?;
 
         let metas: BTreeMap<String, BucketMeta> = buckets

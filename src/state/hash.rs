@@ -6,8 +6,6 @@
 //! and the data as JSON with keys sorted at every depth — so the same event hashes the same
 //! whichever server served it, and a heartbeat that grew the event changes the hash.
 
-use std::fmt::Write as _;
-
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
@@ -370,9 +368,12 @@ fn string_end(bytes: &[u8], start: usize) -> Result<usize, DataError> {
 }
 
 pub fn hash_hex(hash: &EventHash) -> String {
+    // A table instead of `write!` per byte: this runs once per event uploaded.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(32);
     for b in hash {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     s
 }
@@ -441,6 +442,7 @@ fn write_canonical_map(out: &mut Vec<u8>, map: &serde_json::Map<String, Value>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write as _;
 
     fn ev(json: &str) -> Event {
         serde_json::from_str(json).expect("test event")

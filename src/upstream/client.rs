@@ -249,7 +249,12 @@ impl UpstreamClient {
             .map_err(network)?;
         let answer = Answer::read(response).await?;
         tracing::debug!(url = %self.me_url, status = %answer.status, "asked the upstream whose token this is");
-        if answer.status == StatusCode::NOT_FOUND {
+        // 404: no such route; 405: an upstream that routes `v1/*` but not this method. Both
+        // mean "this upstream does not implement v1/me", not a fault to retry.
+        if matches!(
+            answer.status,
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) {
             return Ok(None);
         }
         if !answer.status.is_success() {
