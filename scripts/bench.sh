@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The benchmark of README "Performance": catch-up of 10k / 100k / 1M events from the in-memory
-# aw-server double and 100k from Python aw-server 0.12, each against its floor (one `limit=-1`
-# GET per bucket) in the same run, into an acknowledging upstream (every event checked) and
-# into samay-dev-server; then the idle cost. Release build (LTO): ≈ 7 min to build, ≈ 2 min to run
-# on 2 cores.
+# The benchmark of README "Performance": catch-up of 10k / 100k / 1M events from the
+# aw-server-rust stand-in (samay-aw-double on SQLite: aw-server-rust's schema, index and queries)
+# and 100k from Python aw-server 0.12, each against its floor (one `limit=-1` GET per bucket) in
+# the same run, with the source's CPU time, into an acknowledging upstream (every event checked)
+# and into samay-dev-server; the read pattern before issue 9 replayed; a deep back-dated insert
+# and `--once --verify` after the catch-up; then the idle cost. Release build (LTO): ≈ 5 min to
+# build, ≈ 10 min to run on 2 cores.
 #
 #   bash scripts/bench.sh
 #   BENCH_SIZES=10000,100000 BENCH_PYTHON=0 BENCH_IDLE=0 bash scripts/bench.sh   # quicker
