@@ -34,13 +34,10 @@ use anyhow::{bail, ensure, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use aw_sync_samay::awdouble::{self, synthetic, AwDouble, AwDoubleConfig, Storage};
 use aw_sync_samay::source::{AwClient, Event};
+use samay_aw_double::{self as awdouble, synthetic, AwDouble, AwDoubleConfig, Storage};
+use samay_testkit::{awserver, procfs};
 
-#[path = "../tests/common/awserver.rs"]
-mod awserver;
-#[path = "../tests/common/procfs.rs"]
-mod procfs;
 mod support;
 
 use support::run::{self, Home, Usage};
@@ -665,7 +662,7 @@ impl DevServer {
         let port = awserver::free_port();
         let dir = work.join(name);
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_samay-dev-server"))
+        let child = Command::new(samay_testkit::built_binary("samay-dev-server"))
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--db")

@@ -17,4 +17,7 @@ cd "$ROOT"
 if [ "${BENCH_PYTHON:-1}" != 0 ] && [ ! -x .peers/aw-venv/bin/aw-server ]; then
     bash scripts/install-peers.sh
 fi
+# The aw-server-rust stand-in and the dev server run as their own processes (their CPU time is
+# theirs); they live in other packages of the workspace, so the benchmark does not build them.
+cargo build --release --locked -p samay-aw-double -p samay-server --bins
 exec cargo bench --locked --bench catchup

@@ -12,10 +12,7 @@ cd "$ROOT"
 if [ ! -x .peers/aw-venv/bin/aw-server ]; then
     bash scripts/install-peers.sh
 fi
-TESTS=()
-for t in crash offline model fault_upstream fuzz_parsers; do
-    [ -f "tests/$t.rs" ] && TESTS+=(--test "$t")
-done
-cargo test --locked "${TESTS[@]}" -- --test-threads=4
+# tests/faults: crash, offline, model, fault_upstream, fuzz_parsers (one test binary).
+cargo test --locked --test faults -- --test-threads=4
 # The property tests that live next to the code they check (hash, backoff, parsers).
 cargo test --locked --lib -- props prop_ raw_and_parsed --test-threads=4

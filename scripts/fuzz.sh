@@ -25,7 +25,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 if [[ "${1:-}" == "--proptest" ]]; then
     cd "$root"
     export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
-    cargo test --test fuzz_parsers
+    cargo test --test faults -- fuzz_parsers::
     exec cargo test --lib -- properties:: paste::tests fuzzing::
 fi
 

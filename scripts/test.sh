@@ -12,8 +12,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The server as the sidecar links it: without its `faults` feature (tests turn it on).
+cargo clippy -p samay-server --all-targets --locked -- -D warnings
+
+echo "== the shipped binary carries no test double and no fault injection"
+bash scripts/check-release-deps.sh
 
 echo "== cargo test"
 # Integration tests each start their own aw-server and upstream on free loopback ports.
-cargo test --all-targets --locked -- --test-threads=4
+cargo test --workspace --all-targets --locked -- --test-threads=4

@@ -8,17 +8,15 @@
 //!   state's dedupe, to the upstream, and the daemon loop that schedules cycles,
 //! * [`upstream`] — the backend's batch API (the contract in `docs/upstream-api.md`).
 //!
-//! Beside it, [`auth`] owns where bearer tokens come from (the seam for the OAuth login),
-//! [`devserver`] is the embedded upstream used by `--dev` and the tests, and [`awdouble`] an
-//! in-memory aw-server (aw-server-rust's API) for tests and benchmarks.
+//! Beside it, [`auth`] owns where bearer tokens come from (the seam for the OAuth login), and
+//! [`devserver`] is the embedded upstream used by `--dev` (crates/samay-server). The aw-server
+//! double for tests and benchmarks is crates/samay-aw-double, never a dependency of this crate.
 
 pub mod auth;
-pub mod awdouble;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod devserver;
 pub mod endpoint;
 pub mod engine;
 pub mod exit;
@@ -31,9 +29,7 @@ pub mod memory;
 pub mod once;
 pub mod orphan;
 pub mod paths;
-pub mod printable;
 pub mod privacy;
-pub mod private_fs;
 pub mod progress;
 pub mod source;
 pub mod state;
@@ -41,17 +37,11 @@ pub mod status;
 pub mod term;
 pub mod upstream;
 
-/// Cases for the property tests in `#[cfg(test)]` modules: `default`, or more when
-/// `PROPTEST_CASES` asks for more (long fuzzing runs; see `scripts/fuzz.sh`). Never fewer, so a
-/// stray small value cannot quietly weaken CI's run.
+// Shared with the server (crates/samay-common), kept at their old paths.
+pub use samay_common::{printable, private_fs};
+/// The embedded upstream of `--dev` (crates/samay-server, without its fault switches).
+pub use samay_server as devserver;
+
+/// Cases for the property tests in `#[cfg(test)]` modules (see [`samay_common::proptest_config`]).
 #[cfg(test)]
-pub(crate) fn proptest_config(default: u32) -> proptest::test_runner::Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(default, |asked| asked.max(default));
-    proptest::test_runner::Config {
-        cases,
-        ..proptest::test_runner::Config::default()
-    }
-}
+pub(crate) use samay_common::proptest_config;

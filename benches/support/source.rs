@@ -26,7 +26,7 @@ impl SqliteDouble {
     pub fn start(work: &Path, name: &str, events: usize) -> anyhow::Result<SqliteDouble> {
         let db = work.join(format!("{name}.sqlite"));
         let _ = std::fs::remove_file(&db);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_samay-aw-double"))
+        let mut child = Command::new(samay_testkit::built_binary("samay-aw-double"))
             .args(["--storage", "sqlite", "--port", "0", "--seed", "42"])
             .arg("--db")
             .arg(&db)

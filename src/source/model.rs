@@ -156,28 +156,9 @@ pub fn object_to_raw(map: &Map<String, Value>) -> Box<RawValue> {
     serde_json::value::to_raw_value(map).unwrap_or_else(|_| empty_object())
 }
 
-/// `{}`.
-pub fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("{{}} is JSON"))
-}
-
-/// Event data as text: must be a JSON object (or `null`, read as `{}`), as aw-server's own
-/// models require; anything else makes the response malformed.
-pub fn object_text<'de, D>(deserializer: D) -> Result<Box<RawValue>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    let raw = Option::<Box<RawValue>>::deserialize(deserializer)?;
-    match raw {
-        None => Ok(empty_object()),
-        Some(r) if r.get() == "null" => Ok(empty_object()),
-        Some(r) if r.get().starts_with('{') => Ok(r),
-        Some(r) => Err(serde::de::Error::custom(format!(
-            "event data must be a JSON object, got `{}`",
-            r.get().chars().take(40).collect::<String>()
-        ))),
-    }
-}
+// Event data as text is the upstream's rule too (`UpEvent::data`): one definition, in the
+// wire contract's crate.
+pub use samay_api::{empty_object, object_text};
 
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where

@@ -1,7 +1,8 @@
 //! The upstream side: the batch API contract and the HTTP client that speaks it.
 
 pub mod client;
-pub mod contract;
+/// The wire types and paths, in their own crate (crates/samay-api) because the server speaks them too.
+pub use samay_api as contract;
 pub mod dry_run;
 pub mod health;
 
