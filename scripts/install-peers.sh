@@ -66,7 +66,7 @@ install_aw_server() {
     log "aw-server: installed ($("$venv/bin/aw-server" --version 2>&1 | tail -n1))"
 }
 
-# install_keyring: a real Secret Service for tests/keyring.rs. gnome-keyring gives
+# install_keyring: a real Secret Service for tests/it/keyring.rs. gnome-keyring gives
 # gnome-keyring-daemon, libsecret-tools gives secret-tool (the test checks the secret is really
 # in the Secret Service), and dbus-daemon gives dbus-run-session (a private session bus per test;
 # on Debian 12 it lives in dbus-daemon, not dbus-x11).
@@ -106,7 +106,7 @@ install_desktop_tools() {
     need_apt desktop-file-utils
 }
 
-# install_packaging_tools: tests/packaging.rs checks the launchd plist with xmllint and the
+# install_packaging_tools: tests/it/packaging.rs checks the launchd plist with xmllint and the
 # systemd user unit with systemd-analyze.
 install_packaging_tools() {
     need_apt libxml2-utils systemd

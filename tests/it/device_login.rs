@@ -1,7 +1,7 @@
 //! Signing in without a browser (issue 10 §4): the OAuth device authorization grant (RFC 8628)
 //! of the real binary against a real certified provider (oidc-provider with its `deviceFlow`
 //! feature, peers/oidc/provider.mjs), the user played on "another device" by
-//! tests/browser/play-user.sh typing the code the binary printed. The polling rules themselves
+//! crates/samay-testkit/browser/play-user.sh typing the code the binary printed. The polling rules themselves
 //! (interval, slow_down, expiry, access_denied) are unit-tested under paused time in
 //! src/auth/device.rs.
 

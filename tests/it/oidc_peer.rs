@@ -1,5 +1,5 @@
 //! Tests of the login test harness itself: the real OpenID provider (peers/oidc/provider.mjs)
-//! and the scripted user (tests/browser/play-user.sh), driven by a real OAuth client (the
+//! and the scripted user (crates/samay-testkit/browser/play-user.sh), driven by a real OAuth client (the
 //! `oauth2` crate) exactly as the app will drive them: discovery, PKCE S256 + state, a one-shot
 //! loopback listener for the redirect, code exchange, userinfo, refresh token rotation and reuse
 //! detection, revocation, a denied login, access token expiry, the redirect URI rules, and how

@@ -1,4 +1,4 @@
-//! `AwClient` against the real Python aw-server (see `tests/common/awserver.rs`), and the server
+//! `AwClient` against the real Python aw-server (see `crates/samay-testkit/src/awserver.rs`), and the server
 //! behaviour the sync engine relies on. Every server fact asserted here is one the engine's
 //! correctness depends on; if a server upgrade changes one, the test should say which.
 
