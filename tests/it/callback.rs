@@ -677,7 +677,7 @@ fn register_scheme_writes_a_desktop_entry() {
     let data = dir.path().join("data");
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
-            "register_scheme_child",
+            &samay_testkit::harness_name(module_path!(), "register_scheme_child"),
             "--exact",
             "--nocapture",
             "--test-threads=1",

@@ -54,15 +54,19 @@ impl Isolated {
     fn child(&self, role: &str, path: &Path) -> Command {
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ROLE_ENV, role)
-            .env(CHILD_PATH_ENV, path)
-            .env("HOME", self.dir("home"))
-            .env("XDG_CONFIG_HOME", self.dir("config"))
-            .env("XDG_DATA_HOME", self.dir("data"))
-            .env("XDG_CACHE_HOME", self.dir("cache"))
-            .env_remove("RUST_LOG")
-            .env_remove("LOG_LEVEL");
+        cmd.args([
+            "--exact",
+            &samay_testkit::harness_name(module_path!(), "child"),
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE_ENV, role)
+        .env(CHILD_PATH_ENV, path)
+        .env("HOME", self.dir("home"))
+        .env("XDG_CONFIG_HOME", self.dir("config"))
+        .env("XDG_DATA_HOME", self.dir("data"))
+        .env("XDG_CACHE_HOME", self.dir("cache"))
+        .env_remove("RUST_LOG")
+        .env_remove("LOG_LEVEL");
         cmd
     }
 }
@@ -466,7 +470,8 @@ fn logging_writes_an_aw_core_style_file_and_prunes_old_ones() {
         .unwrap_or_else(|e| panic!("{stamp:?}: {e}"));
     assert!(rest.starts_with(" [INFO ]: hello from the child"), "{line}");
     assert!(rest.contains("bucket=\"aw-watcher-afk_host\""), "{line}");
-    assert!(rest.ends_with("  (config_cli)"), "{line}");
+    // The target is the module that logged (`it::config_cli`).
+    assert!(rest.ends_with(&format!("  ({})", module_path!())), "{line}");
     assert!(!text.contains('\u{1b}'), "ANSI escape in the file:\n{text}");
     assert!(!text.contains("debug is off"), "{text}");
     assert!(stderr.contains("[INFO ]: hello from the child"), "{stderr}");

@@ -153,6 +153,7 @@ fn run_child(
     limit: Duration,
 ) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
+    let name = samay_testkit::harness_name(module_path!(), test);
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -161,7 +162,12 @@ fn run_child(
         }
         None => Command::new(&exe),
     };
-    command.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    command
+        .args([
+            "--exact",
+            &samay_testkit::harness_name(module_path!(), test),
+        ])
+        .args(["--nocapture", "--test-threads=1"]);
     sandbox.isolate(&mut command);
     command.env(CHILD_ENV, test);
     for (k, v) in env {
@@ -176,7 +182,7 @@ fn run_child(
         output.status
     );
     assert!(
-        stdout.contains(&format!("test {test} ... ")) && stdout.contains("1 passed"),
+        stdout.contains(&format!("test {name} ... ")) && stdout.contains("1 passed"),
         "the child did not run {test}:\n{stdout}\n{stderr}"
     );
     // Shown with --nocapture: the reasons and warnings the user would see.

@@ -703,10 +703,14 @@ async fn webbrowser_runs_the_browser_script_in_the_background() {
         let url = url.to_string();
         async move {
             let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("exe"));
-            cmd.args(["--exact", "webbrowser_child", "--ignored", "--nocapture"])
-                .envs(envs)
-                .env("OIDC_WEBBROWSER_CHILD_URL", url)
-                .kill_on_drop(true);
+            cmd.args([
+                "--exact",
+                &samay_testkit::harness_name(module_path!(), "webbrowser_child"),
+            ])
+            .args(["--ignored", "--nocapture"])
+            .envs(envs)
+            .env("OIDC_WEBBROWSER_CHILD_URL", url)
+            .kill_on_drop(true);
             let output = tokio::time::timeout(WAIT, cmd.output())
                 .await
                 .expect("child test finished in time")

@@ -61,3 +61,14 @@ pub fn double_client(
     let addr = double.addr();
     aw_sync_samay::source::AwClient::new(&addr.ip().to_string(), addr.port())
 }
+
+/// The name the test harness knows a test by, for a test that runs its own binary again with
+/// `--exact <name>`: `module` (the caller's `module_path!()`, e.g. `it::keyring`) without the
+/// crate, then `test`. The integration tests are modules of one binary, so a bare function name
+/// matches nothing.
+pub fn harness_name(module: &str, test: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{test}"),
+        None => test.to_string(),
+    }
+}
