@@ -111,8 +111,9 @@ async fn only_this_machines_host_names_are_answered_whatever_the_port() {
 #[tokio::test]
 async fn its_database_is_private_to_the_user() {
     use std::os::unix::fs::PermissionsExt;
-    // The usual umask, under which SQLite made the file 0644 (process-wide; nothing else in
-    // this test binary creates files that care).
+    // The usual umask, under which SQLite made the file 0644 (process-wide: the whole `it`
+    // binary runs under it from here on; the modes other tests check are set by the product
+    // whatever the umask, or by the children they start with their own).
     // SAFETY: umask only sets the process's file-creation mask.
     unsafe { libc::umask(0o022) };
     let dir = tempfile::tempdir().expect("tempdir");

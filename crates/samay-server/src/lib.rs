@@ -1,16 +1,17 @@
-//! samay-server (binary `samay-dev-server`): the upstream batch API (`docs/upstream-api.md`) over SQLite, for
-//! development, demos and tests. It is the reference for what a backend must do (keying,
+//! samay-server (binary `samay-dev-server`): the upstream batch API (`docs/upstream-api.md`)
+//! over SQLite, for development, demos and tests. It is the reference for what a backend must do (keying,
 //! versions, duplicates, idempotent replays, all-or-nothing batches) and, with the `faults`
 //! feature (tests only), through `Faults` the way tests make the upstream misbehave on purpose.
 //!
-//! It is also a small OpenID provider ([`OidcConfig`], `oidc.rs`): the login of aw-sync-samay is
+//! It is also a small OpenID provider ([`OidcConfig`], `oidc/`): the login of aw-sync-samay is
 //! developed and tested against it, and the batch endpoint accepts the access tokens it issues.
 //!
 //! Inspection (`/`, `/v1/inspect*`), fault (`/v1/_faults`) and provider counter (`/v1/_oauth`)
 //! endpoints need no token, which is why the server refuses to bind anything but a loopback
 //! address, and answers only requests whose `Host` is this machine (`127.0.0.1`, `[::1]`,
-//! `localhost`): a web page using DNS rebinding reaches the port but names its own domain. Its database is created 0600: it holds every synced event and the provider's
-//! ID-token signing key.
+//! `localhost`): a web page using DNS rebinding reaches the port but names its own domain. Its
+//! database is created 0600: it holds every synced event and the provider's ID-token signing
+//! key.
 
 #[cfg(feature = "faults")]
 mod faults;
