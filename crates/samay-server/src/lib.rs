@@ -1,7 +1,8 @@
 //! samay-server (binary `samay-dev-server`): the upstream batch API (`docs/upstream-api.md`)
-//! over SQLite, for development, demos and tests. It is the reference for what a backend must do (keying,
-//! versions, duplicates, idempotent replays, all-or-nothing batches) and, with the `faults`
-//! feature (tests only), through `Faults` the way tests make the upstream misbehave on purpose.
+//! over SQLite, for development, demos and tests. It is the reference for what a backend must
+//! do (keying, versions, duplicates, idempotent replays, all-or-nothing batches) and, with the
+//! `faults` feature (tests only), through `Faults` the way tests make the upstream misbehave on
+//! purpose.
 //!
 //! It is also a small OpenID provider ([`OidcConfig`], `oidc/`): the login of aw-sync-samay is
 //! developed and tested against it, and the batch endpoint accepts the access tokens it issues.
