@@ -91,6 +91,9 @@ pub use store::{BucketInfo, DoubleError, HeartbeatOutcome, RawEvent};
 /// The version `/api/0/info` reports: aw-server-rust's shape, marked as the double.
 pub const VERSION: &str = "v0.13.1 (rust, samay-aw-double)";
 
+/// How long [`AwDouble::start`] waits for its old port to be free again.
+const REBIND_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How long a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -261,10 +264,25 @@ impl AwDouble {
             return Ok(());
         }
         // The old listener is closed; SO_REUSEADDR (tokio's default on Unix) lets the port be
-        // bound again even with connections in TIME_WAIT.
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("re-binding {}", self.addr))?;
+        // bound again even with connections in TIME_WAIT. While it was closed, though, the
+        // kernel may have given the port to an outgoing connection as its source port (any
+        // test, or any process on this machine): such a connection is short, so wait for it,
+        // for a bounded time.
+        let deadline = tokio::time::Instant::now() + REBIND_PATIENCE;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("re-binding {}", self.addr));
+                }
+            }
+        };
         self.serve(listener);
         Ok(())
     }
@@ -504,4 +522,36 @@ pub fn event(timestamp: DateTime<Utc>, duration: f64, data: Value) -> Event {
         }
     };
     Event::new(timestamp, duration, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While the double was stopped its port was taken (by an outgoing connection's source port,
+    /// in the tests that found this; here by a listener): `start` waits for it to be free
+    /// instead of failing at once with "address in use".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_waits_for_its_port_to_be_free_again() {
+        let double = AwDouble::spawn(AwDoubleConfig::default())
+            .await
+            .expect("double");
+        let addr = double.addr();
+        double.stop().await;
+        let holder = std::net::TcpListener::bind(addr).expect("take the port");
+        let (released_tx, released_rx) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(holder);
+            released_tx.send(()).expect("report");
+        });
+        double.start().await.expect("start once the port is free");
+        // It could only bind after the holder let go.
+        released_rx
+            .try_recv()
+            .expect("started only after the port was released");
+        assert_eq!(double.addr(), addr);
+        releaser.join().expect("releaser");
+        double.shutdown().await;
+    }
 }
