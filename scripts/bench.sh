@@ -19,5 +19,8 @@ if [ "${BENCH_PYTHON:-1}" != 0 ] && [ ! -x .peers/aw-venv/bin/aw-server ]; then
 fi
 # The aw-server-rust stand-in and the dev server run as their own processes (their CPU time is
 # theirs); they live in other packages of the workspace, so the benchmark does not build them.
+# Note: `cargo bench` builds target/release/aw-sync-samay with its dev-dependencies' features
+# (the server's fault switches) unified in; `cargo build --release` (and scripts/install.sh
+# without --no-build) builds the shipped one again without them.
 cargo build --release --locked -p samay-aw-double -p samay-server --bins
 exec cargo bench --locked --bench catchup
