@@ -35,6 +35,7 @@ pub mod printable;
 pub mod privacy;
 pub mod private_fs;
 pub mod progress;
+pub mod retry;
 pub mod source;
 pub mod state;
 pub mod status;

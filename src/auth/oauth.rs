@@ -34,6 +34,7 @@ use super::tokens::{Account, StoredTokens};
 use super::{AccessToken, AuthError, BoxFuture, TokenSource};
 use crate::config::AuthConfig;
 use crate::printable::printable;
+use crate::retry::{RetryPolicy, REFRESH_RETRIES};
 
 /// Whether `[auth]` says enough for a login: a client id, and an issuer or both endpoints.
 pub fn login_configured(cfg: &AuthConfig) -> bool {
@@ -564,16 +565,15 @@ impl OAuthSession {
                 Err(e) => {
                     attempt += 1;
                     let detail = describe_token_error(&e);
-                    if attempt >= 3 {
-                        return Err(AuthError::Transient(format!(
-                            "token refresh failed: {detail}"
-                        )));
-                    }
-                    let wait = crate::engine::backoff::RetryPolicy::default().delay(
+                    let failure = AuthError::Transient(format!("token refresh failed: {detail}"));
+                    let Some(wait) = RetryPolicy::default().after(
+                        &failure,
                         attempt,
-                        None,
+                        REFRESH_RETRIES,
                         &mut rand::rng(),
-                    );
+                    ) else {
+                        return Err(failure);
+                    };
                     tracing::warn!(%detail, attempt, "token refresh failed; retrying");
                     tokio::time::sleep(wait).await;
                 }

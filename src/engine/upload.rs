@@ -18,10 +18,10 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::backoff::RetryPolicy;
 use super::queue::{Body, InFlight, Item, Pending, QueueRx};
 use super::Metrics;
 use crate::auth::{AccessToken, AuthError, TokenSource};
+use crate::retry::RetryPolicy;
 use crate::state::{Commit, Deleted, Mark, Quarantined, StateError, Store};
 use crate::upstream::contract::{BatchRequest, BucketMeta, Deletion};
 use crate::upstream::{BatchSink, UpstreamError};
@@ -374,18 +374,19 @@ impl Uploader {
                     }
                     .into());
                 }
-                e if e.is_retryable() => {
+                e => {
                     attempt += 1;
-                    if attempt > self.max_retries {
+                    let Some(wait) =
+                        self.retry
+                            .after(&e, attempt, self.max_retries, &mut rand::rng())
+                    else {
                         return Err(e.into());
-                    }
+                    };
                     stats.retries += 1;
-                    let wait = self.retry.delay(attempt, e.retry_after(), &mut rand::rng());
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64,
                         "upload failed; retrying with the same Idempotency-Key");
                     tokio::time::sleep(wait).await;
                 }
-                e => return Err(e.into()),
             }
         }
     }
