@@ -227,6 +227,7 @@ impl Engine {
             linger: self.settings.linger,
             metrics: Arc::clone(&self.metrics),
             dry_run: self.settings.dry_run,
+            clock: Arc::clone(&self.clock),
         };
         let upload_task = AbortOnDrop(tokio::spawn(uploader.run(rx, token)));
 

@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::queue::{Body, InFlight, Item, Pending, QueueRx};
 use super::Metrics;
 use crate::auth::{AccessToken, AuthError, TokenSource};
+use crate::clock::Clock;
 use crate::retry::RetryPolicy;
 use crate::state::{Commit, Deleted, Mark, Quarantined, StateError, Store};
 use crate::upstream::contract::{BatchRequest, BucketMeta, Deletion};
@@ -67,6 +67,8 @@ pub(crate) struct Uploader {
     pub metrics: Arc<Metrics>,
     /// Record nothing in the state (`--dry-run`): the sink only looked at the batches.
     pub dry_run: bool,
+    /// The cycle's clock: what each batch's `sync_timestamp` says.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One state change for the committer, with the barriers waiting for it.
@@ -427,7 +429,10 @@ impl Uploader {
                 device_id: self.device_id,
                 user_id: self.tokens.user_id(),
                 hostname: self.hostname.clone(),
-                sync_timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                sync_timestamp: self
+                    .clock
+                    .now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 buckets,
                 events,
                 deletions,
