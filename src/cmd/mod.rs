@@ -195,3 +195,57 @@ async fn run_logged(
         Mode::Callback(url) => callback::run(url).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn mode(flags: &[&str]) -> Mode {
+        let args =
+            Args::try_parse_from(std::iter::once("aw-sync-samay").chain(flags.iter().copied()))
+                .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        Mode::of(&args)
+    }
+
+    /// Each flag picks its command, and the order of precedence is what `run` switched on
+    /// before the split (a deep link first, the daemon when no mode flag is given).
+    #[test]
+    fn the_flags_pick_the_mode() {
+        let url = "com.example.samay:/callback?code=x";
+        assert_eq!(
+            mode(&["--callback", url, "--once"]),
+            Mode::Callback(url.into())
+        );
+        assert_eq!(mode(&["--status", "--json"]), Mode::Status);
+        assert_eq!(mode(&["--status", "--register-scheme"]), Mode::Status);
+        assert_eq!(mode(&["--login", "--device"]), Mode::Login);
+        assert_eq!(mode(&["--login", "--register-scheme"]), Mode::Login);
+        assert_eq!(mode(&["--logout"]), Mode::Logout);
+        assert_eq!(mode(&["--register-scheme", "--once"]), Mode::RegisterScheme);
+        assert_eq!(mode(&["--once", "--dry-run"]), Mode::DryRun);
+        // Refused with a hint when it runs, not taken for a sync.
+        assert_eq!(mode(&["--dry-run"]), Mode::DryRun);
+        assert_eq!(mode(&["--once", "--verify", "--dev"]), Mode::Once);
+        assert_eq!(mode(&["--testing"]), Mode::Daemon);
+        assert_eq!(mode(&["--dev", "--resync"]), Mode::Daemon);
+    }
+
+    /// Commands write no log file; a single sync appends to its own; only the daemon has the
+    /// control channel (`run` opens it for `Mode::Daemon` alone).
+    #[test]
+    fn logging_follows_the_mode() {
+        for m in [
+            Mode::Status,
+            Mode::Login,
+            Mode::Logout,
+            Mode::RegisterScheme,
+        ] {
+            assert!(m.is_command() && !m.is_one_shot(), "{m:?}");
+        }
+        for m in [Mode::Once, Mode::DryRun] {
+            assert!(m.is_one_shot() && !m.is_command(), "{m:?}");
+        }
+        assert!(!Mode::Daemon.is_command() && !Mode::Daemon.is_one_shot());
+    }
+}
