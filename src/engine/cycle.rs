@@ -14,8 +14,9 @@ use super::{Verify, OWN_BUCKET_PREFIX};
 use crate::auth::TokenSource;
 use crate::clock::Clock;
 use crate::privacy;
-use crate::source::{AwClient, SourceError};
-use crate::state::{DestKey, StateError, Store};
+use crate::privacy::Redaction;
+use crate::source::{AwClient, Bucket, SourceError};
+use crate::state::{BucketState, DestId, DestKey, StateError, Store};
 use crate::upstream::contract::BucketMeta;
 use crate::upstream::BatchSink;
 
@@ -153,15 +154,91 @@ impl Engine {
             .map_err(CycleError::State)
     }
 
-    async fn cycle(&self, full: bool) -> Result<CycleReport, CycleError> {
-        let down = |source: SourceError| match source {
+    /// What a failure to read aw-server means for the cycle (and what the user is told).
+    fn source_failed(&self, source: SourceError) -> CycleError {
+        match source {
             SourceError::Unreachable { .. } => CycleError::SourceDown {
                 url: self.source.base_url().to_string(),
                 source,
             },
             SourceError::NotAwServer { .. } => CycleError::NotAwServer(source),
             source => CycleError::Source(source),
+        }
+    }
+
+    /// The state of `bucket` at the destination (`dest`; registered when `write`), read again
+    /// from the start when its privacy filters changed since it was last synced (said in
+    /// `report`).
+    async fn bucket_state(
+        &self,
+        bucket: &Bucket,
+        device: &Option<String>,
+        (dest, write): (Option<DestId>, bool),
+        redaction: &Redaction,
+        report: &mut CycleReport,
+    ) -> Result<BucketState, CycleError> {
+        let start_from_ns = self
+            .settings
+            .start_from
+            .and_then(|s| s.timestamp_nanos_opt());
+        let fingerprint = privacy::fingerprint(redaction, start_from_ns);
+        let (mut state, reset) = {
+            let bucket = bucket.clone();
+            let device = device.clone();
+            let unfiltered = privacy::unfiltered_fingerprint();
+            self.blocking(move |store| {
+                let state = match dest.filter(|_| write) {
+                    Some(dest) => store.bucket_state(dest, &bucket, device.as_deref())?,
+                    None => store.peek_bucket_state(dest, &bucket, device.as_deref())?,
+                };
+                let reset =
+                    store.filter_fingerprint(state.row, &fingerprint, &unfiltered, write)?;
+                Ok((state, reset))
+            })
+            .await?
         };
+        if reset && (state.top_ns.is_some() || state.pass.is_some()) {
+            tracing::info!(bucket = %bucket.id, "the privacy filters of this bucket changed: reading it again from the start (what the upstream holds unchanged is not re-sent)");
+            report.rescanned.push(bucket.id.clone());
+        }
+        if reset {
+            state.top_ns = None;
+            state.top_limit = None;
+            state.pass = None;
+            state.listing_fp = None;
+            state.count = None;
+        }
+        if state.replaced {
+            tracing::warn!(bucket = %bucket.id, generation = state.generation,
+                "bucket was replaced in aw-server (new database or recreated bucket): its ids start over, so its events are uploaded under a new generation and nothing uploaded before is overwritten");
+        }
+        Ok(state)
+    }
+
+    /// The verification clock, after a successful cycle: started by the first one, moved by
+    /// each step.
+    async fn move_verify_clock(
+        &self,
+        now: DateTime<Utc>,
+        verify: Verify,
+    ) -> Result<(), CycleError> {
+        if self.settings.verify_batch == 0 || matches!(verify, Verify::Full) {
+            return Ok(());
+        }
+        let started = self
+            .blocking(|store| store.meta(LAST_VERIFY))
+            .await?
+            .is_some();
+        if matches!(verify, Verify::Step(_)) || !started {
+            let stamp = now.to_rfc3339();
+            self.blocking(move |store| store.set_meta(LAST_VERIFY, &stamp))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn cycle(&self, full: bool) -> Result<CycleReport, CycleError> {
+        let down = |e| self.source_failed(e);
         let info = self.source.info().await.map_err(down)?;
         let buckets = self.source.get_buckets().await.map_err(down)?;
         let token = self.tokens.token().await.map_err(CycleError::Auth)?;
@@ -188,23 +265,6 @@ impl Engine {
             })?;
         let verify = self.verify_plan(now, full).await?;
 
-        let metas: BTreeMap<String, BucketMeta> = buckets
-            .values()
-            .map(|b| {
-                (
-                    b.id.clone(),
-                    BucketMeta {
-                        bucket_type: b.bucket_type.clone(),
-                        client: b.client.clone(),
-                        hostname: b.hostname.clone(),
-                        created: b
-                            .created
-                            .map(|c| c.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-                    },
-                )
-            })
-            .collect();
-
         let inflight = Arc::new(queue::InFlight::default());
         // The uploader's batch holds up to `batch_size` of the queue's events.
         let (tx, rx) = queue::queue(
@@ -218,7 +278,7 @@ impl Engine {
             tokens: Arc::clone(&self.tokens),
             store: Arc::clone(&self.store),
             inflight: Arc::clone(&inflight),
-            buckets: Arc::new(metas),
+            buckets: Arc::new(bucket_metas(buckets.values())),
             device_id: self.store.device_id(),
             hostname: self.hostname.clone(),
             batch_size: self.settings.batch_size,
@@ -256,7 +316,6 @@ impl Engine {
                 verify,
                 caps: &caps,
             };
-            let unfiltered = privacy::unfiltered_fingerprint();
             for bucket in buckets.values() {
                 if bucket.id.starts_with(OWN_BUCKET_PREFIX) {
                     continue;
@@ -271,41 +330,15 @@ impl Engine {
                     .settings
                     .privacy
                     .redaction(&bucket.id, &bucket.bucket_type);
-                let fingerprint = privacy::fingerprint(&redaction, start_from_ns);
-                let (mut state, reset) = {
-                    let bucket = bucket.clone();
-                    let device = info.device_id.clone();
-                    let unfiltered = unfiltered.clone();
-                    self.blocking(move |store| {
-                        let state = match dest.filter(|_| write) {
-                            Some(dest) => store.bucket_state(dest, &bucket, device.as_deref())?,
-                            None => store.peek_bucket_state(dest, &bucket, device.as_deref())?,
-                        };
-                        let reset = store.filter_fingerprint(
-                            state.row,
-                            &fingerprint,
-                            &unfiltered,
-                            write,
-                        )?;
-                        Ok((state, reset))
-                    })
-                    .await?
-                };
-                if reset && (state.top_ns.is_some() || state.pass.is_some()) {
-                    tracing::info!(bucket = %bucket.id, "the privacy filters of this bucket changed: reading it again from the start (what the upstream holds unchanged is not re-sent)");
-                    report.rescanned.push(bucket.id.clone());
-                }
-                if reset {
-                    state.top_ns = None;
-                    state.top_limit = None;
-                    state.pass = None;
-                    state.listing_fp = None;
-                    state.count = None;
-                }
-                if state.replaced {
-                    tracing::warn!(bucket = %bucket.id, generation = state.generation,
-                        "bucket was replaced in aw-server (new database or recreated bucket): its ids start over, so its events are uploaded under a new generation and nothing uploaded before is overwritten");
-                }
+                let state = self
+                    .bucket_state(
+                        bucket,
+                        &info.device_id,
+                        (dest, write),
+                        &redaction,
+                        &mut report,
+                    )
+                    .await?;
                 match scanner.scan(bucket, &state, &redaction).await {
                     Ok(stats) => {
                         report.buckets.insert(bucket.id.clone(), stats);
@@ -341,17 +374,8 @@ impl Engine {
                 ..report
             },
         };
-        // The verification clock: started by the first successful cycle, moved by each step.
-        if write && self.settings.verify_batch > 0 && !matches!(verify, Verify::Full) {
-            let started = self
-                .blocking(|store| store.meta(LAST_VERIFY))
-                .await?
-                .is_some();
-            if matches!(verify, Verify::Step(_)) || !started {
-                let stamp = now.to_rfc3339();
-                self.blocking(move |store| store.set_meta(LAST_VERIFY, &stamp))
-                    .await?;
-            }
+        if write {
+            self.move_verify_clock(now, verify).await?;
         }
         Ok(report)
     }
@@ -374,4 +398,23 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What the upstream is told about each bucket a batch has events of.
+fn bucket_metas<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> BTreeMap<String, BucketMeta> {
+    buckets
+        .map(|b| {
+            (
+                b.id.clone(),
+                BucketMeta {
+                    bucket_type: b.bucket_type.clone(),
+                    client: b.client.clone(),
+                    hostname: b.hostname.clone(),
+                    created: b
+                        .created
+                        .map(|c| c.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                },
+            )
+        })
+        .collect()
 }
