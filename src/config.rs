@@ -343,7 +343,9 @@ impl Config {
         validate_base_url(&self.sync.base_url)?;
         validate_auth_urls(&self.auth)?;
         let s = &self.sync;
-        check_range("sync.batch_size", s.batch_size as u64, 1, 10_000)?;
+        for b in keys::BOUNDS {
+            check_range(b.key, (b.get)(s), b.min, b.max)?;
+        }
         if s.offline_queue_size < s.batch_size {
             return Err(ConfigError::invalid(
                 "sync.offline_queue_size",
@@ -353,12 +355,6 @@ impl Config {
                 ),
             ));
         }
-        check_range("sync.sync_interval", s.sync_interval, 1, u64::MAX)?;
-        check_range("sync.page_size", s.page_size as u64, 10, 100_000)?;
-        check_range("sync.request_timeout", s.request_timeout, 1, u64::MAX)?;
-        check_range("sync.max_retries", u64::from(s.max_retries), 0, 100)?;
-        check_range("sync.verify_batch", s.verify_batch, 0, 10_000_000)?;
-        check_range("sync.verify_interval", s.verify_interval, 60, u64::MAX)?;
         if s.lookback > MAX_LOOKBACK_SECS {
             return Err(ConfigError::invalid(
                 "sync.lookback",
@@ -878,7 +874,7 @@ mod tests {
 }
 
 /// Property tests of the position helpers behind `file:line:col`; `parse` and `load` are
-/// fuzzed through their public entry points in `tests/fuzz_parsers.rs`.
+/// fuzzed through their public entry points in `tests/faults/fuzz_parsers.rs`.
 #[cfg(test)]
 mod properties {
     use super::*;

@@ -55,6 +55,14 @@ pub enum AuthError {
     Transient(String),
 }
 
+impl crate::retry::Transient for AuthError {
+    /// Only a provider or keyring that could not be reached passes by waiting; the others
+    /// wait for the user (a login).
+    fn is_transient(&self) -> bool {
+        matches!(self, AuthError::Transient(_))
+    }
+}
+
 /// An account, as the sync state keys its records by it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

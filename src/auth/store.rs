@@ -828,7 +828,7 @@ mod tests {
     static TEST_STUCK: AtomicUsize = AtomicUsize::new(0);
 
     /// The timeout mechanism itself, with a call that blocks like a locked keyring (the real
-    /// locked Secret Service is in tests/keyring.rs).
+    /// locked Secret Service is in tests/it/keyring.rs).
     #[tokio::test]
     async fn a_blocked_call_times_out_then_fails_fast_until_it_returns() {
         let start = std::time::Instant::now();

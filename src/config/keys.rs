@@ -19,6 +19,8 @@
 
 use toml::de::{DeTable, DeValue};
 
+use super::SyncConfig;
+
 /// One line per key, shown above it in the generated file; a test checks that every key has
 /// one and every entry is a key.
 pub(super) const KEY_DOCS: &[(&str, &str)] = &[
@@ -92,15 +94,15 @@ pub(super) const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "sync.sync_interval",
-        "Seconds between sync cycles (at least 1).",
+        "Seconds between sync cycles",
     ),
     (
         "sync.batch_size",
-        "Events per upload batch (1-10000).",
+        "Events per upload batch",
     ),
     (
         "sync.max_retries",
-        "Retries of one batch on timeouts, 429, 5xx and network errors (at most 100).",
+        "Retries of one batch on timeouts, 429, 5xx and network errors",
     ),
     (
         "sync.offline_queue_size",
@@ -112,11 +114,11 @@ pub(super) const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "sync.page_size",
-        "Events fetched from aw-server per request (10-100000).",
+        "Events fetched from aw-server per request",
     ),
     (
         "sync.request_timeout",
-        "Seconds one upstream request may take (at least 1).",
+        "Seconds one upstream request may take",
     ),
     (
         "sync.gzip",
@@ -124,11 +126,11 @@ pub(super) const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "sync.verify_batch",
-        "Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place (0-10000000; 0: never).",
+        "Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place",
     ),
     (
         "sync.verify_interval",
-        "Seconds between two background verification steps (at least 60).",
+        "Seconds between two background verification steps",
     ),
     (
         "sync.include_buckets",
@@ -148,11 +150,97 @@ pub(super) const KEY_DOCS: &[(&str, &str)] = &[
     ),
 ];
 
-pub(super) fn key_doc(key: &str) -> Option<&'static str> {
-    KEY_DOCS
+/// The bounds of a numeric key: what [`super::Config::validate`] checks, and what the key's
+/// line in the generated file (and `docs/config.md`, checked by a test) says.
+pub(super) struct Bounds {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+    /// What 0 means, when it is allowed and means something else than a number of things.
+    pub zero: Option<&'static str>,
+    pub get: fn(&SyncConfig) -> u64,
+}
+
+/// The numeric keys' bounds, in the order they are checked.
+pub(super) const BOUNDS: &[Bounds] = &[
+    Bounds {
+        key: "sync.batch_size",
+        min: 1,
+        max: 10_000,
+        zero: None,
+        get: |s| s.batch_size as u64,
+    },
+    Bounds {
+        key: "sync.sync_interval",
+        min: 1,
+        max: u64::MAX,
+        zero: None,
+        get: |s| s.sync_interval,
+    },
+    Bounds {
+        key: "sync.page_size",
+        min: 10,
+        max: 100_000,
+        zero: None,
+        get: |s| s.page_size as u64,
+    },
+    Bounds {
+        key: "sync.request_timeout",
+        min: 1,
+        max: u64::MAX,
+        zero: None,
+        get: |s| s.request_timeout,
+    },
+    Bounds {
+        key: "sync.max_retries",
+        min: 0,
+        max: 100,
+        zero: None,
+        get: |s| u64::from(s.max_retries),
+    },
+    Bounds {
+        key: "sync.verify_batch",
+        min: 0,
+        max: 10_000_000,
+        zero: Some("never"),
+        get: |s| s.verify_batch,
+    },
+    Bounds {
+        key: "sync.verify_interval",
+        min: 60,
+        max: u64::MAX,
+        zero: None,
+        get: |s| s.verify_interval,
+    },
+];
+
+impl Bounds {
+    /// How the generated file states the bounds: "at least 1", "at most 100", "10-100000".
+    pub fn describe(&self) -> String {
+        let range = if self.max == u64::MAX {
+            format!("at least {}", self.min)
+        } else if self.min == 0 && self.zero.is_none() {
+            format!("at most {}", self.max)
+        } else {
+            format!("{}-{}", self.min, self.max)
+        };
+        match self.zero {
+            Some(zero) => format!("{range}; 0: {zero}"),
+            None => range,
+        }
+    }
+}
+
+/// The line above `key` in the generated file: what it does, and its bounds when it has some.
+pub(super) fn key_doc(key: &str) -> Option<String> {
+    let doc = KEY_DOCS
         .iter()
         .find(|(k, _)| *k == key)
-        .map(|(_, doc)| *doc)
+        .map(|(_, doc)| *doc)?;
+    Some(match BOUNDS.iter().find(|b| b.key == key) {
+        Some(b) => format!("{doc} ({}).", b.describe()),
+        None => doc.to_string(),
+    })
 }
 
 /// The sections of the file, in the table's order.
@@ -325,6 +413,72 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The config whose `key` is `value` (through the TOML parser, as a user's file is read).
+    fn with(key: &str, value: u64) -> Result<super::super::Config, super::super::ConfigError> {
+        let name = key.trim_start_matches("sync.");
+        // The queue must hold a batch whatever batch_size is tried.
+        let text = format!("[sync]\noffline_queue_size = 100000\n{name} = {value}\n");
+        let path = std::path::Path::new("bounds.toml");
+        let (config, _) = super::super::parse(&text, path)?;
+        config.validate().map(|()| config)
+    }
+
+    /// Every bound of [`BOUNDS`] is what loading a file accepts and refuses, with the key named.
+    #[test]
+    fn the_bounds_table_is_what_validation_checks() {
+        for b in BOUNDS {
+            assert!(with(b.key, b.min).is_ok(), "{} = {}", b.key, b.min);
+            if b.max < i64::MAX as u64 {
+                assert!(with(b.key, b.max).is_ok(), "{} = {}", b.key, b.max);
+                let e = with(b.key, b.max + 1).expect_err("above the max");
+                assert!(e.to_string().contains(b.key), "{e}");
+            }
+            if b.min > 0 {
+                let e = with(b.key, b.min - 1).expect_err("below the min");
+                assert!(e.to_string().contains(b.key), "{e}");
+            }
+        }
+    }
+
+    /// The generated file's line above each bounded key states its bounds.
+    #[test]
+    fn the_generated_file_states_each_keys_bounds() {
+        let text = super::super::default_file_contents().expect("renders");
+        for b in BOUNDS {
+            let line = format!("# {}\n", key_doc(b.key).expect("documented"));
+            assert!(line.contains(&format!("({}).", b.describe())), "{line}");
+            assert_eq!(text.matches(&line).count(), 1, "{}:\n{text}", b.key);
+        }
+        assert_eq!(
+            key_doc("sync.verify_batch").as_deref(),
+            Some("Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place (0-10000000; 0: never).")
+        );
+    }
+
+    /// `docs/config.md` states the same bounds as the table: `min–max`, or `at least min` for a
+    /// key without a maximum.
+    #[test]
+    fn docs_config_md_states_each_keys_bounds() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
+            .expect("docs/config.md");
+        for b in BOUNDS {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", b.key)))
+                .unwrap_or_else(|| panic!("no row for {}", b.key));
+            let stated = if b.max == u64::MAX {
+                format!("at least {}", b.min)
+            } else {
+                format!("{}–{}", b.min, b.max)
+            };
+            assert!(
+                row.contains(&stated),
+                "{}: expected {stated:?} in {row}",
+                b.key
+            );
+        }
+    }
 
     fn unknown(text: &str) -> Vec<Unknown> {
         let table = DeTable::parse(text).expect("TOML");

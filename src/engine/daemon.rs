@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::{backoff, CycleError, CycleReport, Engine};
+use super::{CycleError, CycleReport, Engine};
+use crate::retry;
 
 /// How a cycle ended, as the daemon loop sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +17,7 @@ pub enum Outcome {
 
 /// Runs `cycle` until `shutdown` resolves: the next cycle starts `interval` after the previous
 /// one *ended* (so a slow cycle, or a laptop waking from sleep, never causes a burst of
-/// catch-up cycles), failures space cycles out (see [`backoff::cycle_delay`]), and shutdown
+/// catch-up cycles), failures space cycles out (see [`retry::cycle_delay`]), and shutdown
 /// interrupts a cycle or a wait at once.
 pub async fn run_daemon<C, F>(interval: Duration, cycle: C, shutdown: impl Future<Output = ()>)
 where
@@ -58,7 +59,7 @@ pub async fn run_daemon_woken<C, F, W, WF>(
             }
             Outcome::Failed => {
                 failures = failures.saturating_add(1);
-                backoff::cycle_delay(interval, failures, &mut rand::rng())
+                retry::cycle_delay(interval, failures, &mut rand::rng())
             }
         };
         tracing::debug!(delay_s = delay.as_secs_f64(), "next cycle scheduled");

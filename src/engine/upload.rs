@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::backoff::RetryPolicy;
 use super::queue::{Body, InFlight, Item, Pending, QueueRx};
 use super::Metrics;
 use crate::auth::{AccessToken, AuthError, TokenSource};
+use crate::clock::Clock;
+use crate::retry::RetryPolicy;
 use crate::state::{Commit, Deleted, Mark, Quarantined, StateError, Store};
 use crate::upstream::contract::{BatchRequest, BucketMeta, Deletion};
 use crate::upstream::{BatchSink, UpstreamError};
@@ -67,6 +67,8 @@ pub(crate) struct Uploader {
     pub metrics: Arc<Metrics>,
     /// Record nothing in the state (`--dry-run`): the sink only looked at the batches.
     pub dry_run: bool,
+    /// The cycle's clock: what each batch's `sync_timestamp` says.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One state change for the committer, with the barriers waiting for it.
@@ -374,18 +376,19 @@ impl Uploader {
                     }
                     .into());
                 }
-                e if e.is_retryable() => {
+                e => {
                     attempt += 1;
-                    if attempt > self.max_retries {
+                    let Some(wait) =
+                        self.retry
+                            .after(&e, attempt, self.max_retries, &mut rand::rng())
+                    else {
                         return Err(e.into());
-                    }
+                    };
                     stats.retries += 1;
-                    let wait = self.retry.delay(attempt, e.retry_after(), &mut rand::rng());
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64,
                         "upload failed; retrying with the same Idempotency-Key");
                     tokio::time::sleep(wait).await;
                 }
-                e => return Err(e.into()),
             }
         }
     }
@@ -426,7 +429,10 @@ impl Uploader {
                 device_id: self.device_id,
                 user_id: self.tokens.user_id(),
                 hostname: self.hostname.clone(),
-                sync_timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                sync_timestamp: self
+                    .clock
+                    .now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 buckets,
                 events,
                 deletions,

@@ -187,7 +187,7 @@ impl AwClient {
         let bytes = read_body(response, &url, MAX_SMALL_ANSWER).await?;
         serde_json::from_slice(&bytes).map_err(|_| {
             not_aw_server(format!(
-                "GET /api/0/info answered something else than aw-server's info: {:?}",
+                "GET /api/0/info answered something else than aw-server's info: \"{}\"",
                 snippet(&bytes, 60)
             ))
         })
@@ -649,12 +649,15 @@ fn status_error(status: StatusCode, url: &str, body: &[u8]) -> SourceError {
 
 /// The first `max` characters of a body, lossily decoded, with an ellipsis when cut, through
 /// the printable filter: it is quoted in messages that reach the terminal and the log.
+/// At most `max` characters of `body` as shown: cut after escaping, since one control byte
+/// becomes up to ten characters (`\u{10ffff}`) and a body of them would otherwise make a
+/// message many times longer than meant.
 fn snippet(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", printable(&text[..cut])),
-        None => printable(text).into_owned(),
+    let shown = printable(text.trim());
+    match shown.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &shown[..cut]),
+        None => shown.into_owned(),
     }
 }
 
@@ -700,6 +703,20 @@ fn serde_message(e: &serde_json::Error) -> String {
 mod tests {
     use super::*;
     use chrono::{TimeDelta, TimeZone};
+
+    /// Control bytes are shown escaped, and the escaped text is what is capped (a fuzz case:
+    /// 60 control characters made a 265-character "not aw-server" detail).
+    #[test]
+    fn a_snippet_is_capped_as_shown() {
+        let body = vec![0x01u8; 500];
+        let shown = snippet(&body, 60);
+        assert_eq!(shown.chars().count(), 61, "{shown}");
+        assert!(
+            shown.starts_with("\\u{1}") && shown.ends_with('…'),
+            "{shown}"
+        );
+        assert_eq!(snippet(b"  short  ", 60), "short");
+    }
 
     #[test]
     fn timestamps_are_utc_z_with_truncated_microseconds() {
@@ -809,7 +826,7 @@ mod tests {
 }
 
 /// Property tests of what the client makes of aw-server's bodies; the model types are fuzzed
-/// through their public entry points in `tests/fuzz_parsers.rs`.
+/// through their public entry points in `tests/faults/fuzz_parsers.rs`.
 #[cfg(test)]
 mod properties {
     use super::*;

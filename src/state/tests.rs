@@ -1,4 +1,5 @@
 use super::*;
+use crate::source::Bucket;
 
 fn bucket(id: &str, created: &str) -> Bucket {
     Bucket {

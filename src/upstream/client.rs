@@ -23,6 +23,7 @@ use super::contract::{
 };
 use crate::auth::AccessToken;
 use crate::printable::printable;
+use crate::retry::{transient_status, Transient};
 
 /// Header carrying the batch id, so a backend can answer a replay without parsing the body.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -116,6 +117,16 @@ impl UpstreamError {
             | Self::Fatal { status, .. } => Some(*status),
             Self::Network(_) | Self::Malformed(_) | Self::Config(_) => None,
         }
+    }
+}
+
+impl Transient for UpstreamError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        UpstreamError::retry_after(self)
     }
 }
 
@@ -491,17 +502,13 @@ fn classify(
     match code {
         401 => UpstreamError::Unauthorized,
         413 => UpstreamError::TooLarge,
-        408 | 429 => UpstreamError::Retryable {
+        _ if transient_status(code) => UpstreamError::Retryable {
             status: code,
             retry_after,
         },
         501 => UpstreamError::Fatal {
             status: code,
             message,
-        },
-        500..=599 => UpstreamError::Retryable {
-            status: code,
-            retry_after,
         },
         400 | 422 => {
             let rejected = parsed.and_then(|e| e.rejected).map(|mut idx| {

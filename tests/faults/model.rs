@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aw_sync_samay::auth::{AccessToken, BoxFuture, StaticToken};
-use aw_sync_samay::engine::backoff::RetryPolicy;
 use aw_sync_samay::engine::{CycleError, CycleReport, Engine, Settings};
+use aw_sync_samay::retry::RetryPolicy;
 use aw_sync_samay::state::hash::duration_to_ns;
 use aw_sync_samay::state::{event_hash, hash_hex, Store, GENERATION_SHIFT};
 use aw_sync_samay::upstream::contract::{BatchRequest, BatchResponse};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aw_sync_samay::auth::{AccessToken, StaticToken, TokenSource};
-use aw_sync_samay::engine::backoff::RetryPolicy;
 use aw_sync_samay::engine::{Engine, Settings};
+use aw_sync_samay::retry::RetryPolicy;
 use aw_sync_samay::source::{AwClient, Event};
 use aw_sync_samay::state::Store;
 use aw_sync_samay::upstream::UpstreamClient;

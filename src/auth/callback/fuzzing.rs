@@ -1,5 +1,5 @@
 //! Socket-free entry points into the callback's handling of what arrives from outside, for the
-//! property tests (`tests/fuzz_parsers.rs`) and the cargo-fuzz targets (`fuzz/`). Not an API.
+//! property tests (`tests/faults/fuzz_parsers.rs`) and the cargo-fuzz targets (`fuzz/`). Not an API.
 //!
 //! Each one runs the production code on attacker-chosen bytes — hyper's request parser and the
 //! loopback handler, the paste reader, the deep-link line reader, then the state check of

@@ -754,7 +754,7 @@ mod tests {
 }
 
 /// Property tests of the helpers every channel shares; the channels themselves are fuzzed
-/// through [`fuzzing`] in `tests/fuzz_parsers.rs`.
+/// through [`fuzzing`] in `tests/faults/fuzz_parsers.rs`.
 #[cfg(test)]
 mod properties {
     use super::*;

@@ -462,3 +462,6 @@ impl Scanner<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -180,6 +180,7 @@ async fn run(
         linger: Duration::from_millis(100),
         metrics: Default::default(),
         dry_run: false,
+        clock: Arc::new(crate::clock::SystemClock),
     };
     let (tx, rx) = queue(1000);
     let sending = async move {
@@ -424,6 +425,7 @@ async fn a_partial_batch_is_sent_after_the_linger() {
         linger: Duration::from_millis(100),
         metrics: Default::default(),
         dry_run: false,
+        clock: Arc::new(crate::clock::SystemClock),
     };
     let (tx, rx) = queue(10);
     let task = tokio::spawn(up.run(rx, AccessToken::new("t0")));

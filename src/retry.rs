@@ -1,15 +1,42 @@
-//! How long to wait: between retries of one batch, and between cycles after a failure.
+//! Delivery and retry policy, in one place for every caller that talks to another program:
+//! the uploader's batches ([`crate::engine::upload`]), the token refresh ([`crate::auth`]) and
+//! the daemon's spacing of failed cycles ([`cycle_delay`]).
 //!
-//! Retries use exponential backoff with full jitter (AWS's "Exponential Backoff and Jitter"),
-//! so many clients coming back from the same outage do not retry in lockstep, and honour the
-//! upstream's `Retry-After`. Exponents saturate: a thousandth retry waits the cap, never a
-//! negative or overflowed time (vscode-wakatime #392).
+//! * Which failures are worth another try: [`Transient`] (an error says whether it is, and
+//!   how long the other side asked to wait), and for HTTP answers [`transient_status`].
+//! * How long to wait: exponential backoff with full jitter (AWS's "Exponential Backoff and
+//!   Jitter"), so many clients coming back from the same outage do not retry in lockstep,
+//!   honouring the upstream's `Retry-After`. Exponents saturate: a thousandth retry waits the
+//!   cap, never a negative or overflowed time (vscode-wakatime #392).
+//! * When to give up: [`RetryPolicy::after`], from the attempt number and the caller's budget.
 
 use std::time::Duration;
 
 use rand::Rng;
 
-/// Retry policy for one batch.
+/// A failure that may or may not pass if the same request is sent again later.
+pub trait Transient {
+    /// Whether the same request, sent again as is after a wait, can succeed.
+    fn is_transient(&self) -> bool;
+
+    /// The wait the other side asked for (`Retry-After`), if any.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Whether an HTTP answer with this status is worth another try of the same request: 408
+/// (timeout), 429 (too many requests) and 5xx except 501 (the server cannot do this at all).
+/// Redirects and the other 4xx need a human or a changed request.
+pub fn transient_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502..=599)
+}
+
+/// How many times a failed token refresh is tried again before the cycle gives up for now (the
+/// provider is down or slow; the next cycle tries again).
+pub const REFRESH_RETRIES: u32 = 2;
+
+/// How long to wait between tries of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub base: Duration,
@@ -53,6 +80,20 @@ impl RetryPolicy {
         let ceiling = self.ceiling(attempt);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.random_range(0..=nanos))
+    }
+
+    /// The decision after failed try number `attempt` (1-based) of a request allowed
+    /// `max_retries` further tries: the wait before trying again, or `None` to give up —
+    /// because the failure will not pass by waiting, or the tries are spent.
+    pub fn after(
+        &self,
+        failure: &impl Transient,
+        attempt: u32,
+        max_retries: u32,
+        rng: &mut impl Rng,
+    ) -> Option<Duration> {
+        (failure.is_transient() && attempt <= max_retries)
+            .then(|| self.delay(attempt, failure.retry_after(), rng))
     }
 }
 
@@ -111,6 +152,132 @@ mod tests {
             p.delay(1, Some(Duration::from_secs(86_400)), &mut rng),
             Duration::from_secs(600)
         );
+    }
+
+    /// A failure of a kind given in the test.
+    struct Failure {
+        transient: bool,
+        retry_after: Option<Duration>,
+    }
+
+    impl Transient for Failure {
+        fn is_transient(&self) -> bool {
+            self.transient
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            self.retry_after
+        }
+    }
+
+    #[test]
+    fn after_retries_a_transient_failure_until_the_budget_is_spent() {
+        let p = RetryPolicy::default();
+        let mut rng = StdRng::seed_from_u64(11);
+        let passing = Failure {
+            transient: true,
+            retry_after: None,
+        };
+        for attempt in 1..=3 {
+            let wait = p.after(&passing, attempt, 3, &mut rng);
+            assert!(
+                wait.is_some_and(|w| w <= p.ceiling(attempt)),
+                "{attempt}: {wait:?}"
+            );
+        }
+        assert_eq!(p.after(&passing, 4, 3, &mut rng), None);
+        assert_eq!(
+            p.after(&passing, 1, 0, &mut rng),
+            None,
+            "no retries allowed"
+        );
+    }
+
+    #[test]
+    fn after_honours_retry_after_and_never_retries_a_final_failure() {
+        let p = RetryPolicy::default();
+        let mut rng = StdRng::seed_from_u64(12);
+        let asked = Failure {
+            transient: true,
+            retry_after: Some(Duration::from_secs(42)),
+        };
+        assert_eq!(
+            p.after(&asked, 1, 3, &mut rng),
+            Some(Duration::from_secs(42))
+        );
+        let last = Failure {
+            transient: false,
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        assert_eq!(p.after(&last, 1, 3, &mut rng), None);
+    }
+
+    #[test]
+    fn the_transient_http_statuses_are_timeouts_throttling_and_server_errors_but_501() {
+        let transient: Vec<u16> = (100..=599).filter(|s| transient_status(*s)).collect();
+        let mut expected = vec![408, 429, 500];
+        expected.extend(502..=599);
+        assert_eq!(transient, expected);
+    }
+
+    #[test]
+    fn upstream_and_auth_errors_answer_the_same_question() {
+        use crate::auth::AuthError;
+        use crate::upstream::UpstreamError;
+        let mut rng = StdRng::seed_from_u64(13);
+        let p = RetryPolicy::default();
+        let throttled = UpstreamError::Retryable {
+            status: 429,
+            retry_after: Some(Duration::from_secs(9)),
+        };
+        assert_eq!(
+            p.after(&throttled, 1, 1, &mut rng),
+            Some(Duration::from_secs(9))
+        );
+        assert_eq!(p.after(&UpstreamError::TooLarge, 1, 1, &mut rng), None);
+        assert!(p
+            .after(
+                &AuthError::Transient("down".into()),
+                1,
+                REFRESH_RETRIES,
+                &mut rng
+            )
+            .is_some());
+        assert_eq!(
+            p.after(
+                &AuthError::Transient("down".into()),
+                3,
+                REFRESH_RETRIES,
+                &mut rng
+            ),
+            None
+        );
+        assert_eq!(p.after(&AuthError::LoginRequired, 1, 9, &mut rng), None);
+    }
+
+    /// The policy has one home: the token refresh (auth) decides its retries here, not through
+    /// the engine (issue 12: auth reached into `engine::backoff`).
+    #[test]
+    fn auth_does_not_import_from_the_engine() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/auth");
+        let mut stack = vec![dir];
+        let mut read = 0;
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    read += 1;
+                    assert!(
+                        !text.contains("crate::engine"),
+                        "{} imports from the engine",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(read > 5, "read only {read} files of src/auth");
     }
 
     /// Found by `props::the_wait_between_failed_cycles_never_overflows_and_stays_within_its_bounds`:

@@ -1,0 +1,533 @@
+//! The scan against a scripted, in-memory aw-server ([`Script`], an [`EventSource`]) under
+//! paused time: each test changes the bucket the way a watcher or a user does, runs what a
+//! cycle runs for one bucket (the scan into the queue, the uploader into a recording
+//! upstream), and checks what was sent and which requests the scan made.
+//!
+//! `Script` answers as Python aw-server does: a range read returns the events overlapping
+//! `[start, end]` (both inclusive), newest first, clipped to the range; the count honours the
+//! range; the query API sums clipped durations.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{Caps, ScanStats, Scanner, Verify};
+use crate::auth::{AccessToken, AuthError, BoxFuture, TokenSource};
+use crate::clock::{Clock, ManualClock};
+use crate::engine::queue::{queue, InFlight};
+use crate::engine::upload::Uploader;
+use crate::engine::Metrics;
+use crate::privacy::Privacy;
+use crate::retry::RetryPolicy;
+use crate::source::{Bucket, BucketSpan, EventSource, PageEvent, PageQuery, SourceError};
+use crate::state::{DestKey, Store};
+use crate::upstream::contract::{BatchRequest, BatchResponse, BucketMeta};
+use crate::upstream::{BatchSink, UpstreamError};
+
+const SEC: i64 = 1_000_000_000;
+/// 2024-01-01T00:00:00Z: where the scripted history starts.
+const T0: i64 = 1_704_067_200 * SEC;
+const BUCKET: &str = "aw-watcher-window_host";
+
+/// One event of the scripted bucket.
+#[derive(Debug, Clone)]
+struct Ev {
+    id: i64,
+    start: i64,
+    duration: i64,
+    data: String,
+}
+
+impl Ev {
+    fn end(&self) -> i64 {
+        self.start + self.duration
+    }
+
+    /// As aw-server serves it, clipped to `[lo, hi]`.
+    fn served(&self, lo: i64, hi: i64) -> PageEvent {
+        let start = self.start.max(lo);
+        let end = self.end().min(hi);
+        PageEvent {
+            id: Some(self.id),
+            timestamp: DateTime::<Utc>::from_timestamp_nanos(start),
+            duration: (end - start) as f64 / 1e9,
+            data: RawValue::from_string(self.data.clone()).unwrap(),
+        }
+    }
+}
+
+/// A request the scan made.
+#[derive(Debug, Clone, PartialEq)]
+enum Req {
+    Page(PageQuery),
+    Event(i64),
+    Count(Option<(i64, i64)>),
+    Sums(usize),
+}
+
+/// The scripted aw-server: one bucket, changed by the test between cycles.
+#[derive(Default)]
+struct Script {
+    events: Mutex<Vec<Ev>>,
+    next_id: Mutex<i64>,
+    requests: Mutex<Vec<Req>>,
+}
+
+impl Script {
+    /// Appends an event; returns its id (ids grow, as in aw-server).
+    fn insert(&self, start: i64, duration: i64) -> i64 {
+        let mut next = self.next_id.lock().unwrap();
+        *next += 1;
+        let id = *next;
+        self.events.lock().unwrap().push(Ev {
+            id,
+            start,
+            duration,
+            data: format!(r#"{{"app":"editor","title":"event {id}"}}"#),
+        });
+        id
+    }
+
+    /// `n` back-to-back events of a minute from `from`, as a watcher writes them.
+    fn history(&self, from: i64, n: i64) -> Vec<i64> {
+        (0..n)
+            .map(|i| self.insert(from + i * 60 * SEC, 60 * SEC))
+            .collect()
+    }
+
+    /// A heartbeat merged into event `id`: it grows to `duration`.
+    fn grow(&self, id: i64, duration: i64) {
+        let mut events = self.events.lock().unwrap();
+        events.iter_mut().find(|e| e.id == id).unwrap().duration = duration;
+    }
+
+    fn delete(&self, id: i64) {
+        self.events.lock().unwrap().retain(|e| e.id != id);
+    }
+
+    /// The bucket listing as aw-server-rust's `metadata` says it: the first start and the last
+    /// end, which an insert below the newest data or a deletion in the middle leaves alone.
+    fn bucket(&self) -> Bucket {
+        let events = self.events.lock().unwrap();
+        let text = |ns: i64| Some(DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339());
+        Bucket {
+            id: BUCKET.into(),
+            bucket_type: "currentwindow".into(),
+            client: "aw-watcher-window".into(),
+            hostname: "host".into(),
+            created: Some(Utc.timestamp_opt(1_704_000_000, 0).unwrap()),
+            data: Default::default(),
+            metadata: Some(BucketSpan {
+                start: events.iter().map(|e| e.start).min().and_then(text),
+                end: events.iter().map(Ev::end).max().and_then(text),
+            }),
+            last_updated: None,
+        }
+    }
+
+    fn take_requests(&self) -> Vec<Req> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+
+    /// Newest first, as aw-server orders a range read.
+    fn overlapping(&self, lo: i64, hi: i64) -> Vec<Ev> {
+        let mut found: Vec<Ev> = self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.start <= hi && e.end() >= lo)
+            .cloned()
+            .collect();
+        found.sort_by_key(|e| (std::cmp::Reverse(e.start), e.end(), e.id));
+        found
+    }
+}
+
+impl EventSource for Script {
+    fn page<'a>(
+        &'a self,
+        _bucket: &'a str,
+        q: PageQuery,
+    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>> {
+        self.requests.lock().unwrap().push(Req::Page(q));
+        let (lo, hi) = (q.start.unwrap_or(0), q.end.unwrap_or(i64::MAX));
+        let limit = usize::try_from(q.limit).unwrap();
+        let page = self
+            .overlapping(lo, hi)
+            .iter()
+            .take(limit)
+            .map(|e| e.served(lo, hi))
+            .collect();
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn event<'a>(
+        &'a self,
+        _bucket: &'a str,
+        id: i64,
+    ) -> BoxFuture<'a, Result<Option<PageEvent>, SourceError>> {
+        self.requests.lock().unwrap().push(Req::Event(id));
+        let found = self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.id == id)
+            .cloned();
+        Box::pin(async move { Ok(found.map(|e| e.served(e.start, e.end()))) })
+    }
+
+    fn count<'a>(
+        &'a self,
+        _bucket: &'a str,
+        range: Option<(i64, i64)>,
+    ) -> BoxFuture<'a, Result<u64, SourceError>> {
+        self.requests.lock().unwrap().push(Req::Count(range));
+        let (lo, hi) = range.unwrap_or((0, i64::MAX));
+        let n = self.overlapping(lo, hi).len() as u64;
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn sum_durations<'a>(
+        &'a self,
+        _bucket: &'a str,
+        periods: &'a [(i64, i64)],
+    ) -> BoxFuture<'a, Result<Vec<f64>, SourceError>> {
+        self.requests.lock().unwrap().push(Req::Sums(periods.len()));
+        let sums = periods
+            .iter()
+            .map(|&(lo, hi)| {
+                let ns: i64 = self
+                    .overlapping(lo, hi)
+                    .iter()
+                    .map(|e| e.end().min(hi) - e.start.max(lo))
+                    .sum();
+                ns as f64 / 1e9
+            })
+            .collect();
+        Box::pin(async move { Ok(sums) })
+    }
+}
+
+/// What the recording upstream was sent, per event id: the durations of every version sent
+/// (so a copy sent twice shows), and the ids sent as deletions.
+#[derive(Default)]
+struct Upstream {
+    versions: Mutex<BTreeMap<i64, Vec<f64>>>,
+    deletions: Mutex<Vec<i64>>,
+    sync_timestamps: Mutex<Vec<String>>,
+}
+
+impl Upstream {
+    fn take(&self) -> (BTreeMap<i64, Vec<f64>>, Vec<i64>) {
+        (
+            std::mem::take(&mut *self.versions.lock().unwrap()),
+            std::mem::take(&mut *self.deletions.lock().unwrap()),
+        )
+    }
+}
+
+impl BatchSink for Upstream {
+    fn send_batch<'a>(
+        &'a self,
+        _token: &'a AccessToken,
+        batch: &'a BatchRequest,
+    ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
+        let mut versions = self.versions.lock().unwrap();
+        for e in &batch.events {
+            versions.entry(e.event_id).or_default().push(e.duration);
+        }
+        let mut deletions = self.deletions.lock().unwrap();
+        deletions.extend(batch.deletions.iter().map(|d| d.event_id));
+        self.sync_timestamps
+            .lock()
+            .unwrap()
+            .push(batch.sync_timestamp.clone());
+        let answer = BatchResponse {
+            accepted: batch.events.len() as u64,
+            duplicates: 0,
+            deleted: batch.deletions.len() as u64,
+        };
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+struct Token;
+
+impl TokenSource for Token {
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
+        Box::pin(async { Ok(AccessToken::new("t")) })
+    }
+    fn refresh<'a>(&'a self, _: &'a AccessToken) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
+        Box::pin(async { Err(AuthError::Rejected("scripted".into())) })
+    }
+    fn user_id(&self) -> Option<String> {
+        None
+    }
+    fn describe(&self) -> String {
+        "scripted".into()
+    }
+}
+
+/// The scripted aw-server, the state, the recording upstream, and the knobs of the scan.
+struct Rig {
+    _dir: tempfile::TempDir,
+    source: Script,
+    store: Arc<Store>,
+    upstream: Arc<Upstream>,
+    clock: Arc<ManualClock>,
+    page_size: usize,
+    catchup_page: usize,
+    lookback_ns: i64,
+}
+
+impl Rig {
+    fn new(page_size: usize, catchup_page: usize, lookback_ns: i64) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state.sqlite")).unwrap());
+        Rig {
+            _dir: dir,
+            source: Script::default(),
+            store,
+            upstream: Arc::default(),
+            clock: Arc::new(ManualClock::new(
+                Utc.timestamp_opt(1_750_000_000, 0).unwrap(),
+            )),
+            page_size,
+            catchup_page,
+            lookback_ns,
+        }
+    }
+
+    /// What a cycle does for the one bucket: its state, the scan into the queue, the uploader
+    /// delivering and recording. Returns the scan's figures; what was sent is in `upstream`.
+    async fn cycle(&self) -> ScanStats {
+        let bucket = self.source.bucket();
+        let key = DestKey::new("https://upstream.invalid", "");
+        let dest = self.store.destination(&key, true).unwrap();
+        let state = self
+            .store
+            .bucket_state(dest.unwrap(), &bucket, None)
+            .unwrap();
+        let meta = BucketMeta {
+            bucket_type: bucket.bucket_type.clone(),
+            client: bucket.client.clone(),
+            hostname: bucket.hostname.clone(),
+            created: None,
+        };
+        let inflight = Arc::new(InFlight::default());
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = queue(1_000);
+        let uploader = Uploader {
+            upstream: Arc::clone(&self.upstream) as _,
+            tokens: Arc::new(Token),
+            store: Arc::clone(&self.store),
+            inflight: Arc::clone(&inflight),
+            buckets: Arc::new(BTreeMap::from([(BUCKET.to_string(), meta)])),
+            device_id: Uuid::nil(),
+            hostname: "host".into(),
+            batch_size: 100,
+            max_retries: 0,
+            retry: RetryPolicy::default(),
+            linger: std::time::Duration::from_millis(100),
+            metrics: Arc::clone(&metrics),
+            dry_run: false,
+            clock: Arc::clone(&self.clock) as Arc<dyn Clock>,
+        };
+        let upload = tokio::spawn(uploader.run(rx, AccessToken::new("t")));
+        let caps = Mutex::new(Caps::default());
+        let redaction = Privacy::default().redaction(&bucket.id, &bucket.bucket_type);
+        let stats = {
+            let scanner = Scanner {
+                source: &self.source,
+                store: &self.store,
+                inflight: &inflight,
+                metrics: &metrics,
+                tx: &tx,
+                page_size: self.page_size,
+                catchup_page: self.catchup_page,
+                lookback_ns: self.lookback_ns,
+                start_from_ns: None,
+                redaction_key: self.store.redaction_key(),
+                verify: Verify::Off,
+                caps: &caps,
+            };
+            scanner.scan(&bucket, &state, &redaction).await.unwrap()
+        };
+        drop(tx);
+        upload.await.unwrap().unwrap();
+        stats
+    }
+
+    /// A bucket of `n` minute-long events, caught up and settled: the next cycle starts from a
+    /// state that agrees with aw-server.
+    async fn settled(&self, n: i64) -> Vec<i64> {
+        let ids = self.source.history(T0, n);
+        self.cycle().await;
+        let (sent, _) = self.upstream.take();
+        assert_eq!(sent.keys().copied().collect::<Vec<_>>(), ids);
+        self.source.take_requests();
+        ids
+    }
+}
+
+/// Every id sent once, with these durations in seconds.
+fn once(pairs: &[(i64, f64)]) -> BTreeMap<i64, Vec<f64>> {
+    pairs.iter().map(|&(id, d)| (id, vec![d])).collect()
+}
+
+/// Ranged reads of the aggregates: what narrowing down asks.
+fn aggregate_requests(requests: &[Req]) -> usize {
+    requests
+        .iter()
+        .filter(|r| matches!(r, Req::Count(Some(_)) | Req::Sums(_)))
+        .count()
+}
+
+/// The lowest `end` a page asked for (`None`: no page bounded below the newest event).
+fn deepest_page_end(requests: &[Req]) -> Option<i64> {
+    requests
+        .iter()
+        .filter_map(|r| match r {
+            Req::Page(q) => q.end,
+            _ => None,
+        })
+        .min()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_sends_every_event_once_and_a_settled_bucket_costs_one_count() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    let ids = rig.source.history(T0, 20);
+    let stats = rig.cycle().await;
+    let (sent, deleted) = rig.upstream.take();
+    let all: Vec<(i64, f64)> = ids.iter().map(|&id| (id, 60.0)).collect();
+    assert_eq!(sent, once(&all));
+    assert!(deleted.is_empty());
+    assert_eq!(stats.queued, 20);
+    // The batches carry the cycle's clock, not the wall clock.
+    let stamps = rig.upstream.sync_timestamps.lock().unwrap().clone();
+    assert!(!stamps.is_empty());
+    assert!(
+        stamps.iter().all(|s| s == "2025-06-15T15:06:40.000Z"),
+        "{stamps:?}"
+    );
+    rig.source.take_requests();
+
+    let stats = rig.cycle().await;
+    assert!(stats.settled);
+    assert_eq!(rig.source.take_requests(), vec![Req::Count(None)]);
+    assert_eq!(rig.upstream.take(), (BTreeMap::new(), vec![]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_events_are_sent_without_reading_the_history_again() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    rig.settled(20).await;
+    let a = rig.source.insert(T0 + 20 * 60 * SEC, 60 * SEC);
+    let b = rig.source.insert(T0 + 21 * 60 * SEC, 30 * SEC);
+    let stats = rig.cycle().await;
+    assert_eq!(rig.upstream.take(), (once(&[(a, 60.0), (b, 30.0)]), vec![]));
+    assert_eq!(stats.queued, 2);
+    let requests = rig.source.take_requests();
+    // The pass stops at lookback below the old newest event: the first 14 minutes are not
+    // read again, and the counts agree, so nothing is narrowed down.
+    let floor = T0 + 19 * 60 * SEC - 300 * SEC;
+    assert!(
+        deepest_page_end(&requests).map_or(true, |end| end >= floor),
+        "{requests:?}"
+    );
+    assert!(stats.read < 20, "read {} of 22", stats.read);
+    assert_eq!(aggregate_requests(&requests), 0, "{requests:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_newest_event_growing_is_sent_again_with_its_new_duration() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    let ids = rig.settled(20).await;
+    let newest = ids[19];
+    rig.source.grow(newest, 95 * SEC);
+    let stats = rig.cycle().await;
+    assert_eq!(rig.upstream.take(), (once(&[(newest, 95.0)]), vec![]));
+    assert_eq!(stats.queued, 1);
+    assert!(!stats.settled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_back_dated_insert_within_lookback_is_found_by_the_pass() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    rig.settled(20).await;
+    // Four minutes below the newest start: inside the 5 minutes every pass re-reads, and
+    // below the first page (4 events) of the pass.
+    let late = rig.source.insert(T0 + 15 * 60 * SEC + 10 * SEC, 5 * SEC);
+    let stats = rig.cycle().await;
+    assert_eq!(rig.upstream.take(), (once(&[(late, 5.0)]), vec![]));
+    let requests = rig.source.take_requests();
+    assert_eq!(aggregate_requests(&requests), 0, "{requests:?}");
+    assert_eq!(stats.slices_read, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_back_dated_insert_deeper_than_lookback_is_found_through_counts() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    rig.settled(20).await;
+    // Fifteen minutes below the newest data: no pass reads there.
+    let deep = rig.source.insert(T0 + 4 * 60 * SEC + 10 * SEC, 5 * SEC);
+    let stats = rig.cycle().await;
+    assert_eq!(rig.upstream.take(), (once(&[(deep, 5.0)]), vec![]));
+    let requests = rig.source.take_requests();
+    assert!(aggregate_requests(&requests) > 0, "{requests:?}");
+    assert!(stats.slices_read > 0);
+    // Narrowing read a slice around the insert, not the history.
+    assert!(stats.read < 20, "read {}", stats.read);
+    // Found and explained: the next cycle is settled again.
+    assert!(rig.cycle().await.settled);
+    assert_eq!(rig.upstream.take(), (BTreeMap::new(), vec![]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deletion_deep_in_the_history_is_sent_as_a_deletion() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    let ids = rig.settled(20).await;
+    rig.source.delete(ids[3]);
+    let stats = rig.cycle().await;
+    assert_eq!(rig.upstream.take(), (BTreeMap::new(), vec![ids[3]]));
+    assert_eq!(stats.deleted, 1);
+    assert!(aggregate_requests(&rig.source.take_requests()) > 0);
+    assert!(rig.cycle().await.settled);
+    assert_eq!(rig.upstream.take(), (BTreeMap::new(), vec![]));
+}
+
+/// A long event under short ones (a watcher's "afk" span, say) reaches across a page's `end`:
+/// that page serves a copy clipped at its end. The scan must send the event whole (fetched by
+/// id), never the clipped copy, and send it once.
+#[tokio::test(start_paused = true)]
+async fn an_event_clipped_at_a_page_edge_is_fetched_and_sent_whole() {
+    let rig = Rig::new(3, 3, 300 * SEC);
+    let mut expected: Vec<(i64, f64)> = rig
+        .source
+        .history(T0, 6)
+        .into_iter()
+        .map(|id| (id, 60.0))
+        .collect();
+    // From minute 1 to minute 5 and a half: under events 2 to 6.
+    let long = rig.source.insert(T0 + 60 * SEC + 30 * SEC, 240 * SEC);
+    expected.push((long, 240.0));
+    let stats = rig.cycle().await;
+    let requests = rig.source.take_requests();
+    let clipped_copies = requests
+        .iter()
+        .filter(|r| matches!(r, Req::Page(q) if q.end.is_some_and(|e| e < T0 + 330 * SEC && e > T0 + 90 * SEC)))
+        .count();
+    assert!(
+        clipped_copies > 0,
+        "no page ended inside the long event: {requests:?}"
+    );
+    assert!(requests.contains(&Req::Event(long)), "{requests:?}");
+    assert!(stats.fetched >= 1);
+    assert_eq!(rig.upstream.take(), (once(&expected), vec![]));
+}
