@@ -836,7 +836,7 @@ mod properties {
         #![proptest_config(crate::proptest_config(256))]
 
         #[test]
-        fn snippets_are_capped_printable_prefixes_of_the_trimmed_body(
+        fn snippets_are_capped_prefixes_of_the_printable_trimmed_body(
             body in proptest::collection::vec(any::<u8>(), 0..600),
             max in 0usize..250,
         ) {
@@ -844,11 +844,13 @@ mod properties {
             let text = String::from_utf8_lossy(&body);
             let text = text.trim();
             prop_assert!(!s.chars().any(char::is_control), "{:?}", s);
-            if text.chars().count() > max {
-                let head: String = text.chars().take(max).collect();
-                prop_assert_eq!(s, format!("{}…", printable(&head)));
+            prop_assert!(s.chars().count() <= max + 1, "{:?}", s);
+            let shown = printable(text).into_owned();
+            if shown.chars().count() > max {
+                let head: String = shown.chars().take(max).collect();
+                prop_assert_eq!(s, format!("{}…", head));
             } else {
-                prop_assert_eq!(s, printable(text).into_owned());
+                prop_assert_eq!(s, shown);
             }
         }
 
