@@ -289,16 +289,7 @@ impl AwClient {
 
     /// `GET /api/0/buckets/{id}/events/count`: every event in the bucket.
     pub async fn event_count(&self, bucket_id: &str) -> Result<u64, SourceError> {
-        let url = self.url(&["buckets", bucket_id, "events", "count"], &[]);
-        let bytes = self
-            .send_ok(
-                self.request(Method::GET, &url),
-                &url,
-                Some(bucket_id),
-                MAX_SMALL_ANSWER,
-            )
-            .await?;
-        parse(&url, &bytes)
+        self.event_count_in(bucket_id, None).await
     }
 
     /// `GET .../events/count` with `start`/`end` when `range` is given. Python aw-server counts
