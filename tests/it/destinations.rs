@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use aw_sync_samay::auth::{AccessToken, AuthError, BoxFuture, Identity, TokenSource};
 use samay_server::DevServer;
 use serde_json::Value;
 
@@ -271,37 +272,25 @@ struct LoginWithoutSubject {
     current: std::sync::Mutex<String>,
 }
 
-impl aw_sync_samay::auth::TokenSource for LoginWithoutSubject {
-    fn token(
-        &self,
-    ) -> aw_sync_samay::auth::BoxFuture<
-        '_,
-        Result<aw_sync_samay::auth::AccessToken, aw_sync_samay::auth::AuthError>,
-    > {
+impl TokenSource for LoginWithoutSubject {
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         let token = self.current.lock().expect("lock").clone();
-        Box::pin(async move { Ok(aw_sync_samay::auth::AccessToken::new(token)) })
+        Box::pin(async move { Ok(AccessToken::new(token)) })
     }
 
     fn refresh<'a>(
         &'a self,
-        _rejected: &'a aw_sync_samay::auth::AccessToken,
-    ) -> aw_sync_samay::auth::BoxFuture<
-        'a,
-        Result<aw_sync_samay::auth::AccessToken, aw_sync_samay::auth::AuthError>,
-    > {
-        Box::pin(async {
-            Err(aw_sync_samay::auth::AuthError::Rejected(
-                "no refresh here".into(),
-            ))
-        })
+        _rejected: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<AccessToken, AuthError>> {
+        Box::pin(async { Err(AuthError::Rejected("no refresh here".into())) })
     }
 
     fn user_id(&self) -> Option<String> {
         None
     }
 
-    fn login(&self) -> Option<aw_sync_samay::auth::Identity> {
-        Some(aw_sync_samay::auth::Identity {
+    fn login(&self) -> Option<Identity> {
+        Some(Identity {
             key: "login:https://provider.test|client".into(),
             label: "the account logged in at https://provider.test".into(),
         })
