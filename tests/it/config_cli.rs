@@ -1,10 +1,14 @@
 //! Config, paths, logging and the instance lock, exercised the way the daemon uses them: with
 //! the real base directories redirected into a temp dir through `HOME` and `XDG_*`.
 //!
-//! Environment variables are process-global, so every test that reads or sets them holds
-//! [`ENV`]. Logging installs a process-global subscriber and the lock must be seen from another
-//! process, so those run in a child process: this same test binary, re-run on the `child` test
-//! with a role in `CHILD_ROLE_ENV` (without that variable, `child` does nothing).
+//! Environment variables are process-global, and this module shares its test binary with every
+//! other integration test, whose threads read the environment (and start processes that inherit
+//! it) at any time. So a test never changes the environment of that process: [`Isolated::enter`]
+//! re-runs the test alone in a child process (this same binary, `--exact`, one test thread)
+//! with `HOME` and `XDG_*` pointing into a temp dir, and only there are they set. Logging
+//! installs a process-global subscriber and the lock must be seen from another process, so
+//! those run in a further child: the `child` test with a role in `CHILD_ROLE_ENV` (without that
+//! variable, `child` does nothing).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,6 +22,9 @@ use aw_sync_samay::{logging, paths};
 
 static ENV: Mutex<()> = Mutex::new(());
 
+/// Set in the child process a test re-runs itself in ([`Isolated::enter`]).
+const ISOLATED_ENV: &str = "AW_SYNC_SAMAY_TEST_ISOLATED";
+
 const CHILD_ROLE_ENV: &str = "AW_SYNC_SAMAY_TEST_CHILD_ROLE";
 const CHILD_PATH_ENV: &str = "AW_SYNC_SAMAY_TEST_CHILD_PATH";
 
@@ -29,6 +36,34 @@ struct Isolated {
 }
 
 impl Isolated {
+    /// In the test's own child process: the isolation, set in the environment there. In the
+    /// shared test process: runs the calling test alone in a child process, asserts that it
+    /// ran and passed, and returns `None` — the caller returns at once.
+    fn enter() -> Option<Self> {
+        let name = std::thread::current().name().map(str::to_string);
+        let in_child = std::env::var_os(ISOLATED_ENV).is_some();
+        // libtest names each test's thread after the test; a run on the main thread (one test
+        // thread) is alone in its process, where setting the environment is safe.
+        let name = match name {
+            Some(name) if !in_child && name != "main" => name,
+            _ => return Some(Self::new()),
+        };
+        let exe = std::env::current_exe().expect("current_exe");
+        let out = Command::new(exe)
+            .args(["--exact", &name, "--nocapture", "--test-threads=1"])
+            .env(ISOLATED_ENV, "1")
+            .output()
+            .expect("run the test in its own process");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("test result: ok. 1 passed"),
+            "{name} in its own process ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        None
+    }
+
     fn new() -> Self {
         // A test that panicked while holding the lock leaves it poisoned; the env it set is
         // overwritten below anyway.
@@ -125,7 +160,9 @@ fn child() {
 
 #[test]
 fn first_run_writes_a_commented_file_that_parses_to_defaults() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = paths::config_file(false).expect("config path");
     assert_eq!(
         path,
@@ -173,7 +210,9 @@ fn first_run_writes_a_commented_file_that_parses_to_defaults() {
 
 #[test]
 fn testing_has_its_own_config_file() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = paths::config_file(true).expect("config path");
     assert_eq!(
         path,
@@ -185,7 +224,9 @@ fn testing_has_its_own_config_file() {
 
 #[test]
 fn user_values_override_defaults_and_missing_keys_take_defaults() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = iso.dir("my.toml");
     std::fs::write(
         &path,
@@ -205,7 +246,9 @@ fn user_values_override_defaults_and_missing_keys_take_defaults() {
 
 #[test]
 fn bad_value_names_file_line_column_key_and_expected_type() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = iso.dir("aw-sync-samay.toml");
     std::fs::write(&path, "[sync]\nbase_url = \"\"\nbatch_size =   \"lots\"\n").expect("write");
     let err = config::load(&path).expect_err("a string for an integer");
@@ -241,7 +284,9 @@ fn bad_value_names_file_line_column_key_and_expected_type() {
 
 #[test]
 fn malformed_toml_names_line_and_column() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = iso.dir("aw-sync-samay.toml");
     std::fs::write(&path, "[sync]\nbatch_size = 5\nbase_url = https://x\n").expect("write");
     let err = config::load(&path).expect_err("unquoted string");
@@ -257,7 +302,9 @@ fn malformed_toml_names_line_and_column() {
 /// ours (another tool's table) are warnings.
 #[test]
 fn unknown_keys_of_ours_are_errors_with_did_you_mean_and_foreign_names_warnings() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = iso.dir("aw-sync-samay.toml");
     let cases = [
         (
@@ -308,7 +355,9 @@ fn unknown_keys_of_ours_are_errors_with_did_you_mean_and_foreign_names_warnings(
 
 #[test]
 fn plain_http_is_refused_except_to_loopback() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = iso.dir("aw-sync-samay.toml");
     std::fs::write(&path, "[sync]\nbase_url = \"http://sync.example.com\"\n").expect("write");
     let err = config::load(&path).expect_err("http to another host");
@@ -331,7 +380,9 @@ fn plain_http_is_refused_except_to_loopback() {
 
 #[test]
 fn out_of_range_values_name_the_key() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = iso.dir("aw-sync-samay.toml");
     std::fs::write(&path, "[sync]\nbatch_size = 2000\n").expect("write");
     // offline_queue_size keeps its default (2000): fine
@@ -353,7 +404,9 @@ fn out_of_range_values_name_the_key() {
 
 #[test]
 fn directories_follow_activitywatch_layout() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     assert_eq!(
         paths::data_dir().expect("data"),
         iso.dir("data").join("activitywatch/aw-sync-samay")
@@ -381,7 +434,9 @@ fn directories_follow_activitywatch_layout() {
 
 #[test]
 fn aw_server_port_comes_from_aw_server_rust_config() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     assert_eq!(paths::aw_server_port(false), 5600);
     assert_eq!(paths::aw_server_port(true), 5666);
 
@@ -435,7 +490,9 @@ fn log_file_name_has_aw_core_format() {
 
 #[test]
 fn logging_writes_an_aw_core_style_file_and_prunes_old_ones() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let log_dir = paths::log_dir().expect("log dir");
     std::fs::create_dir_all(&log_dir).expect("mkdir");
     // 12 older runs, and a testing run that must survive the pruning of normal runs
@@ -492,7 +549,9 @@ fn logging_writes_an_aw_core_style_file_and_prunes_old_ones() {
 
 #[test]
 fn logging_without_a_writable_dir_warns_and_uses_stderr() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let blocker = iso.dir("not-a-dir");
     std::fs::write(&blocker, "x").expect("write");
     let (out, stdout, stderr) = run(iso.child("log-unwritable", &blocker.join("logs")));
@@ -505,7 +564,9 @@ fn logging_without_a_writable_dir_warns_and_uses_stderr() {
 
 #[test]
 fn one_instance_per_aw_server_across_processes() {
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = paths::lock_file("127.0.0.1", 5600).expect("lock path");
     let held = InstanceLock::acquire(&path).expect("parent acquires");
 
@@ -539,7 +600,9 @@ fn one_instance_per_aw_server_across_processes() {
 fn lock_is_released_when_the_holder_is_killed() {
     use std::io::BufRead as _;
 
-    let iso = Isolated::new();
+    let Some(iso) = Isolated::enter() else {
+        return;
+    };
     let path = paths::lock_file("127.0.0.1", 5601).expect("lock path");
     let mut holder = iso
         .child("lock-hold", &path)
