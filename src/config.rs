@@ -343,8 +343,8 @@ impl Config {
         validate_base_url(&self.sync.base_url)?;
         validate_auth_urls(&self.auth)?;
         let s = &self.sync;
-        for b in keys::BOUNDS {
-            check_range(b.key, (b.get)(s), b.min, b.max)?;
+        for (key, b) in keys::bounded() {
+            check_range(key, (b.get)(s), b.min, b.max)?;
         }
         if s.offline_queue_size < s.batch_size {
             return Err(ConfigError::invalid(

@@ -1,5 +1,6 @@
-//! The one table of the config file's keys ([`KEY_DOCS`]): it writes the comment above each
-//! key of the generated file, and it decides what a key the structs do not know is.
+//! The one table of the config file's keys ([`KEYS`]): it writes the comment above each key of
+//! the generated file and the key tables of `docs/config.md`, holds the numeric keys' bounds
+//! that loading checks, and decides what a key the structs do not know is.
 //!
 //! Issue 10: `exclude_bucket = [...]` (for `exclude_buckets`) or a `[synk]` section used to be a
 //! warning in a log nobody reads, so a privacy filter silently did nothing. Now:
@@ -14,146 +15,43 @@
 //!   a much later version — and only a warning, since refusing to start over it would make
 //!   aw-qt crash-loop the module for something that cannot hide data.
 //!
-//! A test checks that [`KEY_DOCS`] lists exactly the keys of [`super::Config`], so the table
+//! A test checks that [`KEYS`] lists exactly the keys of [`super::Config`], so the table
 //! cannot drift from the structs.
 
 use toml::de::{DeTable, DeValue};
 
 use super::SyncConfig;
 
-/// One line per key, shown above it in the generated file; a test checks that every key has
-/// one and every entry is a key.
-pub(super) const KEY_DOCS: &[(&str, &str)] = &[
-    (
-        "auth.enabled",
-        "Use the OAuth login (--login) to get bearer tokens for the upstream.",
-    ),
-    (
-        "auth.client_id",
-        "OAuth client id registered with the identity provider.",
-    ),
-    (
-        "auth.redirect_uri",
-        "Loopback redirect for the login; another port is used when this one is taken.",
-    ),
-    (
-        "auth.scopes",
-        "OAuth scopes requested at login.",
-    ),
-    (
-        "auth.auth_url",
-        "Authorization endpoint; empty: found by OpenID discovery of `issuer`.",
-    ),
-    (
-        "auth.token_url",
-        "Token endpoint; empty: found by OpenID discovery of `issuer`.",
-    ),
-    (
-        "auth.issuer",
-        "OpenID issuer URL of the identity provider.",
-    ),
-    (
-        "auth.revocation_url",
-        "Token revocation endpoint (RFC 7009) used by --logout; empty: from discovery.",
-    ),
-    (
-        "auth.userinfo_url",
-        "OpenID userinfo endpoint, for \"Logged in as\"; empty: from discovery.",
-    ),
-    (
-        "auth.device_authorization_url",
-        "Device authorization endpoint (RFC 8628) for --login --device and logins without a browser; empty: from discovery.",
-    ),
-    (
-        "auth.token_storage",
-        "\"auto\" (OS keyring, else a 0600 file with a warning), \"keyring\" or \"file\" (plain text: base64 is not encryption).",
-    ),
-    (
-        "auth.callback",
-        "\"auto\" (loopback, deep link if it can't listen), \"loopback\" or \"deep-link\".",
-    ),
-    (
-        "auth.deep_link_uri",
-        "Private-use redirect URI for the deep-link fallback (register it with --register-scheme).",
-    ),
-    (
-        "auth.login_timeout",
-        "Seconds --login waits for the browser to come back.",
-    ),
-    (
-        "auth.login_on_start",
-        "Open the browser login once when the daemon starts logged out.",
-    ),
-    (
-        "sync.enabled",
-        "Sync at all; false: the daemon runs but sends nothing.",
-    ),
-    (
-        "sync.base_url",
-        "Upstream base URL (https; http only to localhost). Empty: not configured, nothing is sent.",
-    ),
-    (
-        "sync.sync_interval",
-        "Seconds between sync cycles",
-    ),
-    (
-        "sync.batch_size",
-        "Events per upload batch",
-    ),
-    (
-        "sync.max_retries",
-        "Retries of one batch on timeouts, 429, 5xx and network errors",
-    ),
-    (
-        "sync.offline_queue_size",
-        "Events read but not yet acknowledged, at most (at least batch_size).",
-    ),
-    (
-        "sync.lookback",
-        "Seconds below the newest synced event that each sync re-reads, to catch late events near it at once (at most 30 days); older inserts and deletions are found through aw-server's counts.",
-    ),
-    (
-        "sync.page_size",
-        "Events fetched from aw-server per request",
-    ),
-    (
-        "sync.request_timeout",
-        "Seconds one upstream request may take",
-    ),
-    (
-        "sync.gzip",
-        "gzip the upload bodies.",
-    ),
-    (
-        "sync.verify_batch",
-        "Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place",
-    ),
-    (
-        "sync.verify_interval",
-        "Seconds between two background verification steps",
-    ),
-    (
-        "sync.include_buckets",
-        "Bucket ids to sync, as patterns (* any characters, ? one), e.g. [\"aw-watcher-window_*\"]; empty: all.",
-    ),
-    (
-        "sync.exclude_buckets",
-        "Bucket ids never synced, as patterns; wins over include_buckets. aw-sync-samay's own buckets are never synced.",
-    ),
-    (
-        "sync.start_from",
-        "Upload nothing that ended before this: \"2025-01-31\" (local midnight) or \"2025-01-31T08:00:00+01:00\"; empty: everything. An event running across it is sent whole.",
-    ),
-    (
-        "sync.redact",
-        "Redaction rules, as [[sync.redact]] tables with buckets=\"<pattern>\" and/or types=\"<bucket type>\", drop=[\"title\"] (fields removed), hash=[\"url\"] (fields replaced by a hash keyed with a secret that never leaves this machine).",
-    ),
-];
+/// One key of the config file: everything about it but its field and default in the structs
+/// ([`super::Config`] — the default is read from there). The order is the generated file's.
+pub(super) struct Key {
+    pub name: &'static str,
+    /// Which table of `docs/config.md` lists it. Read where the docs are written: the test
+    /// that checks (and rewrites) them, not the program.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub group: Group,
+    /// One line: the comment above the key in the generated file, and the start of its row in
+    /// `docs/config.md`.
+    pub doc: &'static str,
+    /// What only `docs/config.md` says after that line (markdown); may be empty. Read by the
+    /// docs test only, like `group`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub more: &'static str,
+    /// For a number: the range loading accepts, stated in the file and the docs.
+    pub bounds: Option<Bounds>,
+}
+
+/// The tables of `docs/config.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Group {
+    Sync,
+    Privacy,
+    Auth,
+}
 
 /// The bounds of a numeric key: what [`super::Config::validate`] checks, and what the key's
-/// line in the generated file (and `docs/config.md`, checked by a test) says.
+/// line in the generated file and its row in `docs/config.md` say.
 pub(super) struct Bounds {
-    pub key: &'static str,
     pub min: u64,
     pub max: u64,
     /// What 0 means, when it is allowed and means something else than a number of things.
@@ -161,56 +59,260 @@ pub(super) struct Bounds {
     pub get: fn(&SyncConfig) -> u64,
 }
 
-/// The numeric keys' bounds, in the order they are checked.
-pub(super) const BOUNDS: &[Bounds] = &[
-    Bounds {
-        key: "sync.batch_size",
-        min: 1,
-        max: 10_000,
-        zero: None,
-        get: |s| s.batch_size as u64,
+/// Every key, once: the one place a key's documentation, bounds and docs row come from. A test
+/// checks that it lists exactly the keys of [`super::Config`].
+pub(super) const KEYS: &[Key] = &[
+    Key {
+        name: "auth.enabled",
+        group: Group::Auth,
+        doc: "Use the OAuth login (--login) to get bearer tokens for the upstream.",
+        more: "`AW_SYNC_SAMAY_TOKEN` in the environment still overrides it.",
+        bounds: None,
     },
-    Bounds {
-        key: "sync.sync_interval",
-        min: 1,
-        max: u64::MAX,
-        zero: None,
-        get: |s| s.sync_interval,
+    Key {
+        name: "auth.client_id",
+        group: Group::Auth,
+        doc: "OAuth client id registered with the identity provider.",
+        more: "A public native client, registered at the provider ([login.md](login.md)).",
+        bounds: None,
     },
-    Bounds {
-        key: "sync.page_size",
-        min: 10,
-        max: 100_000,
-        zero: None,
-        get: |s| s.page_size as u64,
+    Key {
+        name: "auth.redirect_uri",
+        group: Group::Auth,
+        doc: "Loopback redirect for the login; another port is used when this one is taken.",
+        more: "",
+        bounds: None,
     },
-    Bounds {
-        key: "sync.request_timeout",
-        min: 1,
-        max: u64::MAX,
-        zero: None,
-        get: |s| s.request_timeout,
+    Key {
+        name: "auth.scopes",
+        group: Group::Auth,
+        doc: "OAuth scopes requested at login.",
+        more: "`offline_access` gets a refresh token; `prompt=consent` is sent with it.",
+        bounds: None,
     },
-    Bounds {
-        key: "sync.max_retries",
-        min: 0,
-        max: 100,
-        zero: None,
-        get: |s| u64::from(s.max_retries),
+    Key {
+        name: "auth.auth_url",
+        group: Group::Auth,
+        doc: "Authorization endpoint; empty: found by OpenID discovery of `issuer`.",
+        more: "Set it to override discovery.",
+        bounds: None,
     },
-    Bounds {
-        key: "sync.verify_batch",
-        min: 0,
-        max: 10_000_000,
-        zero: Some("never"),
-        get: |s| s.verify_batch,
+    Key {
+        name: "auth.token_url",
+        group: Group::Auth,
+        doc: "Token endpoint; empty: found by OpenID discovery of `issuer`.",
+        more: "",
+        bounds: None,
     },
-    Bounds {
-        key: "sync.verify_interval",
-        min: 60,
-        max: u64::MAX,
-        zero: None,
-        get: |s| s.verify_interval,
+    Key {
+        name: "auth.issuer",
+        group: Group::Auth,
+        doc: "OpenID issuer URL of the identity provider.",
+        more: "The endpoints come from its discovery document.",
+        bounds: None,
+    },
+    Key {
+        name: "auth.revocation_url",
+        group: Group::Auth,
+        doc: "Token revocation endpoint (RFC 7009) used by --logout; empty: from discovery.",
+        more: "None anywhere: `--logout` only forgets the tokens, and says so and how to set this.",
+        bounds: None,
+    },
+    Key {
+        name: "auth.userinfo_url",
+        group: Group::Auth,
+        doc: "OpenID userinfo endpoint, for \"Logged in as\"; empty: from discovery.",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "auth.device_authorization_url",
+        group: Group::Auth,
+        doc: "Device authorization endpoint (RFC 8628) for --login --device and logins without a browser; empty: from discovery.",
+        more: "Also used by a `--login` where no browser can be opened.",
+        bounds: None,
+    },
+    Key {
+        name: "auth.token_storage",
+        group: Group::Auth,
+        doc: "\"auto\" (OS keyring, else a 0600 file with a warning), \"keyring\" or \"file\" (plain text: base64 is not encryption).",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "auth.callback",
+        group: Group::Auth,
+        doc: "\"auto\" (loopback, deep link if it can't listen), \"loopback\" or \"deep-link\".",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "auth.deep_link_uri",
+        group: Group::Auth,
+        doc: "Private-use redirect URI for the deep-link fallback (register it with --register-scheme).",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "auth.login_timeout",
+        group: Group::Auth,
+        doc: "Seconds --login waits for the browser to come back.",
+        more: "The device sign-in waits as long as its code is valid.",
+        bounds: None,
+    },
+    Key {
+        name: "auth.login_on_start",
+        group: Group::Auth,
+        doc: "Open the browser login once when the daemon starts logged out.",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "sync.enabled",
+        group: Group::Sync,
+        doc: "Sync at all; false: the daemon runs but sends nothing.",
+        more: "`--once` says so and exits.",
+        bounds: None,
+    },
+    Key {
+        name: "sync.base_url",
+        group: Group::Sync,
+        doc: "Upstream base URL (https; http only to localhost). Empty: not configured, nothing is sent.",
+        more: "`{base_url}/v1/events/batch` receives batches ([upstream-api.md](upstream-api.md)); `--once` stops with this key's name when it is empty. `http://` only to this machine (`localhost`, `127.0.0.1`, `::1`); no user name, password, query or fragment.",
+        bounds: None,
+    },
+    Key {
+        name: "sync.sync_interval",
+        group: Group::Sync,
+        doc: "Seconds between sync cycles",
+        more: "Counted from the end of the previous cycle; after a failure the wait doubles, up to 30 min, and is reset on success.",
+        bounds: Some(Bounds {
+            min: 1,
+            max: u64::MAX,
+            zero: None,
+            get: |s| s.sync_interval,
+        }),
+    },
+    Key {
+        name: "sync.batch_size",
+        group: Group::Sync,
+        doc: "Events per upload batch",
+        more: "",
+        bounds: Some(Bounds {
+            min: 1,
+            max: 10_000,
+            zero: None,
+            get: |s| s.batch_size as u64,
+        }),
+    },
+    Key {
+        name: "sync.max_retries",
+        group: Group::Sync,
+        doc: "Retries of one batch on timeouts, 429, 5xx and network errors",
+        more: "After them the cycle gives up; the next cycle resumes.",
+        bounds: Some(Bounds {
+            min: 0,
+            max: 100,
+            zero: None,
+            get: |s| u64::from(s.max_retries),
+        }),
+    },
+    Key {
+        name: "sync.offline_queue_size",
+        group: Group::Sync,
+        doc: "Events read but not yet acknowledged, at most (at least batch_size).",
+        more: "Reading pauses when it is full (aw-server keeps the data).",
+        bounds: None,
+    },
+    Key {
+        name: "sync.lookback",
+        group: Group::Sync,
+        doc: "Seconds below the newest synced event that each sync re-reads, to catch late events near it at once (at most 30 days); older inserts and deletions are found through aw-server's counts.",
+        more: "See [reliability.md](reliability.md#what-is-read-each-cycle).",
+        bounds: None,
+    },
+    Key {
+        name: "sync.page_size",
+        group: Group::Sync,
+        doc: "Events fetched from aw-server per request",
+        more: "A catch-up reads pages of 5 × this.",
+        bounds: Some(Bounds {
+            min: 10,
+            max: 100_000,
+            zero: None,
+            get: |s| s.page_size as u64,
+        }),
+    },
+    Key {
+        name: "sync.request_timeout",
+        group: Group::Sync,
+        doc: "Seconds one upstream request may take",
+        more: "",
+        bounds: Some(Bounds {
+            min: 1,
+            max: u64::MAX,
+            zero: None,
+            get: |s| s.request_timeout,
+        }),
+    },
+    Key {
+        name: "sync.gzip",
+        group: Group::Sync,
+        doc: "gzip the upload bodies.",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "sync.verify_batch",
+        group: Group::Sync,
+        doc: "Events per bucket the background verification re-reads and re-hashes each step, to catch old events edited in place",
+        more: "`--once --verify` verifies everything at once.",
+        bounds: Some(Bounds {
+            min: 0,
+            max: 10_000_000,
+            zero: Some("never"),
+            get: |s| s.verify_batch,
+        }),
+    },
+    Key {
+        name: "sync.verify_interval",
+        group: Group::Sync,
+        doc: "Seconds between two background verification steps",
+        more: "",
+        bounds: Some(Bounds {
+            min: 60,
+            max: u64::MAX,
+            zero: None,
+            get: |s| s.verify_interval,
+        }),
+    },
+    Key {
+        name: "sync.include_buckets",
+        group: Group::Privacy,
+        doc: "Bucket ids to sync, as patterns (* any characters, ? one), e.g. [\"aw-watcher-window_*\"]; empty: all.",
+        more: "Only these buckets are synced.",
+        bounds: None,
+    },
+    Key {
+        name: "sync.exclude_buckets",
+        group: Group::Privacy,
+        doc: "Bucket ids never synced, as patterns; wins over include_buckets. aw-sync-samay's own buckets are never synced.",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "sync.start_from",
+        group: Group::Privacy,
+        doc: "Upload nothing that ended before this: \"2025-01-31\" (local midnight) or \"2025-01-31T08:00:00+01:00\"; empty: everything. An event running across it is sent whole.",
+        more: "A first sync then does not upload your whole history.",
+        bounds: None,
+    },
+    Key {
+        name: "sync.redact",
+        group: Group::Privacy,
+        doc: "Redaction rules, as [[sync.redact]] tables with buckets=\"<pattern>\" and/or types=\"<bucket type>\", drop=[\"title\"] (fields removed), hash=[\"url\"] (fields replaced by a hash keyed with a secret that never leaves this machine).",
+        more: "The redacted data never leaves the machine; examples in the [README](../README.md#privacy-what-leaves-the-machine).",
+        bounds: None,
     },
 ];
 
@@ -231,23 +333,58 @@ impl Bounds {
     }
 }
 
+/// The row of `key` in [`KEYS`].
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The numeric keys with their bounds, in the table's order: what validation checks.
+pub(super) fn bounded() -> impl Iterator<Item = (&'static str, &'static Bounds)> {
+    KEYS.iter()
+        .filter_map(|k| k.bounds.as_ref().map(|b| (k.name, b)))
+}
+
 /// The line above `key` in the generated file: what it does, and its bounds when it has some.
-pub(super) fn key_doc(key: &str) -> Option<String> {
-    let doc = KEY_DOCS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, doc)| *doc)?;
-    Some(match BOUNDS.iter().find(|b| b.key == key) {
-        Some(b) => format!("{doc} ({}).", b.describe()),
-        None => doc.to_string(),
+pub(super) fn key_doc(name: &str) -> Option<String> {
+    let k = key(name)?;
+    Some(match &k.bounds {
+        Some(b) => format!("{} ({}).", k.doc, b.describe()),
+        None => k.doc.to_string(),
     })
+}
+
+/// The rows of one table of `docs/config.md` (`| key | default | meaning |`): the generated
+/// file's line of each key, its default as the generated file shows it, and what only the docs
+/// say. `docs/config.md` holds exactly these rows (a test compares; `SAMAY_WRITE_DOCS=1` on that
+/// test writes them), so the docs cannot drift from the code.
+#[cfg(test)]
+pub(super) fn docs_rows(group: Group) -> String {
+    let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for k in KEYS.iter().filter(|k| k.group == group) {
+        let default = super::default_value_of(k.name).unwrap_or_else(|| "[]".to_string());
+        let mut meaning = key_doc(k.name).unwrap_or_default();
+        if !meaning.ends_with('.') {
+            meaning.push('.');
+        }
+        if !k.more.is_empty() {
+            meaning.push(' ');
+            meaning.push_str(k.more);
+        }
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            k.name,
+            default.replace('|', "\\|"),
+            meaning.replace('|', "\\|")
+        ));
+    }
+    out
 }
 
 /// The sections of the file, in the table's order.
 fn sections() -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
-    for (key, _) in KEY_DOCS {
-        let section = key.split('.').next().unwrap_or(key);
+    for k in KEYS {
+        let section = k.name.split('.').next().unwrap_or(k.name);
         if !out.contains(&section) {
             out.push(section);
         }
@@ -257,8 +394,9 @@ fn sections() -> Vec<&'static str> {
 
 /// The keys of `section`, without the section.
 fn keys_of(section: &str) -> impl Iterator<Item = &'static str> + '_ {
-    KEY_DOCS.iter().filter_map(move |(key, _)| {
-        key.strip_prefix(section)
+    KEYS.iter().filter_map(move |k| {
+        k.name
+            .strip_prefix(section)
             .and_then(|rest| rest.strip_prefix('.'))
     })
 }
@@ -312,9 +450,9 @@ pub(super) fn unknown_keys(document: &DeTable<'_>) -> Vec<Unknown> {
 
 /// The sections that have a key `name`, as "[sync]" or "[auth] or [sync]".
 fn homes_of(name: &str) -> Option<String> {
-    let homes: Vec<String> = KEY_DOCS
+    let homes: Vec<String> = KEYS
         .iter()
-        .filter_map(|(k, _)| k.split_once('.'))
+        .filter_map(|k| k.name.split_once('.'))
         .filter(|(_, key)| *key == name)
         .map(|(section, _)| format!("[{section}]"))
         .collect();
@@ -424,19 +562,20 @@ mod tests {
         config.validate().map(|()| config)
     }
 
-    /// Every bound of [`BOUNDS`] is what loading a file accepts and refuses, with the key named.
+    /// Every bound of [`KEYS`] is what loading a file accepts and refuses, with the key named.
     #[test]
     fn the_bounds_table_is_what_validation_checks() {
-        for b in BOUNDS {
-            assert!(with(b.key, b.min).is_ok(), "{} = {}", b.key, b.min);
+        assert_eq!(bounded().count(), 7);
+        for (key, b) in bounded() {
+            assert!(with(key, b.min).is_ok(), "{} = {}", key, b.min);
             if b.max < i64::MAX as u64 {
-                assert!(with(b.key, b.max).is_ok(), "{} = {}", b.key, b.max);
-                let e = with(b.key, b.max + 1).expect_err("above the max");
-                assert!(e.to_string().contains(b.key), "{e}");
+                assert!(with(key, b.max).is_ok(), "{} = {}", key, b.max);
+                let e = with(key, b.max + 1).expect_err("above the max");
+                assert!(e.to_string().contains(key), "{e}");
             }
             if b.min > 0 {
-                let e = with(b.key, b.min - 1).expect_err("below the min");
-                assert!(e.to_string().contains(b.key), "{e}");
+                let e = with(key, b.min - 1).expect_err("below the min");
+                assert!(e.to_string().contains(key), "{e}");
             }
         }
     }
@@ -445,10 +584,10 @@ mod tests {
     #[test]
     fn the_generated_file_states_each_keys_bounds() {
         let text = super::super::default_file_contents().expect("renders");
-        for b in BOUNDS {
-            let line = format!("# {}\n", key_doc(b.key).expect("documented"));
+        for (key, b) in bounded() {
+            let line = format!("# {}\n", key_doc(key).expect("documented"));
             assert!(line.contains(&format!("({}).", b.describe())), "{line}");
-            assert_eq!(text.matches(&line).count(), 1, "{}:\n{text}", b.key);
+            assert_eq!(text.matches(&line).count(), 1, "{key}:\n{text}");
         }
         assert_eq!(
             key_doc("sync.verify_batch").as_deref(),
@@ -456,28 +595,38 @@ mod tests {
         );
     }
 
-    /// `docs/config.md` states the same bounds as the table: `min–max`, or `at least min` for a
-    /// key without a maximum.
+    /// `docs/config.md`'s three key tables are [`docs_rows`]: each key's line, default, bounds
+    /// and the docs' own words come from [`KEYS`]. `SAMAY_WRITE_DOCS=1` rewrites them.
     #[test]
-    fn docs_config_md_states_each_keys_bounds() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
-            .expect("docs/config.md");
-        for b in BOUNDS {
-            let row = doc
-                .lines()
-                .find(|l| l.starts_with(&format!("| `{}` |", b.key)))
-                .unwrap_or_else(|| panic!("no row for {}", b.key));
-            let stated = if b.max == u64::MAX {
-                format!("at least {}", b.min)
-            } else {
-                format!("{}–{}", b.min, b.max)
-            };
-            assert!(
-                row.contains(&stated),
-                "{}: expected {stated:?} in {row}",
-                b.key
-            );
+    fn docs_config_md_key_tables_are_generated_from_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md");
+        let doc = std::fs::read_to_string(path).expect("docs/config.md");
+        let mut want = doc.clone();
+        for group in [Group::Sync, Group::Privacy, Group::Auth] {
+            let begin = format!("<!-- keys:{group:?} begin -->\n");
+            let end = format!("<!-- keys:{group:?} end -->");
+            let from = want
+                .find(&begin)
+                .unwrap_or_else(|| panic!("no {begin:?} in docs/config.md"))
+                + begin.len();
+            let to = from
+                + want[from..]
+                    .find(&end)
+                    .unwrap_or_else(|| panic!("no {end:?}"));
+            want.replace_range(from..to, &docs_rows(group));
         }
+        if std::env::var_os("SAMAY_WRITE_DOCS").is_some() {
+            std::fs::write(path, &want).expect("write docs/config.md");
+        }
+        assert!(
+            doc == want,
+            "docs/config.md's key tables differ from src/config/keys.rs; run\n  SAMAY_WRITE_DOCS=1 cargo test -p aw-sync-samay --lib docs_config_md_key_tables\n"
+        );
+        // The bounds as the docs state them (a sample, so the format is pinned).
+        assert!(
+            want.contains("| `sync.batch_size` | `500` | Events per upload batch (1-10000). |"),
+            "{want}"
+        );
     }
 
     fn unknown(text: &str) -> Vec<Unknown> {

@@ -1,5 +1,5 @@
 //! The file written on first run: every key with its default, commented out, under a line from
-//! [`super::keys::KEY_DOCS`] saying what it does, so a user edits a documented file and a key
+//! [`super::keys::KEYS`] saying what it does, so a user edits a documented file and a key
 //! left commented out keeps its default (newer defaults reach them after an update).
 
 use std::fmt::Write as _;
@@ -86,11 +86,11 @@ mod tests {
         for key in &keys {
             assert!(keys::key_doc(key).is_some(), "no doc line for `{key}`");
         }
-        for (key, _) in keys::KEY_DOCS {
+        for key in keys::KEYS.iter().map(|k| k.name) {
             assert!(keys.iter().any(|k| k == key), "doc for `{key}`, not a key");
         }
         let text = default_file_contents().expect("renders");
-        for (key, _) in keys::KEY_DOCS {
+        for key in keys::KEYS.iter().map(|k| k.name) {
             let doc = keys::key_doc(key).expect("documented");
             assert_eq!(
                 text.matches(&format!("# {doc}\n")).count(),
