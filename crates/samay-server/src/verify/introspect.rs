@@ -130,9 +130,9 @@ impl TokenVerifier {
             return Ok(None);
         };
         let discovery = issuer
-            .discovery(&self.config, &self.http)
+            .discovery(&self.config, &self.http, self.clock.as_ref())
             .await
-            .map_err(|e| AuthFailure::IssuerUnavailable(e.to_string()))?;
+            .map_err(AuthFailure::IssuerUnavailable)?;
         let Some(endpoint) = discovery.introspection_endpoint else {
             return Ok(None);
         };

@@ -40,9 +40,9 @@ pub(crate) struct VerifyKey {
 
 /// A JWK, checked: `kty`/`crv` decide the one algorithm it can verify (RSA → RS256, EC P-256 →
 /// ES256, OKP Ed25519 → EdDSA); a declared `alg` must agree and a declared `use` must be `sig`.
-/// `None` for keys we cannot or must not use (encryption keys, symmetric keys, other curves,
-/// short RSA moduli, private keys published by mistake are still read only for their public
-/// part): they are skipped, not fatal, so one odd key does not take down the issuer.
+/// `None` for keys we cannot or must not use (encryption keys, symmetric `oct` keys, other
+/// curves, RSA moduli under 2048 bits): they are skipped, not fatal, so one odd key in a JWKS
+/// does not take the whole issuer down. Only public parameters are ever read.
 pub(crate) fn parse_jwk(jwk: &Map<String, Value>) -> Option<VerifyKey> {
     let text = |name: &str| jwk.get(name).and_then(Value::as_str);
     let bytes = |name: &str| text(name).and_then(|v| URL_SAFE_NO_PAD.decode(v).ok());
@@ -259,16 +259,34 @@ impl IssuerState {
         }
     }
 
-    /// Discovery (cached after the first success), for the introspection endpoint.
+    /// Discovery (cached after the first success), for the introspection endpoint. Fetched
+    /// under the same limit as the JWKS: a flood of opaque tokens while the issuer is down
+    /// costs it one request per `jwks_min_refetch`, not one per token.
     pub async fn discovery(
         &self,
         cfg: &VerifierConfig,
         http: &reqwest::Client,
-    ) -> Result<Discovery, FetchError> {
+        clock: &dyn VerifierClock,
+    ) -> Result<Discovery, String> {
         if let Some(d) = self.cached_discovery() {
             return Ok(d);
         }
-        self.fetch_discovery(cfg, http).await
+        let mut last_attempt = self.refresh.lock().await;
+        if let Some(d) = self.cached_discovery() {
+            return Ok(d);
+        }
+        if last_attempt
+            .is_some_and(|at| clock.now().saturating_duration_since(at) < cfg.jwks_min_refetch)
+        {
+            return Err(
+                "its discovery document could not be fetched recently; not retried yet".into(),
+            );
+        }
+        *last_attempt = Some(clock.now());
+        self.fetch_discovery(cfg, http).await.map_err(|e| {
+            tracing::warn!(issuer = %self.config.url, "fetching the issuer's discovery document failed: {e}");
+            e.to_string()
+        })
     }
 
     async fn fetch_discovery(

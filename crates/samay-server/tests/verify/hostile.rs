@@ -105,3 +105,32 @@ async fn an_endless_or_oversized_jwks_is_cut_off() {
         assert_eq!(hostile.seen().len(), requests + 2);
     }
 }
+
+#[tokio::test]
+async fn opaque_tokens_while_the_issuer_is_down_cost_it_one_request_per_interval() {
+    let hostile = Hostile::start(|_| Answer::json(500, "{}")).await;
+    let clock = ManualClock::new();
+    let mut config = VerifierConfig::new(
+        vec![IssuerConfig {
+            url: hostile.base_url(),
+            introspection: Some(samay_server::IntrospectionClient {
+                client_id: "samay-server".into(),
+                client_secret: "secret".into(),
+            }),
+        }],
+        AUDIENCE,
+    );
+    config.http_timeout = Duration::from_millis(300);
+    let verifier = TokenVerifier::with_clock(config, http(), clock.clone()).unwrap();
+    for i in 0..5 {
+        let failure = verify_bounded(&verifier, &format!("opaque-token-{i}")).await;
+        assert!(
+            matches!(&failure, Err(e @ AuthFailure::IssuerUnavailable(_)) if e.is_retryable()),
+            "{failure:?}"
+        );
+    }
+    assert_eq!(hostile.seen().len(), 1);
+    clock.advance(Duration::from_secs(30));
+    let _ = verify_bounded(&verifier, "opaque-token").await;
+    assert_eq!(hostile.seen().len(), 2);
+}

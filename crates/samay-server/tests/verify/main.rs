@@ -65,6 +65,14 @@ pub async fn standard_issuer() -> TestIssuer {
     TestIssuer::start(keys).await
 }
 
+/// The server awaits `verify` inside axum handlers, which must be `Send`.
+#[test]
+fn verification_futures_are_send() {
+    fn assert_send<T: Send>(_: T) {}
+    let verifier = verifier(&["https://idp.example".to_string()], ManualClock::new());
+    assert_send(verifier.verify("token"));
+}
+
 /// A verifier accepting `issuers` for [`AUDIENCE`], on a manual clock.
 pub fn verifier(issuers: &[String], clock: Arc<ManualClock>) -> TokenVerifier {
     let config = VerifierConfig::new(issuers.iter().map(IssuerConfig::new).collect(), AUDIENCE);
