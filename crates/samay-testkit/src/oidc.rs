@@ -13,6 +13,11 @@
 //! `offline_access` with `prompt=consent` (the spec behaviour); `RefreshPolicy::Always` issues
 //! one for every code grant.
 //!
+//! With `OidcOptions::resource` the provider also knows one API (an RFC 8707 resource
+//! indicator, the tokens' `aud`) and issues JWT or opaque access tokens for it
+//! (`resource_access_token` logs a user in to get one); `resource_server_client` registers the
+//! confidential client that API uses to introspect them.
+//!
 //! `play_user_browser()` is the `$BROWSER` for the app under test: the `webbrowser` crate spawns
 //! it in the background with the authorization URL and does not wait for it. `PlayUser` sets its
 //! knobs (`PLAY_USER`, `PLAY_ACTION`, `PLAY_LOG`, ...) on a `Command`.

@@ -190,7 +190,8 @@ impl IssuerState {
     /// Served from the cache; the JWKS is (re)fetched when there is none yet, when it is older
     /// than `jwks_max_age`, or when the `kid` is unknown — but never twice within
     /// `jwks_min_refetch`, so tokens with made-up `kid`s cannot make us hammer the issuer. A
-    /// failed refresh keeps serving the keys we have.
+    /// failed refresh keeps serving the keys we have, and a token whose key is cached never
+    /// waits for a refresh that another request is already doing.
     pub async fn keys_for(
         &self,
         kid: Option<&str>,
@@ -200,18 +201,25 @@ impl IssuerState {
         clock: &dyn VerifierClock,
     ) -> Result<Vec<VerifyKey>, AuthFailure> {
         let cached = self.cached_keys();
-        if let Some(set) = &cached {
-            let fresh = clock.now().saturating_duration_since(set.fetched) < cfg.jwks_max_age;
-            match set.candidates(kid, alg) {
-                Ok(keys) if fresh => return Ok(keys),
-                Err(Lookup::WrongAlgorithm) if fresh => {
-                    return Err(AuthFailure::AlgorithmNotAllowed)
+        let mut last_attempt = match &cached {
+            Some(set) => {
+                let fresh = clock.now().saturating_duration_since(set.fetched) < cfg.jwks_max_age;
+                match set.candidates(kid, alg) {
+                    Ok(keys) if fresh => return Ok(keys),
+                    Err(Lookup::WrongAlgorithm) if fresh => {
+                        return Err(AuthFailure::AlgorithmNotAllowed)
+                    }
+                    // Stale but known: refresh if nobody else is, else use what we have.
+                    Ok(keys) => match self.refresh.try_lock() {
+                        Ok(guard) => guard,
+                        Err(_) => return Ok(keys),
+                    },
+                    _ => self.refresh.lock().await,
                 }
-                _ => {}
             }
-        }
+            None => self.refresh.lock().await,
+        };
 
-        let mut last_attempt = self.refresh.lock().await;
         // Another verification may have refreshed while we waited for the lock.
         let current = self.cached_keys();
         let refreshed_meanwhile = match (&cached, &current) {

@@ -134,3 +134,31 @@ async fn opaque_tokens_while_the_issuer_is_down_cost_it_one_request_per_interval
     let _ = verify_bounded(&verifier, "opaque-token").await;
     assert_eq!(hostile.seen().len(), 2);
 }
+
+/// OpenID Connect Discovery §4.3: a document that names another issuer is not this issuer's,
+/// and its `jwks_uri` is not followed.
+#[tokio::test]
+async fn a_discovery_document_naming_another_issuer_is_refused() {
+    let hostile = Hostile::start(|seen| match seen.target.as_str() {
+        "/.well-known/openid-configuration" => Answer::json(
+            200,
+            json!({"issuer": "https://elsewhere.test", "jwks_uri": "https://elsewhere.test/jwks"})
+                .to_string(),
+        ),
+        _ => Answer::json(404, "{}"),
+    })
+    .await;
+    let verifier = verifier_with_deadline(&hostile.base_url(), ManualClock::new());
+    let failure = verify_bounded(&verifier, &token_naming(&hostile.base_url()).await).await;
+    match failure {
+        Err(e @ AuthFailure::IssuerUnavailable(_)) => {
+            assert!(e.to_string().contains("issuer differs"), "{e}");
+        }
+        other => panic!("expected IssuerUnavailable, got {other:?}"),
+    }
+    assert_eq!(
+        hostile.seen().len(),
+        1,
+        "only the discovery document was asked for"
+    );
+}
