@@ -145,6 +145,21 @@ impl AuthFailure {
         }
     }
 
+    /// The `WWW-Authenticate` header of the 401 answer (RFC 6750 §3): no error code when there
+    /// was no token, `invalid_token` with this failure's text otherwise. `None` for
+    /// [`AuthFailure::IssuerUnavailable`], which is answered 503, not 401.
+    pub fn www_authenticate(&self) -> Option<String> {
+        match self {
+            AuthFailure::Missing => Some("Bearer".to_string()),
+            AuthFailure::IssuerUnavailable(_) => None,
+            // Every other message is fixed ASCII text without `"` or `\` (RFC 6750 §3's
+            // error_description charset).
+            other => Some(format!(
+                "Bearer error=\"invalid_token\", error_description=\"{other}\""
+            )),
+        }
+    }
+
     /// True when the same token may be accepted later without the client doing anything:
     /// the server answers 503 (with `Retry-After`) instead of 401.
     pub fn is_retryable(&self) -> bool {

@@ -316,4 +316,29 @@ fn failure_reasons_are_distinct_and_only_outages_are_retryable() {
         .map(AuthFailure::reason)
         .collect();
     assert_eq!(retryable, ["issuer_unavailable"]);
+
+    // RFC 6750 §3: the challenge of each 401, in its restricted charset; none for the 503.
+    assert_eq!(
+        AuthFailure::Missing.www_authenticate().as_deref(),
+        Some("Bearer")
+    );
+    assert_eq!(
+        AuthFailure::Expired.www_authenticate().as_deref(),
+        Some(r#"Bearer error="invalid_token", error_description="token expired""#)
+    );
+    assert_eq!(all.last().unwrap().www_authenticate(), None);
+    for failure in &all[1..all.len() - 1] {
+        let challenge = failure.www_authenticate().unwrap();
+        let description = challenge
+            .split_once("error_description=\"")
+            .unwrap()
+            .1
+            .trim_end_matches('"');
+        assert!(
+            description
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'),
+            "{challenge}"
+        );
+    }
 }
