@@ -7,7 +7,7 @@
 //! Bad tokens on purpose are what a real provider will not mint, which is why this exists next
 //! to oidc-provider (`oidc.rs`), which the tests use for the real thing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -141,6 +141,8 @@ struct Shared {
     published: Mutex<Vec<Value>>,
     jwks_requests: AtomicUsize,
     discovery_requests: AtomicUsize,
+    /// The JWKS endpoint never answers (a slow or stuck issuer).
+    jwks_hangs: AtomicBool,
 }
 
 /// The running issuer; stops when dropped.
@@ -168,6 +170,7 @@ impl TestIssuer {
             published: Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()),
             jwks_requests: AtomicUsize::new(0),
             discovery_requests: AtomicUsize::new(0),
+            jwks_hangs: AtomicBool::new(false),
         });
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -213,6 +216,11 @@ impl TestIssuer {
             .lock()
             .expect("lock")
             .retain(|jwk| jwk["kid"] != kid);
+    }
+
+    /// From now on the JWKS endpoint accepts requests (they are counted) and never answers.
+    pub fn set_jwks_hangs(&self, hangs: bool) {
+        self.shared.jwks_hangs.store(hangs, Ordering::SeqCst);
     }
 
     /// GETs of the JWKS so far.
@@ -289,6 +297,9 @@ async fn discovery(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn jwks(State(shared): State<Arc<Shared>>) -> Json<Value> {
     shared.jwks_requests.fetch_add(1, Ordering::SeqCst);
+    if shared.jwks_hangs.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     let keys = shared.published.lock().expect("lock").clone();
     Json(json!({ "keys": keys }))
 }

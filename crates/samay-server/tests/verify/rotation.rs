@@ -80,3 +80,68 @@ async fn rotated_keys_are_fetched_at_a_bounded_rate() {
     );
     assert_eq!(issuer.jwks_requests(), 4);
 }
+
+/// Keys older than jwks_max_age are refreshed, but a token whose key is cached does not depend
+/// on that refresh: a failed one keeps the old keys serving, and while one request is stuck in
+/// a refresh the others verify with the cached keys instead of queueing behind it.
+#[tokio::test]
+async fn stale_keys_keep_serving_while_a_refresh_fails_or_hangs() {
+    let issuer = standard_issuer().await;
+    let claims = issuer.claims("alice");
+    let token = issuer.sign("ec-1", &claims);
+    let alice = Ok(Principal {
+        issuer: issuer.issuer(),
+        subject: "alice".to_string(),
+    });
+    let make = |timeout: Duration, clock: std::sync::Arc<ManualClock>| {
+        let mut config = samay_server::VerifierConfig::new(
+            vec![samay_server::IssuerConfig::new(issuer.issuer())],
+            samay_testkit::issuer::AUDIENCE,
+        );
+        config.http_timeout = timeout;
+        std::sync::Arc::new(
+            samay_server::TokenVerifier::with_clock(config, super::http(), clock).unwrap(),
+        )
+    };
+
+    // A refresh that fails (times out): the stale keys still verify.
+    let clock = ManualClock::new();
+    let verifier = make(Duration::from_millis(300), clock.clone());
+    assert_eq!(verifier.verify(&token).await, alice);
+    issuer.set_jwks_hangs(true);
+    clock.advance(Duration::from_secs(600));
+    let before = issuer.jwks_requests();
+    assert_eq!(verifier.verify(&token).await, alice);
+    assert_eq!(
+        issuer.jwks_requests(),
+        before + 1,
+        "a refresh was attempted"
+    );
+
+    // A refresh that hangs (a deadline far away): a second request does not wait for it.
+    issuer.set_jwks_hangs(false);
+    let clock = ManualClock::new();
+    let verifier = make(Duration::from_secs(120), clock.clone());
+    assert_eq!(verifier.verify(&token).await, alice);
+    issuer.set_jwks_hangs(true);
+    clock.advance(Duration::from_secs(600));
+    let before = issuer.jwks_requests();
+    let stuck = {
+        let (verifier, token) = (verifier.clone(), token.clone());
+        tokio::spawn(async move { verifier.verify(&token).await })
+    };
+    // Bounded wait until the stuck request is inside the refresh.
+    for _ in 0..1000 {
+        if issuer.jwks_requests() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(issuer.jwks_requests(), before + 1);
+    assert_eq!(verifier.verify(&token).await, alice);
+    assert!(
+        !stuck.is_finished(),
+        "the first request is still refreshing"
+    );
+    stuck.abort();
+}
