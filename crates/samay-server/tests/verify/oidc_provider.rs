@@ -26,11 +26,9 @@ async fn provider(format: AccessTokenFormat) -> OidcProvider {
     .unwrap()
 }
 
-fn introspecting_verifier(
-    provider: &OidcProvider,
-    clock: std::sync::Arc<ManualClock>,
-) -> TokenVerifier {
-    let config = VerifierConfig::new(
+/// Accepts the provider's tokens for [`AUDIENCE`], opaque ones through introspection.
+fn introspecting_config(provider: &OidcProvider) -> VerifierConfig {
+    VerifierConfig::new(
         vec![IssuerConfig {
             url: provider.issuer(),
             introspection: Some(IntrospectionClient {
@@ -39,8 +37,7 @@ fn introspecting_verifier(
             }),
         }],
         AUDIENCE,
-    );
-    TokenVerifier::with_clock(config, http(), clock).unwrap()
+    )
 }
 
 #[tokio::test]
@@ -87,7 +84,9 @@ async fn oidc_provider_opaque_token_verifies_through_introspection_until_revoked
     });
 
     let clock = ManualClock::new();
-    let verifier = introspecting_verifier(&provider, clock.clone());
+    let verifier =
+        TokenVerifier::with_clock(introspecting_config(&provider), http.clone(), clock.clone())
+            .unwrap();
     assert_eq!(
         verifier.verify(&token).await,
         bob,
@@ -121,13 +120,36 @@ async fn oidc_provider_opaque_token_verifies_through_introspection_until_revoked
     );
 
     // A verifier for another audience: the provider vouches for the token, but not for us.
-    let mut config = introspecting_verifier(&provider, ManualClock::new())
-        .config()
-        .clone();
+    let mut config = introspecting_config(&provider);
     config.audience = "https://other.test/api".to_string();
     let elsewhere = TokenVerifier::new(config, http.clone()).unwrap();
     assert_eq!(
         elsewhere.verify(&fresh).await,
         Err(AuthFailure::BadAudience)
     );
+}
+
+/// The introspection cache holds at most `introspection_cache_size` answers: with room for one,
+/// the second token pushes the first out, so after both are revoked only the second is still
+/// (briefly) accepted from the cache.
+#[tokio::test]
+async fn the_introspection_cache_is_bounded() {
+    let provider = provider(AccessTokenFormat::Opaque).await;
+    let http = http();
+    let first = provider.resource_access_token(&http, "bob").await;
+    let second = provider.resource_access_token(&http, "carol").await;
+    let mut config = introspecting_config(&provider);
+    config.introspection_cache_size = 1;
+    let verifier = TokenVerifier::new(config, http.clone()).unwrap();
+    let carol = Ok(Principal {
+        issuer: provider.issuer(),
+        subject: "carol".to_string(),
+    });
+
+    assert!(verifier.verify(&first).await.is_ok());
+    assert_eq!(verifier.verify(&second).await, carol);
+    provider.revoke(&http, &first).await;
+    provider.revoke(&http, &second).await;
+    assert_eq!(verifier.verify(&first).await, Err(AuthFailure::Inactive));
+    assert_eq!(verifier.verify(&second).await, carol);
 }
