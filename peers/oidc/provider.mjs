@@ -12,6 +12,14 @@
 //   REFRESH_TOKENS  "offline_access" (default; the spec behaviour: a refresh token only when the
 //                   request has scope offline_access AND prompt=consent) or "always" (a refresh
 //                   token for every authorization_code grant of this client, no prompt=consent)
+//   RESOURCE        a resource indicator (RFC 8707), e.g. "https://samay.test/api": tokens requested
+//                   with resource=RESOURCE are for that API (aud = RESOURCE, scope "samay");
+//                   unset (default): no resource server, any resource is invalid_target
+//   RESOURCE_FORMAT "jwt" (default; RFC 9068 JWT access tokens signed with the provider's keys)
+//                   or "opaque" (only introspection can tell what they are)
+//   RS_CLIENT_ID, RS_CLIENT_SECRET
+//                   register a confidential client (client_secret_basic) for the resource
+//                   server, which uses it to introspect tokens (RFC 7662)
 //   OIDC_MODULES    the node_modules holding oidc-provider (default <repo>/.peers/oidc/node_modules)
 //   EXIT_WITH_STDIN "1": exit when stdin reaches EOF, so the process dies with its parent even
 //                   when the parent is killed before it can clean up
@@ -30,8 +38,9 @@ const modules = process.env.OIDC_MODULES
   : join(here, '..', '..', '.peers', 'oidc', 'node_modules');
 
 let Provider;
+let errors;
 try {
-  ({ default: Provider } = await import(
+  ({ default: Provider, errors } = await import(
     pathToFileURL(join(modules, 'oidc-provider', 'lib', 'index.js')).href
   ));
 } catch (err) {
@@ -63,6 +72,15 @@ if (!['offline_access', 'always'].includes(refreshPolicy)) {
   console.error(`provider.mjs: REFRESH_TOKENS=${refreshPolicy}: use offline_access or always`);
   process.exit(2);
 }
+
+const resource = process.env.RESOURCE || '';
+const resourceFormat = process.env.RESOURCE_FORMAT || 'jwt';
+if (!['jwt', 'opaque'].includes(resourceFormat)) {
+  console.error(`provider.mjs: RESOURCE_FORMAT=${resourceFormat}: use jwt or opaque`);
+  process.exit(2);
+}
+const rsClientId = process.env.RS_CLIENT_ID || '';
+const rsClientSecret = process.env.RS_CLIENT_SECRET || '';
 
 if (process.env.EXIT_WITH_STDIN === '1') {
   process.stdin.on('end', () => process.exit(0));
@@ -96,6 +114,18 @@ const configuration = {
       ],
       response_types: ['code'],
     },
+    ...(rsClientId
+      ? [
+          {
+            client_id: rsClientId,
+            client_secret: rsClientSecret,
+            token_endpoint_auth_method: 'client_secret_basic',
+            grant_types: [],
+            response_types: [],
+            redirect_uris: [],
+          },
+        ]
+      : []),
   ],
   // Public client: PKCE always (oidc-provider only implements S256).
   pkce: { required: () => true },
@@ -117,7 +147,7 @@ const configuration = {
           client.clientId === clientId && client.grantTypeAllowed('refresh_token'),
       }
     : {}),
-  scopes: ['openid', 'offline_access', 'profile', 'email'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', ...(resource ? ['samay'] : [])],
   claims: {
     openid: ['sub'],
     profile: ['preferred_username', 'name'],
@@ -144,6 +174,24 @@ const configuration = {
     userinfo: { enabled: true },
     introspection: { enabled: true },
     deviceFlow: { enabled: true },
+    // On by default in oidc-provider; with RESOURCE it knows the one API it issues for.
+    ...(resource
+      ? {
+          resourceIndicators: {
+            enabled: true,
+            async getResourceServerInfo(_ctx, indicator) {
+              if (indicator !== resource) throw new errors.InvalidTarget();
+              return {
+                scope: 'samay',
+                audience: resource,
+                accessTokenTTL: accessTtl,
+                accessTokenFormat: resourceFormat,
+                ...(resourceFormat === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
+              };
+            },
+          },
+        }
+      : {}),
   },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
 };

@@ -21,6 +21,7 @@ mod http;
 mod oidc;
 mod page;
 mod store;
+mod verify;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,6 +49,10 @@ pub use faults::{
 pub use http::TokenRegistry;
 pub use oidc::{OAuthCounters, OidcConfig, DEFAULT_ACCESS_TOKEN_TTL, DEV_CLIENT_ID};
 pub use store::{BucketSummary, DeviceSummary, Inspect, StoredEvent};
+pub use verify::{
+    AuthFailure, IntrospectionClient, IssuerConfig, Principal, SystemClock, TokenVerifier,
+    VerifierClock, VerifierConfig, VerifierConfigError, MAX_SUBJECT_BYTES, MAX_TOKEN_BYTES,
+};
 
 use http::AppState;
 use oidc::{Clock, Provider};

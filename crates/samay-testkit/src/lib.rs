@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod devserver;
 pub mod exact;
 pub mod hostile;
+pub mod issuer;
 pub mod login_cli;
 pub mod oidc;
 pub mod procfs;

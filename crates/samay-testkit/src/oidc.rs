@@ -13,6 +13,11 @@
 //! `offline_access` with `prompt=consent` (the spec behaviour); `RefreshPolicy::Always` issues
 //! one for every code grant.
 //!
+//! With `OidcOptions::resource` the provider also knows one API (an RFC 8707 resource
+//! indicator, the tokens' `aud`) and issues JWT or opaque access tokens for it
+//! (`resource_access_token` logs a user in to get one); `resource_server_client` registers the
+//! confidential client that API uses to introspect them.
+//!
 //! `play_user_browser()` is the `$BROWSER` for the app under test: the `webbrowser` crate spawns
 //! it in the background with the authorization URL and does not wait for it. `PlayUser` sets its
 //! knobs (`PLAY_USER`, `PLAY_ACTION`, `PLAY_LOG`, ...) on a `Command`.
@@ -25,6 +30,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use url::Url;
 
@@ -45,12 +53,28 @@ pub enum RefreshPolicy {
     Always,
 }
 
+/// How the provider issues access tokens for [`OidcOptions::resource`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessTokenFormat {
+    /// RFC 9068 JWTs signed with the provider's keys (its JWKS).
+    Jwt,
+    /// Random strings; only introspection says what they are.
+    Opaque,
+}
+
 #[derive(Clone, Debug)]
 pub struct OidcOptions {
     pub access_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
     pub client_id: String,
     pub refresh_policy: RefreshPolicy,
+    /// A resource server (RFC 8707 resource indicator = the tokens' `aud`, scope `samay`).
+    /// `None`: the provider knows no API and issues only userinfo tokens.
+    pub resource: Option<String>,
+    pub resource_format: AccessTokenFormat,
+    /// A confidential client (id, secret; `client_secret_basic`) the resource server uses to
+    /// introspect tokens.
+    pub resource_server_client: Option<(String, String)>,
 }
 
 impl Default for OidcOptions {
@@ -60,6 +84,9 @@ impl Default for OidcOptions {
             refresh_ttl_secs: 14 * 24 * 3600,
             client_id: DEFAULT_CLIENT_ID.to_string(),
             refresh_policy: RefreshPolicy::OfflineAccessWithConsent,
+            resource: None,
+            resource_format: AccessTokenFormat::Jwt,
+            resource_server_client: None,
         }
     }
 }
@@ -107,6 +134,28 @@ impl OidcProvider {
                     RefreshPolicy::OfflineAccessWithConsent => "offline_access",
                     RefreshPolicy::Always => "always",
                 },
+            )
+            .env("RESOURCE", options.resource.as_deref().unwrap_or_default())
+            .env(
+                "RESOURCE_FORMAT",
+                match options.resource_format {
+                    AccessTokenFormat::Jwt => "jwt",
+                    AccessTokenFormat::Opaque => "opaque",
+                },
+            )
+            .env(
+                "RS_CLIENT_ID",
+                options
+                    .resource_server_client
+                    .as_ref()
+                    .map_or("", |(id, _)| id.as_str()),
+            )
+            .env(
+                "RS_CLIENT_SECRET",
+                options
+                    .resource_server_client
+                    .as_ref()
+                    .map_or("", |(_, secret)| secret.as_str()),
             )
             .env("OIDC_MODULES", &modules)
             .env("EXIT_WITH_STDIN", "1")
@@ -207,6 +256,88 @@ impl OidcProvider {
     }
     pub fn revocation_endpoint(&self) -> String {
         format!("{}/token/revocation", self.issuer)
+    }
+
+    /// Logs `user` in through the scripted browser (authorization code + PKCE, with
+    /// `resource` = [`OidcOptions::resource`]) and returns the access token the provider issues
+    /// for that API: what a real client of samay-server holds.
+    pub async fn resource_access_token(&self, http: &reqwest::Client, user: &str) -> String {
+        let resource = self
+            .options
+            .resource
+            .clone()
+            .expect("OidcOptions::resource is set");
+        let verifier = URL_SAFE_NO_PAD.encode(rand_bytes());
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        // Nothing listens there: the script records the redirect instead of delivering it.
+        let redirect_uri = "http://127.0.0.1:9/callback";
+        let mut url = Url::parse(&self.authorization_endpoint()).expect("authorization URL");
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.options.client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", "openid samay")
+            .append_pair("state", "resource-token")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("resource", &resource);
+        let player = PlayUser {
+            user: user.to_string(),
+            deliver: false,
+            ..PlayUser::default()
+        };
+        let url = url.to_string();
+        let outcome = tokio::task::spawn_blocking(move || player.run(&url))
+            .await
+            .expect("play-user task");
+        let params = outcome.redirect_params();
+        let code = params
+            .get("code")
+            .unwrap_or_else(|| panic!("no code in the redirect; log:\n{}", outcome.log));
+        let response = http
+            .post(self.token_endpoint())
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect_uri),
+                ("client_id", self.options.client_id.as_str()),
+                ("code_verifier", verifier.as_str()),
+                ("resource", resource.as_str()),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.expect("token response JSON");
+        assert!(
+            status.is_success(),
+            "token endpoint answered {status}: {body}; provider log:\n{}",
+            self.log()
+        );
+        body["access_token"]
+            .as_str()
+            .expect("an access_token")
+            .to_string()
+    }
+
+    /// Revokes `token` (RFC 7009) as the public client that holds it.
+    pub async fn revoke(&self, http: &reqwest::Client, token: &str) {
+        let response = http
+            .post(self.revocation_endpoint())
+            .form(&[
+                ("token", token),
+                ("token_type_hint", "access_token"),
+                ("client_id", self.options.client_id.as_str()),
+            ])
+            .send()
+            .await
+            .expect("revocation request");
+        assert!(
+            response.status().is_success(),
+            "revocation answered {}; provider log:\n{}",
+            response.status(),
+            self.log()
+        );
     }
 
     /// Everything the provider wrote to stderr: oidc-provider's startup warnings and one line
@@ -467,4 +598,12 @@ pub fn node_exe() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("node is not on PATH: install Node.js >= 20, then run scripts/install-peers.sh")
         })
+}
+
+/// 32 random bytes (a PKCE verifier).
+fn rand_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system randomness");
+    bytes
 }
