@@ -148,6 +148,10 @@ pub(super) const KEY_DOCS: &[(&str, &str)] = &[
         "sync.redact",
         "Redaction rules, as [[sync.redact]] tables with buckets=\"<pattern>\" and/or types=\"<bucket type>\", drop=[\"title\"] (fields removed), hash=[\"url\"] (fields replaced by a hash keyed with a secret that never leaves this machine).",
     ),
+    (
+        "ui.tray",
+        "The daemon's tray icon: \"auto\" (when the desktop has a tray), \"on\" (say why when it can't) or \"off\".",
+    ),
 ];
 
 /// The bounds of a numeric key: what [`super::Config::validate`] checks, and what the key's
@@ -373,7 +377,7 @@ fn hint_at_top(name: &str, is_table: bool) -> (String, bool) {
     (
         format!(
             "is not a setting of aw-sync-samay, whose sections are {} (ignored)",
-            known.join(" and ")
+            known.join(", ")
         ),
         true,
     )
