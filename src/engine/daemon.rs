@@ -24,17 +24,19 @@ where
     C: FnMut() -> F,
     F: Future<Output = Outcome>,
 {
-    run_daemon_woken(interval, cycle, shutdown, std::future::pending).await
+    run_daemon_woken(interval, cycle, shutdown, std::future::pending, |_| {}).await
 }
 
 /// [`run_daemon`], and a wait between cycles also ends when `wake()` resolves (a "sync now"
 /// request, [`crate::control`]): the next cycle starts at once, whatever the interval or the
-/// backoff said.
+/// backoff said. `waiting(delay)` is told each wait before it starts (the tray's "retrying in
+/// 5 min").
 pub async fn run_daemon_woken<C, F, W, WF>(
     interval: Duration,
     mut cycle: C,
     shutdown: impl Future<Output = ()>,
     mut wake: W,
+    mut waiting: impl FnMut(Duration),
 ) where
     C: FnMut() -> F,
     F: Future<Output = Outcome>,
@@ -63,6 +65,7 @@ pub async fn run_daemon_woken<C, F, W, WF>(
             }
         };
         tracing::debug!(delay_s = delay.as_secs_f64(), "next cycle scheduled");
+        waiting(delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
             _ = wake() => tracing::debug!("sync requested: starting the next cycle now"),
@@ -234,6 +237,7 @@ mod tests {
             cycle,
             tokio::time::sleep(Duration::from_secs(301)),
             wake,
+            |_| {},
         )
         .await;
         let secs: Vec<u64> = starts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
