@@ -245,6 +245,46 @@ mod tests {
         assert_eq!(secs, vec![0, 10]);
     }
 
+    /// Each wait is announced before it starts, with the delay the loop then sleeps (the
+    /// tray's "retrying in 5 min" after a failure).
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_is_announced_with_its_delay() {
+        let t0 = TokioInstant::now();
+        let outcomes = Arc::new(Mutex::new(vec![Outcome::Synced, Outcome::Failed]));
+        let announced = Arc::new(Mutex::new(Vec::new()));
+        let cycle = {
+            let outcomes = Arc::clone(&outcomes);
+            move || {
+                let o = outcomes.lock().unwrap().pop().unwrap_or(Outcome::Synced);
+                async move { o }
+            }
+        };
+        let waiting = {
+            let announced = Arc::clone(&announced);
+            move |d: Duration| announced.lock().unwrap().push((t0.elapsed(), d))
+        };
+        run_daemon_woken(
+            Duration::from_secs(100),
+            cycle,
+            tokio::time::sleep(Duration::from_secs(150)),
+            std::future::pending,
+            waiting,
+        )
+        .await;
+        let got = announced.lock().unwrap().clone();
+        // A failure first: the backoff (~100 s ± jitter), announced at 0; then the interval,
+        // announced when the second cycle ended.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, Duration::ZERO);
+        assert!((90..=110).contains(&got[0].1.as_secs()), "{got:?}");
+        assert_eq!(got[1].1, Duration::from_secs(100));
+        // The timer has millisecond resolution.
+        assert!(
+            got[1].0.abs_diff(got[0].1) <= Duration::from_millis(1),
+            "{got:?}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn shutdown_interrupts_a_running_cycle() {
         let i = Duration::from_secs(300);
