@@ -150,7 +150,7 @@ pub struct Shown {
 /// In a graphical session (`DISPLAY` or `WAYLAND_DISPLAY` set) a missing tray host is taken as
 /// one not started yet — aw-qt's autostart often runs before the panel — and the icon appears
 /// when the host does; elsewhere (SSH, a server) no host now means none.
-pub async fn show(feed: &Arc<Feed>) -> Result<Shown, TrayError> {
+pub async fn show(feed: &Arc<Feed>, mode: TrayMode) -> Result<Shown, TrayError> {
     #[cfg(target_os = "linux")]
     {
         if !session_bus_named() {
@@ -163,12 +163,12 @@ pub async fn show(feed: &Arc<Feed>) -> Result<Shown, TrayError> {
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
         Ok(Shown {
-            inner: sni::show(feed, graphical).await?,
+            inner: sni::show(feed, graphical, mode == TrayMode::On).await?,
         })
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = feed;
+        let _ = (feed, mode);
         Err(TrayError::Unsupported)
     }
 }
@@ -220,7 +220,7 @@ impl Tray {
         if self.slot().as_ref().is_some_and(Shown::is_alive) {
             return;
         }
-        match show(&self.feed).await {
+        match show(&self.feed, mode).await {
             Ok(shown) => {
                 tracing::info!("tray icon shown");
                 *self.slot() = Some(shown);

@@ -15,11 +15,32 @@ use super::{Feed, TrayError};
 struct SniTray {
     snapshot: Snapshot,
     feed: Arc<Feed>,
+    /// `ui.tray = "on"`: a missing tray host is worth a warning.
+    announce: bool,
 }
 
 impl ksni::Tray for SniTray {
     fn id(&self) -> String {
         "aw-sync-samay".into()
+    }
+
+    /// The tray host went away, or (in a graphical session) is not there yet: the icon stays
+    /// ready and shows again when a host appears.
+    fn watcher_offline(&self, reason: ksni::OfflineReason) -> bool {
+        let why = match reason {
+            ksni::OfflineReason::Error(e) => e.to_string(),
+            _ => "the tray host stopped".to_string(),
+        };
+        if self.announce {
+            tracing::warn!("no tray icon for now ({why}); it shows when the desktop's tray host starts, and syncing goes on meanwhile");
+        } else {
+            tracing::debug!("no tray host for now: {why}");
+        }
+        true
+    }
+
+    fn watcher_online(&self) {
+        tracing::info!("a tray host appeared: tray icon shown");
     }
 
     fn title(&self) -> String {
@@ -106,12 +127,18 @@ impl Drop for Shown {
     }
 }
 
-/// `wait_for_host`: a missing watcher is one not started yet (see [`super::show`]).
-pub(super) async fn show(feed: &Arc<Feed>, wait_for_host: bool) -> Result<Shown, TrayError> {
+/// `wait_for_host`: a missing watcher is one not started yet (see [`super::show`]);
+/// `announce`: say so as a warning (`ui.tray = "on"`).
+pub(super) async fn show(
+    feed: &Arc<Feed>,
+    wait_for_host: bool,
+    announce: bool,
+) -> Result<Shown, TrayError> {
     let mut changes = feed.subscribe();
     let tray = SniTray {
         snapshot: changes.borrow_and_update().clone(),
         feed: Arc::clone(feed),
+        announce,
     };
     let handle = tray
         .assume_sni_available(wait_for_host)

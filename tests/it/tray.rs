@@ -302,7 +302,7 @@ async fn the_tray_menu_logs_in_syncs_pauses_and_logs_out() {
 
 /// No tray host: `ui.tray = "on"` says why there is no icon and syncs on; `"auto"` (the
 /// default) says nothing. Syncing never depends on the icon. In a graphical session a host that
-/// starts later still gets the icon.
+/// starts later (a panel started after aw-qt's modules) still gets the icon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_tray_host_the_daemon_syncs_on() {
     need_tools();
@@ -359,14 +359,18 @@ async fn without_a_tray_host_the_daemon_syncs_on() {
     assert_eq!(wait_upstream(&dev, "b", 5).await, 5);
 
     // In a graphical session the panel often starts after aw-qt's modules: the icon appears
-    // when the tray host does.
-    let mut c = daemon_command(home.path(), &aw, &write("auto"), &bus);
+    // when the tray host does ("on" says it is waiting for one).
+    let mut c = daemon_command(home.path(), &aw, &write("on"), &bus);
     c.env("AW_SYNC_SAMAY_TOKEN", TOKEN)
         .env("WAYLAND_DISPLAY", "wayland-0");
     let mut daemon = Daemon::spawn(&mut c, &home.path().join("out-late"));
     daemon.wait_for("sync cycle done").await;
+    daemon
+        .wait_for("it shows when the desktop's tray host starts")
+        .await;
     let host = TrayHost::start(&bus).await;
     let item = host.wait_for_item(0).await;
+    daemon.wait_for("a tray host appeared").await;
     let labels = host
         .wait_for_menu(&item, "the synced state", |l| {
             status_of(l).starts_with("(Synced ")
