@@ -7,6 +7,7 @@
 //! Linux only: the tray protocol there is StatusNotifierItem.
 #![cfg(target_os = "linux")]
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,12 +28,46 @@ fn need_tools() {
     }
 }
 
-/// The daemon with `--tray` on `bus`, `$BROWSER` the scripted user.
+/// The daemon with `--tray` on `bus`, `$BROWSER` the scripted user, and an `xdg-open` that
+/// writes what it was asked to open to `<home>/opened` (see [`opened`]).
 fn spawn_daemon(home: &Path, aw: &AwServer, config: &Path, bus: &SessionBus) -> Daemon {
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let opener = bin.join("xdg-open");
+    std::fs::write(
+        &opener,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\n",
+            home.join("opened").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut c = daemon_command(home, aw, config, bus);
-    c.arg("--tray");
+    c.arg("--tray").env("PATH", path);
     PlayUser::default().apply(&mut c);
     Daemon::spawn(&mut c, &home.join("out"))
+}
+
+/// Waits (bounded) until `xdg-open` was asked to open `n` things, and returns them.
+async fn opened(home: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(home.join("opened"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 fn daemon_command(home: &Path, aw: &AwServer, config: &Path, bus: &SessionBus) -> Command {
@@ -244,6 +279,16 @@ async fn the_tray_menu_logs_in_syncs_pauses_and_logs_out() {
         60,
         "the paused daemon ran no cycle"
     );
+
+    // "Open config file" and "Open log folder" hand them to the desktop's opener.
+    host.click(&item, "Open config file").await;
+    host.click(&item, "Open log folder").await;
+    let log_dir = home.path().join("cache/activitywatch/log/aw-sync-samay");
+    let mut asked = opened(home.path(), 2).await;
+    asked.sort();
+    let mut expected = [config.display().to_string(), log_dir.display().to_string()];
+    expected.sort();
+    assert_eq!(asked, expected);
 
     // "Sync now" runs one cycle even while paused: the batch arrives.
     host.click(&item, "Sync now").await;
