@@ -384,7 +384,7 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
     if status.paused_since.is_some() {
         // The user's own choice, not a fault: it changes neither the state nor the exit code.
         todo.push(Todo::say(
-            "syncing is paused: the daemon runs no scheduled sync until you choose \"Resume syncing\" in its tray menu (\"Sync now\" still runs one)",
+            "syncing is paused: the daemon runs no scheduled sync until you choose \"Resume syncing\" in its tray menu (\"Sync now\" still runs one; with ui.tray = \"off\", start the daemon with --tray to show the menu)",
         ));
     }
     status.state = state;

@@ -54,12 +54,17 @@ pub async fn login_state(session: Option<&OAuthSession>, dev: bool) -> Login {
 /// Sets the snapshot's pause from the state database (a pause outlives a restart).
 pub async fn load_pause(feed: &Feed, store: &Arc<Store>) {
     let store = Arc::clone(store);
-    let paused = tokio::task::spawn_blocking(move || store.paused_since())
+    let read = tokio::task::spawn_blocking(move || store.paused_since())
         .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten()
-        .is_some();
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let paused = match read {
+        Ok(since) => since.is_some(),
+        Err(e) => {
+            tracing::warn!("could not read whether syncing is paused ({e}); syncing");
+            false
+        }
+    };
     feed.update(|s| s.paused = paused);
 }
 
@@ -164,9 +169,12 @@ async fn log_out(a: &Actions) {
 
 async fn set_paused(a: &Actions, paused: bool) {
     let store = Arc::clone(&a.store);
-    let saved = tokio::task::spawn_blocking(move || store.set_paused(paused)).await;
+    let saved = tokio::task::spawn_blocking(move || store.set_paused(paused))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
     match saved {
-        Ok(Ok(())) => {
+        Ok(()) => {
             tracing::info!(
                 "{}",
                 if paused {
@@ -181,7 +189,6 @@ async fn set_paused(a: &Actions, paused: bool) {
                 sync_now(a.hub.as_deref());
             }
         }
-        Ok(Err(e)) => tracing::warn!("could not record the pause: {e}"),
         Err(e) => tracing::warn!("could not record the pause: {e}"),
     }
 }
