@@ -96,6 +96,11 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub callback: Option<String>,
 
+    /// Show the tray icon even when `ui.tray = "off"`, and say why when there is no tray host
+    /// (the daemon only; as `ui.tray = "on"`).
+    #[arg(long, conflicts_with_all = ["once", "status", "login", "logout", "dry_run", "register_scheme", "callback"])]
+    pub tray: bool,
+
     /// Install the handler that lets the browser hand a login back through the samay:// deep
     /// link, for when no loopback port can be used (Linux: a desktop entry).
     #[arg(long)]
@@ -231,6 +236,7 @@ mod tests {
             "--device",
             "--callback",
             "--register-scheme",
+            "--tray",
         ] {
             let line = help
                 .lines()
@@ -245,5 +251,26 @@ mod tests {
     fn unknown_flag_is_refused() {
         let err = parse(&["--bogus"]).expect_err("unknown");
         assert_eq!(err.kind(), ErrorKind::UnknownArgument);
+    }
+
+    /// Only the daemon owns the icon: `--tray` with a one-shot command is refused, not ignored.
+    #[test]
+    fn tray_is_for_the_daemon_only() {
+        assert!(parse(&["--tray"]).expect("the daemon takes it").tray);
+        assert!(parse(&["--testing", "--tray", "--dev"]).is_ok());
+        for other in [
+            &["--once"][..],
+            &["--status"],
+            &["--login"],
+            &["--logout"],
+            &["--once", "--dry-run"],
+            &["--register-scheme"],
+            &["--callback", "samay://callback?code=x"],
+        ] {
+            let mut args = vec!["--tray"];
+            args.extend_from_slice(other);
+            let err = parse(&args).expect_err("refused");
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{other:?}");
+        }
     }
 }

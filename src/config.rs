@@ -28,6 +28,27 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub auth: AuthConfig,
     pub sync: SyncConfig,
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: what the daemon shows on the desktop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct UiConfig {
+    /// The tray icon with its menu (log in/out, sync now, pause); see [`crate::tray`].
+    pub tray: TrayMode,
+}
+
+/// `ui.tray`. Only the daemon shows an icon; the one-shot commands never do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrayMode {
+    /// Shown when the desktop has a tray host; without one the daemon quietly runs without.
+    #[default]
+    Auto,
+    /// Always tried; when there is no tray host the daemon logs why and syncs on.
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

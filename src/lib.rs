@@ -36,6 +36,7 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod term;
+pub mod tray;
 pub mod upstream;
 
 // Shared with the server (crates/samay-common), kept at their old paths.

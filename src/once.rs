@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::control::server::Hub;
 use crate::control::{client, ControlError, Reply, SyncResult};
-use crate::engine::{BucketCount, Engine, Outcome};
+use crate::engine::{BucketCount, CycleError, CycleReport, Engine, Outcome};
 use crate::source::AwClient;
 use crate::state::Store;
 use crate::upstream::health::{self, HealthError};
@@ -53,13 +53,14 @@ async fn preflight(engine: &Engine, upstream: &UpstreamClient) -> Result<(), Hea
 /// channel (`hub`): they get the cycle's result — or, like a `--once` here, the upstream's
 /// refusal when `base_url` is no upstream (a cycle with nothing to send never asks it). The
 /// check costs a request only when someone asked.
+/// Hands back the cycle's result with its outcome (for the tray's status line).
 pub async fn daemon_cycle(
     engine: &Engine,
     upstream: &UpstreamClient,
     hub: Option<&Hub>,
-) -> Outcome {
+) -> (Outcome, Result<CycleReport, CycleError>) {
     let Some(asked) = hub.map(Hub::begin_cycle).filter(|a| !a.is_empty()) else {
-        return engine.daemon_cycle().await;
+        return engine.daemon_cycle_reporting(Default::default()).await;
     };
     let wrong = preflight(engine, upstream).await.err();
     let (outcome, result) = engine.daemon_cycle_reporting(asked.asks).await;
@@ -67,7 +68,7 @@ pub async fn daemon_cycle(
         Some(e) => SyncResult::failed(e.exit_code(), e.to_string()),
         None => SyncResult::of(&result),
     });
-    outcome
+    (outcome, result)
 }
 
 /// Prints the outcome: the summary line on stdout, or the error through the log (one line on

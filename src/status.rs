@@ -196,6 +196,9 @@ pub struct Status {
     pub pending: u64,
     pub quarantined: u64,
     pub last_cycle: CycleRecord,
+    /// Since when scheduled syncs are paused (the tray's "Pause syncing"), RFC 3339; `None`:
+    /// not paused.
+    pub paused_since: Option<String>,
     /// The newest quarantined events, so a user can see what the upstream refused and why.
     pub quarantine: Vec<QuarantineEntry>,
     /// The `status` of the newest record in the status bucket (`"login required"`, ...): what
@@ -287,27 +290,36 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         }
     };
     let daemon = daemon_line(p.socket.as_deref(), p.log_dir.as_deref(), p.testing).await;
-    let (states, record, device_id, quarantine, destination) = if p.state_path.exists() {
-        let store = Store::open(p.state_path)?;
-        let destination = store
-            .current_destination()?
-            .filter(|(_, key)| !key.base_url.is_empty())
-            .map(|(_, key)| DestinationLine {
-                configured: key.base_url == p.base_url.trim_end_matches('/')
-                    && p.token.account.as_ref().map_or(true, |a| *a == key.account),
-                base_url: key.base_url,
-                account: key.label,
-            });
-        (
-            store.bucket_statuses()?,
-            store.cycle_record()?,
-            Some(store.device_id().to_string()),
-            store.quarantine(5)?,
-            destination,
-        )
-    } else {
-        (Vec::new(), CycleRecord::default(), None, Vec::new(), None)
-    };
+    let (states, record, device_id, quarantine, destination, paused_since) =
+        if p.state_path.exists() {
+            let store = Store::open(p.state_path)?;
+            let destination = store
+                .current_destination()?
+                .filter(|(_, key)| !key.base_url.is_empty())
+                .map(|(_, key)| DestinationLine {
+                    configured: key.base_url == p.base_url.trim_end_matches('/')
+                        && p.token.account.as_ref().map_or(true, |a| *a == key.account),
+                    base_url: key.base_url,
+                    account: key.label,
+                });
+            (
+                store.bucket_statuses()?,
+                store.cycle_record()?,
+                Some(store.device_id().to_string()),
+                store.quarantine(5)?,
+                destination,
+                store.paused_since()?,
+            )
+        } else {
+            (
+                Vec::new(),
+                CycleRecord::default(),
+                None,
+                Vec::new(),
+                None,
+                None,
+            )
+        };
     let mut buckets = Vec::with_capacity(states.len());
     for state in states {
         let pending = if aw_server.reachable {
@@ -364,10 +376,17 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         quarantined: buckets.iter().map(|b| b.state.quarantined).sum(),
         buckets,
         last_cycle: record,
+        paused_since,
         quarantine,
         recorded,
     };
-    let (state, todo) = status.assess();
+    let (state, mut todo) = status.assess();
+    if status.paused_since.is_some() {
+        // The user's own choice, not a fault: it changes neither the state nor the exit code.
+        todo.push(Todo::say(
+            "syncing is paused: the daemon runs no scheduled sync until you choose \"Resume syncing\" in its tray menu (\"Sync now\" still runs one; with ui.tray = \"off\", start the daemon with --tray to show the menu)",
+        ));
+    }
     status.state = state;
     status.exit_code = state.exit_code();
     status.todo = todo;

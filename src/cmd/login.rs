@@ -1,4 +1,4 @@
-//! `--login`, and the daemon's `auth.login_on_start`: sign in at the provider (browser, pasted
+//! `--login`, and the daemon's `auth.login_on_start` and tray "Log in…": sign in at the provider (browser, pasted
 //! address or a code on another device) and store the tokens.
 
 use std::process::ExitCode;
@@ -8,7 +8,8 @@ use anyhow::bail;
 use aw_sync_samay::auth::browser;
 use aw_sync_samay::auth::device::{self, LoginMethod};
 use aw_sync_samay::auth::oauth::{self, LoginOptions, OAuthSession};
-use aw_sync_samay::config::Config;
+use aw_sync_samay::auth::tokens::StoredTokens;
+use aw_sync_samay::config::{AuthConfig, Config};
 
 use super::tokens::open_token_store;
 use super::Loaded;
@@ -69,21 +70,23 @@ pub async fn on_start(config: &Config, session: &Arc<OAuthSession>, once: bool) 
     tracing::info!("logged out and auth.login_on_start = true: opening the browser to log in");
     let auth = config.auth.clone();
     tokio::spawn(async move {
-        let result = async {
-            let http = oauth::http_client()?;
-            let provider = oauth::resolve_provider(&auth, &http).await?;
-            let store = open_token_store(&auth).await?;
-            let opts = LoginOptions {
-                no_browser: false,
-                opener: None,
-                preflight: true,
-            };
-            anyhow::Ok(oauth::login(&auth, &store, &provider, opts).await?)
-        }
-        .await;
-        match result {
+        match browser_login(&auth).await {
             Ok(t) => tracing::info!("Logged in as {}", oauth::display_name(&t)),
             Err(e) => tracing::warn!("the login did not complete: {e:#}"),
         }
     });
+}
+
+/// The browser login of `--login` (loopback, PKCE, the configured token storage), run by the
+/// daemon: `auth.login_on_start`, and the tray's "Log in…".
+pub async fn browser_login(auth: &AuthConfig) -> anyhow::Result<StoredTokens> {
+    let http = oauth::http_client()?;
+    let provider = oauth::resolve_provider(auth, &http).await?;
+    let store = open_token_store(auth).await?;
+    let opts = LoginOptions {
+        no_browser: false,
+        opener: None,
+        preflight: true,
+    };
+    Ok(oauth::login(auth, &store, &provider, opts).await?)
 }

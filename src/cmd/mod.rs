@@ -12,6 +12,7 @@ mod register_scheme;
 mod status;
 mod sync;
 mod tokens;
+mod tray;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -122,9 +123,11 @@ pub async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
             dev: args.dev,
         })
     });
+    // The tray icon, for the life of the daemon process (kept across config reloads).
+    let tray = (mode == Mode::Daemon).then(|| aw_sync_samay::tray::Tray::new(args.tray));
     let life = Lifecycle::new();
     loop {
-        match run_logged(&args, &mode, &life, daemon.as_ref()).await {
+        match run_logged(&args, &mode, &life, daemon.as_ref(), tray.as_ref()).await {
             Ok(_) if life.take_reload() => continue,
             Ok(code) => return Ok(code),
             Err(e) if life.reloaded() && !life.is_stopping() => {
@@ -165,6 +168,7 @@ async fn run_logged(
     mode: &Mode,
     life: &Lifecycle,
     daemon: Option<&DaemonControl>,
+    tray: Option<&aw_sync_samay::tray::Tray>,
 ) -> anyhow::Result<ExitCode> {
     let config_path = config_path(args)?;
     life.watch_config(&config_path);
@@ -191,7 +195,7 @@ async fn run_logged(
         Mode::Logout => logout::run(&cx).await,
         Mode::RegisterScheme => register_scheme::run(&cx),
         Mode::DryRun => dry_run::run(cx).await,
-        Mode::Once | Mode::Daemon => sync::run(cx, life, daemon).await,
+        Mode::Once | Mode::Daemon => sync::run(cx, life, daemon, tray).await,
         Mode::Callback(url) => callback::run(url).await,
     }
 }

@@ -12,20 +12,24 @@ use aw_sync_samay::auth::TokenSource;
 use aw_sync_samay::config::Config;
 use aw_sync_samay::control::server::DaemonControl;
 use aw_sync_samay::control::{self, Activity};
-use aw_sync_samay::engine::{run_daemon_woken, status_bucket, Destination, Engine, Settings};
+use aw_sync_samay::engine::{
+    run_daemon_woken, status_bucket, Destination, Engine, Outcome, Settings,
+};
 use aw_sync_samay::lifecycle::{self, Lifecycle};
 use aw_sync_samay::lock::{InstanceLock, LockError};
 use aw_sync_samay::source::AwClient;
 use aw_sync_samay::state::Store;
+use aw_sync_samay::tray::{self, Tray};
 use aw_sync_samay::upstream::UpstreamClient;
 use aw_sync_samay::{hint, once, paths};
 
-use super::{dev, login, tokens, Loaded};
+use super::{dev, login, tokens, tray as tray_cmd, Loaded};
 
 pub async fn run(
     cx: Loaded<'_>,
     life: &Lifecycle,
     daemon: Option<&DaemonControl>,
+    tray: Option<&Tray>,
 ) -> anyhow::Result<ExitCode> {
     let Loaded {
         args,
@@ -60,6 +64,7 @@ pub async fn run(
 
     let store = Arc::new(Store::open(&state_path).context("opening the sync state")?);
     let mut dev = None;
+    let mut session = None;
     let (base_url, tokens): (String, Arc<dyn TokenSource>) = if args.dev {
         let (server, session) = dev::start(&config.auth).await?;
         let url = server.base_url();
@@ -79,10 +84,34 @@ pub async fn run(
         if let Some(session) = &tokens.1 {
             login::on_start(&config, session, args.once || life.reloaded()).await;
         }
+        session = tokens.1;
         (config.sync.base_url.clone(), tokens.0)
     };
 
-    if !config.sync.enabled && !args.dev {
+    // The tray's menu: who is logged in, whether syncing is paused, and the clicks.
+    let feed = tray.map(|t| Arc::clone(&t.feed));
+    let actions = match (tray, &feed) {
+        (Some(t), Some(feed)) => {
+            let login = tray_cmd::login_state(session.as_deref(), args.dev).await;
+            feed.update(|s| s.login = login);
+            tray_cmd::load_pause(feed, &store).await;
+            t.apply(config.ui.tray).await;
+            Some(tray_cmd::Actions {
+                feed: Arc::clone(feed),
+                auth: config.auth.clone(),
+                session: session.clone(),
+                hub: daemon.map(|d| Arc::clone(&d.hub)),
+                store: Arc::clone(&store),
+                config_path: config_path.clone(),
+            })
+        }
+        _ => None,
+    };
+    let clicks = serve_clicks(actions);
+    tokio::pin!(clicks);
+
+    // Nothing to sync to: the daemon idles (and its menu still logs in and out).
+    let idle_reason = if !config.sync.enabled && !args.dev {
         let fix = format!(
             "sync is disabled: set sync.enabled = true in {} to sync",
             config_path.display()
@@ -91,10 +120,8 @@ pub async fn run(
             bail!("{fix}");
         }
         tracing::warn!(config = %config_path.display(), "sync is disabled in the config; idling until stopped or the config changes");
-        idle(&source, &config, "sync.enabled = false", fix, life, daemon).await;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if base_url.is_empty() {
+        Some(("sync.enabled = false", fix))
+    } else if base_url.is_empty() {
         let fix = format!(
             "no upstream configured: set sync.base_url in {} (or try {})",
             config_path.display(),
@@ -104,15 +131,18 @@ pub async fn run(
             bail!("{fix}");
         }
         tracing::warn!(config = %config_path.display(), "no upstream configured (sync.base_url is empty); idling until stopped or the config changes");
-        idle(
-            &source,
-            &config,
-            "sync.base_url is empty",
-            fix,
-            life,
-            daemon,
-        )
-        .await;
+        Some(("sync.base_url is empty", fix))
+    } else {
+        None
+    };
+    if let Some((why, fix)) = idle_reason {
+        if let Some(f) = &feed {
+            f.update(|s| s.activity = tray::Activity::NotConfigured(why.into()));
+        }
+        tokio::select! {
+            _ = idle(&source, &config, why, fix, life, daemon) => {}
+            _ = &mut clicks => {}
+        }
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -147,12 +177,28 @@ pub async fn run(
         if let Some(hub) = hub {
             hub.set_active(Arc::clone(&engine.metrics));
         }
+        let feed = feed.as_deref();
         // --dev's upstream does not come from the config: nothing to reload for.
-        run_daemon_woken(
+        let daemon_loop = run_daemon_woken(
             engine.settings.interval,
             || async {
+                if let Some(f) = feed {
+                    f.until_unpaused(hub).await;
+                }
                 // The sync requests waiting now are served by this cycle.
-                let outcome = once::daemon_cycle(&engine, &upstream, hub).await;
+                let cycle = once::daemon_cycle(&engine, &upstream, hub);
+                let (outcome, _) = match feed {
+                    Some(f) => {
+                        tray_cmd::cycle_shown(f, &engine.metrics, &engine.store, cycle).await
+                    }
+                    None => cycle.await,
+                };
+                if let (Some(f), Outcome::LoginRequired) = (feed.filter(|f| f.is_shown()), outcome)
+                {
+                    // The provider may have ended the session: the header follows.
+                    let login = tray_cmd::login_state(session.as_deref(), args.dev).await;
+                    f.update(|s| s.login = login);
+                }
                 // Going idle until the next cycle: nothing the cycle leaves behind may wake
                 // the process before then (issue 5).
                 upstream.release_connections();
@@ -167,8 +213,16 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             },
-        )
-        .await;
+            |delay| {
+                if let Some(f) = feed {
+                    f.next_try_in(delay);
+                }
+            },
+        );
+        tokio::select! {
+            _ = daemon_loop => {}
+            _ = &mut clicks => {}
+        }
         tracing::info!(
             "{}",
             if life.is_stopping() {
@@ -190,6 +244,14 @@ pub async fn run(
         }
     }
     Ok(code)
+}
+
+/// Runs the tray's clicks for this config load; never ends (nothing to run without a tray).
+async fn serve_clicks(actions: Option<tray_cmd::Actions>) {
+    if let Some(a) = actions {
+        tray_cmd::serve(a).await;
+    }
+    std::future::pending::<()>().await
 }
 
 /// The daemon with nothing to do (`why`; `fix` says what to do): records "not configured" in

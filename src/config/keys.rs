@@ -47,6 +47,7 @@ pub(super) enum Group {
     Sync,
     Privacy,
     Auth,
+    Ui,
 }
 
 /// The bounds of a numeric key: what [`super::Config::validate`] checks, and what the key's
@@ -314,6 +315,13 @@ pub(super) const KEYS: &[Key] = &[
         more: "The redacted data never leaves the machine; examples in the [README](../README.md#privacy-what-leaves-the-machine).",
         bounds: None,
     },
+    Key {
+        name: "ui.tray",
+        group: Group::Ui,
+        doc: "The daemon's tray icon: \"auto\" (when the desktop has a tray), \"on\" (say why when it can't) or \"off\".",
+        more: "With `\"auto\"` it is shown when the desktop has a tray host (StatusNotifierItem on Linux) and the daemon quietly runs without one otherwise; `\"on\"` also logs why there is none (in a graphical session it waits for a tray host that starts later, and says so). `--tray` is `\"on\"` for one run. Only the daemon shows it: `--once`, `--status`, `--login` and the other commands never do. See the README's [Tray](../README.md#tray).",
+        bounds: None,
+    },
 ];
 
 impl Bounds {
@@ -511,7 +519,7 @@ fn hint_at_top(name: &str, is_table: bool) -> (String, bool) {
     (
         format!(
             "is not a setting of aw-sync-samay, whose sections are {} (ignored)",
-            known.join(" and ")
+            known.join(", ")
         ),
         true,
     )
@@ -602,7 +610,7 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md");
         let doc = std::fs::read_to_string(path).expect("docs/config.md");
         let mut want = doc.clone();
-        for group in [Group::Sync, Group::Privacy, Group::Auth] {
+        for group in [Group::Sync, Group::Privacy, Group::Auth, Group::Ui] {
             let begin = format!("<!-- keys:{group:?} begin -->\n");
             let end = format!("<!-- keys:{group:?} end -->");
             let from = want

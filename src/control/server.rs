@@ -210,6 +210,14 @@ impl Hub {
         Ok((rx, running))
     }
 
+    /// A sync request that wants no answer (the tray's "Sync now", a finished login): the
+    /// next cycle starts at once, exactly as for `--once` beside the daemon. `Err`: the daemon
+    /// idles, with the reason.
+    pub fn request_sync(&self) -> Result<(), SyncResult> {
+        // The receiver is dropped: what the cycle sends it is discarded.
+        self.register(Asks::default()).map(|_| ())
+    }
+
     fn counts(&self) -> Vec<BucketCount> {
         self.lock()
             .metrics

@@ -24,17 +24,19 @@ where
     C: FnMut() -> F,
     F: Future<Output = Outcome>,
 {
-    run_daemon_woken(interval, cycle, shutdown, std::future::pending).await
+    run_daemon_woken(interval, cycle, shutdown, std::future::pending, |_| {}).await
 }
 
 /// [`run_daemon`], and a wait between cycles also ends when `wake()` resolves (a "sync now"
 /// request, [`crate::control`]): the next cycle starts at once, whatever the interval or the
-/// backoff said.
+/// backoff said. `waiting(delay)` is told each wait before it starts (the tray's "retrying in
+/// 5 min").
 pub async fn run_daemon_woken<C, F, W, WF>(
     interval: Duration,
     mut cycle: C,
     shutdown: impl Future<Output = ()>,
     mut wake: W,
+    mut waiting: impl FnMut(Duration),
 ) where
     C: FnMut() -> F,
     F: Future<Output = Outcome>,
@@ -63,6 +65,7 @@ pub async fn run_daemon_woken<C, F, W, WF>(
             }
         };
         tracing::debug!(delay_s = delay.as_secs_f64(), "next cycle scheduled");
+        waiting(delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
             _ = wake() => tracing::debug!("sync requested: starting the next cycle now"),
@@ -234,11 +237,52 @@ mod tests {
             cycle,
             tokio::time::sleep(Duration::from_secs(301)),
             wake,
+            |_| {},
         )
         .await;
         let secs: Vec<u64> = starts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
         // 0, woken at 10, then the interval from the end of that cycle.
         assert_eq!(secs, vec![0, 10]);
+    }
+
+    /// Each wait is announced before it starts, with the delay the loop then sleeps (the
+    /// tray's "retrying in 5 min" after a failure).
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_is_announced_with_its_delay() {
+        let t0 = TokioInstant::now();
+        let outcomes = Arc::new(Mutex::new(vec![Outcome::Synced, Outcome::Failed]));
+        let announced = Arc::new(Mutex::new(Vec::new()));
+        let cycle = {
+            let outcomes = Arc::clone(&outcomes);
+            move || {
+                let o = outcomes.lock().unwrap().pop().unwrap_or(Outcome::Synced);
+                async move { o }
+            }
+        };
+        let waiting = {
+            let announced = Arc::clone(&announced);
+            move |d: Duration| announced.lock().unwrap().push((t0.elapsed(), d))
+        };
+        run_daemon_woken(
+            Duration::from_secs(100),
+            cycle,
+            tokio::time::sleep(Duration::from_secs(150)),
+            std::future::pending,
+            waiting,
+        )
+        .await;
+        let got = announced.lock().unwrap().clone();
+        // A failure first: the backoff (~100 s ± jitter), announced at 0; then the interval,
+        // announced when the second cycle ended.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, Duration::ZERO);
+        assert!((90..=110).contains(&got[0].1.as_secs()), "{got:?}");
+        assert_eq!(got[1].1, Duration::from_secs(100));
+        // The timer has millisecond resolution.
+        assert!(
+            got[1].0.abs_diff(got[0].1) <= Duration::from_millis(1),
+            "{got:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

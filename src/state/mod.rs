@@ -206,7 +206,32 @@ impl Store {
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
         set_meta(&self.writer(), key, value).map_err(self.err())
     }
+
+    /// Since when scheduled syncing is paused (the tray's "Pause syncing"), RFC 3339; `None`:
+    /// not paused. Kept here so a pause outlives a restart and `--status` shows it.
+    pub fn paused_since(&self) -> Result<Option<String>, StateError> {
+        self.meta(PAUSED_KEY)
+    }
+
+    /// Pauses (records now) or resumes scheduled syncing.
+    pub fn set_paused(&self, paused: bool) -> Result<(), StateError> {
+        let conn = self.writer();
+        if paused {
+            // A second pause keeps the first one's time.
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![PAUSED_KEY, chrono::Utc::now().to_rfc3339()],
+            )
+        } else {
+            conn.execute("DELETE FROM meta WHERE key = ?1", [PAUSED_KEY])
+        }
+        .map(|_| ())
+        .map_err(self.err())
+    }
 }
+
+/// The `meta` key of [`Store::paused_since`].
+const PAUSED_KEY: &str = "paused_since";
 
 fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     conn.execute(

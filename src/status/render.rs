@@ -64,6 +64,9 @@ impl Status {
             );
             let _ = writeln!(out, "last error {}", printable(e));
         }
+        if let Some(since) = &self.paused_since {
+            let _ = writeln!(out, "paused     since {}", when(Some(since), now));
+        }
         let _ = writeln!(
             out,
             "pending    {}   quarantined {}",
@@ -199,6 +202,9 @@ impl Status {
             None => "never synced".to_string(),
         };
         let mut parts: Vec<String> = Vec::new();
+        if self.paused_since.is_some() {
+            parts.push("paused".to_string());
+        }
         match self.state {
             State::Ok | State::NeverSynced => {}
             State::Quarantined => parts.push(format!("{} quarantined", self.quarantined)),
@@ -335,6 +341,7 @@ mod tests {
                 last_error: error.map(Into::into),
             },
             quarantine: Vec::new(),
+            paused_since: None,
             recorded: None,
         };
         let (state, todo) = s.assess();
@@ -521,5 +528,15 @@ mod tests {
             );
         }
         assert!(text.matches(escaped).count() >= 7, "{text}");
+    }
+
+    /// A pause (the tray's "Pause syncing") shows in the text, its age, and the short form.
+    #[test]
+    fn a_pause_is_shown() {
+        let mut s = status(Answer::Ok, Answer::Ok, Login::LoggedIn, None);
+        s.paused_since = Some("2026-11-25T12:05:30+00:00".into());
+        let text = s.render_at(now());
+        assert!(text.contains("paused     since 1 h ago"), "{text}");
+        assert_eq!(s.short_at(now()), "paused · synced 3 min ago · 0 pending");
     }
 }

@@ -23,7 +23,7 @@ use aw_sync_samay::auth::tokens::{Account, StoredTokens};
 use aw_sync_samay::auth::AccessToken;
 use aw_sync_samay::config::{
     self, AuthConfig, CallbackMode, Config, ConfigError, RedactRule, SyncConfig, TokenStorage,
-    MAX_LOOKBACK_SECS,
+    TrayMode, UiConfig, MAX_LOOKBACK_SECS,
 };
 use aw_sync_samay::http_body;
 use aw_sync_samay::privacy::Redaction;
@@ -221,6 +221,15 @@ fn any_rule() -> impl Strategy<Value = RedactRule> {
             drop,
             hash,
         })
+}
+
+/// Each `ui.tray` mode.
+fn any_tray() -> impl Strategy<Value = TrayMode> {
+    prop_oneof![
+        Just(TrayMode::Auto),
+        Just(TrayMode::On),
+        Just(TrayMode::Off)
+    ]
 }
 
 /// Any `SyncConfig` TOML can hold; values need not pass `validate`.
@@ -512,8 +521,8 @@ proptest! {
 
     /// A config rendered from any struct TOML can hold loads back equal, with no warnings.
     #[test]
-    fn any_config_round_trips_through_toml(auth in any_auth(), sync in any_sync()) {
-        let config = Config { auth, sync };
+    fn any_config_round_trips_through_toml(auth in any_auth(), sync in any_sync(), tray in any_tray()) {
+        let config = Config { auth, sync, ui: UiConfig { tray } };
         let text = toml::to_string(&config).expect("serializes");
         let (back, warnings) = config::parse(&text, Path::new("c.toml")).expect("parses back");
         prop_assert_eq!(back, config);
@@ -526,8 +535,8 @@ proptest! {
 
     /// A valid config written to a file loads (parse + validate) as itself.
     #[test]
-    fn a_valid_config_file_loads_as_itself(auth in valid_auth(), sync in valid_sync()) {
-        let config = Config { auth, sync };
+    fn a_valid_config_file_loads_as_itself(auth in valid_auth(), sync in valid_sync(), tray in any_tray()) {
+        let config = Config { auth, sync, ui: UiConfig { tray } };
         let text = toml::to_string(&config).expect("serializes");
         let loaded = load_text(text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert_eq!(loaded.config, config);
@@ -553,7 +562,7 @@ proptest! {
             _ => ("auth.device_authorization_url", &mut auth.device_authorization_url),
         };
         *slot = bad.clone();
-        let config = Config { auth, sync: SyncConfig::default() };
+        let config = Config { auth, sync: SyncConfig::default(), ui: UiConfig::default() };
         let err = config.validate().expect_err(&bad);
         prop_assert_eq!(err.key(), Some(name), "{}", err);
         prop_assert!(err.to_string().contains("https"), "{}", err);

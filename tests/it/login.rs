@@ -11,9 +11,10 @@ use aw_sync_samay::auth::store::TokenStore;
 use aw_sync_samay::auth::tokens::StoredTokens;
 use aw_sync_samay::auth::TokenSource;
 use aw_sync_samay::config::{AuthConfig, TokenStorage};
-use samay_server::{self as devserver, DevServer, DevServerConfig, OidcConfig};
+use samay_server::DevServer;
 use samay_testkit::awserver::AwServer;
 use samay_testkit::bin::isolated_command;
+use samay_testkit::devserver::start_for_issuer;
 use samay_testkit::oidc::{OidcOptions, OidcProvider, PlayAction, PlayUser};
 use samay_testkit::rig::series;
 
@@ -37,19 +38,7 @@ impl LoginRig {
         .unwrap();
         let aw = tokio::task::spawn_blocking(AwServer::start).await.unwrap();
         let home = tempfile::tempdir().unwrap();
-        let dev = devserver::spawn_with(
-            DevServerConfig {
-                bind: "127.0.0.1:0".parse().unwrap(),
-                db_path: home.path().join("upstream.sqlite"),
-                ..Default::default()
-            },
-            OidcConfig {
-                external_issuer: Some(oidc.issuer().parse().unwrap()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let dev = start_for_issuer(home.path(), &oidc.issuer()).await;
         let config = home.path().join("aw-sync-samay.toml");
         std::fs::write(
             &config,

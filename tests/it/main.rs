@@ -30,3 +30,4 @@ mod remote_text;
 mod source_client;
 mod status_cli;
 mod sync_now;
+mod tray;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use samay_server::{
-    self as devserver, BucketSummary, DevServer, DevServerConfig, Inspect, StoredEvent,
+    self as devserver, BucketSummary, DevServer, DevServerConfig, Inspect, OidcConfig, StoredEvent,
 };
 
 /// The bearer token [`start_dev_server`] accepts.
@@ -16,6 +16,25 @@ pub async fn start_dev_server(dir: &Path) -> DevServer {
         db_path: dir.join("samay-dev-server.sqlite"),
         tokens: vec![TEST_TOKEN.to_string()],
     })
+    .await
+    .expect("dev server starts")
+}
+
+/// A dev server on `127.0.0.1:0` with its database in `dir`, accepting the access tokens that
+/// the OpenID provider `issuer` issued (checked at its userinfo endpoint): the upstream of the
+/// login tests.
+pub async fn start_for_issuer(dir: &Path, issuer: &str) -> DevServer {
+    devserver::spawn_with(
+        DevServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            db_path: dir.join("upstream.sqlite"),
+            ..Default::default()
+        },
+        OidcConfig {
+            external_issuer: Some(issuer.parse().expect("issuer URL")),
+            ..Default::default()
+        },
+    )
     .await
     .expect("dev server starts")
 }

@@ -18,6 +18,7 @@ pub mod login_cli;
 pub mod oidc;
 pub mod procfs;
 pub mod rig;
+pub mod tray;
 
 /// The repository's root (the `aw-sync-samay` package): where `.peers/` and `peers/` are.
 pub fn repo_root() -> PathBuf {

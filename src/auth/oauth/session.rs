@@ -74,6 +74,13 @@ impl OAuthSession {
         &self.store
     }
 
+    /// Drops the tokens held in memory, after a logout (or a login) done beside the session:
+    /// the next token is read from the store again, so a revoked token is not used on.
+    pub async fn forget(&self) {
+        *self.current.lock().await = None;
+        *self.who.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     async fn provider(&self) -> Result<&Provider, AuthError> {
         self.provider
             .get_or_try_init(|| async {
