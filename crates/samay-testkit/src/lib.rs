@@ -15,6 +15,7 @@ pub mod exact;
 pub mod hostile;
 pub mod login_cli;
 pub mod oidc;
+pub mod postgres;
 pub mod procfs;
 pub mod rig;
 

@@ -88,30 +88,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(issuer) = &args.external_issuer {
         println!("also accepting access tokens of {issuer}");
     }
-    wait_for_signal().await;
+    samay_server::wait_for_signal().await;
     println!("samay-dev-server stopping");
     server.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
