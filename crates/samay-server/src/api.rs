@@ -65,14 +65,24 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Counts every answered request by route pattern and status.
+/// Counts every answered request by route pattern and status, and logs it (structured fields;
+/// the route pattern, never the path, which may name a device).
 async fn count_request(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
-    state.metrics.request(route, response.status().as_u16());
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if response.status().is_success() {
+        tracing::debug!(%method, %route, status, ms, "request");
+    } else {
+        tracing::info!(%method, %route, status, ms, "request");
+    }
+    state.metrics.request(route, status);
     response
 }
 

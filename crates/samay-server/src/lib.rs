@@ -451,25 +451,22 @@ async fn serve_connection(
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM (systemd's stop): the binaries then drain in-flight requests.
-pub async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM (systemd's stop): the binaries then drain in-flight requests.
+/// The SIGTERM handler is installed when this is called, not when first awaited, so call it
+/// before announcing the server: a SIGTERM right after the announcement must not kill the
+/// process with requests in flight (the default action).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

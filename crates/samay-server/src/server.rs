@@ -30,6 +30,8 @@ pub struct ServerConfig {
 /// A running server. Dropping it stops it without waiting; [`Server::shutdown`] drains.
 pub struct Server {
     addr: SocketAddr,
+    #[cfg(feature = "faults")]
+    faults: crate::Faults,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -41,6 +43,12 @@ impl Server {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The fault switches (tests only; no endpoint sets them on this server).
+    #[cfg(feature = "faults")]
+    pub fn faults(&self) -> &crate::Faults {
+        &self.faults
     }
 
     /// Stops accepting, lets in-flight requests finish, and returns.
@@ -84,6 +92,8 @@ pub async fn spawn_server(
         .await
         .with_context(|| format!("binding {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    #[cfg(feature = "faults")]
+    let faults = crate::Faults::default();
     let state = ApiState {
         store: store.clone(),
         auth,
@@ -91,7 +101,7 @@ pub async fn spawn_server(
         rate: Arc::new(RateLimiter::new(&cfg.limits)),
         limits: cfg.limits,
         #[cfg(feature = "faults")]
-        faults: crate::Faults::default(),
+        faults: faults.clone(),
     };
     let router = api::router(state).fallback(|| async {
         crate::http::error(hyper::StatusCode::NOT_FOUND, "no such endpoint")
@@ -107,6 +117,8 @@ pub async fn spawn_server(
     });
     Ok(Server {
         addr,
+        #[cfg(feature = "faults")]
+        faults,
         stop: Some(stop),
         task: Some(task),
     })

@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         println!("no --token given; accepting generated token: {token}");
         args.tokens.push(token);
     }
+    let stop = samay_server::shutdown_signal();
     let server = samay_server::spawn_with(
         DevServerConfig {
             bind: args.bind,
@@ -88,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(issuer) = &args.external_issuer {
         println!("also accepting access tokens of {issuer}");
     }
-    samay_server::wait_for_signal().await;
+    stop.await;
     println!("samay-dev-server stopping");
     server.shutdown().await;
     Ok(())

@@ -4,6 +4,7 @@
 //! by hash, store a batch all or nothing, remember batch answers for idempotent replays, and give
 //! each user a strictly increasing change sequence whose commits are serialized per user.
 
+#[cfg(feature = "postgres")]
 mod pg;
 mod plan;
 mod schema;
@@ -90,8 +91,8 @@ impl std::str::FromStr for DatabaseUrl {
             Ok(Self::Postgres(s.to_string()))
         } else {
             Err(format!(
-                "unsupported database URL {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
-                samay_common::printable::printable(s.split('@').next_back().unwrap_or(""))
+                "unsupported database URL scheme {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
+                samay_common::printable::printable(s.split("://").next().unwrap_or(""))
             ))
         }
     }
@@ -100,6 +101,7 @@ impl std::str::FromStr for DatabaseUrl {
 #[derive(Clone)]
 pub(crate) enum Store {
     Sqlite(Arc<SqliteStore>),
+    #[cfg(feature = "postgres")]
     Postgres(pg::PgStore),
 }
 
@@ -121,7 +123,14 @@ impl Store {
                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await??;
                 Self::Sqlite(Arc::new(store))
             }
+            #[cfg(feature = "postgres")]
             DatabaseUrl::Postgres(url) => Self::Postgres(pg::PgStore::open(url).await?),
+            #[cfg(not(feature = "postgres"))]
+            DatabaseUrl::Postgres(_) => {
+                anyhow::bail!(
+                    "this build of samay-server has no PostgreSQL support (feature \"postgres\")"
+                )
+            }
         })
     }
 
@@ -137,6 +146,7 @@ impl Store {
                 let (s, user) = (s.clone(), user.to_string());
                 blocking(move || s.replay(&user, batch_id)).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.replay(user, batch_id).await,
         };
         metrics.database("replay", started.elapsed());
@@ -155,6 +165,7 @@ impl Store {
                 let (s, user) = (s.clone(), user.to_string());
                 blocking(move || s.store(&user, &batch)).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.store(user, &batch).await,
         };
         metrics.database("store_batch", started.elapsed());
@@ -172,6 +183,7 @@ impl Store {
                 let (s, user) = (s.clone(), user.to_string());
                 blocking(move || s.devices(&user)).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.devices(user).await,
         };
         metrics.database("devices", started.elapsed());
@@ -193,6 +205,7 @@ impl Store {
                 let (s, user) = (s.clone(), user.to_string());
                 blocking(move || s.changes(&user, after, limit, device_id.as_deref())).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.changes(user, after, limit, device_id.as_deref()).await,
         };
         metrics.database("changes", started.elapsed());
@@ -212,6 +225,7 @@ impl Store {
                 let (s, user) = (s.clone(), user.to_string());
                 blocking(move || s.delete(&user, &scope)).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.delete(user, &scope).await,
         };
         metrics.database("delete", started.elapsed());
@@ -226,6 +240,7 @@ impl Store {
                 let s = s.clone();
                 blocking(move || s.ping()).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.ping().await,
         };
         metrics.database("ping", started.elapsed());
@@ -243,6 +258,7 @@ impl Store {
                 let s = s.clone();
                 blocking(move || s.prune_batches(&cutoff)).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.prune_batches(&cutoff).await,
         }
     }
@@ -256,4 +272,71 @@ pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
 /// The stored answer of a batch, as JSON text.
 pub(crate) fn answer_json(answer: &BatchResponse) -> String {
     serde_json::to_string(answer).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_batch() -> IncomingBatch {
+        IncomingBatch {
+            batch_id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            hostname: "h".into(),
+            buckets: BTreeMap::new(),
+            events: Vec::new(),
+            deletions: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_records_are_kept_a_week_then_pruned() {
+        assert!(IDEMPOTENCY_RETENTION >= chrono::Duration::days(7));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("s.sqlite")))
+            .await
+            .unwrap();
+        let metrics = Metrics::default();
+        let batch = Arc::new(one_batch());
+        let id = batch.batch_id;
+        let stored = store.store_batch("u", batch, &metrics).await.unwrap();
+        assert!(matches!(stored, Outcome::Stored { .. }));
+        // What the server's pruning does now: a record of today is kept.
+        let now = chrono::Utc::now();
+        assert_eq!(
+            store
+                .prune_batches(now - IDEMPOTENCY_RETENTION)
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(store.replay("u", id, &metrics).await.unwrap().is_some());
+        // A week and a second later it goes.
+        let later = now + IDEMPOTENCY_RETENTION + chrono::Duration::seconds(1);
+        assert_eq!(
+            store
+                .prune_batches(later - IDEMPOTENCY_RETENTION)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(store.replay("u", id, &metrics).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn database_urls_are_parsed_or_explained() {
+        assert_eq!(
+            "sqlite:///var/lib/samay/s.sqlite".parse::<DatabaseUrl>(),
+            Ok(DatabaseUrl::Sqlite("/var/lib/samay/s.sqlite".into()))
+        );
+        assert!(matches!(
+            "postgresql://u@h/db".parse::<DatabaseUrl>(),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        let err = "mysql://root:secret@h/db"
+            .parse::<DatabaseUrl>()
+            .unwrap_err();
+        assert!(!err.contains("secret"), "no credentials in errors: {err}");
+        assert!("sqlite://".parse::<DatabaseUrl>().is_err());
+    }
 }

@@ -301,3 +301,45 @@ async fn limits_are_enforced() {
     );
     server.shutdown().await;
 }
+
+/// A request that outlives the per-request time limit is answered 503 with Retry-After (here:
+/// a batch held at arrival by the fault hook), and the batch can be sent again.
+#[tokio::test]
+async fn a_request_past_the_time_limit_is_a_retryable_503() {
+    use samay_server::{BatchHookFuture, BatchStage};
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(
+        DatabaseUrl::Sqlite(dir.path().join("s.sqlite")),
+        Limits {
+            request_timeout: std::time::Duration::from_millis(200),
+            ..unlimited()
+        },
+    )
+    .await;
+    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let holding = hold.clone();
+    server
+        .faults()
+        .set_batch_hook(Some(std::sync::Arc::new(move |stage| {
+            (stage == BatchStage::Received && holding.load(std::sync::atomic::Ordering::SeqCst))
+                .then(|| Box::pin(std::future::pending::<()>()) as BatchHookFuture)
+        })));
+    let alice = Client::new(&server.base_url(), ALICE);
+    let b = batch(Uuid::new_v4(), vec![event("w", 1, "h", T0)], vec![]);
+    let r = alice
+        .http
+        .post(format!("{}/v1/events/batch", server.base_url()))
+        .bearer_auth(ALICE)
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = alice.post_batch(&b).await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+}

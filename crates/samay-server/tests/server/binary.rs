@@ -119,3 +119,45 @@ async fn dev_mode_is_the_dev_server() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `systemd-analyze verify` of `unit` with ExecStart pointed at the built binary: what it says
+/// (nothing when the unit is valid).
+fn systemd_verify(unit: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("samay-server.service");
+    let text = unit.replace(
+        "/usr/local/bin/samay-server",
+        env!("CARGO_BIN_EXE_samay-server"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (scripts/install-peers.sh installs systemd)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ) + if out.status.success() { "" } else { "(failed)" }
+}
+
+#[test]
+fn the_systemd_unit_is_valid_and_stops_with_sigterm() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../packaging/linux/samay-server.service"
+    ))
+    .unwrap();
+    let said = systemd_verify(&unit);
+    assert!(said.trim().is_empty(), "systemd-analyze verify: {said}");
+    // The check can fail: a typo in a key's value is reported.
+    assert!(!systemd_verify(&unit.replace("Type=exec", "Type=exce"))
+        .trim()
+        .is_empty());
+    assert!(
+        unit.contains("KillSignal=SIGTERM"),
+        "SIGTERM drains in-flight requests"
+    );
+    assert!(unit.contains("ExecStart=/usr/local/bin/samay-server"));
+}

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         return run_dev(settings).await;
     }
     let auth = authenticator(&settings)?;
+    let stop = samay_server::shutdown_signal();
     let server = samay_server::spawn_server(
         ServerConfig {
             bind: settings.bind,
@@ -45,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         server.base_url()
     );
     println!("samay-server listening on {}", server.base_url());
-    samay_server::wait_for_signal().await;
+    stop.await;
     tracing::info!("stopping: draining in-flight requests");
     server.shutdown().await;
     Ok(())
@@ -89,6 +90,7 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
         println!("no SAMAY_DEV_TOKEN given; accepting generated token: {token}");
         tokens.push(token);
     }
+    let stop = samay_server::shutdown_signal();
     let server = samay_server::spawn_with(
         DevServerConfig {
             bind: settings.bind,
@@ -105,7 +107,7 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
         db_path.display(),
         server.issuer()
     );
-    samay_server::wait_for_signal().await;
+    stop.await;
     server.shutdown().await;
     Ok(())
 }
