@@ -112,8 +112,21 @@ install_packaging_tools() {
     need_apt libxml2-utils systemd
 }
 
+# install_postgres: the PostgreSQL server binaries (initdb, pg_ctl) for samay-server's tests, which
+# make a throwaway cluster per test run (crates/samay-testkit/src/postgres.rs). No service is
+# started or needed; the tests fail, never skip, without these binaries.
+install_postgres() {
+    need_apt postgresql
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        log "postgres: initdb missing after installing postgresql"
+        return 1
+    fi
+    log "postgres: $(ls -d /usr/lib/postgresql/*/bin | tail -n1) present"
+}
+
 install_aw_server
 install_keyring
+install_postgres
 install_oidc
 install_desktop_tools
 install_packaging_tools

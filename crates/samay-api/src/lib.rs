@@ -135,3 +135,71 @@ where
         ))),
     }
 }
+
+/// Path of the change feed, relative to `base_url`: `GET ?after=SEQ&limit=N[&device_id=ID]`.
+pub const CHANGES_PATH: &str = "v1/changes";
+/// Path of the device list, relative to `base_url`: `GET` answers [`DevicesResponse`]; `DELETE
+/// v1/devices/{id}` and `DELETE v1/devices/{id}/buckets/{bucket}` answer [`DeletedResponse`].
+pub const DEVICES_PATH: &str = "v1/devices";
+
+/// `GET v1/devices`: the caller's devices only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicesResponse {
+    pub devices: Vec<DeviceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device_id: String,
+    pub hostname: String,
+    /// When its last batch was stored (RFC 3339 UTC).
+    pub last_seen: String,
+    pub buckets: Vec<BucketInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    pub bucket_id: String,
+    #[serde(rename = "type")]
+    pub bucket_type: String,
+    pub client: String,
+    pub hostname: String,
+    pub created: Option<String>,
+    /// Events stored now.
+    pub events: u64,
+}
+
+/// `GET v1/changes`: the caller's changes with `seq > after`, in seq order. `next` is the last
+/// seq returned, or `after` when there is none: the `after` of the next call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesResponse {
+    pub changes: Vec<Change>,
+    pub next: i64,
+}
+
+/// One entry of the change feed: a stored version, or (`deleted: true`) a tombstone, which has
+/// no version fields. Every stored version and every deletion gets a new, strictly increasing
+/// per-user `seq`; keeping the latest entry per (device, bucket, event) gives what is stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub seq: i64,
+    pub device_id: String,
+    pub bucket_id: String,
+    pub event_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// Answer of the `DELETE` endpoints: how many stored events went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedResponse {
+    pub deleted: u64,
+}

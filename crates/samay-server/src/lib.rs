@@ -1,6 +1,7 @@
-//! samay-server (binary `samay-dev-server`): the upstream batch API (`docs/upstream-api.md`)
-//! over SQLite, for development, demos and tests. It is the reference for what a backend must
-//! do (keying, versions, duplicates, idempotent replays, all-or-nothing batches) and, with the
+//! samay-server: the upstream of aw-sync-samay (`docs/upstream-api.md`), on SQLite (one file, the
+//! default) or PostgreSQL (many server processes on one database) — see [`spawn_server`] and the
+//! `samay-server` binary. The same crate is the dev server ([`spawn`], `samay-dev-server`,
+//! `samay-server --dev`): the same API on SQLite, plus loopback-only inspection and, with the
 //! `faults` feature (tests only), through `Faults` the way tests make the upstream misbehave on
 //! purpose.
 //!
@@ -14,12 +15,18 @@
 //! database is created 0600: it holds every synced event and the provider's ID-token signing
 //! key.
 
+mod api;
+pub mod auth;
+mod batch;
 #[cfg(feature = "faults")]
 mod faults;
 mod host;
 mod http;
+mod limits;
+mod metrics;
 mod oidc;
 mod page;
+mod server;
 mod store;
 mod verify;
 
@@ -47,16 +54,19 @@ pub use faults::{
     RequestRecord, REQUEST_LOG_LEN,
 };
 pub use http::TokenRegistry;
+pub use limits::Limits;
 pub use oidc::{OAuthCounters, OidcConfig, DEFAULT_ACCESS_TOKEN_TTL, DEV_CLIENT_ID};
-pub use store::{BucketSummary, DeviceSummary, Inspect, StoredEvent};
+pub use server::{spawn_server, Server, ServerConfig};
+pub use store::{BucketSummary, DatabaseUrl, DeviceSummary, Inspect, StoredEvent};
 pub use verify::{
     AuthFailure, IntrospectionClient, IssuerConfig, Principal, SystemClock, TokenVerifier,
     VerifierClock, VerifierConfig, VerifierConfigError, MAX_SUBJECT_BYTES, MAX_TOKEN_BYTES,
 };
 
-use http::AppState;
+use api::ApiState;
+use http::{DevAuthenticator, DevState};
 use oidc::{Clock, Provider};
-use store::Store;
+use store::{SqliteStore, Store};
 
 /// Default limit for a batch body, on the wire and after gzip decompression (the `faults`
 /// feature can change it per server).
@@ -100,7 +110,7 @@ impl Default for DevServerConfig {
 /// stops it and waits for in-flight requests.
 pub struct DevServer {
     addr: SocketAddr,
-    state: AppState,
+    state: DevParts,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -118,7 +128,7 @@ impl DevServer {
     /// The shared fault settings; changes apply to the next request.
     #[cfg(feature = "faults")]
     pub fn faults(&self) -> &Faults {
-        &self.state.faults
+        &self.state.api.faults
     }
 
     /// Accepts `token` from now on, as [`DEV_USER`].
@@ -173,7 +183,7 @@ impl DevServer {
 
     /// What `GET /v1/inspect` answers.
     pub async fn inspect(&self) -> anyhow::Result<Inspect> {
-        let store = self.state.store.clone();
+        let store = self.state.dev.store.clone();
         Ok(tokio::task::spawn_blocking(move || store.inspect()).await??)
     }
 
@@ -183,7 +193,7 @@ impl DevServer {
         device_id: Option<&str>,
         bucket_id: Option<&str>,
     ) -> anyhow::Result<Vec<StoredEvent>> {
-        let store = self.state.store.clone();
+        let store = self.state.dev.store.clone();
         let device_id = device_id.map(str::to_owned);
         let bucket_id = bucket_id.map(str::to_owned);
         Ok(tokio::task::spawn_blocking(move || {
@@ -226,7 +236,7 @@ pub async fn spawn_with(cfg: DevServerConfig, oidc: OidcConfig) -> anyhow::Resul
     let (stop, stopped) = oneshot::channel::<()>();
     let task_state = state.clone();
     let task = tokio::spawn(async move {
-        run(listener, task_state, async move {
+        run(listener, task_state.router(), true, async move {
             let _ = stopped.await;
         })
         .await
@@ -249,21 +259,39 @@ pub async fn serve_until(
         "samay-dev-server listening on http://{}",
         listener.local_addr()?
     );
-    run(listener, state, shutdown).await;
+    run(listener, state.router(), true, shutdown).await;
     Ok(())
+}
+
+/// What a running dev server is made of: the API's state, the dev extras, the provider.
+#[derive(Clone)]
+struct DevParts {
+    api: ApiState,
+    dev: DevState,
+    tokens: TokenRegistry,
+    oidc: Arc<Provider>,
+}
+
+impl DevParts {
+    fn router(&self) -> axum::Router {
+        api::router(self.api.clone())
+            .merge(http::dev_router(self.dev.clone()))
+            .merge(oidc::router(self.oidc.clone()))
+            .fallback(|| async { http::error(hyper::StatusCode::NOT_FOUND, "no such endpoint") })
+    }
 }
 
 async fn prepare(
     cfg: &DevServerConfig,
     oidc: &OidcConfig,
-) -> anyhow::Result<(TcpListener, AppState)> {
+) -> anyhow::Result<(TcpListener, DevParts)> {
     anyhow::ensure!(
         cfg.bind.ip().is_loopback(),
         "refusing to bind {}: inspection and fault endpoints have no auth, so the dev server listens on loopback only",
         cfg.bind
     );
     let path = cfg.db_path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    let sqlite = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await??);
     // Bound before the provider is made: the issuer is the base URL, port included.
     let listener = TcpListener::bind(cfg.bind)
         .await
@@ -271,27 +299,60 @@ async fn prepare(
     let issuer = format!("http://{}", listener.local_addr()?);
     let path = cfg.db_path.clone();
     let oidc = oidc.clone();
-    let provider =
+    let provider = Arc::new(
         tokio::task::spawn_blocking(move || Provider::open(&path, issuer, &oidc, Clock::default()))
-            .await??;
-    let tokens: HashMap<String, String> = cfg
-        .tokens
-        .iter()
-        .map(|t| (t.clone(), DEV_USER.to_string()))
-        .collect();
-    let state = AppState {
-        store: Arc::new(store),
-        tokens: Arc::new(RwLock::new(tokens)),
-        #[cfg(feature = "faults")]
-        faults: Faults::default(),
-        oidc: Arc::new(provider),
+            .await??,
+    );
+    let tokens: TokenRegistry = Arc::new(RwLock::new(
+        cfg.tokens
+            .iter()
+            .map(|t| (t.clone(), DEV_USER.to_string()))
+            .collect::<HashMap<String, String>>(),
+    ));
+    #[cfg(feature = "faults")]
+    let faults = Faults::default();
+    let limits = Limits {
+        // The dev server is one person's: no rate limit in the way of a catch-up.
+        rate_per_minute: 0,
+        ..Limits::default()
     };
-    Ok((listener, state))
+    let api = ApiState {
+        store: Store::Sqlite(sqlite.clone()),
+        auth: Arc::new(DevAuthenticator {
+            tokens: tokens.clone(),
+            oidc: provider.clone(),
+        }),
+        metrics: Arc::default(),
+        rate: Arc::new(limits::RateLimiter::new(&limits)),
+        limits,
+        #[cfg(feature = "faults")]
+        faults: faults.clone(),
+    };
+    let dev = DevState {
+        store: sqlite,
+        #[cfg(feature = "faults")]
+        faults,
+    };
+    Ok((
+        listener,
+        DevParts {
+            api,
+            dev,
+            tokens,
+            oidc: provider,
+        },
+    ))
 }
 
-/// The accept loop: one task per connection, bounded, graceful on shutdown.
-async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
-    let router = http::router(state);
+/// The accept loop: one task per connection, bounded, graceful on shutdown (in-flight requests
+/// finish, up to [`SHUTDOWN_GRACE`]). `local_only`: answer only requests whose `Host` names this
+/// machine (the dev server, whose extra endpoints have no auth).
+pub(crate) async fn run(
+    listener: TcpListener,
+    router: axum::Router,
+    local_only: bool,
+    shutdown: impl Future<Output = ()>,
+) {
     let (closing, close_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -310,7 +371,7 @@ async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Outpu
                 Ok((stream, _peer)) => stream,
                 Err(e) => {
                     // Usually EMFILE or a connection reset before accept; back off briefly.
-                    tracing::warn!("dev server accept: {e}");
+                    tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -320,6 +381,7 @@ async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Outpu
         connections.spawn(serve_connection(
             stream,
             router.clone(),
+            local_only,
             close_rx.clone(),
             permit,
         ));
@@ -344,6 +406,7 @@ type ServeError = Infallible;
 async fn serve_connection(
     stream: TcpStream,
     router: axum::Router,
+    local_only: bool,
     mut closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -356,7 +419,7 @@ async fn serve_connection(
                 .headers()
                 .get(hyper::header::HOST)
                 .and_then(|h| h.to_str().ok());
-            if !host.is_some_and(host::is_local_host_header) {
+            if local_only && !host.is_some_and(host::is_local_host_header) {
                 return Ok(http::wrong_host(host));
             }
             let response = router
@@ -383,12 +446,32 @@ async fn serve_connection(
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
-                tracing::debug!("dev server connection: {e}");
+                tracing::debug!("connection: {e}");
             }
         }
         _ = closing.changed() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (systemd's stop): the binaries then drain in-flight requests.
+/// The SIGTERM handler is installed when this is called, not when first awaited, so call it
+/// before announcing the server: a SIGTERM right after the announcement must not kill the
+/// process with requests in flight (the default action).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

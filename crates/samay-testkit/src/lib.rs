@@ -16,6 +16,7 @@ pub mod hostile;
 pub mod issuer;
 pub mod login_cli;
 pub mod oidc;
+pub mod postgres;
 pub mod procfs;
 pub mod rig;
 pub mod tray;

@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         println!("no --token given; accepting generated token: {token}");
         args.tokens.push(token);
     }
+    let stop = samay_server::shutdown_signal();
     let server = samay_server::spawn_with(
         DevServerConfig {
             bind: args.bind,
@@ -88,30 +89,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(issuer) = &args.external_issuer {
         println!("also accepting access tokens of {issuer}");
     }
-    wait_for_signal().await;
+    stop.await;
     println!("samay-dev-server stopping");
     server.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -6,6 +6,7 @@ mod jwt;
 mod oidc_provider;
 mod principal;
 mod rotation;
+mod server;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
