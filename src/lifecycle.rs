@@ -13,7 +13,8 @@
 //!   up, the file is `stat`ed every [`CONFIG_POLL`].
 //!
 //! The signal handlers are installed lazily, on the first wait for a stop, so the one-shot
-//! commands (`--once`, `--login`, ...) keep the default Ctrl-C behaviour.
+//! commands (`--once`, `--login`, ...) keep the default Ctrl-C behaviour; the daemon installs
+//! them as it starts ([`Lifecycle::listen`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -71,8 +72,11 @@ impl Lifecycle {
         }
     }
 
-    /// Installs the SIGTERM/SIGINT handlers and the orphan watch, once. Needs a runtime.
-    fn listen(&self) {
+    /// Installs the SIGTERM/SIGINT handlers and the orphan watch, once. Needs a runtime. The
+    /// daemon calls it as it starts, so a stop that comes before its first wait (aw-qt stopping
+    /// a module it just started, or a daemon with nothing to do stopped right after it said
+    /// so) is still a clean stop rather than death by the signal's default action.
+    pub fn listen(&self) {
         let Some(tx) = self
             .stop_tx
             .lock()

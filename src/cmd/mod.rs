@@ -126,6 +126,9 @@ pub async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
     // The tray icon, for the life of the daemon process (kept across config reloads).
     let tray = (mode == Mode::Daemon).then(|| aw_sync_samay::tray::Tray::new(args.tray));
     let life = Lifecycle::new();
+    if mode == Mode::Daemon {
+        life.listen();
+    }
     loop {
         match run_logged(&args, &mode, &life, daemon.as_ref(), tray.as_ref()).await {
             Ok(_) if life.take_reload() => continue,
