@@ -79,6 +79,9 @@ pub struct AuthConfig {
     pub login_timeout: u64,
     /// Open the browser login when the daemon starts logged out.
     pub login_on_start: bool,
+    /// RFC 8707 resource indicator: the API the access tokens are for. Providers that issue
+    /// JWT access tokens for an API (samay-server's `--audience`) need it; empty: none sent.
+    pub resource: String,
 }
 
 /// `auth.token_storage`.
@@ -123,6 +126,7 @@ impl Default for AuthConfig {
             deep_link_uri: "samay://callback".into(),
             login_timeout: 300,
             login_on_start: false,
+            resource: String::new(),
         }
     }
 }
@@ -448,7 +452,26 @@ fn validate_auth_urls(auth: &AuthConfig) -> Result<(), ConfigError> {
             crate::endpoint::secure_url(key, value)?;
         }
     }
-    Ok(())
+    validate_resource(&auth.resource)
+}
+
+/// RFC 8707 §2: a resource indicator is an absolute URI without a fragment. It names the API,
+/// nothing is sent to it, so it need not be https.
+fn validate_resource(resource: &str) -> Result<(), ConfigError> {
+    if resource.is_empty() {
+        return Ok(());
+    }
+    match url::Url::parse(resource) {
+        Ok(url) if url.fragment().is_none() => Ok(()),
+        Ok(_) => Err(ConfigError::invalid(
+            "auth.resource",
+            "a resource indicator has no #fragment (RFC 8707)".to_string(),
+        )),
+        Err(e) => Err(ConfigError::invalid(
+            "auth.resource",
+            format!("{resource:?} is not an absolute URI ({e}); use the upstream's audience, e.g. \"https://samay.example/api\""),
+        )),
+    }
 }
 
 impl From<crate::endpoint::EndpointError> for ConfigError {
@@ -726,6 +749,23 @@ mod tests {
     }
 
     /// Issue 11: the login's endpoints went out over plain http, and `ftp://x` passed.
+    /// `auth.resource` names an API (RFC 8707): an absolute URI without a fragment, any scheme.
+    #[test]
+    fn a_resource_indicator_is_an_absolute_uri_without_fragment() {
+        let with = |resource: &str| {
+            let mut config = Config::default();
+            config.auth.resource = resource.to_string();
+            config.validate()
+        };
+        assert!(with("").is_ok());
+        assert!(with("https://samay.example/api").is_ok());
+        assert!(with("urn:samay:api").is_ok());
+        for bad in ["samay", "/api", "https://samay.example/api#v1"] {
+            let e = with(bad).expect_err(bad).to_string();
+            assert!(e.contains("auth.resource"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn auth_endpoints_follow_the_base_url_rule() {
         for key in [

@@ -160,12 +160,16 @@ pub async fn login(
         // As in the browser login: offline_access (the refresh token) needs prompt=consent.
         request = request.add_extra_param("prompt", "consent");
     }
+    if let Some(resource) = oauth::resource(cfg) {
+        request = request.add_extra_param("resource", resource);
+    }
     let details: StandardDeviceAuthorizationResponse = request
         .request_async(http)
         .await
         .map_err(|e| DeviceError::Start(oauth::describe_token_error(&e)))?;
     show(&DevicePrompt::new(&details));
-    let (response, requested_at) = poll(&client, http, &details).await?;
+    let resource = oauth::resource(cfg);
+    let (response, requested_at) = poll(&client, http, &details, resource.as_deref()).await?;
     tracing::debug!("the device sign-in was approved");
     let mut tokens = oauth::from_response(
         &response,
@@ -185,10 +189,12 @@ pub async fn login(
 /// Polls the token endpoint for `details` until the user approved, refused, or the codes
 /// expired (see the module docs). Returns the token response and the time of the request that
 /// got it (for the expiry, as the browser login counts it). Time is tokio's, so tests pause it.
+/// `resource`: the RFC 8707 resource indicator, asked again at each poll of the token endpoint.
 pub async fn poll<'c, C>(
     client: &'c DeviceClient,
     http: &'c C,
     details: &'c StandardDeviceAuthorizationResponse,
+    resource: Option<&'c str>,
 ) -> Result<(TokenResp, DateTime<Utc>), DeviceError>
 where
     C: AsyncHttpClient<'c>,
@@ -209,8 +215,11 @@ where
             *requested.lock().unwrap_or_else(|p| p.into_inner()) = clock();
         }
     };
-    let polling = client
-        .exchange_device_access_token(details)
+    let mut polling = client.exchange_device_access_token(details);
+    if let Some(resource) = resource {
+        polling = polling.add_extra_param("resource", resource);
+    }
+    let polling = polling
         .set_time_fn(clock)
         .request_async(http, sleep, Some(wait));
     let outcome = match tokio::time::timeout(wait, polling).await {
@@ -332,7 +341,7 @@ mod tests {
                 async move { Ok::<_, std::io::Error>(script.answer(&request)) }
             }
         };
-        poll(&client, &endpoint, details).await
+        poll(&client, &endpoint, details, None).await
     }
 
     #[tokio::test(start_paused = true)]

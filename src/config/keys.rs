@@ -169,6 +169,13 @@ pub(super) const KEYS: &[Key] = &[
         bounds: None,
     },
     Key {
+        name: "auth.resource",
+        group: Group::Auth,
+        doc: "The API the access tokens are for, sent as the RFC 8707 resource indicator at login and refresh (samay-server's --audience); empty: none.",
+        more: "Providers that issue JWT access tokens for an API need it, and the API's scope in `auth.scopes` (e.g. `samay`); see [Run your own upstream](../README.md#run-your-own-upstream). An absolute URI without a fragment.",
+        bounds: None,
+    },
+    Key {
         name: "sync.enabled",
         group: Group::Sync,
         doc: "Sync at all; false: the daemon runs but sends nothing.",

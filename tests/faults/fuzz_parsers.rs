@@ -123,7 +123,15 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
             Just(CallbackMode::Loopback),
             Just(CallbackMode::DeepLink)
         ],
-        (nasty_text(), toml_uint(), any::<bool>()),
+        (
+            nasty_text(),
+            toml_uint(),
+            any::<bool>(),
+            prop_oneof![
+                Just(String::new()),
+                "(https|urn)://[a-z]{1,12}\\.example(/[a-z0-9._~-]{0,10}){0,2}",
+            ],
+        ),
     )
         .prop_map(
             |(
@@ -139,7 +147,7 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
                 ),
                 token_storage,
                 callback,
-                (deep_link_uri, login_timeout, login_on_start),
+                (deep_link_uri, login_timeout, login_on_start, resource),
             )| AuthConfig {
                 enabled,
                 client_id,
@@ -156,6 +164,7 @@ fn any_auth() -> impl Strategy<Value = AuthConfig> {
                 deep_link_uri,
                 login_timeout,
                 login_on_start,
+                resource,
             },
         )
 }

@@ -22,6 +22,7 @@ mod keyring;
 mod login;
 mod login_edges;
 mod oidc_peer;
+mod own_upstream;
 mod packaging;
 mod privacy;
 mod private_files;

@@ -114,6 +114,13 @@ pub(super) type OidcClient<HasAuth, HasDevice = EndpointNotSet> = oauth2::Client
     EndpointSet,
 >;
 
+/// The RFC 8707 resource indicator to send (`auth.resource`), if any: at the authorization,
+/// token, refresh and device requests alike, so every access token is for the same API.
+pub(super) fn resource(cfg: &AuthConfig) -> Option<String> {
+    let resource = cfg.resource.trim();
+    (!resource.is_empty()).then(|| resource.to_string())
+}
+
 pub(super) fn client(provider: &Provider, client_id: &str) -> OidcClient<EndpointNotSet> {
     oauth2::Client::new(ClientId::new(client_id.to_string()))
         .set_token_uri(TokenUrl::from_url(provider.token_endpoint.clone()))
@@ -173,6 +180,9 @@ pub async fn login(
         // OpenID Connect Core §11: offline_access is only honoured with prompt=consent.
         request = request.add_extra_param("prompt", "consent");
     }
+    if let Some(resource) = resource(cfg) {
+        request = request.add_extra_param("resource", resource);
+    }
     let (url, state) = request.url();
     if opts.preflight {
         super::preflight::check(&http, &url, &redirect, &cfg.client_id).await?;
@@ -214,11 +224,14 @@ pub async fn login(
         }
     }
 
-    let exchanged = client
+    let mut exchange = client
         .exchange_code(AuthorizationCode::new(pending.code.clone()))
-        .set_pkce_verifier(verifier)
-        .request_async(&http)
-        .await;
+        .set_pkce_verifier(verifier);
+    if let Some(resource) = resource(cfg) {
+        // RFC 8707 §2.2: asked again at the token endpoint, for the access token's audience.
+        exchange = exchange.add_extra_param("resource", resource);
+    }
+    let exchanged = exchange.request_async(&http).await;
     let response = match exchanged {
         Ok(r) => r,
         Err(e) => {

@@ -147,11 +147,13 @@ impl OAuthSession {
         let mut attempt = 0u32;
         loop {
             let requested_at = Utc::now();
-            match client
-                .exchange_refresh_token(&refresh_token)
-                .request_async(&http)
-                .await
-            {
+            let mut request = client.exchange_refresh_token(&refresh_token);
+            if let Some(resource) = super::resource(&self.cfg) {
+                // oidc-provider (and RFC 8707 §2.2) issue a refreshed token for the API only
+                // when it is named again.
+                request = request.add_extra_param("resource", resource);
+            }
+            match request.request_async(&http).await {
                 Ok(r) => {
                     let mut t = from_response(
                         &r,
