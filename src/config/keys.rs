@@ -148,6 +148,18 @@ pub(super) const KEY_DOCS: &[(&str, &str)] = &[
         "sync.redact",
         "Redaction rules, as [[sync.redact]] tables with buckets=\"<pattern>\" and/or types=\"<bucket type>\", drop=[\"title\"] (fields removed), hash=[\"url\"] (fields replaced by a hash keyed with a secret that never leaves this machine).",
     ),
+    (
+        "sync.pull",
+        "Also import the other devices' events of the same account into this aw-server, as {bucket_id}-synced-from-{host} buckets (what aw-sync does), so its web UI shows all your devices.",
+    ),
+    (
+        "sync.pull_devices",
+        "Devices to pull, by host name or device id (see --status); empty: every other device.",
+    ),
+    (
+        "sync.exclude_pull_devices",
+        "Devices never pulled, by host name or device id; wins over pull_devices.",
+    ),
 ];
 
 /// The bounds of a numeric key: what [`super::Config::validate`] checks, and what the key's

@@ -147,8 +147,12 @@ pub struct UpstreamClient {
     batch_url: Url,
     health_url: Url,
     me_url: Url,
+    /// `base_url` as the directory the API paths are joined under (the pull's feed, [`feed`]).
+    base: Url,
     gzip: bool,
 }
+
+mod feed;
 
 impl UpstreamClient {
     /// `base_url` may end with `/` or not; the API paths are joined under it, so
@@ -167,6 +171,7 @@ impl UpstreamClient {
             batch_url,
             health_url,
             me_url,
+            base,
             gzip,
         })
     }

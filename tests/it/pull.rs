@@ -1,0 +1,329 @@
+//! Issue 14, the pull: two devices end to end — the real Python aw-server 0.12 (device A) and
+//! the aw-server double on aw-server-rust's SQLite storage (device B), two engines with their
+//! own state (so their own device ids) and the same account, one dev upstream. Each
+//! aw-server ends up holding the other's buckets event for event, through heartbeat growth,
+//! back-dated inserts, deletions, a sidecar stopped mid-pull, an aw-server restart; then an
+//! idle cycle writes nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aw_sync_samay::auth::{AccessToken, StaticToken};
+use aw_sync_samay::engine::Engine;
+use aw_sync_samay::pull::{unpull, PullSettings, PullStats};
+use aw_sync_samay::source::{AwClient, Event};
+use aw_sync_samay::state::Store;
+use aw_sync_samay::upstream::UpstreamClient;
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use samay_aw_double::{AwDouble, AwDoubleConfig, Storage};
+use samay_testkit::devserver::TEST_TOKEN;
+use samay_testkit::rig::{test_settings, Rig};
+use serde_json::{json, Map, Value};
+
+const A_BUCKET: &str = "aw-watcher-window_host-a";
+const B_BUCKET: &str = "aw-watcher-afk_host-b";
+const A_COPY: &str = "aw-watcher-window_host-a-synced-from-host-a";
+const B_COPY: &str = "aw-watcher-afk_host-b-synced-from-host-b";
+
+fn pulling() -> aw_sync_samay::engine::Settings {
+    let mut s = test_settings();
+    s.pull = PullSettings {
+        enabled: true,
+        page: 7,
+        ..PullSettings::default()
+    };
+    s
+}
+
+fn engine(rig: &Rig, source: AwClient, state: &str) -> Engine {
+    let store = Store::open(&rig.dir.path().join(state)).expect("state opens");
+    Engine {
+        source,
+        upstream: Arc::new(
+            UpstreamClient::new(&rig.dev.base_url(), Duration::from_secs(5), true)
+                .expect("upstream client"),
+        ),
+        tokens: Arc::new(StaticToken::new(AccessToken::new(TEST_TOKEN), "test")),
+        store: Arc::new(store),
+        settings: pulling(),
+        hostname: "test-host".into(),
+        metrics: Default::default(),
+        destination: aw_sync_samay::state::DestKey::new("http://upstream.test", "dev").into(),
+        clock: Arc::new(aw_sync_samay::clock::SystemClock),
+    }
+}
+
+async fn cycle(e: &Engine) -> PullStats {
+    *e.run_cycle().await.expect("cycle").pull.expect("pull ran")
+}
+
+fn t0() -> DateTime<Utc> {
+    // Milliseconds: what Python aw-server keeps.
+    Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap()
+}
+
+fn ev(offset_s: i64, duration: f64, data: Value) -> Event {
+    let Value::Object(map) = data else {
+        panic!("data must be an object")
+    };
+    Event::new(
+        t0() + TimeDelta::milliseconds(offset_s * 1000 + 125),
+        duration,
+        map,
+    )
+}
+
+/// A bucket's events as (timestamp ms, duration µs, data), sorted.
+async fn content(client: &AwClient, bucket: &str) -> Vec<(i64, i64, Map<String, Value>)> {
+    let mut out: Vec<_> = client
+        .get_events(bucket, None, None, None)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| {
+            (
+                e.timestamp.timestamp_millis(),
+                (e.duration * 1e6).round() as i64,
+                e.data,
+            )
+        })
+        .collect();
+    out.sort_by_key(|e| (e.0, e.1, Value::Object(e.2.clone()).to_string()));
+    out
+}
+
+async fn assert_copy(from: &AwClient, bucket: &str, to: &AwClient, copy: &str) {
+    let source = content(from, bucket).await;
+    assert!(!source.is_empty(), "{bucket} has events");
+    assert_eq!(
+        content(to, copy).await,
+        source,
+        "{copy} holds {bucket} event for event"
+    );
+}
+
+/// Counts the requests that write to the double; `on_post` sees each POST before it is served.
+fn count_writes(
+    double: &AwDouble,
+    writes: &Arc<AtomicU64>,
+    on_post: impl Fn(&hyper::Uri) + Send + Sync + 'static,
+) {
+    let counter = Arc::clone(writes);
+    double.set_request_hook(Some(Arc::new(move |method, uri| {
+        if method != hyper::Method::GET {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        if method == hyper::Method::POST {
+            on_post(uri);
+        }
+        None
+    })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_each_hold_the_others_events_exactly_once() {
+    let rig = Rig::new().await;
+    let double = AwDouble::spawn(AwDoubleConfig {
+        storage: Storage::Sqlite(None),
+        ..AwDoubleConfig::default()
+    })
+    .await
+    .expect("double starts");
+    // Count the double's writes: an idle cycle must make none.
+    let writes = Arc::new(AtomicU64::new(0));
+    count_writes(&double, &writes, |_| {});
+    let py = rig.client();
+    let rs = samay_testkit::double_client(&double).expect("double client");
+    py.create_bucket(A_BUCKET, "currentwindow", "aw-watcher-window", "host-a")
+        .await
+        .unwrap();
+    rs.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
+        .await
+        .unwrap();
+    let a_events: Vec<Event> = (0..20)
+        .map(|i| {
+            ev(
+                i * 60,
+                30.5,
+                json!({"app": format!("app{}", i % 3), "title": "t"}),
+            )
+        })
+        .collect();
+    rig.insert(A_BUCKET, &a_events).await;
+    let b_events: Vec<Event> = (0..15)
+        .map(|i| {
+            ev(
+                i * 90,
+                45.25,
+                json!({"status": if i % 2 == 0 { "afk" } else { "not-afk" }}),
+            )
+        })
+        .collect();
+    rs.insert_events(B_BUCKET, &b_events).await.unwrap();
+
+    let a = engine(&rig, py.clone(), "a.sqlite");
+    let b = engine(&rig, rs.clone(), "b.sqlite");
+    assert_ne!(a.store.device_id(), b.store.device_id());
+    cycle(&a).await;
+    let b_first = cycle(&b).await;
+    assert_eq!(b_first.inserted, 20, "B copied A's events: {b_first:?}");
+    let a_first = cycle(&a).await;
+    assert_eq!(a_first.inserted, 15, "A copied B's events: {a_first:?}");
+    assert_copy(&py, A_BUCKET, &rs, A_COPY).await;
+    assert_copy(&rs, B_BUCKET, &py, B_COPY).await;
+    // Named and described as aw-sync does.
+    let listed = py.get_buckets().await.unwrap();
+    let copy = &listed[B_COPY];
+    assert_eq!(
+        (
+            copy.hostname.as_str(),
+            copy.bucket_type.as_str(),
+            copy.client.as_str()
+        ),
+        ("host-b", "afkstatus", "aw-watcher-afk")
+    );
+
+    // Heartbeat growth on A: one event getting longer, the same local event on B.
+    let last = a_events.last().unwrap().clone();
+    let before: Vec<Event> = rs.get_events(A_COPY, None, None, Some(1)).await.unwrap();
+    let mut beat = last.clone();
+    beat.timestamp = last.timestamp + TimeDelta::seconds(20);
+    py.heartbeat(A_BUCKET, &beat, 60.0).await.unwrap();
+    // A back-dated insert on B, and a deletion on A.
+    rs.insert_events(B_BUCKET, &[ev(-3600, 12.0, json!({"status": "afk"}))])
+        .await
+        .unwrap();
+    let oldest_a = py
+        .get_events(A_BUCKET, None, None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .min_by_key(|e| e.timestamp)
+        .unwrap();
+    py.delete_event(A_BUCKET, oldest_a.id.unwrap())
+        .await
+        .unwrap();
+    cycle(&a).await;
+    let b_second = cycle(&b).await;
+    assert_eq!(
+        (b_second.inserted, b_second.replaced, b_second.deleted),
+        (0, 1, 1),
+        "{b_second:?}"
+    );
+    let a_second = cycle(&a).await;
+    assert_eq!(
+        (a_second.inserted, a_second.replaced),
+        (1, 0),
+        "{a_second:?}"
+    );
+    assert_copy(&py, A_BUCKET, &rs, A_COPY).await;
+    assert_copy(&rs, B_BUCKET, &py, B_COPY).await;
+    let after: Vec<Event> = rs.get_events(A_COPY, None, None, Some(1)).await.unwrap();
+    assert_eq!(
+        after[0].id, before[0].id,
+        "grown in place, not a second event"
+    );
+    assert!(after[0].duration > before[0].duration);
+
+    // B killed mid-pull: its insert reached aw-server, the record of it never did. The state
+    // database is copied at the moment the insert arrives (what a kill -9 then leaves), the
+    // cycle finishes, and B starts again from the copy.
+    py.insert_events(
+        A_BUCKET,
+        &[ev(5000, 3.0, json!({"app": "late", "title": "t"}))],
+    )
+    .await
+    .unwrap();
+    cycle(&a).await;
+    let state = rig.dir.path().join("b.sqlite");
+    let snapshot = rig.dir.path().join("b-killed");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let (state2, snap2) = (state.clone(), snapshot.clone());
+    count_writes(&double, &writes, move |uri| {
+        if uri.path().ends_with("/events") {
+            for suffix in ["", "-wal"] {
+                let from = format!("{}{suffix}", state2.display());
+                let _ = std::fs::copy(&from, snap2.join(format!("b.sqlite{suffix}")));
+            }
+        }
+    });
+    let finished = cycle(&b).await;
+    assert_eq!(finished.inserted, 1, "{finished:?}");
+    drop(b);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", state.display()));
+    }
+    for suffix in ["", "-wal"] {
+        let from = snapshot.join(format!("b.sqlite{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, format!("{}{suffix}", state.display())).unwrap();
+        }
+    }
+    let b = engine(&rig, rs.clone(), "b.sqlite"); // the sidecar starts again
+    let recovered = cycle(&b).await;
+    assert_eq!(
+        (recovered.swept, recovered.inserted),
+        (1, 1),
+        "the orphan is swept and the event copied once: {recovered:?}"
+    );
+    assert_copy(&py, A_BUCKET, &rs, A_COPY).await;
+
+    // An aw-server restart changes nothing.
+    let mut rig = rig;
+    tokio::task::block_in_place(|| rig.aw.restart());
+    let py = rig.client();
+    cycle(&a).await;
+    assert_copy(&rs, B_BUCKET, &py, B_COPY).await;
+
+    // Idle: nothing written on either side.
+    let idle_a = cycle(&a).await;
+    let before_writes = writes.load(Ordering::SeqCst);
+    let idle_b = cycle(&b).await;
+    assert_eq!(idle_a.writes + idle_b.writes, 0, "{idle_a:?} {idle_b:?}");
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        before_writes,
+        "no write reached B's aw-server"
+    );
+
+    // Never an echo: no imported bucket upstream.
+    let stored = rig.dev.stored_events(None, None).await.unwrap();
+    assert!(stored
+        .iter()
+        .all(|e| !e.bucket_id.contains("-synced-from-")));
+
+    // --unpull on B: its copy of A goes, the upstream keeps A's events, the next cycle does not
+    // bring it back.
+    let dest = b.store.current_destination().unwrap().unwrap().0;
+    let gone = unpull(&rs, &b.store, dest, "host-a").await.expect("unpull");
+    assert_eq!(gone, vec![A_COPY.to_string()]);
+    assert!(!rs.get_buckets().await.unwrap().contains_key(A_COPY));
+    py.heartbeat(A_BUCKET, &beat, 60.0).await.unwrap();
+    cycle(&a).await;
+    cycle(&b).await;
+    assert!(!rs.get_buckets().await.unwrap().contains_key(A_COPY));
+    assert!(!rig
+        .dev
+        .stored_events(None, Some(A_BUCKET))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Removing device B upstream removes its events from A's aw-server at the next cycle.
+    let http = reqwest::Client::new();
+    let answer = http
+        .delete(format!(
+            "{}/v1/devices/{}",
+            rig.dev.base_url(),
+            b.store.device_id()
+        ))
+        .bearer_auth(TEST_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    let removed = cycle(&a).await;
+    assert_eq!(removed.deleted, 16, "{removed:?}");
+    assert!(content(&py, B_COPY).await.is_empty());
+}
