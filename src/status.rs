@@ -8,7 +8,10 @@
 //! One [`State`] sums it up, and the exit code follows from it ([`crate::exit`]): 0 healthy,
 //! 1 the user must act, 2 something is unreachable or failing for now.
 
+mod pull;
 mod render;
+
+pub use pull::PullLine;
 
 use std::path::{Path, PathBuf};
 
@@ -198,6 +201,8 @@ pub struct Status {
     pub last_cycle: CycleRecord,
     /// The newest quarantined events, so a user can see what the upstream refused and why.
     pub quarantine: Vec<QuarantineEntry>,
+    /// The pull of the other devices (issue 14).
+    pub pull: PullLine,
     /// The `status` of the newest record in the status bucket (`"login required"`, ...): what
     /// kind of failure the last sync's error was.
     #[serde(skip)]
@@ -234,6 +239,8 @@ pub struct Probe<'a> {
     pub testing: bool,
     /// This machine's name: the status bucket is `aw-sync-samay_<hostname>`.
     pub hostname: String,
+    /// `sync.pull`.
+    pub pull_enabled: bool,
 }
 
 /// Gathers the status. Nothing here fails the command except an unreadable state database.
@@ -287,10 +294,11 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         }
     };
     let daemon = daemon_line(p.socket.as_deref(), p.log_dir.as_deref(), p.testing).await;
-    let (states, record, device_id, quarantine, destination) = if p.state_path.exists() {
+    let (states, record, device_id, quarantine, destination, pull) = if p.state_path.exists() {
         let store = Store::open(p.state_path)?;
-        let destination = store
-            .current_destination()?
+        let current = store.current_destination()?;
+        let pull = PullLine::read(&store, current.as_ref().map(|(id, _)| *id), p.pull_enabled)?;
+        let destination = current
             .filter(|(_, key)| !key.base_url.is_empty())
             .map(|(_, key)| DestinationLine {
                 configured: key.base_url == p.base_url.trim_end_matches('/')
@@ -304,9 +312,21 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
             Some(store.device_id().to_string()),
             store.quarantine(5)?,
             destination,
+            pull,
         )
     } else {
-        (Vec::new(), CycleRecord::default(), None, Vec::new(), None)
+        let pull = PullLine {
+            enabled: p.pull_enabled,
+            ..PullLine::default()
+        };
+        (
+            Vec::new(),
+            CycleRecord::default(),
+            None,
+            Vec::new(),
+            None,
+            pull,
+        )
     };
     let mut buckets = Vec::with_capacity(states.len());
     for state in states {
@@ -365,6 +385,7 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         buckets,
         last_cycle: record,
         quarantine,
+        pull,
         recorded,
     };
     let (state, todo) = status.assess();
@@ -546,11 +567,13 @@ impl Status {
         }
         let state = found.first().map_or(State::Ok, |(s, _)| *s);
         // "Syncing" is no problem: nothing to do.
-        let todo = found
+        let mut todo: Vec<Todo> = found
             .into_iter()
             .filter(|(s, _)| *s != State::Syncing)
             .map(|(_, t)| t)
             .collect();
+        // A suggestion, not a problem: the state stays what it is.
+        todo.extend(self.pull.suggestion(config).map(Todo::say));
         (state, todo)
     }
 

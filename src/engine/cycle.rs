@@ -386,6 +386,11 @@ impl Engine {
         let mut report = report;
         if let (true, Some(dest)) = (write && self.settings.pull.enabled, dest) {
             report.pull = Some(Box::new(self.pull(dest).await?));
+        } else if write {
+            if let Ok(token) = self.tokens.token().await {
+                crate::pull::note_other_devices(self.upstream.as_ref(), &token, &self.store, now)
+                    .await;
+            }
         }
         Ok(report)
     }

@@ -31,6 +31,42 @@ use crate::upstream::UpstreamError;
 
 pub use apply::{unpull, Puller};
 
+/// The `meta` key of how many other devices the upstream listed at the last check, and of
+/// when that was (checked at most once a day with the pull off, for `--status`'s suggestion).
+pub const OTHER_DEVICES: &str = "pull_other_devices";
+pub const OTHER_DEVICES_AT: &str = "pull_other_devices_at";
+
+/// With the pull off: at most once a day, asks the upstream how many other devices the account
+/// has and records it for `--status`. Best effort: an upstream without `v1/devices` just
+/// leaves nothing to suggest.
+pub async fn note_other_devices(
+    upstream: &dyn crate::upstream::BatchSink,
+    token: &crate::auth::AccessToken,
+    store: &std::sync::Arc<crate::state::Store>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let checked = store
+        .meta(OTHER_DEVICES_AT)
+        .ok()
+        .flatten()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
+    if checked.is_some_and(|t| {
+        let age = now.signed_duration_since(t);
+        age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::days(1)
+    }) {
+        return;
+    }
+    match upstream.devices(token).await {
+        Ok(list) => {
+            let own = store.device_id().to_string();
+            let others = list.devices.iter().filter(|d| d.device_id != own).count();
+            let _ = store.set_meta(OTHER_DEVICES, &others.to_string());
+            let _ = store.set_meta(OTHER_DEVICES_AT, &now.to_rfc3339());
+        }
+        Err(e) => tracing::debug!("could not list the upstream's devices: {e}"),
+    }
+}
+
 /// What separates a bucket id from its origin in an imported bucket's id, as in aw-sync.
 pub const SYNCED_FROM: &str = "-synced-from-";
 

@@ -41,7 +41,7 @@ pub struct PullPage {
 }
 
 /// What `--status` shows per other device.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PullDeviceStatus {
     pub device_id: String,
     pub hostname: String,
