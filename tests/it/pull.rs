@@ -5,6 +5,7 @@
 //! back-dated inserts, deletions, a sidecar stopped mid-pull, an aw-server restart; then an
 //! idle cycle writes nothing.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use aw_sync_samay::state::Store;
 use aw_sync_samay::upstream::UpstreamClient;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use samay_aw_double::{AwDouble, AwDoubleConfig, Storage};
+use samay_server::DevServer;
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{test_settings, Rig};
 use serde_json::{json, Map, Value};
@@ -37,11 +39,15 @@ fn pulling() -> aw_sync_samay::engine::Settings {
 }
 
 fn engine(rig: &Rig, source: AwClient, state: &str) -> Engine {
-    let store = Store::open(&rig.dir.path().join(state)).expect("state opens");
+    engine_at(&rig.dev, rig.dir.path(), source, state)
+}
+
+fn engine_at(dev: &DevServer, dir: &Path, source: AwClient, state: &str) -> Engine {
+    let store = Store::open(&dir.join(state)).expect("state opens");
     Engine {
         source,
         upstream: Arc::new(
-            UpstreamClient::new(&rig.dev.base_url(), Duration::from_secs(5), true)
+            UpstreamClient::new(&dev.base_url(), Duration::from_secs(5), true)
                 .expect("upstream client"),
         ),
         tokens: Arc::new(StaticToken::new(AccessToken::new(TEST_TOKEN), "test")),
@@ -326,4 +332,106 @@ async fn two_devices_each_hold_the_others_events_exactly_once() {
     let removed = cycle(&a).await;
     assert_eq!(removed.deleted, 16, "{removed:?}");
     assert!(content(&py, B_COPY).await.is_empty());
+}
+
+async fn double() -> (AwDouble, AwClient) {
+    let d = AwDouble::spawn(AwDoubleConfig::default())
+        .await
+        .expect("double starts");
+    let c = samay_testkit::double_client(&d).expect("double client");
+    (d, c)
+}
+
+/// Two other devices with one host name are told apart; a bucket of a pulled bucket's name
+/// that the pull did not make is never written; this device's own events never come back; a
+/// device left out by `exclude_pull_devices` arrives whole once the selection lets it in; a
+/// pulled bucket the user deleted is made and filled again.
+#[tokio::test]
+async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = samay_testkit::devserver::start_dev_server(dir.path()).await;
+    let (_da, a) = double().await;
+    let (_db, b) = double().await;
+    let (_dc, c) = double().await;
+    let window = "aw-watcher-window_host-b";
+    let afk = "aw-watcher-afk_host-b";
+    for (client, n) in [(&b, 4), (&c, 6)] {
+        client
+            .create_bucket(window, "currentwindow", "aw-watcher-window", "host-b")
+            .await
+            .unwrap();
+        let events: Vec<Event> = (0..n)
+            .map(|i| ev(i * 10, 5.0, json!({"app": format!("n{n}-{i}")})))
+            .collect();
+        client.insert_events(window, &events).await.unwrap();
+    }
+    b.create_bucket(afk, "afkstatus", "aw-watcher-afk", "host-b")
+        .await
+        .unwrap();
+    b.insert_events(afk, &[ev(0, 9.0, json!({"status": "afk"}))])
+        .await
+        .unwrap();
+    // What aw-sync (or the user) made here before: never written by the pull.
+    let foreign = format!("{afk}-synced-from-host-b");
+    a.create_bucket(&foreign, "afkstatus", "aw-sync", "host-b")
+        .await
+        .unwrap();
+    a.insert_events(&foreign, &[ev(500, 1.0, json!({"mine": true}))])
+        .await
+        .unwrap();
+    a.create_bucket("aw-watcher-window_host-a", "currentwindow", "w", "host-a")
+        .await
+        .unwrap();
+    a.insert_events(
+        "aw-watcher-window_host-a",
+        &[ev(0, 1.0, json!({"app": "own"}))],
+    )
+    .await
+    .unwrap();
+
+    let eb = engine_at(&dev, dir.path(), b.clone(), "b.sqlite");
+    let ec = engine_at(&dev, dir.path(), c.clone(), "c.sqlite");
+    let mut ea = engine_at(&dev, dir.path(), a.clone(), "a.sqlite");
+    let c_id = ec.store.device_id().to_string();
+    ea.settings.pull.exclude = vec![c_id.clone()];
+    cycle(&eb).await;
+    cycle(&ec).await;
+    let first = cycle(&ea).await;
+    assert_eq!(first.conflicts, vec![foreign.clone()], "{first:?}");
+    let plain = format!("{window}-synced-from-host-b");
+    let suffixed = format!(
+        "{window}-synced-from-{}",
+        aw_sync_samay::pull::distinct_origin("host-b", &c_id)
+    );
+    let listed = a.get_buckets().await.unwrap();
+    assert!(listed.contains_key(&plain));
+    assert!(!listed.contains_key(&suffixed), "C is excluded");
+    assert!(
+        !listed.keys().any(|k| k.ends_with("-synced-from-host-a")),
+        "this device's own events never come back: {listed:?}"
+    );
+    assert_eq!(content(&a, &plain).await, content(&b, window).await);
+    assert_eq!(
+        content(&a, &foreign).await.len(),
+        1,
+        "the foreign bucket is untouched"
+    );
+
+    // C let in: the feed is read again, C arrives whole, B's copies are not written again.
+    ea.settings.pull.exclude = Vec::new();
+    let second = cycle(&ea).await;
+    assert_eq!((second.inserted, second.replaced), (6, 0), "{second:?}");
+    assert_eq!(content(&a, &suffixed).await, content(&c, window).await);
+    let copy = &a.get_buckets().await.unwrap()[&suffixed];
+    assert_eq!(
+        copy.hostname,
+        aw_sync_samay::pull::distinct_origin("host-b", &c_id)
+    );
+
+    // The user deletes a pulled bucket: it is made and filled again.
+    a.delete_bucket(&plain).await.unwrap();
+    let third = cycle(&ea).await;
+    assert_eq!(third.inserted, 4, "{third:?}");
+    assert_eq!(content(&a, &plain).await, content(&b, window).await);
+    assert_eq!(content(&a, &foreign).await.len(), 1);
 }
