@@ -349,6 +349,7 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
                 let known = buckets.iter().any(|b| &b.state.bucket_id == id);
                 if known
                     || id.starts_with(crate::engine::OWN_BUCKET_PREFIX)
+                    || crate::pull::is_pulled_bucket(id)
                     || !p.privacy.includes(id)
                 {
                     continue;

@@ -141,13 +141,19 @@ impl Puller<'_> {
                         }
                     }
                 };
-                let hostname = devices
+                let listed = devices
                     .as_ref()
                     .and_then(|d| d.get(&change.device_id))
                     .map(|(h, _)| h.as_str())
                     .unwrap_or("");
+                let known = rows.get(&key);
+                let names = [
+                    listed,
+                    known.map_or("", |b| b.device_host.as_str()),
+                    known.map_or("", |b| b.origin.as_str()),
+                ];
                 match row {
-                    Some(row) if self.settings.selects(&change.device_id, hostname) => {
+                    Some(row) if self.settings.selects(&change.device_id, &names) => {
                         wanted.entry(row).or_default().push(change);
                         record.devices.insert(change.device_id.clone(), change.seq);
                     }
@@ -276,12 +282,15 @@ impl Puller<'_> {
         ),
         stats: &mut PullStats,
     ) -> Result<Option<i64>, PullError> {
-        if !self.settings.selects(&change.device_id, device_host) {
-            return Ok(None);
-        }
         let Some(meta) = buckets.iter().find(|b| b.bucket_id == change.bucket_id) else {
             return Ok(None);
         };
+        if !self
+            .settings
+            .selects(&change.device_id, &[device_host, &meta.hostname])
+        {
+            return Ok(None);
+        }
         let hostname = if meta.hostname.is_empty() {
             device_host
         } else {
@@ -337,6 +346,7 @@ impl Puller<'_> {
                 local_bucket: name,
                 origin,
                 created: None,
+                device_host: device_host.to_string(),
             },
         );
         Ok(Some(row))

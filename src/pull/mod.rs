@@ -110,11 +110,12 @@ impl PullSettings {
         }
     }
 
-    /// Whether a device (by id or host name) is pulled.
-    pub fn selects(&self, device_id: &str, hostname: &str) -> bool {
+    /// Whether a device is pulled, by its id or any of its host names (the device's, and the
+    /// one its buckets carry).
+    pub fn selects(&self, device_id: &str, hostnames: &[&str]) -> bool {
         let named = |list: &[String]| {
             list.iter()
-                .any(|n| n == device_id || (!hostname.is_empty() && n == hostname))
+                .any(|n| n == device_id || hostnames.iter().any(|h| !h.is_empty() && n == h))
         };
         !named(&self.exclude) && (self.devices.is_empty() || named(&self.devices))
     }
@@ -201,12 +202,13 @@ mod tests {
             exclude: vec!["id-1".into()],
             page: 10,
         };
-        assert!(!s.selects("id-1", "laptop"), "excluded by id wins");
-        assert!(s.selects("id-3", "laptop"));
-        assert!(s.selects("id-2", "desk"));
-        assert!(!s.selects("id-4", "desk"));
+        assert!(!s.selects("id-1", &["laptop"]), "excluded by id wins");
+        assert!(s.selects("id-3", &["laptop"]));
+        assert!(s.selects("id-3", &["desk", "laptop"]), "any of its names");
+        assert!(s.selects("id-2", &["desk"]));
+        assert!(!s.selects("id-4", &["desk", ""]));
         let all = PullSettings::default();
-        assert!(all.selects("x", "y"));
+        assert!(all.selects("x", &["y"]));
         assert_ne!(s.fingerprint(), all.fingerprint());
     }
 }

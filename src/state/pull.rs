@@ -23,6 +23,8 @@ pub struct PullBucket {
     pub origin: String,
     /// The local bucket's `created` as aw-server listed it; `None` until seen.
     pub created: Option<String>,
+    /// The device's host name as the upstream listed it.
+    pub device_host: String,
 }
 
 /// What a page of the feed changed, recorded together with the new position.
@@ -50,6 +52,8 @@ pub struct PullDeviceStatus {
     /// Events held in the local aw-server now.
     pub events: u64,
     pub unpulled: bool,
+    /// The origins its buckets are named with here (`…-synced-from-ORIGIN`).
+    pub origins: Vec<String>,
 }
 
 /// The feed position and when the pull last reached the end of the feed.
@@ -102,8 +106,11 @@ impl Store {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, device_id, bucket_id, local_bucket, origin, created
-                 FROM pull_buckets WHERE dest = ?1 ORDER BY id",
+                "SELECT b.id, b.device_id, b.bucket_id, b.local_bucket, b.origin, b.created,
+                        coalesce(d.hostname, '')
+                 FROM pull_buckets b
+                 LEFT JOIN pull_devices d ON d.dest = b.dest AND d.device_id = b.device_id
+                 WHERE b.dest = ?1 ORDER BY b.id",
             )
             .map_err(self.err())?;
         let rows = stmt
@@ -115,6 +122,7 @@ impl Store {
                     local_bucket: r.get(3)?,
                     origin: r.get(4)?,
                     created: r.get(5)?,
+                    device_host: r.get(6)?,
                 })
             })
             .map_err(self.err())?;
@@ -350,6 +358,8 @@ impl Store {
             .prepare_cached(
                 "SELECT d.device_id, d.hostname, d.last_seq, d.last_at, d.unpulled,
                         (SELECT count(*) FROM pull_events e JOIN pull_buckets b ON b.id = e.bucket
+                         WHERE b.dest = d.dest AND b.device_id = d.device_id),
+                        (SELECT group_concat(DISTINCT origin) FROM pull_buckets b
                          WHERE b.dest = d.dest AND b.device_id = d.device_id)
                  FROM pull_devices d WHERE d.dest = ?1 ORDER BY d.hostname, d.device_id",
             )
@@ -363,9 +373,83 @@ impl Store {
                     last_at: r.get(3)?,
                     unpulled: r.get::<_, i64>(4)? != 0,
                     events: r.get::<_, i64>(5)?.max(0) as u64,
+                    origins: r
+                        .get::<_, Option<String>>(6)?
+                        .map(|o| o.split(',').map(str::to_string).collect())
+                        .unwrap_or_default(),
                 })
             })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::DestKey;
+
+    #[test]
+    fn a_page_is_recorded_with_the_position_and_the_status_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let dest = store
+            .destination(&DestKey::new("http://u", "me"), true)
+            .unwrap()
+            .unwrap();
+        let row = store
+            .pull_add_bucket(
+                dest,
+                ("dev-b", "laptop"),
+                "w_laptop",
+                "w_laptop-synced-from-laptop",
+                "laptop",
+            )
+            .unwrap();
+        store.pull_add_pending(&[(row, 1, 2)]).unwrap();
+        assert_eq!(store.pull_pending(dest).unwrap(), vec![(row, 1, 2)]);
+        let page = PullPage {
+            next: 7,
+            upserts: vec![(row, 1, 101, "h1".into()), (row, 2, 102, "h2".into())],
+            deletes: vec![],
+            devices: [("dev-b".to_string(), 7)].into(),
+            caught_up: false,
+        };
+        store.pull_commit(dest, &page).unwrap();
+        assert!(
+            store.pull_pending(dest).unwrap().is_empty(),
+            "committed with the page"
+        );
+        assert_eq!(store.pull_feed(dest).unwrap().seq, 7);
+        let mapped = store.pull_mapped(row, &[1, 2, 3]).unwrap();
+        assert_eq!(mapped[&2], (102, "h2".to_string()));
+        assert!(!mapped.contains_key(&3));
+        assert_eq!(
+            store.pull_known_local(row, &[101, 500]).unwrap(),
+            [101].into()
+        );
+        let status = store.pull_status(dest).unwrap();
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (
+                status[0].events,
+                status[0].last_seq,
+                status[0].origins.clone()
+            ),
+            (2, Some(7), vec!["laptop".to_string()])
+        );
+        store
+            .pull_commit(
+                dest,
+                &PullPage {
+                    next: 8,
+                    deletes: vec![(row, 1)],
+                    caught_up: true,
+                    ..PullPage::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(store.pull_status(dest).unwrap()[0].events, 1);
+        assert!(store.pull_feed(dest).unwrap().caught_up.is_some());
     }
 }

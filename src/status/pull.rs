@@ -77,15 +77,21 @@ impl PullLine {
                 ),
                 _ => "nothing applied yet".into(),
             };
+            let named = if d.origins.is_empty() {
+                String::new()
+            } else {
+                format!(" as {}", d.origins.join(", "))
+            };
             let _ = writeln!(
                 out,
-                "  {} ({}): {} events here, {last}{}",
+                "  {} ({}){}: {} events here, {last}{}",
                 printable(if d.hostname.is_empty() {
                     "?"
                 } else {
                     &d.hostname
                 }),
                 d.device_id,
+                printable(&named),
                 d.events,
                 if d.unpulled { " — unpulled" } else { "" }
             );

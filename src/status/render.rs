@@ -490,6 +490,7 @@ mod tests {
                 last_at: Some("2026-11-25T14:05:00Z".into()),
                 events: 1234,
                 unpulled: false,
+                origins: vec!["laptop".into()],
             }],
             other_devices: Some(1),
         };
@@ -502,7 +503,7 @@ mod tests {
         assert!(text.contains("Pull (on; feed position 39)"), "{text}");
         assert!(text.contains("lag: up to date as of"), "{text}");
         assert!(
-            text.contains("laptop (5f1c2d8e): 1234 events here, last change #39 applied"),
+            text.contains("laptop (5f1c2d8e) as laptop: 1234 events here, last change #39 applied"),
             "{text}"
         );
     }

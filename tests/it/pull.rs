@@ -435,3 +435,89 @@ async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
     assert_eq!(content(&a, &plain).await, content(&b, window).await);
     assert_eq!(content(&a, &foreign).await.len(), 1);
 }
+
+/// The shipped binary: `--once` with `sync.pull = true` killed with SIGKILL while it pulls a
+/// few thousand events into Python aw-server, then run again: every event once. `--status`
+/// shows the pulled device; `--unpull` takes its buckets out of aw-server only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_killed_mid_pull_resumes_without_duplicates() {
+    use samay_testkit::bin::{run, sync_command, write_config};
+    use samay_testkit::daemon::{send_signal, Daemon};
+
+    let rig = Rig::new().await;
+    let (_db, b) = double().await;
+    b.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..2500)
+        .map(|i| ev(i * 3, 2.0, json!({"status": "afk", "n": i})))
+        .collect();
+    b.insert_events(B_BUCKET, &events).await.unwrap();
+    let mut eb = engine(&rig, b.clone(), "b.sqlite");
+    eb.settings.pull.enabled = false;
+    eb.settings.batch_size = 500;
+    eb.settings.queue_size = 2000;
+    eb.run_cycle().await.expect("B pushes");
+
+    let home = rig.dir.path().join("home-a");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = write_config(&home, &rig.dev.base_url(), "pull = true");
+    let once = || {
+        let mut cmd = sync_command(&home, rig.aw.port(), &config, TEST_TOKEN);
+        cmd.arg("--once");
+        cmd
+    };
+    let mut killed = Daemon::spawn(&mut once(), &home.join("out"));
+    killed.wait_for("pull: applied a page").await;
+    send_signal(killed.pid(), "KILL");
+    let _ = killed.child.wait();
+    let py = rig.client();
+    let partial = py
+        .get_events(B_COPY, None, None, None)
+        .await
+        .map(|e| e.len())
+        .unwrap_or(0);
+    assert!(
+        partial < events.len(),
+        "killed before the pull ended ({partial})"
+    );
+
+    let done = run(&mut once(), &home.join("out")).await;
+    assert!(done.status.success(), "{}", done.all());
+    assert_copy(&b, B_BUCKET, &py, B_COPY).await;
+
+    let status = run(
+        sync_command(&home, rig.aw.port(), &config, TEST_TOKEN).arg("--status"),
+        &home.join("out"),
+    )
+    .await;
+    let text = status.stdout.clone();
+
+    let b_id = eb.store.device_id().to_string();
+    assert!(text.contains("Pull (on;"), "{text}");
+    assert!(
+        !text.contains("synced-from"),
+        "a pulled bucket is nothing to push: {text}"
+    );
+    assert!(
+        text.contains(&format!("test-host ({b_id}) as host-b: 2500 events here")),
+        "{text}"
+    );
+
+    let unpulled = run(
+        sync_command(&home, rig.aw.port(), &config, TEST_TOKEN).args(["--unpull", "host-b"]),
+        &home.join("out"),
+    )
+    .await;
+    assert!(unpulled.status.success(), "{}", unpulled.all());
+    assert!(!py.get_buckets().await.unwrap().contains_key(B_COPY));
+    assert_eq!(
+        rig.dev
+            .stored_events(None, Some(B_BUCKET))
+            .await
+            .unwrap()
+            .len(),
+        2500,
+        "the upstream keeps them"
+    );
+}
