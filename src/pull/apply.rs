@@ -111,6 +111,7 @@ impl Puller<'_> {
                 ..PullPage::default()
             };
             let mut wanted: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
+            let mut fresh = false;
             for change in &page.changes {
                 stats.changes += 1;
                 if change.device_id == own || unpulled.contains(&change.device_id) {
@@ -122,8 +123,16 @@ impl Puller<'_> {
                     Some(b) => Some(b.row),
                     None if change.deleted => None,
                     None => {
-                        if devices.is_none() {
+                        // A device or bucket that appeared after the list was read: read it
+                        // again (once a page), else its events would be passed over for good.
+                        let listed = devices.as_ref().is_some_and(|d| {
+                            d.get(&change.device_id).is_some_and(|(_, buckets)| {
+                                buckets.iter().any(|b| b.bucket_id == change.bucket_id)
+                            })
+                        });
+                        if !listed && !fresh {
                             devices = Some(self.devices(&mut token).await?);
+                            fresh = true;
                         }
                         let known = devices.as_ref().and_then(|d| d.get(&change.device_id));
                         match known {

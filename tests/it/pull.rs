@@ -196,7 +196,13 @@ async fn two_devices_each_hold_the_others_events_exactly_once() {
     let mut beat = last.clone();
     beat.timestamp = last.timestamp + TimeDelta::seconds(20);
     py.heartbeat(A_BUCKET, &beat, 60.0).await.unwrap();
-    // A back-dated insert on B, and a deletion on A.
+    // Growth on B too (into Python: a replacement there), a back-dated insert on B, and a
+    // deletion on A.
+    let last_b = b_events.last().unwrap().clone();
+    let mut beat_b = last_b.clone();
+    beat_b.timestamp = last_b.timestamp + TimeDelta::seconds(30);
+    rs.heartbeat(B_BUCKET, &beat_b, 60.0).await.unwrap();
+    let py_before: Vec<Event> = py.get_events(B_COPY, None, None, Some(1)).await.unwrap();
     rs.insert_events(B_BUCKET, &[ev(-3600, 12.0, json!({"status": "afk"}))])
         .await
         .unwrap();
@@ -220,9 +226,15 @@ async fn two_devices_each_hold_the_others_events_exactly_once() {
     let a_second = cycle(&a).await;
     assert_eq!(
         (a_second.inserted, a_second.replaced),
-        (1, 0),
+        (1, 1),
         "{a_second:?}"
     );
+    let py_after: Vec<Event> = py.get_events(B_COPY, None, None, Some(1)).await.unwrap();
+    assert_eq!(
+        py_after[0].id, py_before[0].id,
+        "grown in place in Python aw-server too"
+    );
+    assert!(py_after[0].duration > py_before[0].duration);
     assert_copy(&py, A_BUCKET, &rs, A_COPY).await;
     assert_copy(&rs, B_BUCKET, &py, B_COPY).await;
     let after: Vec<Event> = rs.get_events(A_COPY, None, None, Some(1)).await.unwrap();
@@ -484,6 +496,11 @@ async fn the_binary_killed_mid_pull_resumes_without_duplicates() {
 
     let done = run(&mut once(), &home.join("out")).await;
     assert!(done.status.success(), "{}", done.all());
+    assert!(
+        done.all().contains("pulled from other devices: "),
+        "the summary says what was pulled: {}",
+        done.all()
+    );
     assert_copy(&b, B_BUCKET, &py, B_COPY).await;
 
     let status = run(
