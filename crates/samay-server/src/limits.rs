@@ -27,8 +27,10 @@ impl Default for Limits {
             max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
             max_events: 10_000,
             request_timeout: Duration::from_secs(120),
-            rate_per_minute: 600,
-            rate_burst: 120,
+            // 100 batches a second (50 000 events of the sidecar's default 500): a catch-up of
+            // a year runs at full speed, a runaway client is held.
+            rate_per_minute: 6_000,
+            rate_burst: 600,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct PgCluster {
     /// `Some(user)` when the server runs as another user (we are root).
     run_as: Option<String>,
     next_db: AtomicU32,
+    /// fsync on (benchmarks); tests run with `fsync=off`.
+    durable: bool,
 }
 
 /// The cluster shared by the tests of this test binary.
@@ -68,8 +70,18 @@ fn free_port() -> u16 {
 }
 
 impl PgCluster {
-    /// initdb + start. Panics with the server's log if it does not come up.
+    /// initdb + start, `fsync=off` (a test's data need not survive a power cut). Panics with
+    /// the server's log if it does not come up.
     pub fn start() -> PgCluster {
+        Self::start_with(false)
+    }
+
+    /// [`PgCluster::start`] with fsync on, as a production database runs: for benchmarks.
+    pub fn start_durable() -> PgCluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PgCluster {
         let bin = bin_dir();
         let root = unsafe { libc::geteuid() } == 0;
         let run_as = root.then(|| "postgres".to_string());
@@ -94,6 +106,7 @@ impl PgCluster {
             port: free_port(),
             run_as,
             next_db: AtomicU32::new(0),
+            durable,
         };
         cluster.watchdog();
         let data = cluster.data_dir();
@@ -150,9 +163,10 @@ impl PgCluster {
     /// (Re)starts the server on its port; waits until it accepts connections.
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            if self.durable { "on" } else { "off" }
         );
         let log = self.dir.join("server.log").display().to_string();
         self.run(

@@ -124,10 +124,12 @@ impl PgStore {
         let keys = plan::keys(batch);
         let (kb, ke): (Vec<String>, Vec<i64>) = keys.into_iter().unzip();
         let rows = sqlx::query(
-            r#"SELECT e.bucket_id, e.event_id, e.hash FROM events e
-               JOIN UNNEST($3::text[], $4::bigint[]) AS k(bucket_id, event_id)
-                 ON e.bucket_id = k.bucket_id AND e.event_id = k.event_id
-               WHERE e."user" = $1 AND e.device_id = $2"#,
+            // LATERAL: one primary-key probe per key of the batch. A plain join lets the
+            // planner scan every stored event of the device (it cannot see the array's size),
+            // which grows with the device's history.
+            r#"SELECT k.bucket_id, k.event_id, e.hash FROM UNNEST($3::text[], $4::bigint[]) AS k(bucket_id, event_id)
+               CROSS JOIN LATERAL (SELECT hash FROM events
+                 WHERE "user" = $1 AND device_id = $2 AND bucket_id = k.bucket_id AND event_id = k.event_id) AS e"#,
         )
         .bind(user)
         .bind(&device)

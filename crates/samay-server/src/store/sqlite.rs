@@ -545,3 +545,61 @@ fn number_old_events(tx: &Connection) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dev database written before migrations and the change feed (the schema of
+    /// `PRAGMA user_version = 1`) opens, keeps its events, and gives them seqs in the feed.
+    #[test]
+    fn a_dev_database_of_the_first_schema_is_migrated_into_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE devices (user TEXT NOT NULL, device_id TEXT NOT NULL, hostname TEXT NOT NULL,
+                   last_seen TEXT NOT NULL, PRIMARY KEY (user, device_id)) WITHOUT ROWID;
+                 CREATE TABLE buckets (user TEXT NOT NULL, device_id TEXT NOT NULL, bucket_id TEXT NOT NULL,
+                   type TEXT NOT NULL, client TEXT NOT NULL, hostname TEXT NOT NULL, created TEXT,
+                   versions_replaced INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
+                   PRIMARY KEY (user, device_id, bucket_id)) WITHOUT ROWID;
+                 CREATE TABLE events (user TEXT NOT NULL, device_id TEXT NOT NULL, bucket_id TEXT NOT NULL,
+                   event_id INTEGER NOT NULL, hash TEXT NOT NULL, timestamp TEXT NOT NULL, duration REAL NOT NULL,
+                   data TEXT NOT NULL, versions INTEGER NOT NULL DEFAULT 1, batch_id TEXT NOT NULL,
+                   PRIMARY KEY (user, device_id, bucket_id, event_id)) WITHOUT ROWID;
+                 CREATE TABLE batches (user TEXT NOT NULL, batch_id TEXT NOT NULL, device_id TEXT NOT NULL,
+                   events INTEGER NOT NULL, response TEXT NOT NULL, received_at TEXT NOT NULL,
+                   PRIMARY KEY (user, batch_id)) WITHOUT ROWID;
+                 PRAGMA user_version = 1;
+                 INSERT INTO events VALUES ('dev', 'd1', 'w', 1, 'h1', '2024-05-01T10:00:00Z', 1.0, '{}', 1, 'b');
+                 INSERT INTO events VALUES ('dev', 'd1', 'w', 2, 'h2', '2024-05-01T11:00:00Z', 2.0, '{\"a\":1}', 1, 'b');
+                 INSERT INTO events VALUES ('alice', 'd2', 'w', 7, 'h7', '2024-05-01T12:00:00Z', 3.0, '{}', 1, 'b');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let feed = store.changes("dev", 0, 100, None).unwrap();
+        let got: Vec<(i64, i64, Option<&str>)> = feed
+            .iter()
+            .map(|c| (c.seq, c.event_id, c.hash.as_deref()))
+            .collect();
+        assert_eq!(got, vec![(1, 1, Some("h1")), (2, 2, Some("h2"))]);
+        assert_eq!(store.changes("alice", 0, 100, None).unwrap().len(), 1);
+        // Range deletes see the old events' start times.
+        let scope = Scope {
+            device_id: "d1".into(),
+            bucket_id: Some("w".into()),
+            start_us: Some(plan::start_us("2024-05-01T10:30:00Z")),
+            end_us: None,
+        };
+        assert_eq!(store.delete("dev", &scope).unwrap(), 1);
+        // Opening again migrates nothing twice.
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        let feed = store.changes("dev", 0, 100, None).unwrap();
+        assert_eq!(feed.len(), 2);
+        assert!(feed[1].deleted && feed[1].seq == 3);
+    }
+}
