@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::{distinct_origin, local_bucket_id, PullError, PullSettings, PullStats};
 use crate::auth::{AccessToken, TokenSource};
 use crate::source::{AwClient, Bucket, Event, SourceError};
-use crate::state::{DestId, PullBucket, PullPage, StateError, Store};
+use crate::state::{DestId, Mapped, PullBucket, PullPage, StateError, Store};
 use crate::upstream::contract::{BucketInfo, Change, ChangesResponse};
 use crate::upstream::{BatchSink, UpstreamError};
 
@@ -493,24 +493,31 @@ impl Puller<'_> {
             count(stats, by_row, row);
             record.deletes.push((row, event_id));
         }
+        // Replacements whose new start the mappings do not say yet: the read-back of this
+        // page's inserts asks for that many more.
+        let moved = replaces.len() as u64;
         for (row, bucket, local_id, event_id, hash, event) in replaces {
             self.source.replace_event(&bucket, local_id, &event).await?;
             stats.writes += 1;
             stats.replaced += 1;
             count(stats, by_row, row);
-            record.upserts.push((row, event_id, local_id, hash));
+            record
+                .upserts
+                .push(mapped(row, event_id, local_id, hash, &event));
         }
         for (row, (bucket, events)) in plan.inserts {
             let plain: Vec<Event> = events.iter().map(|e| e.2.clone()).collect();
             let ids = match self.source.insert_events_ids(&bucket, &plain).await? {
                 Some(ids) => ids,
-                None => self.find_inserted(&bucket, row, &plain).await?,
+                None => self.find_inserted(&bucket, row, &plain, moved).await?,
             };
             stats.writes += 1;
             stats.inserted += events.len() as u64;
-            for ((event_id, hash, _), local_id) in events.into_iter().zip(ids) {
+            for ((event_id, hash, event), local_id) in events.into_iter().zip(ids) {
                 count(stats, by_row, row);
-                record.upserts.push((row, event_id, local_id, hash));
+                record
+                    .upserts
+                    .push(mapped(row, event_id, local_id, hash, &event));
             }
         }
         Ok(())
@@ -525,6 +532,7 @@ impl Puller<'_> {
         bucket: &str,
         row: i64,
         events: &[Event],
+        moved: u64,
     ) -> Result<Vec<i64>, PullError> {
         let (Some(start), Some(end)) = (
             events.iter().map(|e| e.timestamp).min(),
@@ -532,9 +540,19 @@ impl Puller<'_> {
         ) else {
             return Ok(Vec::new());
         };
+        // Newest first up to `end`, as many as can start in the span: the copies held there,
+        // this page's inserts and (at most) its replacements. Python aw-server seeks this on
+        // its (bucket, timestamp) index; a `start` bound would make it test every event of
+        // the 24 hours before it.
+        let (lo, hi) = (
+            (start - SLACK).timestamp_nanos_opt().unwrap_or(i64::MIN),
+            (end + SLACK).timestamp_nanos_opt().unwrap_or(i64::MAX),
+        );
+        let held = db(self.store, move |s| s.pull_count_in(row, lo, hi)).await?;
+        let limit = held + events.len() as u64 + moved;
         let found = self
             .source
-            .get_events(bucket, Some(start - SLACK), Some(end + SLACK), None)
+            .get_events(bucket, None, Some(end + SLACK), Some(limit))
             .await?;
         let ids: Vec<i64> = found.iter().filter_map(|e| e.id).collect();
         let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
@@ -580,6 +598,16 @@ fn origin_host(origin: &str, hostname: &str) -> bool {
         || origin
             .strip_prefix(hostname)
             .is_some_and(|rest| rest.len() == 9 && rest.starts_with('-'))
+}
+
+fn mapped(row: i64, event_id: i64, local_id: i64, hash: String, event: &Event) -> Mapped {
+    Mapped {
+        row,
+        event_id,
+        local_id,
+        hash,
+        start_ns: event.timestamp.timestamp_nanos_opt().unwrap_or(0),
+    }
 }
 
 fn count(stats: &mut PullStats, by_row: &HashMap<i64, &PullBucket>, row: i64) {

@@ -32,14 +32,26 @@ pub struct PullBucket {
 pub struct PullPage {
     /// The feed position after the page.
     pub next: i64,
-    /// (pull bucket row, upstream event id, local event id, hash): copied or replaced.
-    pub upserts: Vec<(i64, i64, i64, String)>,
+    /// Copied or replaced.
+    pub upserts: Vec<Mapped>,
     /// (pull bucket row, upstream event id): deleted locally.
     pub deletes: Vec<(i64, i64)>,
     /// Per device: the last seq of it applied.
     pub devices: HashMap<String, i64>,
     /// The page reached the end of the feed.
     pub caught_up: bool,
+}
+
+/// A copy: which local event holds which version of an upstream event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The pull bucket's row.
+    pub row: i64,
+    pub event_id: i64,
+    pub local_id: i64,
+    pub hash: String,
+    /// The copy's start (ns).
+    pub start_ns: i64,
 }
 
 /// What `--status` shows per other device.
@@ -229,6 +241,19 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
+    /// How many copies of the pull bucket `row` start in `[lo, hi]` (ns).
+    pub fn pull_count_in(&self, row: i64, lo: i64, hi: i64) -> Result<u64, StateError> {
+        self.reader()
+            .query_row(
+                "SELECT count(*) FROM pull_events
+                 WHERE bucket = ?1 AND start_ns BETWEEN ?2 AND ?3",
+                params![row, lo, hi],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(self.err())
+    }
+
     /// Which of `local_ids` copy an event of the pull bucket `row`.
     pub fn pull_known_local(
         &self,
@@ -299,14 +324,15 @@ impl Store {
         {
             let mut upsert = tx
                 .prepare_cached(
-                    "INSERT INTO pull_events (bucket, event_id, local_id, hash)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (bucket, event_id) DO UPDATE SET local_id = ?3, hash = ?4",
+                    "INSERT INTO pull_events (bucket, event_id, local_id, hash, start_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (bucket, event_id)
+                     DO UPDATE SET local_id = ?3, hash = ?4, start_ns = ?5",
                 )
                 .map_err(self.err())?;
-            for (row, event_id, local_id, hash) in &page.upserts {
+            for m in &page.upserts {
                 upsert
-                    .execute(params![row, event_id, local_id, hash])
+                    .execute(params![m.row, m.event_id, m.local_id, m.hash, m.start_ns])
                     .map_err(self.err())?;
             }
             let mut delete = tx
@@ -410,7 +436,15 @@ mod tests {
         assert_eq!(store.pull_pending(dest).unwrap(), vec![(row, 1, 2)]);
         let page = PullPage {
             next: 7,
-            upserts: vec![(row, 1, 101, "h1".into()), (row, 2, 102, "h2".into())],
+            upserts: [(1, 101, "h1", 10), (2, 102, "h2", 20)]
+                .map(|(event_id, local_id, hash, start_ns)| Mapped {
+                    row,
+                    event_id,
+                    local_id,
+                    hash: hash.into(),
+                    start_ns,
+                })
+                .to_vec(),
             deletes: vec![],
             devices: [("dev-b".to_string(), 7)].into(),
             caught_up: false,

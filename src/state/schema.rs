@@ -109,9 +109,12 @@ CREATE TABLE IF NOT EXISTS pull_events (
     event_id INTEGER NOT NULL,
     local_id INTEGER NOT NULL,
     hash     TEXT NOT NULL,
+    -- The start of the local copy (ns): how many copies a span holds, for the read-back.
+    start_ns INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, event_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pull_events_local ON pull_events (bucket, local_id);
+CREATE INDEX IF NOT EXISTS pull_events_start ON pull_events (bucket, start_ns);
 -- Inserts that were sent to aw-server but not yet recorded: swept after a crash.
 CREATE TABLE IF NOT EXISTS pull_pending (
     bucket   INTEGER NOT NULL,
