@@ -323,6 +323,9 @@ impl Puller<'_> {
                 }
             });
         let name = local_bucket_id(&change.bucket_id, &origin);
+        if stats.conflicts.contains(&name) {
+            return Ok(None);
+        }
         if local.contains(&name) {
             tracing::warn!(bucket = %name, "a bucket of this name exists in aw-server and was not made by the pull: left alone, that device's bucket is not pulled");
             stats.conflicts.push(name);

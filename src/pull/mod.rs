@@ -61,10 +61,12 @@ pub async fn note_other_devices(
             let own = store.device_id().to_string();
             let others = list.devices.iter().filter(|d| d.device_id != own).count();
             let _ = store.set_meta(OTHER_DEVICES, &others.to_string());
-            let _ = store.set_meta(OTHER_DEVICES_AT, &now.to_rfc3339());
         }
         Err(e) => tracing::debug!("could not list the upstream's devices: {e}"),
     }
+    // Asked, whatever the answer: an upstream without the endpoint is asked once a day, not
+    // every cycle.
+    let _ = store.set_meta(OTHER_DEVICES_AT, &now.to_rfc3339());
 }
 
 /// What separates a bucket id from its origin in an imported bucket's id, as in aw-sync.

@@ -380,9 +380,15 @@ async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
     b.create_bucket(afk, "afkstatus", "aw-watcher-afk", "host-b")
         .await
         .unwrap();
-    b.insert_events(afk, &[ev(0, 9.0, json!({"status": "afk"}))])
-        .await
-        .unwrap();
+    b.insert_events(
+        afk,
+        &[
+            ev(0, 9.0, json!({"status": "afk"})),
+            ev(20, 9.0, json!({"status": "not-afk"})),
+        ],
+    )
+    .await
+    .unwrap();
     // What aw-sync (or the user) made here before: never written by the pull.
     let foreign = format!("{afk}-synced-from-host-b");
     a.create_bucket(&foreign, "afkstatus", "aw-sync", "host-b")
@@ -536,6 +542,21 @@ async fn the_binary_killed_mid_pull_resumes_without_duplicates() {
             .len(),
         2500,
         "the upstream keeps them"
+    );
+
+    // With the pull off, a sync notes the account's other devices for --status's suggestion.
+    let mut fresh = engine(&rig, b.clone(), "b-other.sqlite");
+    fresh.settings.pull.enabled = false;
+    let report = fresh.run_cycle().await.expect("cycle");
+    assert!(report.pull.is_none());
+    assert_eq!(
+        fresh
+            .store
+            .meta(aw_sync_samay::pull::OTHER_DEVICES)
+            .unwrap()
+            .as_deref(),
+        Some("1"),
+        "B's first device"
     );
 }
 
