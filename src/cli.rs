@@ -71,6 +71,12 @@ pub struct Args {
     #[arg(long, conflicts_with = "dry_run")]
     pub resync: bool,
 
+    /// Delete from this aw-server the buckets the pull imported from DEVICE (a host name or
+    /// device id, as --status lists them) and stop pulling it; the upstream keeps its events.
+    /// Naming it in sync.pull_devices (any change of the device selection) pulls it again.
+    #[arg(long, value_name = "DEVICE", conflicts_with_all = ["once", "status", "dev"])]
+    pub unpull: Option<String>,
+
     /// Sign in to the upstream's identity provider in the browser and store the tokens in the
     /// OS keyring. Without a usable browser (SSH, no display) it signs in with a code entered
     /// on another device when the provider offers that, else as with --no-browser.

@@ -172,6 +172,13 @@ pub struct SyncConfig {
     pub start_from: Option<String>,
     /// `[[sync.redact]]` rules: data fields dropped or replaced by a keyed hash.
     pub redact: Vec<RedactRule>,
+    /// Each cycle also imports the other devices' events of the same account into the local
+    /// aw-server (issue 14, [`crate::pull`]). Off by default: it writes into aw-server.
+    pub pull: bool,
+    /// Devices to pull (host names or device ids); empty: every other device.
+    pub pull_devices: Vec<String>,
+    /// Devices never pulled (host names or device ids); wins over `pull_devices`.
+    pub exclude_pull_devices: Vec<String>,
 }
 
 /// One `[[sync.redact]]` table. Unlike the rest of the file, a misspelt key here is an error,
@@ -251,6 +258,9 @@ impl Default for SyncConfig {
             exclude_buckets: Vec::new(),
             start_from: None,
             redact: Vec::new(),
+            pull: false,
+            pull_devices: Vec::new(),
+            exclude_pull_devices: Vec::new(),
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod orphan;
 pub mod paths;
 pub mod privacy;
 pub mod progress;
+pub mod pull;
 pub mod retry;
 pub mod source;
 pub mod state;

@@ -8,7 +8,10 @@
 //! One [`State`] sums it up, and the exit code follows from it ([`crate::exit`]): 0 healthy,
 //! 1 the user must act, 2 something is unreachable or failing for now.
 
+mod pull;
 mod render;
+
+pub use pull::PullLine;
 
 use std::path::{Path, PathBuf};
 
@@ -201,6 +204,8 @@ pub struct Status {
     pub paused_since: Option<String>,
     /// The newest quarantined events, so a user can see what the upstream refused and why.
     pub quarantine: Vec<QuarantineEntry>,
+    /// The pull of the other devices (issue 14).
+    pub pull: PullLine,
     /// The `status` of the newest record in the status bucket (`"login required"`, ...): what
     /// kind of failure the last sync's error was.
     #[serde(skip)]
@@ -237,6 +242,8 @@ pub struct Probe<'a> {
     pub testing: bool,
     /// This machine's name: the status bucket is `aw-sync-samay_<hostname>`.
     pub hostname: String,
+    /// `sync.pull`.
+    pub pull_enabled: bool,
 }
 
 /// Gathers the status. Nothing here fails the command except an unreadable state database.
@@ -290,33 +297,41 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         }
     };
     let daemon = daemon_line(p.socket.as_deref(), p.log_dir.as_deref(), p.testing).await;
-    let (states, record, device_id, quarantine, destination, paused_since) =
+    let (states, record, device_id, quarantine, destination, pull, paused_since) =
         if p.state_path.exists() {
             let store = Store::open(p.state_path)?;
-            let destination = store
-                .current_destination()?
-                .filter(|(_, key)| !key.base_url.is_empty())
-                .map(|(_, key)| DestinationLine {
-                    configured: key.base_url == p.base_url.trim_end_matches('/')
-                        && p.token.account.as_ref().map_or(true, |a| *a == key.account),
-                    base_url: key.base_url,
-                    account: key.label,
-                });
+            let current = store.current_destination()?;
+            let pull = PullLine::read(&store, current.as_ref().map(|(id, _)| *id), p.pull_enabled)?;
+            let destination =
+                current
+                    .filter(|(_, key)| !key.base_url.is_empty())
+                    .map(|(_, key)| DestinationLine {
+                        configured: key.base_url == p.base_url.trim_end_matches('/')
+                            && p.token.account.as_ref().map_or(true, |a| *a == key.account),
+                        base_url: key.base_url,
+                        account: key.label,
+                    });
             (
                 store.bucket_statuses()?,
                 store.cycle_record()?,
                 Some(store.device_id().to_string()),
                 store.quarantine(5)?,
                 destination,
+                pull,
                 store.paused_since()?,
             )
         } else {
+            let pull = PullLine {
+                enabled: p.pull_enabled,
+                ..PullLine::default()
+            };
             (
                 Vec::new(),
                 CycleRecord::default(),
                 None,
                 Vec::new(),
                 None,
+                pull,
                 None,
             )
         };
@@ -341,6 +356,7 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
                 let known = buckets.iter().any(|b| &b.state.bucket_id == id);
                 if known
                     || id.starts_with(crate::engine::OWN_BUCKET_PREFIX)
+                    || crate::pull::is_pulled_bucket(id)
                     || !p.privacy.includes(id)
                 {
                     continue;
@@ -378,6 +394,7 @@ pub async fn gather(p: Probe<'_>) -> anyhow::Result<Status> {
         last_cycle: record,
         paused_since,
         quarantine,
+        pull,
         recorded,
     };
     let (state, mut todo) = status.assess();
@@ -565,11 +582,13 @@ impl Status {
         }
         let state = found.first().map_or(State::Ok, |(s, _)| *s);
         // "Syncing" is no problem: nothing to do.
-        let todo = found
+        let mut todo: Vec<Todo> = found
             .into_iter()
             .filter(|(s, _)| *s != State::Syncing)
             .map(|(_, t)| t)
             .collect();
+        // A suggestion, not a problem: the state stays what it is.
+        todo.extend(self.pull.suggestion(config).map(Todo::say));
         (state, todo)
     }
 

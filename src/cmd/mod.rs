@@ -13,6 +13,7 @@ mod status;
 mod sync;
 mod tokens;
 mod tray;
+mod unpull;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ pub enum Mode {
     Logout,
     /// `--register-scheme`.
     RegisterScheme,
+    /// `--unpull DEVICE`.
+    Unpull(String),
     /// `--dry-run` (with `--once`).
     DryRun,
     /// `--once`: one complete sync (or ask the running daemon for one).
@@ -59,6 +62,8 @@ impl Mode {
             Mode::Logout
         } else if args.register_scheme {
             Mode::RegisterScheme
+        } else if let Some(device) = &args.unpull {
+            Mode::Unpull(device.clone())
         } else if args.dry_run {
             Mode::DryRun
         } else if args.once {
@@ -72,7 +77,7 @@ impl Mode {
     fn is_command(&self) -> bool {
         matches!(
             self,
-            Mode::Status | Mode::Login | Mode::Logout | Mode::RegisterScheme
+            Mode::Status | Mode::Login | Mode::Logout | Mode::RegisterScheme | Mode::Unpull(_)
         )
     }
 
@@ -197,6 +202,7 @@ async fn run_logged(
         Mode::Login => login::run(&cx).await,
         Mode::Logout => logout::run(&cx).await,
         Mode::RegisterScheme => register_scheme::run(&cx),
+        Mode::Unpull(device) => unpull::run(&cx, device).await,
         Mode::DryRun => dry_run::run(cx).await,
         Mode::Once | Mode::Daemon => sync::run(cx, life, daemon, tray).await,
         Mode::Callback(url) => callback::run(url).await,
@@ -236,6 +242,7 @@ mod tests {
         assert_eq!(mode(&["--once", "--verify", "--dev"]), Mode::Once);
         assert_eq!(mode(&["--testing"]), Mode::Daemon);
         assert_eq!(mode(&["--dev", "--resync"]), Mode::Daemon);
+        assert_eq!(mode(&["--unpull", "laptop"]), Mode::Unpull("laptop".into()));
     }
 
     /// Commands write no log file; a single sync appends to its own; only the daemon has the

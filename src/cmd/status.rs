@@ -40,6 +40,7 @@ pub async fn run(cx: &Loaded<'_>) -> anyhow::Result<ExitCode> {
         log_dir: paths::log_dir().ok(),
         testing: args.testing,
         hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        pull_enabled: config.sync.pull,
     })
     .await?;
     if args.json {

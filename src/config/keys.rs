@@ -295,6 +295,27 @@ pub(super) const KEYS: &[Key] = &[
         }),
     },
     Key {
+        name: "sync.pull",
+        group: Group::Sync,
+        doc: "Also import the other devices' events of the same account into this aw-server, as {bucket_id}-synced-from-{host} buckets (what aw-sync does), so its web UI shows all your devices.",
+        more: "See the README's [Pull](../README.md#pull-all-your-devices-in-one-activitywatch).",
+        bounds: None,
+    },
+    Key {
+        name: "sync.pull_devices",
+        group: Group::Sync,
+        doc: "Devices to pull, by host name or device id (see --status); empty: every other device.",
+        more: "",
+        bounds: None,
+    },
+    Key {
+        name: "sync.exclude_pull_devices",
+        group: Group::Sync,
+        doc: "Devices never pulled, by host name or device id; wins over pull_devices.",
+        more: "Changing either reads the change feed again from the start.",
+        bounds: None,
+    },
+    Key {
         name: "sync.include_buckets",
         group: Group::Privacy,
         doc: "Bucket ids to sync, as patterns (* any characters, ? one), e.g. [\"aw-watcher-window_*\"]; empty: all.",

@@ -203,6 +203,10 @@ pub struct CycleSummary {
     /// Of `new` and `deleted`, what the verification found different.
     #[serde(default)]
     pub verify_differed: u64,
+    /// With `sync.pull`: other devices' events (copied, replaced, deleted) in this aw-server;
+    /// u32 (saturating) keeps the summary, which travels in every reply, small.
+    #[serde(default)]
+    pub pulled: Option<[u32; 3]>,
     pub elapsed_ms: u64,
 }
 
@@ -217,6 +221,9 @@ impl CycleSummary {
             deleted: r.upload.deleted,
             verified: r.verified(),
             verify_differed: r.buckets.values().map(|s| s.verify_differed).sum(),
+            pulled: r.pull.as_ref().map(|p| {
+                [p.inserted, p.replaced, p.deleted].map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            }),
             elapsed_ms: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -244,6 +251,11 @@ impl CycleSummary {
             line.push_str(&format!(
                 "; verified {} events, {} differed from what the upstream held and were sent",
                 self.verified, self.verify_differed
+            ));
+        }
+        if let Some([copied, replaced, deleted]) = self.pulled {
+            line.push_str(&format!(
+                "; pulled from other devices: {copied} copied, {replaced} replaced, {deleted} deleted"
             ));
         }
         line.push_str(&format!(", in {:.1} s", self.elapsed_ms as f64 / 1000.0));
@@ -346,6 +358,7 @@ mod tests {
             deleted: 0,
             verified: 0,
             verify_differed: 0,
+            pulled: None,
             elapsed_ms: 1234,
         };
         assert_eq!(s.unchanged(), 5);
@@ -353,6 +366,13 @@ mod tests {
             s.line(),
             "synced: 4601 new or changed events, 4601 delivered (0 of them already held upstream), 0 quarantined; 4606 read from aw-server (5 re-read unchanged), in 1.2 s"
         );
+        let pulled = CycleSummary {
+            pulled: Some([7, 2, 1]),
+            ..s
+        };
+        assert!(pulled
+            .line()
+            .ends_with("; pulled from other devices: 7 copied, 2 replaced, 1 deleted, in 1.2 s"));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct CycleReport {
     pub upload: UploadStats,
     /// What the background verification did this cycle.
     pub verify: Verify,
+    /// What the pull did (`sync.pull`); `None` when it is off.
+    pub pull: Option<Box<crate::pull::PullStats>>,
     pub elapsed: Duration,
 }
 
@@ -317,7 +319,11 @@ impl Engine {
                 caps: &caps,
             };
             for bucket in buckets.values() {
-                if bucket.id.starts_with(OWN_BUCKET_PREFIX) {
+                // Another device's events (imported by the pull or by aw-sync): that device
+                // pushes them itself.
+                if bucket.id.starts_with(OWN_BUCKET_PREFIX)
+                    || crate::pull::is_pulled_bucket(&bucket.id)
+                {
                     continue;
                 }
                 // Never registered in the state: re-including it later finds no position and
@@ -377,7 +383,33 @@ impl Engine {
         if write {
             self.move_verify_clock(now, verify).await?;
         }
+        let mut report = report;
+        if let (true, Some(dest)) = (write && self.settings.pull.enabled, dest) {
+            report.pull = Some(Box::new(self.pull(dest).await?));
+        } else if write {
+            if let Ok(token) = self.tokens.token().await {
+                crate::pull::note_other_devices(self.upstream.as_ref(), &token, &self.store, now)
+                    .await;
+            }
+        }
         Ok(report)
+    }
+
+    /// The pull (issue 14), after the push: the other devices' events into this aw-server.
+    async fn pull(&self, dest: DestId) -> Result<crate::pull::PullStats, CycleError> {
+        let puller = crate::pull::Puller {
+            source: &self.source,
+            upstream: self.upstream.as_ref(),
+            tokens: self.tokens.as_ref(),
+            store: &self.store,
+            dest,
+            settings: &self.settings.pull,
+        };
+        puller.run().await.map_err(|e| match e {
+            crate::pull::PullError::Auth(e) => CycleError::Auth(e),
+            crate::pull::PullError::Source(e) => self.source_failed(e),
+            e => CycleError::Pull(e),
+        })
     }
 }
 

@@ -25,6 +25,8 @@ pub enum CycleError {
     State(StateError),
     #[error(transparent)]
     Scan(ScanError),
+    #[error("pulling the other devices' events failed: {0} (nothing is lost: the next sync resumes where this one stopped)")]
+    Pull(crate::pull::PullError),
 }
 
 impl CycleError {

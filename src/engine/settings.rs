@@ -39,6 +39,8 @@ pub struct Settings {
     pub verify_interval: Duration,
     /// Verify the whole history in this cycle (`--verify`).
     pub verify_all: bool,
+    /// The pull of the other devices' events (`sync.pull`, issue 14).
+    pub pull: crate::pull::PullSettings,
 }
 
 /// Catch-up pages are this many times `sync.page_size`.
@@ -72,6 +74,7 @@ impl Settings {
             verify_batch: sync.verify_batch,
             verify_interval: Duration::from_secs(sync.verify_interval.max(1)),
             verify_all: false,
+            pull: crate::pull::PullSettings::from_config(sync),
         }
     }
 }

@@ -93,6 +93,10 @@ pub struct CycleStatus {
     pub last_error: Option<String>,
     /// Seconds the cycle took, rounded up to 0.1, 0.2, 0.5, 1, … (see [`rounded_secs`]).
     pub duration: f64,
+    /// With `sync.pull`: the other devices' events this cycle copied, replaced or deleted in
+    /// this aw-server (0 on an idle cycle, so idle cycles still merge). Absent when it is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<u64>,
 }
 
 impl CycleStatus {
@@ -103,6 +107,11 @@ impl CycleStatus {
         took: Duration,
         user: Option<String>,
     ) -> Option<CycleStatus> {
+        let pulled = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.pull.as_ref())
+            .map(|p| p.inserted + p.replaced + p.deleted);
         let (status, delivered, last_error) = match result {
             Ok(r) => (State::Ok, r.upload.delivered, None),
             Err(CycleError::SourceDown { .. } | CycleError::NotAwServer(_)) => return None,
@@ -117,6 +126,7 @@ impl CycleStatus {
             quarantined: None,
             last_error,
             duration: rounded_secs(took),
+            pulled,
         })
     }
 
@@ -131,6 +141,7 @@ impl CycleStatus {
             quarantined: None,
             last_error: Some(why.to_string()),
             duration: 0.0,
+            pulled: None,
         }
     }
 
@@ -311,6 +322,25 @@ mod tests {
             serde_json::to_value(State::LoginRequired).expect("serializes"),
             "login required"
         );
+    }
+
+    #[test]
+    fn a_cycle_that_pulled_records_what_it_wrote() {
+        let off = CycleStatus::of_cycle(&Ok(CycleReport::default()), Duration::ZERO, None)
+            .expect("recorded");
+        assert!(!off.data().contains_key("pulled"), "no pull, no field");
+        let report = CycleReport {
+            pull: Some(Box::new(crate::pull::PullStats {
+                inserted: 5,
+                replaced: 2,
+                deleted: 1,
+                skipped: 9,
+                ..Default::default()
+            })),
+            ..CycleReport::default()
+        };
+        let on = CycleStatus::of_cycle(&Ok(report), Duration::ZERO, None).expect("recorded");
+        assert_eq!(on.data()["pulled"], 8);
     }
 
     #[test]

@@ -465,7 +465,7 @@ impl AwClient {
         Ok(())
     }
 
-    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> String {
+    pub(super) fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> String {
         let mut url = format!("{}/api/0", self.base_url);
         for segment in segments {
             url.push('/');
@@ -482,7 +482,7 @@ impl AwClient {
         url
     }
 
-    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+    pub(super) fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let builder = self.http.request(method, url);
         match &self.api_key {
             Some(key) => builder.bearer_auth(key),
@@ -503,7 +503,7 @@ impl AwClient {
 
     /// Sends, requires a 2xx and returns the whole body, of at most `limit` bytes. A 404 on a
     /// bucket-scoped endpoint (`bucket` is set) is `BucketNotFound`.
-    async fn send_ok(
+    pub(super) async fn send_ok(
         &self,
         builder: RequestBuilder,
         url: &str,

@@ -5,6 +5,7 @@
 
 mod client;
 pub mod model;
+mod write;
 
 pub use client::{short_cause, AwClient, SourceError, MAX_DATA_ANSWER, MAX_SMALL_ANSWER};
 pub use model::{object_to_raw, Bucket, BucketSpan, Event, PageEvent, ServerInfo};

@@ -73,6 +73,54 @@ CREATE TABLE IF NOT EXISTS sent (
 -- Only the quarantined rows: what an idle cycle's status count reads, instead of every row
 -- ever delivered.
 CREATE INDEX IF NOT EXISTS sent_quarantined ON sent (bucket) WHERE status = 1;
+-- The pull (issue 14; tables added within schema 3: an older binary leaves them alone).
+-- Per destination: the feed position applied and the device selection it was applied under.
+CREATE TABLE IF NOT EXISTS pull_feed (
+    dest        INTEGER PRIMARY KEY,
+    seq         INTEGER NOT NULL DEFAULT 0,
+    selection   TEXT NOT NULL DEFAULT '',
+    caught_up   TEXT
+);
+-- Per other device: how it is named here and what was applied of it.
+CREATE TABLE IF NOT EXISTS pull_devices (
+    dest        INTEGER NOT NULL,
+    device_id   TEXT NOT NULL,
+    hostname    TEXT NOT NULL DEFAULT '',
+    last_seq    INTEGER,
+    last_at     TEXT,
+    unpulled    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (dest, device_id)
+);
+-- The local aw-server buckets the pull made: only these are ever written.
+CREATE TABLE IF NOT EXISTS pull_buckets (
+    id           INTEGER PRIMARY KEY,
+    dest         INTEGER NOT NULL,
+    device_id    TEXT NOT NULL,
+    bucket_id    TEXT NOT NULL,
+    local_bucket TEXT NOT NULL,
+    origin       TEXT NOT NULL,
+    created      TEXT,
+    UNIQUE (dest, device_id, bucket_id)
+);
+CREATE INDEX IF NOT EXISTS pull_buckets_local ON pull_buckets (local_bucket);
+-- (device, bucket, event id) upstream -> the local aw-server event that copies it.
+CREATE TABLE IF NOT EXISTS pull_events (
+    bucket   INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,
+    local_id INTEGER NOT NULL,
+    hash     TEXT NOT NULL,
+    -- The start of the local copy (ns): how many copies a span holds, for the read-back.
+    start_ns INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, event_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pull_events_local ON pull_events (bucket, local_id);
+CREATE INDEX IF NOT EXISTS pull_events_start ON pull_events (bucket, start_ns);
+-- Inserts that were sent to aw-server but not yet recorded: swept after a crash.
+CREATE TABLE IF NOT EXISTS pull_pending (
+    bucket   INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     bucket     INTEGER NOT NULL,
     event_id   INTEGER NOT NULL,

@@ -105,6 +105,7 @@ impl Status {
         if !self.buckets.is_empty() {
             self.render_buckets(&mut out);
         }
+        self.pull.render(&mut out, now);
         if !self.quarantine.is_empty() {
             let _ = writeln!(
                 out,
@@ -221,7 +222,7 @@ impl Status {
 }
 
 /// "3 min ago (2026-11-25 14:05:00 +01:00)" for an RFC 3339 time; "never" for none.
-fn when(t: Option<&str>, now: DateTime<Utc>) -> String {
+pub(super) fn when(t: Option<&str>, now: DateTime<Utc>) -> String {
     let Some(t) = t else {
         return "never".into();
     };
@@ -305,6 +306,7 @@ mod tests {
             state_db: "/tmp/state.sqlite".into(),
             device_id: None,
             destination: None,
+            pull: Default::default(),
             buckets: vec![
                 BucketLine {
                     state: BucketStatus {
@@ -469,6 +471,48 @@ mod tests {
         let (state, todo) = s.assess();
         assert_eq!((state, state.exit_code()), (State::Syncing, 0));
         assert!(todo.is_empty(), "{todo:?}");
+    }
+
+    #[test]
+    fn the_pull_shows_each_device_and_is_suggested_when_there_are_others() {
+        let mut s = status(Answer::Ok, Answer::Ok, Login::Environment, None);
+        assert!(
+            !s.render_at(now()).contains("\nPull"),
+            "off and nothing pulled: no section"
+        );
+        s.pull.other_devices = Some(2);
+        let (_, todo) = s.assess();
+        assert!(
+            todo.iter().any(|t| t.message.contains("sync.pull = true")),
+            "{todo:?}"
+        );
+        s.pull = crate::status::PullLine {
+            enabled: true,
+            seq: 39,
+            caught_up: Some("2026-11-25T14:05:00Z".into()),
+            devices: vec![crate::state::PullDeviceStatus {
+                device_id: "5f1c2d8e".into(),
+                hostname: "laptop".into(),
+                last_seq: Some(39),
+                last_at: Some("2026-11-25T14:05:00Z".into()),
+                events: 1234,
+                unpulled: false,
+                origins: vec!["laptop".into()],
+            }],
+            other_devices: Some(1),
+        };
+        let (_, todo) = s.assess();
+        assert!(
+            todo.iter().all(|t| !t.message.contains("sync.pull")),
+            "on: no suggestion"
+        );
+        let text = s.render_at(now());
+        assert!(text.contains("Pull (on; feed position 39)"), "{text}");
+        assert!(text.contains("lag: up to date as of"), "{text}");
+        assert!(
+            text.contains("laptop (5f1c2d8e) as laptop: 1234 events here, last change #39 applied"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -147,11 +147,15 @@ pub struct UpstreamClient {
     batch_url: Url,
     health_url: Url,
     me_url: Url,
+    /// `base_url` as the directory the API paths are joined under (the pull's feed, [`feed`]).
+    base: Url,
     gzip: bool,
     /// The size of the last request body, to size the next one in one allocation (see
     /// [`encode_body`]). Shared by clones; a hint only, so relaxed ordering is enough.
     last_body_len: Arc<AtomicUsize>,
 }
+
+mod feed;
 
 impl UpstreamClient {
     /// `base_url` may end with `/` or not; the API paths are joined under it, so
@@ -170,6 +174,7 @@ impl UpstreamClient {
             batch_url,
             health_url,
             me_url,
+            base,
             gzip,
             last_body_len: Arc::new(AtomicUsize::new(0)),
         })

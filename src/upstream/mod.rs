@@ -9,7 +9,7 @@ pub mod health;
 pub use client::{UpstreamClient, UpstreamError};
 
 use crate::auth::{AccessToken, BoxFuture};
-use contract::{BatchRequest, BatchResponse};
+use contract::{BatchRequest, BatchResponse, ChangesResponse, DevicesResponse};
 
 /// Where the uploader sends batches. [`UpstreamClient`] is the real one; the engine's tests
 /// put a scripted fake here to inject faults under paused time.
@@ -29,6 +29,31 @@ pub trait BatchSink: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
         Box::pin(async { Ok(None) })
     }
+
+    /// `GET v1/changes` (the pull, issue 14). A sink that is no upstream has no feed.
+    fn changes<'a>(
+        &'a self,
+        _token: &'a AccessToken,
+        _after: i64,
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<ChangesResponse, UpstreamError>> {
+        Box::pin(async { Err(no_feed()) })
+    }
+
+    /// `GET v1/devices` (the pull, and `--status`'s suggestion to turn it on).
+    fn devices<'a>(
+        &'a self,
+        _token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<DevicesResponse, UpstreamError>> {
+        Box::pin(async { Err(no_feed()) })
+    }
+}
+
+fn no_feed() -> UpstreamError {
+    UpstreamError::Fatal {
+        status: 501,
+        message: "this sink has no change feed".into(),
+    }
 }
 
 impl BatchSink for UpstreamClient {
@@ -45,5 +70,21 @@ impl BatchSink for UpstreamClient {
         token: &'a AccessToken,
     ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
         Box::pin(UpstreamClient::whoami(self, token))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ChangesResponse, UpstreamError>> {
+        Box::pin(UpstreamClient::changes(self, token, after, limit))
+    }
+
+    fn devices<'a>(
+        &'a self,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<DevicesResponse, UpstreamError>> {
+        Box::pin(UpstreamClient::devices(self, token))
     }
 }

@@ -444,6 +444,7 @@ fn settings() -> Settings {
         verify_batch: 0,
         verify_interval: Duration::from_secs(3600),
         verify_all: false,
+        pull: Default::default(),
     }
 }
 

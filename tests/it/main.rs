@@ -27,6 +27,7 @@ mod packaging;
 mod privacy;
 mod private_files;
 mod progress;
+mod pull;
 mod remote_text;
 mod source_client;
 mod status_cli;

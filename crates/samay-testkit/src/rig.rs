@@ -47,6 +47,7 @@ pub fn test_settings() -> Settings {
         verify_batch: 0,
         verify_interval: Duration::from_secs(3600),
         verify_all: false,
+        pull: Default::default(),
     }
 }
 

@@ -1,0 +1,689 @@
+//! One pull: check the local copies, sweep what an interrupted pull left, then apply the feed
+//! page by page (see the module docs of [`super`] for the rules).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Map, Value};
+
+use super::{distinct_origin, local_bucket_id, PullError, PullSettings, PullStats};
+use crate::auth::{AccessToken, TokenSource};
+use crate::source::{AwClient, Bucket, Event, SourceError};
+use crate::state::{DestId, Mapped, PullBucket, PullPage, StateError, Store};
+use crate::upstream::contract::{BucketInfo, Change, ChangesResponse};
+use crate::upstream::{BatchSink, UpstreamError};
+
+/// Read-backs look this far around the inserted events: Python aw-server keeps milliseconds.
+const SLACK: TimeDelta = TimeDelta::seconds(1);
+
+/// Everything one pull needs.
+pub struct Puller<'a> {
+    pub source: &'a AwClient,
+    pub upstream: &'a dyn BatchSink,
+    pub tokens: &'a dyn TokenSource,
+    pub store: &'a Arc<Store>,
+    pub dest: DestId,
+    pub settings: &'a PullSettings,
+}
+
+/// A version to copy: (upstream event id, hash, event).
+type Copy = (i64, String, Event);
+/// An event read back that no mapping names: (local id, duration, data).
+type Unnamed = (i64, f64, Map<String, Value>);
+
+/// What one page's entries ask of aw-server.
+#[derive(Default)]
+struct Plan {
+    /// (row, local bucket, local id, upstream event id)
+    deletes: Vec<(i64, String, i64, i64)>,
+    /// (row, local bucket, local id, upstream event id, hash, event)
+    replaces: Vec<(i64, String, i64, i64, String, Event)>,
+    /// per row: (local bucket, [(upstream event id, hash, event)])
+    inserts: BTreeMap<i64, (String, Vec<Copy>)>,
+}
+
+async fn db<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, PullError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
+        .map_err(PullError::State)
+}
+
+fn created_text(b: &Bucket) -> Option<String> {
+    b.created
+        .map(|c| c.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+impl Puller<'_> {
+    pub async fn run(&self) -> Result<PullStats, PullError> {
+        let mut stats = PullStats::default();
+        let dest = self.dest;
+        let info = self.source.info().await?;
+        let listing = self.source.get_buckets().await?;
+        let restart = self.check_local_copies(&listing).await?;
+        let fingerprint = self.settings.fingerprint();
+        let feed = db(self.store, move |s| s.pull_feed(dest)).await?;
+        if restart || feed.selection != fingerprint {
+            if feed.seq > 0 {
+                tracing::info!(
+                    "the pulled devices' selection changed, or a local copy is gone: reading the change feed again from the start (what this aw-server holds is not written again)"
+                );
+            }
+            let fp = fingerprint.clone();
+            db(self.store, move |s| s.pull_restart(dest, &fp)).await?;
+        }
+        stats.swept = self.sweep().await?;
+        stats.writes += stats.swept;
+
+        let mut rows: HashMap<(String, String), PullBucket> =
+            db(self.store, move |s| s.pull_buckets(dest))
+                .await?
+                .into_iter()
+                .map(|b| ((b.device_id.clone(), b.bucket_id.clone()), b))
+                .collect();
+        let mut local: HashSet<String> = listing.keys().cloned().collect();
+        let unpulled = db(self.store, move |s| s.pull_unpulled(dest)).await?;
+        let mut token = self.tokens.token().await?;
+        let mut devices: Option<HashMap<String, (String, Vec<BucketInfo>)>> = None;
+        let mut after = db(self.store, move |s| s.pull_feed(dest)).await?.seq;
+        let own = self.store.device_id().to_string();
+        loop {
+            let page = match self.changes(&mut token, after).await? {
+                page if page.changes.is_empty() => {
+                    let done = PullPage {
+                        next: after,
+                        caught_up: true,
+                        ..PullPage::default()
+                    };
+                    db(self.store, move |s| s.pull_commit(dest, &done)).await?;
+                    break;
+                }
+                page => page,
+            };
+            let mut plan = Plan::default();
+            let mut record = PullPage {
+                next: page.next,
+                ..PullPage::default()
+            };
+            let mut wanted: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
+            let mut fresh = false;
+            for change in &page.changes {
+                stats.changes += 1;
+                if change.device_id == own || unpulled.contains(&change.device_id) {
+                    stats.skipped += 1;
+                    continue;
+                }
+                let key = (change.device_id.clone(), change.bucket_id.clone());
+                let row = match rows.get(&key) {
+                    Some(b) => Some(b.row),
+                    None if change.deleted => None,
+                    None => {
+                        // A device or bucket that appeared after the list was read: read it
+                        // again (once a page), else its events would be passed over for good.
+                        let listed = devices.as_ref().is_some_and(|d| {
+                            d.get(&change.device_id).is_some_and(|(_, buckets)| {
+                                buckets.iter().any(|b| b.bucket_id == change.bucket_id)
+                            })
+                        });
+                        if !listed && !fresh {
+                            devices = Some(self.devices(&mut token).await?);
+                            fresh = true;
+                        }
+                        let known = devices.as_ref().and_then(|d| d.get(&change.device_id));
+                        match known {
+                            Some((hostname, buckets)) => {
+                                self.new_bucket(
+                                    change,
+                                    hostname,
+                                    buckets,
+                                    (&info.hostname, &mut local, &mut rows),
+                                    &mut stats,
+                                )
+                                .await?
+                            }
+                            None => None,
+                        }
+                    }
+                };
+                let listed = devices
+                    .as_ref()
+                    .and_then(|d| d.get(&change.device_id))
+                    .map(|(h, _)| h.as_str())
+                    .unwrap_or("");
+                let known = rows.get(&key);
+                let names = [
+                    listed,
+                    known.map_or("", |b| b.device_host.as_str()),
+                    known.map_or("", |b| b.origin.as_str()),
+                ];
+                match row {
+                    Some(row) if self.settings.selects(&change.device_id, &names) => {
+                        wanted.entry(row).or_default().push(change);
+                        record.devices.insert(change.device_id.clone(), change.seq);
+                    }
+                    _ => stats.skipped += 1,
+                }
+            }
+            let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
+            for (row, changes) in wanted {
+                let Some(bucket) = by_row.get(&row) else {
+                    continue;
+                };
+                let ids: Vec<i64> = changes.iter().map(|c| c.event_id).collect();
+                let mapped = db(self.store, move |s| s.pull_mapped(row, &ids)).await?;
+                for change in changes {
+                    let held = mapped.get(&change.event_id);
+                    if change.deleted {
+                        match held {
+                            Some((local_id, _)) => plan.deletes.push((
+                                row,
+                                bucket.local_bucket.clone(),
+                                *local_id,
+                                change.event_id,
+                            )),
+                            None => stats.skipped += 1,
+                        }
+                        continue;
+                    }
+                    let Some(event) = event_of(change) else {
+                        tracing::warn!(
+                            seq = change.seq,
+                            "a feed entry without a readable event; skipped"
+                        );
+                        stats.skipped += 1;
+                        continue;
+                    };
+                    let hash = change.hash.clone().unwrap_or_default();
+                    match held {
+                        Some((_, h)) if *h == hash => stats.skipped += 1,
+                        Some((local_id, _)) => plan.replaces.push((
+                            row,
+                            bucket.local_bucket.clone(),
+                            *local_id,
+                            change.event_id,
+                            hash,
+                            event,
+                        )),
+                        None => plan
+                            .inserts
+                            .entry(row)
+                            .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
+                            .1
+                            .push((change.event_id, hash, event)),
+                    }
+                }
+            }
+            self.execute(plan, &mut record, &mut stats, &by_row).await?;
+            after = page.next;
+            stats.seq = after;
+            tracing::info!(
+                seq = after,
+                read = stats.changes,
+                inserted = stats.inserted,
+                replaced = stats.replaced,
+                deleted = stats.deleted,
+                "pull: applied a page of the change feed"
+            );
+            db(self.store, move |s| s.pull_commit(dest, &record)).await?;
+        }
+        stats.seq = after;
+        Ok(stats)
+    }
+
+    /// The feed page after `after`, refreshing the token once on a 401.
+    async fn changes(
+        &self,
+        token: &mut AccessToken,
+        after: i64,
+    ) -> Result<ChangesResponse, PullError> {
+        match self
+            .upstream
+            .changes(token, after, self.settings.page)
+            .await
+        {
+            Err(UpstreamError::Unauthorized) => {
+                *token = self.tokens.refresh(token).await?;
+                Ok(self
+                    .upstream
+                    .changes(token, after, self.settings.page)
+                    .await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The other devices: id → (host name, buckets).
+    async fn devices(
+        &self,
+        token: &mut AccessToken,
+    ) -> Result<HashMap<String, (String, Vec<BucketInfo>)>, PullError> {
+        let list = match self.upstream.devices(token).await {
+            Err(UpstreamError::Unauthorized) => {
+                *token = self.tokens.refresh(token).await?;
+                self.upstream.devices(token).await?
+            }
+            other => other?,
+        };
+        Ok(list
+            .devices
+            .into_iter()
+            .map(|d| (d.device_id, (d.hostname, d.buckets)))
+            .collect())
+    }
+
+    /// Makes the local bucket for another device's bucket, recorded before it is created. `None`
+    /// when the device is not selected, the upstream has no metadata for it, or a bucket of that
+    /// name exists that the pull did not make (left alone, reported).
+    async fn new_bucket(
+        &self,
+        change: &Change,
+        device_host: &str,
+        buckets: &[BucketInfo],
+        (local_host, local, rows): (
+            &str,
+            &mut HashSet<String>,
+            &mut HashMap<(String, String), PullBucket>,
+        ),
+        stats: &mut PullStats,
+    ) -> Result<Option<i64>, PullError> {
+        let Some(meta) = buckets.iter().find(|b| b.bucket_id == change.bucket_id) else {
+            return Ok(None);
+        };
+        if !self
+            .settings
+            .selects(&change.device_id, &[device_host, &meta.hostname])
+        {
+            return Ok(None);
+        }
+        let hostname = if meta.hostname.is_empty() {
+            device_host
+        } else {
+            &meta.hostname
+        };
+        // The origin this device already has for that host name, else the name itself unless
+        // this machine or another device has it.
+        let origin = rows
+            .values()
+            .find(|b| b.device_id == change.device_id && origin_host(&b.origin, hostname))
+            .map(|b| b.origin.clone())
+            .unwrap_or_else(|| {
+                let taken = hostname == local_host
+                    || rows
+                        .values()
+                        .any(|b| b.origin == hostname && b.device_id != change.device_id);
+                if taken {
+                    distinct_origin(hostname, &change.device_id)
+                } else {
+                    hostname.to_string()
+                }
+            });
+        let name = local_bucket_id(&change.bucket_id, &origin);
+        if stats.conflicts.contains(&name) {
+            return Ok(None);
+        }
+        if local.contains(&name) {
+            tracing::warn!(bucket = %name, "a bucket of this name exists in aw-server and was not made by the pull: left alone, that device's bucket is not pulled");
+            stats.conflicts.push(name);
+            return Ok(None);
+        }
+        let (dest, device, bucket_id, n, o, host) = (
+            self.dest,
+            change.device_id.clone(),
+            change.bucket_id.clone(),
+            name.clone(),
+            origin.clone(),
+            device_host.to_string(),
+        );
+        let row = db(self.store, move |s| {
+            s.pull_add_bucket(dest, (&device, &host), &bucket_id, &n, &o)
+        })
+        .await?;
+        self.source
+            .create_bucket(&name, &meta.bucket_type, &meta.client, &origin)
+            .await?;
+        stats.writes += 1;
+        local.insert(name.clone());
+        tracing::info!(bucket = %name, "pull: made a bucket for another device's events");
+        rows.insert(
+            (change.device_id.clone(), change.bucket_id.clone()),
+            PullBucket {
+                row,
+                device_id: change.device_id.clone(),
+                bucket_id: change.bucket_id.clone(),
+                local_bucket: name,
+                origin,
+                created: None,
+                device_host: device_host.to_string(),
+            },
+        );
+        Ok(Some(row))
+    }
+
+    /// Compares the local buckets the pull made with aw-server's listing: one that is gone or
+    /// was made again (another `created`: a new database) holds none of what the mappings say,
+    /// so it is forgotten and the feed read again from the start. Returns whether to restart.
+    async fn check_local_copies(
+        &self,
+        listing: &BTreeMap<String, Bucket>,
+    ) -> Result<bool, PullError> {
+        let dest = self.dest;
+        let rows = db(self.store, move |s| s.pull_buckets(dest)).await?;
+        let mut gone = Vec::new();
+        for b in rows {
+            match listing.get(&b.local_bucket) {
+                None => gone.push(b.row),
+                Some(l) => match (b.created.as_deref(), created_text(l)) {
+                    (None, Some(c)) => {
+                        db(self.store, move |s| s.pull_set_created(b.row, &c)).await?;
+                    }
+                    (Some(a), Some(c)) if a != c => gone.push(b.row),
+                    _ => {}
+                },
+            }
+        }
+        if gone.is_empty() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            buckets = gone.len(),
+            "pulled buckets are gone from aw-server (deleted, or a new database): they are made again"
+        );
+        db(self.store, move |s| s.pull_forget_buckets(&gone)).await?;
+        Ok(true)
+    }
+
+    /// After a crash between sending inserts and recording them: deletes every event in the
+    /// recorded spans of pull buckets that no mapping names (only the pull writes there).
+    async fn sweep(&self) -> Result<u64, PullError> {
+        let dest = self.dest;
+        let pending = db(self.store, move |s| s.pull_pending(dest)).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let names: HashMap<i64, String> = db(self.store, move |s| s.pull_buckets(dest))
+            .await?
+            .into_iter()
+            .map(|b| (b.row, b.local_bucket))
+            .collect();
+        let mut swept = 0;
+        for (row, start, end) in pending {
+            let Some(name) = names.get(&row) else {
+                continue;
+            };
+            let (start, end) = (at(start) - SLACK, at(end) + SLACK);
+            let events = match self
+                .source
+                .get_events(name, Some(start), Some(end), None)
+                .await
+            {
+                Err(SourceError::BucketNotFound(_)) => continue,
+                other => other?,
+            };
+            let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
+            let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
+            for id in events.iter().filter_map(|e| e.id) {
+                if !known.contains(&id) {
+                    self.source.delete_event(name, id).await?;
+                    swept += 1;
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::warn!(
+                swept,
+                "pull: deleted the events an interrupted pull had written but not recorded; they are written again"
+            );
+        }
+        db(self.store, move |s| s.pull_clear_pending(dest)).await?;
+        Ok(swept)
+    }
+
+    /// Writes a page's plan into aw-server and fills `record` with what to commit.
+    async fn execute(
+        &self,
+        mut plan: Plan,
+        record: &mut PullPage,
+        stats: &mut PullStats,
+        by_row: &HashMap<i64, &PullBucket>,
+    ) -> Result<(), PullError> {
+        // A replacement only for an event read from that very bucket just now: a POST with an
+        // id replaces that row in whatever bucket it is.
+        let mut replaces = Vec::new();
+        for r in std::mem::take(&mut plan.replaces) {
+            match self.source.get_event(&r.1, r.2).await {
+                Ok(Some(_)) => replaces.push(r),
+                // Gone (the user deleted the copy) or aw-server-rust's 500 for a missing id:
+                // copied again as a new event.
+                Ok(None) | Err(SourceError::Status { status: 500, .. }) => {
+                    let (row, bucket, _, event_id, hash, event) = r;
+                    plan.inserts
+                        .entry(row)
+                        .or_insert_with(|| (bucket, Vec::new()))
+                        .1
+                        .push((event_id, hash, event));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let spans: Vec<(i64, i64, i64)> = plan
+            .inserts
+            .iter()
+            .filter_map(|(row, (_, events))| {
+                let start = events.iter().map(|e| e.2.timestamp).min()?;
+                let end = events.iter().map(|e| e.2.end()).max()?;
+                Some((
+                    *row,
+                    start.timestamp_nanos_opt()?,
+                    end.timestamp_nanos_opt()?,
+                ))
+            })
+            .collect();
+        if !spans.is_empty() {
+            db(self.store, move |s| s.pull_add_pending(&spans)).await?;
+        }
+        for (row, bucket, local_id, event_id) in plan.deletes {
+            match self.source.delete_event(&bucket, local_id).await {
+                Ok(()) | Err(SourceError::BucketNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            stats.writes += 1;
+            stats.deleted += 1;
+            count(stats, by_row, row);
+            record.deletes.push((row, event_id));
+        }
+        // Replacements whose new start the mappings do not say yet: the read-back of this
+        // page's inserts asks for that many more.
+        let moved = replaces.len() as u64;
+        for (row, bucket, local_id, event_id, hash, event) in replaces {
+            self.source.replace_event(&bucket, local_id, &event).await?;
+            stats.writes += 1;
+            stats.replaced += 1;
+            count(stats, by_row, row);
+            record
+                .upserts
+                .push(mapped(row, event_id, local_id, hash, &event));
+        }
+        for (row, (bucket, events)) in plan.inserts {
+            let plain: Vec<Event> = events.iter().map(|e| e.2.clone()).collect();
+            let ids = match self.source.insert_events_ids(&bucket, &plain).await? {
+                Some(ids) => ids,
+                None => self.find_inserted(&bucket, row, &plain, moved).await?,
+            };
+            stats.writes += 1;
+            stats.inserted += events.len() as u64;
+            for ((event_id, hash, event), local_id) in events.into_iter().zip(ids) {
+                count(stats, by_row, row);
+                record
+                    .upserts
+                    .push(mapped(row, event_id, local_id, hash, &event));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of `events`, just inserted into `bucket` by a server that does not say them
+    /// (Python aw-server): read back around them, and matched by timestamp (to the
+    /// millisecond, Python's precision), data and the nearest duration among the events no
+    /// mapping names.
+    async fn find_inserted(
+        &self,
+        bucket: &str,
+        row: i64,
+        events: &[Event],
+        moved: u64,
+    ) -> Result<Vec<i64>, PullError> {
+        let (Some(start), Some(end)) = (
+            events.iter().map(|e| e.timestamp).min(),
+            events.iter().map(Event::end).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        // Newest first up to `end`, as many as can start in the span: the copies held there,
+        // this page's inserts and (at most) its replacements. Python aw-server seeks this on
+        // its (bucket, timestamp) index; a `start` bound would make it test every event of
+        // the 24 hours before it.
+        let (lo, hi) = (
+            (start - SLACK).timestamp_nanos_opt().unwrap_or(i64::MIN),
+            (end + SLACK).timestamp_nanos_opt().unwrap_or(i64::MAX),
+        );
+        let held = db(self.store, move |s| s.pull_count_in(row, lo, hi)).await?;
+        let limit = held + events.len() as u64 + moved;
+        let found = self
+            .source
+            .get_events(bucket, None, Some(end + SLACK), Some(limit))
+            .await?;
+        let ids: Vec<i64> = found.iter().filter_map(|e| e.id).collect();
+        let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
+        let mut free: HashMap<i64, Vec<Unnamed>> = HashMap::new();
+        for e in found {
+            if let Some(id) = e.id.filter(|id| !known.contains(id)) {
+                free.entry(e.timestamp.timestamp_millis())
+                    .or_default()
+                    .push((id, e.duration, e.data));
+            }
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let slot = free.get_mut(&e.timestamp.timestamp_millis());
+            let best = slot.as_ref().and_then(|c| {
+                c.iter()
+                    .enumerate()
+                    .filter(|(_, (_, _, data))| *data == e.data)
+                    .min_by(|a, b| {
+                        let da = (a.1 .1 - e.duration).abs();
+                        let db = (b.1 .1 - e.duration).abs();
+                        da.total_cmp(&db)
+                    })
+                    .map(|(i, _)| i)
+            });
+            match (slot, best) {
+                (Some(c), Some(i)) => out.push(c.swap_remove(i).0),
+                _ => {
+                    return Err(PullError::Inconsistent(format!(
+                        "aw-server does not show an event just inserted into {bucket} (at {}); the page is written again next cycle",
+                        e.timestamp
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `origin` was made for `hostname` (itself, or it with a device id's start).
+fn origin_host(origin: &str, hostname: &str) -> bool {
+    origin == hostname
+        || origin
+            .strip_prefix(hostname)
+            .is_some_and(|rest| rest.len() == 9 && rest.starts_with('-'))
+}
+
+fn mapped(row: i64, event_id: i64, local_id: i64, hash: String, event: &Event) -> Mapped {
+    Mapped {
+        row,
+        event_id,
+        local_id,
+        hash,
+        start_ns: event.timestamp.timestamp_nanos_opt().unwrap_or(0),
+    }
+}
+
+fn count(stats: &mut PullStats, by_row: &HashMap<i64, &PullBucket>, row: i64) {
+    if let Some(b) = by_row.get(&row) {
+        *stats.per_device.entry(b.origin.clone()).or_default() += 1;
+    }
+}
+
+fn at(ns: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_nanos(ns)
+}
+
+/// The event a feed entry carries; `None` when it is malformed.
+fn event_of(change: &Change) -> Option<Event> {
+    let timestamp = DateTime::parse_from_rfc3339(change.timestamp.as_deref()?)
+        .ok()?
+        .with_timezone(&Utc);
+    let duration = change.duration.filter(|d| d.is_finite() && *d >= 0.0)?;
+    let data: Map<String, Value> = match &change.data {
+        Some(raw) => serde_json::from_str(raw.get()).ok()?,
+        None => Map::new(),
+    };
+    Some(Event {
+        id: None,
+        timestamp,
+        duration,
+        data,
+    })
+}
+
+/// `--unpull DEVICE` (a host name or device id): deletes the local buckets the pull made for
+/// that device and stops pulling it (until the device selection in the config changes). The
+/// upstream is not touched. Returns the buckets deleted.
+pub async fn unpull(
+    source: &AwClient,
+    store: &Arc<Store>,
+    dest: DestId,
+    device: &str,
+) -> Result<Vec<String>, PullError> {
+    let rows = db(store, move |s| s.pull_buckets(dest)).await?;
+    let status = db(store, move |s| s.pull_status(dest)).await?;
+    let ids: HashSet<String> = status
+        .iter()
+        .filter(|d| d.device_id == device || d.hostname == device)
+        .map(|d| d.device_id.clone())
+        .chain(
+            rows.iter()
+                .filter(|b| b.device_id == device || b.origin == device)
+                .map(|b| b.device_id.clone()),
+        )
+        .collect();
+    if ids.is_empty() {
+        return Err(PullError::Inconsistent(format!(
+            "no pulled device is named {device:?} (see --status for the pulled devices)"
+        )));
+    }
+    let mine: Vec<&PullBucket> = rows.iter().filter(|b| ids.contains(&b.device_id)).collect();
+    let mut deleted = Vec::new();
+    for b in &mine {
+        match source.delete_bucket(&b.local_bucket).await {
+            Ok(()) | Err(SourceError::BucketNotFound(_)) => deleted.push(b.local_bucket.clone()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let forget: Vec<i64> = mine.iter().map(|b| b.row).collect();
+    let marks: Vec<String> = ids.into_iter().collect();
+    db(store, move |s| {
+        s.pull_forget_buckets(&forget)?;
+        for id in &marks {
+            s.pull_mark_unpulled(dest, id)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(deleted)
+}
