@@ -29,6 +29,11 @@ pub struct AwServer {
 
 impl AwServer {
     /// Starts a fresh server with an empty database on a free loopback port.
+    ///
+    /// Python aw-server takes a port number, so the port is picked before it binds: another
+    /// test may take the same one meanwhile. Readiness therefore means that *this* process
+    /// listens there ([`listens`]), not just that something answers (another test's server
+    /// did, and two tests then shared one aw-server); a lost port is tried again with another.
     pub fn start() -> AwServer {
         let dir = tempfile::Builder::new()
             .prefix("aw-server-test-")
@@ -40,8 +45,16 @@ impl AwServer {
             dir,
             starts: 0,
         };
-        server.spawn();
-        server
+        for _ in 0..PORT_ATTEMPTS {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(lost) => {
+                    eprintln!("{lost}; trying another port");
+                    server.port = free_port();
+                }
+            }
+        }
+        panic!("aw-server lost its port {PORT_ATTEMPTS} times in a row");
     }
 
     pub fn port(&self) -> u16 {
@@ -90,7 +103,15 @@ impl AwServer {
         }
     }
 
+    /// Starts the process again on its port; panics if another process took the port.
     fn spawn(&mut self) {
+        if let Err(lost) = self.try_spawn() {
+            panic!("{lost}");
+        }
+    }
+
+    /// Starts the process on `self.port`; `Err` when another process listens there.
+    fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "aw-server already running");
         let exe = aw_server_exe();
         let root = self.dir.path();
@@ -115,7 +136,7 @@ impl AwServer {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
         self.child = Some(child);
-        self.wait_until_up();
+        self.wait_until_up()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -124,26 +145,36 @@ impl AwServer {
             .join(format!("aw-server-{}.log", self.starts))
     }
 
-    fn wait_until_up(&mut self) {
+    /// Until this process listens on the port and answers; `Err` when it exited while another
+    /// process holds the port (it lost the race for it).
+    fn wait_until_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
+            let mut pid = None;
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
+                    let log = read_tail(&self.log_path());
+                    if log.contains("Address already in use") {
+                        return Err(format!(
+                            "aw-server could not bind port {}: another process took it",
+                            self.port
+                        ));
+                    }
                     panic!(
-                        "aw-server exited during startup ({status}) on port {}; log:\n{}",
-                        self.port,
-                        read_tail(&self.log_path())
+                        "aw-server exited during startup ({status}) on port {}; log:\n{log}",
+                        self.port
                     );
                 }
+                pid = Some(child.id());
             }
-            if info_answers(self.port) {
-                return;
+            if pid.is_some_and(|pid| listens(pid, self.port)) && info_answers(self.port) {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 self.stop();
                 panic!(
-                    "aw-server did not answer /api/0/info on port {} within {:?}; log:\n{}",
+                    "aw-server did not listen and answer /api/0/info on port {} within {:?}; log:\n{}",
                     self.port,
                     STARTUP_TIMEOUT,
                     read_tail(&self.log_path())
@@ -154,14 +185,46 @@ impl AwServer {
     }
 }
 
+/// How many ports [`AwServer::start`] tries before it gives up.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Whether process `pid` has a listening TCP socket on 127.0.0.1:`port`: the socket's inode in
+/// `/proc/net/tcp` is one of the process's open files.
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is the 2nd field, st the 4th (0A = LISTEN), inode the 10th.
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+                .flatten()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 impl Drop for AwServer {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// A port that was free a moment ago. The tiny race with other processes is accepted; the
-/// server's startup check fails loudly if it lost.
+/// A port that was free a moment ago. Another process may take it before the server binds it:
+/// [`AwServer::start`] checks that its own process got it.
 pub fn free_port() -> u16 {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 for a free port");
@@ -204,4 +267,21 @@ fn read_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log: {e})"));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `listens` tells this process's listening socket from none and from another process's.
+    #[test]
+    fn listens_names_the_process_that_holds_the_port() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens(std::process::id(), port));
+        // pid 1 (init) does not hold our port; a closed port is held by no one.
+        assert!(!listens(1, port));
+        drop(listener);
+        assert!(!listens(std::process::id(), port));
+    }
 }
