@@ -6,7 +6,6 @@
 //! the source event for event.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,26 +31,13 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, issuer: &str, port: u16) -> Server {
-        let mut child = Command::new(samay_testkit::built_binary("samay-server"))
-            .args(["--bind", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new(samay_testkit::built_binary("samay-server"));
+        cmd.args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--database-url", &format!("sqlite://{}", db.display())])
             .args(["--issuer", issuer, "--audience", AUDIENCE])
             .env_remove("SAMAY_ISSUER")
-            .env_remove("SAMAY_STATIC_TOKENS")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start samay-server");
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("samay-server exited: {:?}", child.wait()))
-            .expect("a line");
-        let base = line
-            .strip_prefix("samay-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        std::thread::spawn(move || for _ in lines {});
+            .env_remove("SAMAY_STATIC_TOKENS");
+        let (child, base) = samay_testkit::server::spawn_listening(cmd);
         Server { child, base }
     }
 

@@ -19,6 +19,7 @@ pub mod oidc;
 pub mod postgres;
 pub mod procfs;
 pub mod rig;
+pub mod server;
 pub mod tray;
 
 /// The repository's root (the `aw-sync-samay` package): where `.peers/` and `peers/` are.

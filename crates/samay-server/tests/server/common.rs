@@ -207,7 +207,6 @@ impl Process {
     /// Starts the binary on a free loopback port with `env` added, and waits for its
     /// "listening on" line.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
-        use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_samay-server"));
         cmd.args(["--bind", "127.0.0.1:0"])
             .args(args)
@@ -215,24 +214,11 @@ impl Process {
             .env_remove("SAMAY_ISSUER")
             .env_remove("SAMAY_BIND")
             .env("SAMAY_STATIC_TOKENS", TOKENS)
-            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("samay-server exited: {:?}", child.wait()))
-            .unwrap();
-        let base = line
-            .strip_prefix("samay-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        // Keep reading (and dropping) its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, base) = samay_testkit::server::spawn_listening(cmd);
         Process { child, base }
     }
 

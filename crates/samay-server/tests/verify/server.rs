@@ -2,8 +2,7 @@
 //! are the users (issuer-qualified, isolated from each other), bad tokens are 401 with their
 //! reason counted in `/metrics`, and an issuer that cannot be reached is 503 (retry), not 401.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use reqwest::StatusCode;
 use samay_testkit::issuer::{unix_now, AUDIENCE};
@@ -22,26 +21,14 @@ impl Server {
     fn start(issuer: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("samay.sqlite").display());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_samay-server"))
-            .args(["--bind", "127.0.0.1:0", "--database-url", &db])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_samay-server"));
+        cmd.args(["--bind", "127.0.0.1:0", "--database-url", &db])
             .args(["--issuer", issuer, "--audience", AUDIENCE])
             .env_remove("SAMAY_ISSUER")
             .env_remove("SAMAY_STATIC_TOKENS")
             .env_remove("SAMAY_INTROSPECTION_CLIENT_ID")
-            .env_remove("SAMAY_INTROSPECTION_CLIENT_SECRET")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("samay-server exited: {:?}", child.wait()))
-            .unwrap();
-        let base = line
-            .strip_prefix("samay-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        std::thread::spawn(move || for _ in lines {});
+            .env_remove("SAMAY_INTROSPECTION_CLIENT_SECRET");
+        let (child, base) = samay_testkit::server::spawn_listening(cmd);
         Server {
             child,
             base,
@@ -51,7 +38,7 @@ impl Server {
 
     async fn get(&self, path: &str, token: &str) -> (StatusCode, Option<String>, Value) {
         let response = reqwest::Client::new()
-            .get(format!("{}/{path}", self.base.trim_end_matches('/')))
+            .get(format!("{}/{path}", self.base))
             .bearer_auth(token)
             .send()
             .await
@@ -66,7 +53,7 @@ impl Server {
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.base.trim_end_matches('/')))
+        reqwest::get(format!("{}/metrics", self.base))
             .await
             .unwrap()
             .text()
