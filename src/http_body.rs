@@ -38,8 +38,18 @@ const MAX_PREALLOCATION: usize = 16 * 1024 * 1024;
 /// Reads at most `limit` bytes of the body, as it comes; reading stops at the limit. (An
 /// announced `Content-Length` only sizes the buffer: the first bytes are wanted either way.)
 pub async fn read_prefix(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Prefix, reqwest::Error> {
+    read_prefix_into(response, limit, Vec::new()).await
+}
+
+/// [`read_prefix`] into `buffer` (emptied first, its capacity kept): a caller reading many
+/// large answers one after the other reuses one allocation instead of a fresh mapping each.
+pub async fn read_prefix_into(
     mut response: reqwest::Response,
     limit: usize,
+    mut buffer: Vec<u8>,
 ) -> Result<Prefix, reqwest::Error> {
     // Sized once from `Content-Length` (believed up to a bound: the body may stop short):
     // growing by doubling copied every megabyte-sized page several times over.
@@ -47,7 +57,10 @@ pub async fn read_prefix(
         .content_length()
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0);
-    let mut bytes = Vec::with_capacity(announced.min(limit).min(MAX_PREALLOCATION));
+    buffer.clear();
+    // Exact: `reserve` would double a kept buffer a little too small for this answer.
+    buffer.reserve_exact(announced.min(limit).min(MAX_PREALLOCATION));
+    let mut bytes = buffer;
     while let Some(chunk) = response.chunk().await? {
         let room = limit - bytes.len();
         if chunk.len() > room {
@@ -68,6 +81,15 @@ pub async fn read_prefix(
 /// The whole body, or [`BodyError::TooLarge`] when it is longer than `limit` bytes. An
 /// announced `Content-Length` above the limit is believed, and nothing is read.
 pub async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    read_capped_into(response, limit, Vec::new()).await
+}
+
+/// [`read_capped`] into `buffer` (see [`read_prefix_into`]).
+pub async fn read_capped_into(
+    response: reqwest::Response,
+    limit: usize,
+    buffer: Vec<u8>,
+) -> Result<Vec<u8>, BodyError> {
     let announced = response
         .headers()
         .get(reqwest::header::CONTENT_LENGTH)
@@ -76,7 +98,7 @@ pub async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Ve
     if announced.is_some_and(|announced| announced > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    let prefix = read_prefix(response, limit).await?;
+    let prefix = read_prefix_into(response, limit, buffer).await?;
     if prefix.complete {
         Ok(prefix.bytes)
     } else {
@@ -178,6 +200,26 @@ mod tests {
             "the answer is larger than 1 MiB, the most accepted; stopped reading it"
         );
         assert!(taken.load(Ordering::Relaxed) <= (1024 * 1024 + CHUNK) as u64);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_into_a_kept_buffer_reuses_its_memory_and_nothing_of_its_content() {
+        let mut buffer = Vec::with_capacity(4 * CHUNK);
+        buffer.extend_from_slice(b"an earlier page");
+        let at = buffer.as_ptr();
+        let (response, _) = response_of(vec![vec![b'a'; CHUNK], vec![b'b'; 10]].into_iter(), None);
+        let body = read_capped_into(response, usize::MAX, buffer)
+            .await
+            .expect("body");
+        assert_eq!(body.len(), CHUNK + 10);
+        assert!(body[..CHUNK].iter().all(|&b| b == b'a') && body[CHUNK..] == [b'b'; 10]);
+        assert_eq!(body.as_ptr(), at, "the same allocation");
+        // Too large for the limit: refused all the same.
+        let (response, _) = response_of(vec![vec![b'a'; CHUNK]].into_iter(), None);
+        let err = read_capped_into(response, 10, body)
+            .await
+            .expect_err("limit");
+        assert!(matches!(err, BodyError::TooLarge { limit: 10 }), "{err:?}");
     }
 
     #[tokio::test]
