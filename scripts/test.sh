@@ -15,38 +15,77 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-# The server as the sidecar links it: without its `faults` feature (its tests turn it on, and
-# the pass above unifies it in), the library and binaries only.
-cargo clippy -p samay-server --lib --bins --locked -- -D warnings
+# Clippy's lints run inside the build of the tests instead of in a `cargo clippy` pass of their
+# own: clippy-driver is rustc plus the lints, so as the workspace's compiler it lints every
+# target `cargo clippy --workspace --all-targets` lints while it compiles them, and -D warnings
+# fails the build on any warning as `cargo clippy -- -D warnings` does. A separate pass type-
+# checked the whole workspace and every dependency a second time: a quarter of the suite's
+# time. (Dependencies are built with `--cap-lints allow` by cargo, so the flag only reaches
+# the workspace.) `cargo clippy --workspace --all-targets -- -D warnings` stays the command to
+# run by hand; it checks the same.
+export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER-$(command -v clippy-driver)}"
+export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 
-echo "== the shipped binary carries no test double and no fault injection"
-bash scripts/check-release-deps.sh
+echo "== cargo test: build, with clippy's lints"
+# --message-format=json: the test executables, run below without cargo (so that the clippy
+# pass running beside them does not wait for cargo's build lock, nor they for it).
+list="$(mktemp)"
+logs="$(mktemp -d)"
+trap 'rm -rf "$list" "$logs"' EXIT
+cargo test --workspace --all-targets --locked --no-run --message-format=json-render-diagnostics \
+    | python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        kind = m["target"]["kind"][0]
+        print(m["target"]["name"], kind, os.path.dirname(m["manifest_path"]), m["executable"])
+' >"$list"
+[ -s "$list" ] || { echo "test.sh: no test executables were built" >&2; exit 1; }
 
-echo "== cargo test"
-# Integration tests each start their own aw-server and upstream on free loopback ports. Most of
-# their time is spent waiting on those processes, so the sidecar's two big test binaries
-# (tests/it and tests/faults) run at the same time, and every other test target after them:
-# together exactly what `cargo test --workspace --all-targets` runs. Every run selects the
-# whole workspace, so features resolve as in that one command and nothing is built twice;
-# cargo holds its build lock only while building.
-cargo test --workspace --all-targets --locked --no-run
-other_tests=$(cargo metadata --format-version 1 --no-deps --locked | python3 -c '
-import json, sys
-names = {t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "test" in t["kind"]}
-print(" ".join("--test " + n for n in sorted(names - {"it", "faults"})))')
-faults_log="$(mktemp)"
-trap 'rm -f "$faults_log"' EXIT
-cargo test --workspace --test faults --locked -- --test-threads=3 >"$faults_log" 2>&1 &
-faults_pid=$!
+# Runs one test executable as `cargo test` would (from its package's directory).
+run_test() { # NAME DIR EXE THREADS
+    echo "== $1 ($(basename "$3"))"
+    (cd "$2" && "$3" --test-threads="$4")
+}
+
+# Integration tests each start their own aw-server and upstream on free loopback ports; most
+# of their time is spent waiting on those processes. So the sidecar's two big test binaries
+# (tests/it and tests/faults) run at the same time, and beside them, on what CPU they leave:
+# the server's lints as the sidecar links it, the release dependency check, and every other
+# test executable.
 status=0
-cargo test --workspace --test it --locked -- --test-threads=3 || status=$?
-# shellcheck disable=SC2086 # one word per flag
-cargo test --workspace --lib --bins --benches --examples $other_tests --locked -- --test-threads=4 || status=$?
-faults_status=0
-wait "$faults_pid" || faults_status=$?
-echo "== tests/faults (ran alongside tests/it)"
-cat "$faults_log"
-[ "$faults_status" = 0 ] || status=$faults_status
+pids=()
+for name in it faults; do
+    read -r _ _ dir exe < <(awk -v n="$name" '$1 == n && $2 == "test"' "$list" | head -n 1) \
+        || { echo "test.sh: no test executable named $name" >&2; exit 1; }
+    run_test "$name" "$dir" "$exe" 3 >"$logs/$name" 2>&1 &
+    pids+=($!)
+done
+{
+    rest=0
+    echo "== cargo clippy: samay-server as the sidecar links it (no fault injection)"
+    # Its tests turn the `faults` feature on, and the build above unifies it in.
+    cargo clippy -p samay-server --lib --bins --locked -- -D warnings || rest=1
+    echo "== the shipped binary carries no test double and no fault injection"
+    bash scripts/check-release-deps.sh || rest=1
+    while read -r name kind dir exe; do
+        if [ "$kind" = test ] && { [ "$name" = it ] || [ "$name" = faults ]; }; then
+            continue
+        fi
+        run_test "$name ($kind)" "$dir" "$exe" 4 || rest=1
+    done <"$list"
+    exit "$rest"
+} >"$logs/rest" 2>&1 &
+pids+=($!)
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || status=1
+done
+for log in it faults rest; do
+    cat "$logs/$log"
+done
+[ "$status" = 0 ] && echo "== all tests passed" || echo "== FAILED (see above)"
 exit "$status"
