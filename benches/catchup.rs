@@ -10,8 +10,9 @@
 //!   ([`support::legacy`]);
 //! * `aw-sync-samay --once` with the default `[sync]` settings catching up N events into an
 //!   upstream that acknowledges at once ([`support::upstream::AckUpstream`]), and into
-//!   `samay-dev-server` (a real upstream with its SQLite store), each from a fresh state, with
-//!   the source's CPU time; every event the ack upstream received checked against the source
+//!   `samay-dev-server` (a real upstream with its SQLite store), and (`BENCH_PG`, issue 13) into
+//!   `samay-server` on PostgreSQL (a throwaway cluster, fsync on) against the acknowledging
+//!   upstream of the same run, each from a fresh state, with the source's CPU time; every event the ack upstream received checked against the source
 //!   (timestamps and durations within 1 µs, data equal, each event exactly once);
 //! * after the catch-up: a back-dated insert three days deep (what finding it costs), and
 //!   `--once --verify` (re-reading and re-hashing everything);
@@ -21,6 +22,8 @@
 //! ```text
 //! cargo bench --bench catchup                      # everything (≈ 10 min on 2 cores)
 //! BENCH_SIZES=100000 BENCH_PYTHON=0 cargo bench --bench catchup
+//! BENCH_SIZES=1000000 BENCH_PYTHON=0 BENCH_IDLE=0 BENCH_DEV=0 BENCH_LEGACY=0 bash scripts/bench.sh
+//!                                                  # the 1M catch-up: ack vs samay-server/PostgreSQL
 //! ```
 //! The report (markdown) goes to stdout and to `target/bench-catchup.md`.
 
@@ -400,6 +403,7 @@ async fn catch_up(
     report
         .rows
         .push(row(name, n, "sync → acknowledging upstream", &c, fl));
+    let ack_wall = c.wall.as_secs_f64();
     let catch_up_cpu = c.source_cpu.as_secs_f64();
     if let Some(u) = c.sync {
         let wall = c.wall.as_secs_f64() / fl.wall;
@@ -480,21 +484,11 @@ async fn catch_up(
         ack.clear();
     }
 
+    // The stand-in's rows gained the back-dated insert.
+    let expected = n as u64 + u64::from(is_sqlite);
     if flag("BENCH_DEV") {
         let dev = DevServer::start(work, &format!("dev-{n}-{port}"))?;
-        let home = Home::new(work, &format!("dev-{n}-{port}"), &dev.base_url, "")?;
-        let (_, c) = measured(server, async {
-            let usage = tokio::task::spawn_blocking(move || run::once(&home, port)).await??;
-            Ok(((), Some(usage)))
-        })
-        .await?;
-        let held = dev.held().await?;
-        // The stand-in's rows gained the back-dated insert.
-        let expected = n as u64 + u64::from(is_sqlite);
-        ensure!(
-            held == expected,
-            "samay-dev-server holds {held} events, expected {expected}"
-        );
+        let c = sync_into(server, &dev, work, &format!("dev-{n}-{port}"), expected).await?;
         report
             .rows
             .push(row(name, n, "sync → samay-dev-server", &c, fl));
@@ -503,7 +497,54 @@ async fn catch_up(
             c.wall.as_secs_f64()
         );
     }
+
+    if flag("BENCH_PG") {
+        // Issue 13: the same catch-up into samay-server on PostgreSQL (a throwaway cluster with
+        // fsync on), against the acknowledging upstream above.
+        let cluster =
+            tokio::task::spawn_blocking(samay_testkit::postgres::PgCluster::start_durable).await?;
+        let pg = DevServer::start_postgres(work, &format!("pg-{n}-{port}"), &cluster.database())?;
+        let c = sync_into(server, &pg, work, &format!("pg-{n}-{port}"), expected).await?;
+        report
+            .rows
+            .push(row(name, n, "sync → samay-server on PostgreSQL", &c, fl));
+        let ratio = c.wall.as_secs_f64() / ack_wall.max(f64::EPSILON);
+        report.checks.push(format!(
+            "{name}, {n} events: sync into samay-server on PostgreSQL {:.2} s = {ratio:.2}× the sync into the acknowledging upstream ({ack_wall:.2} s; goal ≤ 1.3×: {})",
+            c.wall.as_secs_f64(),
+            verdict(ratio <= 1.3)
+        ));
+        eprintln!(
+            "bench: {name} {n}: sync → samay-server/PostgreSQL {:.2} s ({ratio:.2}× ack)",
+            c.wall.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// `--once` from a fresh state into `upstream`; its cost, once the upstream was seen to hold
+/// `expected` events.
+async fn sync_into(
+    server: &Server<'_>,
+    upstream: &DevServer,
+    work: &Path,
+    dir: &str,
+    expected: u64,
+) -> anyhow::Result<Cost> {
+    let port = server.port();
+    let home = Home::new(work, dir, &upstream.base_url, "")?;
+    let (_, c) = measured(server, async {
+        let usage = tokio::task::spawn_blocking(move || run::once(&home, port)).await??;
+        Ok(((), Some(usage)))
+    })
+    .await?;
+    let held = upstream.held().await?;
+    ensure!(
+        held == expected,
+        "{} holds {held} events, expected {expected}",
+        upstream.name
+    );
+    Ok(c)
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -648,6 +689,7 @@ async fn verify(
 struct DevServer {
     child: Child,
     base_url: String,
+    name: &'static str,
 }
 
 impl Drop for DevServer {
@@ -659,45 +701,77 @@ impl Drop for DevServer {
 
 impl DevServer {
     fn start(work: &Path, name: &str) -> anyhow::Result<DevServer> {
-        let port = awserver::free_port();
         let dir = work.join(name);
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(samay_testkit::built_binary("samay-dev-server"))
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--db")
+        let mut cmd = Command::new(samay_testkit::built_binary("samay-dev-server"));
+        cmd.arg("--db")
             .arg(dir.join("dev.sqlite"))
             .arg("--token")
-            .arg(run::TOKEN)
+            .arg(run::TOKEN);
+        Self::spawn(cmd, &dir, "samay-dev-server")
+    }
+
+    /// `samay-server` (not the dev server) on the PostgreSQL database `url`, accepting the
+    /// benchmark's token.
+    fn start_postgres(work: &Path, name: &str, url: &str) -> anyhow::Result<DevServer> {
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut cmd = Command::new(samay_testkit::built_binary("samay-server"));
+        cmd.arg("--database-url")
+            .arg(url)
+            .env("SAMAY_STATIC_TOKENS", format!("bench={}", run::TOKEN));
+        Self::spawn(cmd, &dir, "samay-server on PostgreSQL")
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, name: &'static str) -> anyhow::Result<DevServer> {
+        let port = awserver::free_port();
+        let child = cmd
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("dev-server.log"))?)
+            .stderr(std::fs::File::create(dir.join("server.log"))?)
             .spawn()
-            .context("start samay-dev-server")?;
+            .context("start the upstream server")?;
         let base_url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
-            ensure!(Instant::now() < deadline, "samay-dev-server did not start");
+            ensure!(
+                Instant::now() < deadline,
+                "the upstream server did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(DevServer { child, base_url })
+        Ok(DevServer {
+            child,
+            base_url,
+            name,
+        })
     }
 
-    /// Events held for all devices.
+    /// Events held: for all devices (the dev server's `/v1/inspect`), or the benchmark's
+    /// user's (`GET v1/devices`: samay-server has no inspection); both list devices with
+    /// their buckets' event counts.
     async fn held(&self) -> anyhow::Result<u64> {
+        let path = if self.name == "samay-dev-server" {
+            "v1/inspect"
+        } else {
+            "v1/devices"
+        };
         let v: Value = http()
-            .get(format!("{}/v1/inspect", self.base_url))
+            .get(format!("{}/{path}", self.base_url))
+            .bearer_auth(run::TOKEN)
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
         let mut total = 0;
-        for d in v["devices"].as_array().context("inspect: devices")? {
-            for b in d["buckets"].as_array().context("inspect: buckets")? {
-                total += b["events"].as_u64().context("inspect: events")?;
+        for d in v["devices"].as_array().context("devices")? {
+            for b in d["buckets"].as_array().context("buckets")? {
+                total += b["events"].as_u64().context("events")?;
             }
         }
         Ok(total)

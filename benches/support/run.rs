@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 
 use crate::procfs;
 
-pub const TOKEN: &str = "bench-token";
+/// Long enough for samay-server's static tokens (16 characters at least).
+pub const TOKEN: &str = "bench-token-0123456789";
 
 /// What the kernel says one finished process used.
 #[derive(Debug, Clone, Copy, Default)]

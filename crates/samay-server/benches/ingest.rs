@@ -4,78 +4,28 @@
 //! p99 batch latency. The bodies are built and compressed before the clock starts: the
 //! measurement is the server's (gunzip, parse, validate, store) and PostgreSQL's.
 //!
+//! Where the 2 cores went is printed too: CPU time of the client's threads (its own runtime),
+//! of the server's (the main runtime) and of PostgreSQL's processes. `BENCH_PG_STATS=1` loads
+//! pg_stat_statements and prints the statements by total time (mean time includes lock waits).
+//!
 //!     cargo bench -p samay-server --bench ingest
 //!     BENCH_DEVICES=50 BENCH_USERS=25 BENCH_BATCHES=20 cargo bench -p samay-server --bench ingest
+//!     BENCH_PG_STATS=1 cargo bench -p samay-server --bench ingest
+//!     BENCH_RATE=50000 cargo bench -p samay-server --bench ingest   # paced: latency at that rate
+//!
+//! Without `BENCH_RATE` every device sends its next batch as soon as the last is answered (a
+//! backlog): then by Little's law the mean latency is devices / (batches per second) — 500 ms
+//! at 50 devices and 100 batches (50,000 events) a second, whatever the server does. With
+//! `BENCH_RATE=N` the devices together offer N events a second, evenly spread, and a batch's
+//! latency counts from when it was due: the latency a device sees at that load.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use samay_api::{BatchRequest, BucketMeta, UpEvent};
-use samay_server::auth::StaticTokens;
-use samay_server::{DatabaseUrl, Limits, ServerConfig};
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
-const EVENTS_PER_BATCH: usize = 500;
+mod support;
 
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}: a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-/// A batch as the sidecar sends it: realistic window events, gzip level 1.
-fn body(device: Uuid, n: usize) -> anyhow::Result<Vec<u8>> {
-    let bucket = format!("aw-watcher-window_{device}");
-    let events = (0..EVENTS_PER_BATCH)
-        .map(|i| {
-            let id = (n * EVENTS_PER_BATCH + i) as i64;
-            let data = format!(
-                "{{\"app\":\"firefox\",\"title\":\"A page title number {id} - Mozilla Firefox\"}}"
-            );
-            Ok(UpEvent {
-                bucket_id: bucket.clone(),
-                event_id: id,
-                hash: format!("{:064x}", id * 7919 + 1),
-                timestamp: format!(
-                    "2024-05-01T10:{:02}:{:02}.123456789Z",
-                    (id / 60) % 60,
-                    id % 60
-                ),
-                duration: 12.5,
-                data: RawValue::from_string(data)?,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let batch = BatchRequest {
-        batch_id: Uuid::new_v4(),
-        device_id: device,
-        user_id: None,
-        hostname: "bench".into(),
-        sync_timestamp: "2024-05-01T11:00:00Z".into(),
-        buckets: BTreeMap::from([(
-            bucket,
-            BucketMeta {
-                bucket_type: "currentwindow".into(),
-                client: "aw-watcher-window".into(),
-                hostname: "bench".into(),
-                created: None,
-            },
-        )]),
-        events,
-        deletions: Vec::new(),
-    };
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&serde_json::to_vec(&batch)?)?;
-    Ok(gz.finish()?)
-}
+use support::{body, enable_pg_stats, env_usize, print_pg_stats, Rig, EVENTS_PER_BATCH};
 
 fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
@@ -85,88 +35,59 @@ fn main() -> anyhow::Result<()> {
     let devices = env_usize("BENCH_DEVICES", 50)?;
     let users = env_usize("BENCH_USERS", 25)?.clamp(1, devices);
     let batches = env_usize("BENCH_BATCHES", 20)?;
-    let cluster = samay_testkit::postgres::PgCluster::start_durable();
-    let url = cluster.database();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let tokens: Vec<String> = (0..users).map(|u| format!("bench-token-{u:08}-xxxxxxxx")).collect();
-        let auth = StaticTokens::new(tokens.iter().enumerate().map(|(u, t)| (format!("u{u}"), t.clone())));
-        let server = samay_server::spawn_server(
-            ServerConfig {
-                bind: "127.0.0.1:0".parse()?,
-                database: DatabaseUrl::Postgres(url),
-                limits: Limits { rate_per_minute: 0, ..Limits::default() },
-                behind_proxy: false,
-            },
-            Arc::new(auth),
-        )
-        .await?;
+    let rate = env_usize("BENCH_RATE", 0)?;
+    // Each device's interval between batches for `rate` events a second in all.
+    let pace = (rate > 0)
+        .then(|| Duration::from_secs_f64((devices * EVENTS_PER_BATCH) as f64 / rate as f64));
+    let pg_stats = std::env::var("BENCH_PG_STATS").is_ok_and(|v| v != "0");
+    let rig = Rig::new(users)?;
+    let rig = &rig;
+    rig.server_rt.block_on(async move {
+        if pg_stats {
+            enable_pg_stats(&rig.cluster, &rig.url).await?;
+        }
+        let server = rig.server().await?;
         let endpoint = format!("{}/v1/events/batch", server.base_url());
         let mut work = Vec::new();
         for d in 0..devices {
             let device = Uuid::new_v4();
-            let bodies = (0..batches).map(|n| body(device, n)).collect::<anyhow::Result<Vec<_>>>()?;
-            work.push((tokens[d % users].clone(), bodies));
+            let bodies = (0..batches)
+                .map(|n| body(device, n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            work.push((rig.tokens[d % users].clone(), bodies));
         }
-        let http = reqwest::Client::new();
+        let cpu_before = rig.cpu()?;
         let started = Instant::now();
-        let tasks: Vec<_> = work
-            .into_iter()
-            .map(|(token, bodies)| {
-                let (http, endpoint) = (http.clone(), endpoint.clone());
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    let mut refused = 0usize;
-                    for b in bodies {
-                        // As the sidecar does: a 503 (the server shedding load) is retried
-                        // after a pause; the latency is the batch's, retries included.
-                        let t = Instant::now();
-                        for attempt in 0.. {
-                            let r = http
-                                .post(&endpoint)
-                                .bearer_auth(&token)
-                                .header("Content-Type", "application/json")
-                                .header("Content-Encoding", "gzip")
-                                .body(b.clone())
-                                .send()
-                                .await?;
-                            if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < 10 {
-                                refused += 1;
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                                continue;
-                            }
-                            anyhow::ensure!(r.status().is_success(), "batch answered {}", r.status());
-                            break;
-                        }
-                        latencies.push(t.elapsed());
-                    }
-                    Ok::<_, anyhow::Error>((latencies, refused))
-                })
-            })
-            .collect();
-        let mut latencies: Vec<Duration> = Vec::new();
-        let mut refused = 0;
-        for t in tasks {
-            let (l, r) = t.await??;
-            latencies.extend(l);
-            refused += r;
-        }
+        let (mut latencies, refused) = rig.send(&endpoint, work, pace).await?;
         let wall = started.elapsed();
+        let cpu = rig.cpu()? - cpu_before;
         latencies.sort();
-        let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        let at = |q: f64| {
+            latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]
+        };
         let events = latencies.len() * EVENTS_PER_BATCH;
+        let offered = match rate {
+            0 => "each device sending as fast as it is answered".to_string(),
+            r => format!("offered {r} events/s"),
+        };
         println!(
-            "ingest on PostgreSQL (fsync on): {devices} devices of {users} users, {batches} batches of {EVENTS_PER_BATCH} each: \
+            "ingest on PostgreSQL (fsync on): {devices} devices of {users} users, {batches} batches of {EVENTS_PER_BATCH} each, {offered}: \
              {events} events in {:.2} s = {:.0} events/s; batch latency p50 {:.0} ms, p99 {:.0} ms; {refused} answers 503 (retried)",
             wall.as_secs_f64(),
             events as f64 / wall.as_secs_f64(),
             at(0.50).as_secs_f64() * 1000.0,
             at(0.99).as_secs_f64() * 1000.0,
         );
+        println!(
+            "CPU time during the run ({:.1} s wall × 2 cores = {:.1} s): {cpu}",
+            wall.as_secs_f64(),
+            2.0 * wall.as_secs_f64(),
+        );
+        if pg_stats {
+            print_pg_stats(&rig.url).await?;
+        }
         server.shutdown().await;
-        Ok::<_, anyhow::Error>(())
-    })
+        Ok::<Duration, anyhow::Error>(wall)
+    })?;
+    Ok(())
 }

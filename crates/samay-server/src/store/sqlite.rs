@@ -119,30 +119,55 @@ impl SqliteStore {
         let now = timestamp(chrono::Utc::now());
         let device = batch.device_id.to_string();
         let batch_id = batch.batch_id.to_string();
-        let seq = lock_user(&tx, user)?;
+        let (uid, seq) = lock_user(&tx, user)?;
         tx.execute(
             "INSERT INTO devices (\"user\", device_id, hostname, last_seen) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (\"user\", device_id) DO UPDATE SET hostname = excluded.hostname, last_seen = excluded.last_seen",
             params![user, device, batch.hostname, now],
         )?;
+        let mut ids: HashMap<String, i64> = HashMap::new();
         for (bucket_id, meta) in &batch.buckets {
-            tx.prepare_cached(
-                "INSERT INTO buckets (\"user\", device_id, bucket_id, type, client, hostname, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (\"user\", device_id, bucket_id) DO UPDATE SET type = excluded.type,
-                   client = excluded.client, hostname = excluded.hostname,
-                   created = coalesce(excluded.created, buckets.created)",
-            )?
-            .execute(params![user, device, bucket_id, meta.bucket_type, meta.client, meta.hostname, meta.created])?;
+            // A new bucket takes the next number (this transaction holds the write lock).
+            let id = tx
+                .prepare_cached(
+                    "INSERT INTO buckets (\"user\", device_id, bucket_id, type, client, hostname, created, id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT coalesce(max(id), 0) + 1 FROM buckets))
+                     ON CONFLICT (\"user\", device_id, bucket_id) DO UPDATE SET type = excluded.type,
+                       client = excluded.client, hostname = excluded.hostname,
+                       created = coalesce(excluded.created, buckets.created)
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![user, device, bucket_id, meta.bucket_type, meta.client, meta.hostname, meta.created],
+                    |r| r.get(0),
+                )?;
+            ids.insert(bucket_id.clone(), id);
+        }
+        let keys = plan::keys(batch);
+        for (bucket_id, _) in &keys {
+            // Buckets only named by deletions: their numbers, if they exist.
+            if !ids.contains_key(bucket_id) {
+                let id: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT id FROM buckets WHERE \"user\" = ?1 AND device_id = ?2 AND bucket_id = ?3",
+                    )?
+                    .query_row(params![user, device, bucket_id], |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = id {
+                    ids.insert(bucket_id.clone(), id);
+                }
+            }
         }
         let mut stored: HashMap<Key, String> = HashMap::new();
         {
-            let mut get = tx.prepare_cached(
-                "SELECT hash FROM events WHERE \"user\" = ?1 AND device_id = ?2 AND bucket_id = ?3 AND event_id = ?4",
-            )?;
-            for key in plan::keys(batch) {
+            let mut get =
+                tx.prepare_cached("SELECT hash FROM events WHERE bucket = ?1 AND event_id = ?2")?;
+            for key in keys {
+                let Some(bucket) = ids.get(&key.0) else {
+                    continue;
+                };
                 let hash: Option<String> = get
-                    .query_row(params![user, device, key.0, key.1], |r| r.get(0))
+                    .query_row(params![bucket, key.1], |r| r.get(0))
                     .optional()?;
                 if let Some(hash) = hash {
                     stored.insert(key, hash);
@@ -150,7 +175,13 @@ impl SqliteStore {
             }
         }
         let plan = plan::plan(batch, &stored, seq);
+        let id_of = |name: &str| {
+            ids.get(name)
+                .copied()
+                .ok_or_else(|| StoreError::Failed(format!("bucket {name:?} has no number")))
+        };
         for w in &plan.writes {
+            let bucket = id_of(&w.key.0)?;
             match &w.state {
                 Final::Stored {
                     event,
@@ -159,33 +190,31 @@ impl SqliteStore {
                     reset,
                 } => {
                     tx.prepare_cached(
-                        "INSERT INTO events (\"user\", device_id, bucket_id, event_id, hash, timestamp, duration, data, versions, batch_id, seq, start_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                         ON CONFLICT (\"user\", device_id, bucket_id, event_id) DO UPDATE SET hash = excluded.hash,
+                        "INSERT INTO events (bucket, event_id, uid, seq, hash, timestamp, duration, data, versions, start_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         ON CONFLICT (bucket, event_id) DO UPDATE SET hash = excluded.hash,
                            timestamp = excluded.timestamp, duration = excluded.duration, data = excluded.data,
-                           versions = CASE WHEN ?13 THEN excluded.versions ELSE events.versions + excluded.versions END,
-                           batch_id = excluded.batch_id, seq = excluded.seq, start_us = excluded.start_us",
+                           versions = CASE WHEN ?11 THEN excluded.versions ELSE events.versions + excluded.versions END,
+                           seq = excluded.seq, start_us = excluded.start_us",
                     )?
                     .execute(params![
-                        user, device, w.key.0, w.key.1, event.hash, event.timestamp, event.duration,
-                        event.data.get(), add_versions, batch_id, w.seq, start_us, reset
+                        bucket, w.key.1, uid, w.seq, event.hash, event.timestamp, event.duration,
+                        event.data.get(), add_versions, start_us, reset
                     ])?;
                 }
                 Final::Deleted => {
-                    tx.prepare_cached(
-                        "DELETE FROM events WHERE \"user\" = ?1 AND device_id = ?2 AND bucket_id = ?3 AND event_id = ?4",
-                    )?
-                    .execute(params![user, device, w.key.0, w.key.1])?;
+                    tx.prepare_cached("DELETE FROM events WHERE bucket = ?1 AND event_id = ?2")?
+                        .execute(params![bucket, w.key.1])?;
                     tombstone(&tx, user, &device, &w.key.0, w.key.1, w.seq)?;
                 }
             }
         }
         for (bucket_id, counts) in &plan.buckets {
             tx.prepare_cached(
-                "UPDATE buckets SET versions_replaced = versions_replaced + ?4, duplicates = duplicates + ?5
-                 WHERE \"user\" = ?1 AND device_id = ?2 AND bucket_id = ?3",
+                "UPDATE buckets SET versions_replaced = versions_replaced + ?2, duplicates = duplicates + ?3
+                 WHERE id = ?1",
             )?
-            .execute(params![user, device, bucket_id, counts.versions_replaced, counts.duplicates])?;
+            .execute(params![id_of(bucket_id)?, counts.versions_replaced, counts.duplicates])?;
         }
         set_seq(&tx, user, plan.last_seq)?;
         tx.execute(
@@ -216,7 +245,7 @@ impl SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut stmt = conn.prepare(
             "SELECT b.bucket_id, b.type, b.client, b.hostname, b.created,
-                    (SELECT count(*) FROM events e WHERE e.\"user\" = b.\"user\" AND e.device_id = b.device_id AND e.bucket_id = b.bucket_id)
+                    (SELECT count(*) FROM events e WHERE e.bucket = b.id)
              FROM buckets b WHERE b.\"user\" = ?1 AND b.device_id = ?2 ORDER BY b.bucket_id",
         )?;
         for device in &mut devices {
@@ -246,12 +275,20 @@ impl SqliteStore {
     ) -> Result<Vec<Change>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, device_id, bucket_id, event_id, hash, timestamp, duration, data, 0 FROM events
-               WHERE \"user\" = ?1 AND seq > ?2 AND (?3 IS NULL OR device_id = ?3)
+            // As on PostgreSQL: each side's first `limit` rows by seq, then joined and merged.
+            "SELECT * FROM (
+               SELECT e.seq, b.device_id, b.bucket_id, e.event_id, e.hash, e.timestamp, e.duration, e.data, 0
+               FROM (SELECT * FROM events
+                     WHERE uid = (SELECT id FROM users WHERE \"user\" = ?1) AND seq > ?2
+                       AND (?3 IS NULL OR bucket IN (SELECT id FROM buckets WHERE \"user\" = ?1 AND device_id = ?3))
+                     ORDER BY seq LIMIT ?4) AS e
+               JOIN buckets b ON b.id = e.bucket
              UNION ALL
-             SELECT seq, device_id, bucket_id, event_id, NULL, NULL, NULL, NULL, 1 FROM tombstones
-               WHERE \"user\" = ?1 AND seq > ?2 AND (?3 IS NULL OR device_id = ?3)
-             ORDER BY 1 LIMIT ?4",
+               SELECT * FROM (
+                 SELECT seq, device_id, bucket_id, event_id, NULL, NULL, NULL, NULL, 1 FROM tombstones
+                 WHERE \"user\" = ?1 AND seq > ?2 AND (?3 IS NULL OR device_id = ?3)
+                 ORDER BY seq LIMIT ?4)
+             ) ORDER BY 1 LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![user, after, device_id, limit], |r| {
             let data: Option<String> = r.get(7)?;
@@ -274,13 +311,14 @@ impl SqliteStore {
     pub fn delete(&self, user: &str, scope: &Scope) -> Result<u64, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut seq = lock_user(&tx, user)?;
-        let keys: Vec<(String, i64)> = {
+        let (_, mut seq) = lock_user(&tx, user)?;
+        let keys: Vec<(String, i64, i64)> = {
             let mut stmt = tx.prepare(
-                "SELECT bucket_id, event_id FROM events WHERE \"user\" = ?1 AND device_id = ?2
-                   AND (?3 IS NULL OR bucket_id = ?3) AND (?4 IS NULL OR start_us >= ?4)
-                   AND (?5 IS NULL OR start_us < ?5)
-                 ORDER BY bucket_id, event_id",
+                "SELECT b.bucket_id, e.event_id, b.id FROM events e JOIN buckets b ON b.id = e.bucket
+                 WHERE b.\"user\" = ?1 AND b.device_id = ?2
+                   AND (?3 IS NULL OR b.bucket_id = ?3) AND (?4 IS NULL OR e.start_us >= ?4)
+                   AND (?5 IS NULL OR e.start_us < ?5)
+                 ORDER BY b.bucket_id, e.event_id",
             )?;
             let rows = stmt.query_map(
                 params![
@@ -290,16 +328,14 @@ impl SqliteStore {
                     scope.start_us,
                     scope.end_us
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        for (bucket_id, event_id) in &keys {
+        for (bucket_id, event_id, bucket) in &keys {
             seq += 1;
-            tx.prepare_cached(
-                "DELETE FROM events WHERE \"user\" = ?1 AND device_id = ?2 AND bucket_id = ?3 AND event_id = ?4",
-            )?
-            .execute(params![user, scope.device_id, bucket_id, event_id])?;
+            tx.prepare_cached("DELETE FROM events WHERE bucket = ?1 AND event_id = ?2")?
+                .execute(params![bucket, event_id])?;
             tombstone(&tx, user, &scope.device_id, bucket_id, *event_id, seq)?;
         }
         let whole = scope.start_us.is_none() && scope.end_us.is_none();
@@ -358,7 +394,7 @@ impl SqliteStore {
         }
         let mut stmt = conn.prepare(
             "SELECT b.bucket_id, b.type, b.versions_replaced, b.duplicates,
-                    (SELECT count(*) FROM events e WHERE e.\"user\" = b.\"user\" AND e.device_id = b.device_id AND e.bucket_id = b.bucket_id)
+                    (SELECT count(*) FROM events e WHERE e.bucket = b.id)
              FROM buckets b WHERE b.\"user\" = ?1 AND b.device_id = ?2 ORDER BY b.bucket_id",
         )?;
         for device in &mut devices {
@@ -416,8 +452,9 @@ impl SqliteStore {
     ) -> rusqlite::Result<Vec<StoredEvent>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
-            "SELECT \"user\", device_id, bucket_id, event_id, hash, timestamp, duration, data, versions FROM events
-             WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR bucket_id = ?2)
+            "SELECT b.\"user\", b.device_id, b.bucket_id, e.event_id, e.hash, e.timestamp, e.duration, e.data, e.versions
+             FROM events e JOIN buckets b ON b.id = e.bucket
+             WHERE (?1 IS NULL OR b.device_id = ?1) AND (?2 IS NULL OR b.bucket_id = ?2)
              ORDER BY {order_by} LIMIT ?3"
         ))?;
         let rows = stmt.query_map(params![device_id, bucket_id, limit], |r| {
@@ -455,15 +492,16 @@ fn lookup(
     Ok(answer.and_then(|a| serde_json::from_str(&a).ok()))
 }
 
-/// Makes sure the user has a seq row and returns its seq. Inside an `IMMEDIATE` transaction the
-/// whole database is already locked for writing, so this only reads.
-fn lock_user(tx: &Connection, user: &str) -> rusqlite::Result<i64> {
+/// Makes sure the user has a row (a new user takes the next number) and returns its number and
+/// seq. Inside an `IMMEDIATE` transaction the whole database is already locked for writing.
+fn lock_user(tx: &Connection, user: &str) -> rusqlite::Result<(i64, i64)> {
     tx.prepare_cached(
-        "INSERT INTO users (\"user\", seq) VALUES (?1, 0) ON CONFLICT (\"user\") DO NOTHING",
+        "INSERT INTO users (\"user\", seq, id) VALUES (?1, 0, (SELECT coalesce(max(id), 0) + 1 FROM users))
+         ON CONFLICT (\"user\") DO NOTHING",
     )?
     .execute(params![user])?;
-    tx.prepare_cached("SELECT seq FROM users WHERE \"user\" = ?1")?
-        .query_row(params![user], |r| r.get(0))
+    tx.prepare_cached("SELECT id, seq FROM users WHERE \"user\" = ?1")?
+        .query_row(params![user], |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
 fn set_seq(tx: &Connection, user: &str, seq: i64) -> rusqlite::Result<()> {
@@ -536,7 +574,16 @@ fn number_old_events(tx: &Connection) -> anyhow::Result<()> {
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (user, device, bucket, event_id, ts) in rows {
-        let seq = lock_user(tx, &user)? + 1;
+        // The users table of this migration (no numbers yet).
+        tx.execute(
+            "INSERT INTO users (\"user\", seq) VALUES (?1, 0) ON CONFLICT (\"user\") DO NOTHING",
+            params![user],
+        )?;
+        let seq: i64 = tx.query_row(
+            "SELECT seq FROM users WHERE \"user\" = ?1",
+            params![user],
+            |r| r.get::<_, i64>(0),
+        )? + 1;
         tx.execute(
             "UPDATE events SET seq = ?5, start_us = ?6 WHERE \"user\" = ?1 AND device_id = ?2 AND bucket_id = ?3 AND event_id = ?4",
             params![user, device, bucket, event_id, seq, plan::start_us(&ts)],

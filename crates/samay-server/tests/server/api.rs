@@ -1,7 +1,7 @@
 //! The API suite: one body, run on SQLite and on PostgreSQL.
 
 use reqwest::StatusCode;
-use samay_api::{Deletion, DevicesResponse};
+use samay_api::{Change, ChangesResponse, Deletion, DevicesResponse};
 use samay_server::{DatabaseUrl, Limits};
 use serde_json::json;
 use uuid::Uuid;
@@ -122,6 +122,15 @@ async fn suite(db: DatabaseUrl) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["changes"], json!([]));
+    // The device's own: all of it, tombstones included, in seq order.
+    let (status, body) = alice
+        .get(&format!("v1/changes?after=0&device_id={laptop}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let own: ChangesResponse = serde_json::from_value(body).unwrap();
+    let seqs = |c: &[Change]| c.iter().map(|c| c.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&own.changes), seqs(&changes));
+    assert_eq!(own.next, next);
     let (status, _) = alice.get("v1/changes?after=0&limt=5").await;
     assert_eq!(
         status,

@@ -161,3 +161,89 @@ fn the_systemd_unit_is_valid_and_stops_with_sigterm() {
     );
     assert!(unit.contains("ExecStart=/usr/local/bin/samay-server"));
 }
+
+/// The server's stderr after it started (with `args`, `env`), answered one request and was
+/// stopped with SIGTERM.
+async fn log_of_a_run(args: &[&str], env: &[(&str, &str)]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", home.path().join("s.sqlite").display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_samay-server"));
+    cmd.args(["--bind", "127.0.0.1:0", "--database-url", &db])
+        .args(args)
+        .env("HOME", home.path())
+        .env_remove("SAMAY_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .env("SAMAY_STATIC_TOKENS", crate::common::TOKENS)
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (mut child, base) = samay_testkit::server::spawn_listening(cmd);
+    let alice = Client::new(&base, ALICE);
+    assert_eq!(alice.get("v1/me").await.0, StatusCode::OK);
+    // SAFETY: a signal to our own child, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    stderr
+}
+
+/// `--log-format json`, `SAMAY_LOG_FORMAT=json` and `log_format = "json"` in the config file:
+/// every log line is one JSON object with the time, level, target and the message's fields —
+/// what a log pipeline parses. The default stays text for people.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("samay.toml");
+    std::fs::write(&config, "log_format = \"json\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    for (args, env) in [
+        (vec!["--log-format", "json"], vec![]),
+        (vec![], vec![("SAMAY_LOG_FORMAT", "json")]),
+        (vec!["--config", config], vec![]),
+    ] {
+        let log = log_of_a_run(&args, &env).await;
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{args:?} {env:?}: not JSON ({e}): {l}"))
+            })
+            .collect();
+        let listening = lines
+            .iter()
+            .find(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("samay-server listening on http://127.0.0.1:"))
+            })
+            .unwrap_or_else(|| panic!("no 'listening' line in {log}"));
+        assert_eq!(listening["level"], "INFO", "{listening}");
+        assert!(listening["target"].as_str().is_some(), "{listening}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(listening["timestamp"].as_str().unwrap_or(""))
+                .is_ok(),
+            "{listening}"
+        );
+        assert!(
+            listening["fields"]["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "the event's fields are fields of the object: {listening}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["fields"]["message"] == "stopping: draining in-flight requests"),
+            "{log}"
+        );
+    }
+    let text = log_of_a_run(&[], &[]).await;
+    assert!(text.contains("samay-server listening on"), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "text by default: {text}"
+    );
+}

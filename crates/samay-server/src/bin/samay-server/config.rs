@@ -20,7 +20,7 @@ const DEFAULT_BIND: &str = "127.0.0.1:5690";
 #[command(name = "samay-server", version)]
 pub struct Args {
     /// TOML file with any of: bind, database_url, issuers, audience, introspection_client_id,
-    /// introspection_client_secret, behind_proxy, [limits].
+    /// introspection_client_secret, behind_proxy, log_format, [limits].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:5690].
@@ -51,6 +51,21 @@ pub struct Args {
     /// A TLS-terminating reverse proxy is in front: allows a non-loopback --bind.
     #[arg(long)]
     pub behind_proxy: bool,
+    /// How log lines on stderr look: `text` (for people) or `json` (one object per line, for
+    /// journald/Loki/Elasticsearch pipelines) [default: text].
+    #[arg(long, env = "SAMAY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The format of the log lines (stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// tracing-subscriber's JSON lines: `timestamp`, `level`, `target`, `fields` (the message
+    /// and the event's fields), `span`/`spans` when inside one.
+    Json,
 }
 
 /// The config file. Every key optional; unknown keys are an error.
@@ -66,6 +81,7 @@ struct File {
     introspection_client_secret: Option<String>,
     #[serde(default)]
     behind_proxy: bool,
+    log_format: Option<LogFormat>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -94,6 +110,7 @@ pub struct Settings {
     pub dev: bool,
     pub behind_proxy: bool,
     pub limits: Limits,
+    pub log_format: LogFormat,
     /// `SAMAY_STATIC_TOKENS`: `SUBJECT=TOKEN,…` (environment only: never on a command line).
     pub static_tokens: Option<String>,
 }
@@ -159,6 +176,7 @@ impl Settings {
             dev: args.dev,
             behind_proxy: args.behind_proxy || file.behind_proxy,
             limits,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             static_tokens: std::env::var("SAMAY_STATIC_TOKENS")
                 .ok()
                 .filter(|s| !s.trim().is_empty()),

@@ -11,19 +11,13 @@ use clap::Parser;
 use samay_server::auth::{Authenticator, StaticTokens};
 use samay_server::{DatabaseUrl, DevServerConfig, OidcConfig, ServerConfig};
 
-use config::{Args, Settings};
+use config::{Args, LogFormat, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     let settings = Settings::resolve(args)?;
+    init_logs(settings.log_format);
     if settings.dev {
         return run_dev(settings).await;
     }
@@ -50,6 +44,22 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("stopping: draining in-flight requests");
     server.shutdown().await;
     Ok(())
+}
+
+/// Log lines on stderr, filtered by `RUST_LOG` (default: info, sqlx warnings only). Set up
+/// after the settings are read because the format is one of them; an error in the settings is
+/// reported by `main`'s return, not a log line.
+fn init_logs(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 /// Who may use the server: tokens of the configured issuers, or the static tokens of
