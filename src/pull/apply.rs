@@ -20,6 +20,12 @@ const SLACK: TimeDelta = TimeDelta::seconds(1);
 /// Everything one pull needs.
 pub struct Puller<'a> {
     pub source: &'a AwClient,
+    /// aw-server's host name and bucket listing as the cycle read them before its push: the
+    /// pull does not ask again, so a cycle with nothing new costs the pull one feed request
+    /// and no request to aw-server. A pulled bucket deleted during the push shows up in the
+    /// next cycle's listing (a write into it fails this cycle, and is made again then).
+    pub local_host: &'a str,
+    pub listing: &'a BTreeMap<String, Bucket>,
     pub upstream: &'a dyn BatchSink,
     pub tokens: &'a dyn TokenSource,
     pub store: &'a Arc<Store>,
@@ -63,9 +69,8 @@ impl Puller<'_> {
     pub async fn run(&self) -> Result<PullStats, PullError> {
         let mut stats = PullStats::default();
         let dest = self.dest;
-        let info = self.source.info().await?;
-        let listing = self.source.get_buckets().await?;
-        let restart = self.check_local_copies(&listing).await?;
+        let listing = self.listing;
+        let restart = self.check_local_copies(listing).await?;
         let fingerprint = self.settings.fingerprint();
         let feed = db(self.store, move |s| s.pull_feed(dest)).await?;
         if restart || feed.selection != fingerprint {
@@ -141,7 +146,7 @@ impl Puller<'_> {
                                     change,
                                     hostname,
                                     buckets,
-                                    (&info.hostname, &mut local, &mut rows),
+                                    (self.local_host, &mut local, &mut rows),
                                     &mut stats,
                                 )
                                 .await?

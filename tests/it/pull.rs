@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aw_sync_samay::auth::{AccessToken, StaticToken};
+use aw_sync_samay::auth::{AccessToken, BoxFuture, StaticToken};
 use aw_sync_samay::engine::Engine;
 use aw_sync_samay::pull::{unpull, PullSettings, PullStats};
 use aw_sync_samay::source::{AwClient, Event};
 use aw_sync_samay::state::Store;
-use aw_sync_samay::upstream::UpstreamClient;
+use aw_sync_samay::upstream::contract::{
+    BatchRequest, BatchResponse, ChangesResponse, DevicesResponse,
+};
+use aw_sync_samay::upstream::{BatchSink, UpstreamClient, UpstreamError};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use samay_aw_double::{AwDouble, AwDoubleConfig, Storage};
 use samay_server::DevServer;
@@ -452,6 +455,118 @@ async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
     assert_eq!(third.inserted, 4, "{third:?}");
     assert_eq!(content(&a, &plain).await, content(&b, window).await);
     assert_eq!(content(&a, &foreign).await.len(), 1);
+}
+
+/// The upstream of one engine, its requests counted by kind (the feed, the device list, the
+/// rest) on the client side.
+#[derive(Default)]
+struct Asked {
+    feed: AtomicU64,
+    devices: AtomicU64,
+    other: AtomicU64,
+}
+
+struct CountedUpstream {
+    inner: UpstreamClient,
+    asked: Arc<Asked>,
+}
+
+impl BatchSink for CountedUpstream {
+    fn send_batch<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        batch: &'a BatchRequest,
+    ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
+        self.asked.other.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.send_batch(token, batch))
+    }
+
+    fn whoami<'a>(
+        &'a self,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+        self.asked.other.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.whoami(token))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ChangesResponse, UpstreamError>> {
+        self.asked.feed.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.changes(token, after, limit))
+    }
+
+    fn devices<'a>(
+        &'a self,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<DevicesResponse, UpstreamError>> {
+        self.asked.devices.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.devices(token))
+    }
+}
+
+/// A cycle with nothing new costs the pull one feed request and nothing in aw-server: the
+/// cycle's own reads (info, bucket list) are all aw-server sees, as with the pull off.
+#[tokio::test]
+async fn an_idle_pull_cycle_asks_the_feed_once_and_aw_server_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = samay_testkit::devserver::start_dev_server(dir.path()).await;
+    let (_db, b) = double().await;
+    let (da, a) = double().await;
+    b.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..20)
+        .map(|i| ev(i * 10, 5.0, json!({"status": "afk", "n": i})))
+        .collect();
+    b.insert_events(B_BUCKET, &events).await.unwrap();
+    cycle(&engine_at(&dev, dir.path(), b.clone(), "b.sqlite")).await;
+
+    let mut ea = engine_at(&dev, dir.path(), a.clone(), "a.sqlite");
+    let asked = Arc::new(Asked::default());
+    ea.upstream = Arc::new(CountedUpstream {
+        inner: UpstreamClient::new(&dev.base_url(), Duration::from_secs(5), true).unwrap(),
+        asked: Arc::clone(&asked),
+    });
+    let first = cycle(&ea).await;
+    assert_eq!(first.inserted, 20, "{first:?}");
+    assert_copy(&b, B_BUCKET, &a, B_COPY).await;
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    da.set_request_hook(Some(Arc::new(move |method, uri| {
+        log.lock().unwrap().push(format!("{method} {}", uri.path()));
+        None
+    })));
+    let feed_before = asked.feed.load(Ordering::SeqCst);
+    let (devices_before, other_before) = (
+        asked.devices.load(Ordering::SeqCst),
+        asked.other.load(Ordering::SeqCst),
+    );
+    let idle = cycle(&ea).await;
+    da.set_request_hook(None);
+    assert_eq!(
+        (idle.changes, idle.inserted, idle.writes),
+        (0, 0, 0),
+        "{idle:?}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /api/0/info", "GET /api/0/buckets/"],
+        "aw-server sees only the cycle's own reads"
+    );
+    assert_eq!(
+        (
+            asked.feed.load(Ordering::SeqCst) - feed_before,
+            asked.devices.load(Ordering::SeqCst) - devices_before,
+            asked.other.load(Ordering::SeqCst) - other_before,
+        ),
+        (1, 0, 0),
+        "one feed request upstream, nothing else"
+    );
 }
 
 /// The shipped binary: `--once` with `sync.pull = true` killed with SIGKILL while it pulls a
