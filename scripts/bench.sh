@@ -29,7 +29,7 @@ cargo build --release --locked -p samay-aw-double -p samay-server --bins
 bench=catchup
 [ "${BENCH_PULL:-0}" = 0 ] || bench=pull
 bench_exe=$(cargo bench --locked --bench "$bench" --no-run --message-format=json \
-    | sed -n "s/.*\"executable\":\"\([^\"]*$bench[^\"]*\)\".*/\1/p" | tail -n 1)
+    | sed -n "s/.*\"executable\":\"\([^\"]*\/deps\/$bench-[^\"]*\)\".*/\1/p" | tail -n 1)
 [ -x "$bench_exe" ] || { echo "bench.sh: the benchmark's executable was not found" >&2; exit 1; }
 cargo build --release --locked -p aw-sync-samay --bin aw-sync-samay
 exec "$bench_exe" --bench
