@@ -164,6 +164,10 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
+    fn cpu(&self) -> Duration {
+        procfs::process_cpu(self.child.id()).unwrap_or_default()
+    }
+
     fn start(work: &Path, name: &str) -> anyhow::Result<Upstream> {
         let dir = work.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -197,6 +201,8 @@ struct Row {
     wall: f64,
     ratio: Option<f64>,
     target_cpu: f64,
+    /// samay-server's CPU (serving the feed), s.
+    upstream_cpu: Option<f64>,
     sync: Option<Usage>,
     requests: Option<u64>,
 }
@@ -212,8 +218,8 @@ fn render(rows: &[Row]) -> String {
             .unwrap_or_default(),
         env!("CARGO_PKG_VERSION")
     );
-    s.push_str("| target | events | run | wall s | × floor | target CPU s | pull CPU s (user + sys) | peak RSS MiB | target requests |\n");
-    s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| target | events | run | wall s | × floor | target CPU s | upstream CPU s | pull CPU s (user + sys) | peak RSS MiB | target requests |\n");
+    s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let (cpu, rss) = match r.sync {
             Some(u) => (
@@ -224,13 +230,14 @@ fn render(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.2} | {} | {:.2} | {cpu} | {rss} | {} |",
+            "| {} | {} | {} | {:.2} | {} | {:.2} | {} | {cpu} | {rss} | {} |",
             r.target,
             r.n,
             r.run,
             r.wall,
             r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
             r.target_cpu,
+            r.upstream_cpu.map_or("–".into(), |x| format!("{x:.2}")),
             r.requests.map_or("–".into(), |x| x.to_string()),
         );
     }
@@ -343,6 +350,7 @@ async fn bench_target(
             wall: floor,
             ratio: Some(1.0),
             target_cpu: floor_cpu,
+            upstream_cpu: None,
             sync: None,
             requests: None,
         });
@@ -352,21 +360,18 @@ async fn bench_target(
         let tport = target.port();
 
         // The pull, by the shipped binary from a fresh state.
-        let home = Home::new(
-            work,
-            &format!("a-{tag}-{r}"),
-            &upstream.base,
-            "pull = true",
-        )?;
+        let home = Home::new(work, &format!("a-{tag}-{r}"), &upstream.base, "pull = true")?;
         let h = Home {
             dir: home.dir.clone(),
             config: home.config.clone(),
         };
         let cpu0 = target.cpu();
+        let up0 = upstream.cpu();
         let req0 = target.requests().await;
         let usage = tokio::task::spawn_blocking(move || run::once(&h, tport)).await??;
         let req1 = target.requests().await;
         let pull_cpu = target.cpu().saturating_sub(cpu0).as_secs_f64();
+        let up_cpu = upstream.cpu().saturating_sub(up0).as_secs_f64();
         let wall = usage.wall.as_secs_f64();
         eprintln!(
             "bench: {} {n}: pull {wall:.2} s ({:.2}× floor), CPU {:.2} + {:.2} s, peak RSS {:.1} MiB",
@@ -383,6 +388,7 @@ async fn bench_target(
             wall,
             ratio: Some(wall / floor),
             target_cpu: pull_cpu,
+            upstream_cpu: Some(up_cpu),
             sync: Some(usage),
             requests: req0.zip(req1).map(|(a, b)| b.saturating_sub(a + 1)),
         });
@@ -391,6 +397,7 @@ async fn bench_target(
 
         // Nothing new: what an idle pull costs.
         let cpu0 = target.cpu();
+        let up0 = upstream.cpu();
         let req0 = target.requests().await;
         let h = Home {
             dir: home.dir.clone(),
@@ -405,6 +412,7 @@ async fn bench_target(
             wall: usage.wall.as_secs_f64(),
             ratio: None,
             target_cpu: target.cpu().saturating_sub(cpu0).as_secs_f64(),
+            upstream_cpu: Some(upstream.cpu().saturating_sub(up0).as_secs_f64()),
             sync: Some(usage),
             requests: req0.zip(req1).map(|(a, b)| b.saturating_sub(a + 1)),
         });

@@ -96,144 +96,168 @@ impl Puller<'_> {
         let mut devices: Option<HashMap<String, (String, Vec<BucketInfo>)>> = None;
         let mut after = db(self.store, move |s| s.pull_feed(dest)).await?.seq;
         let own = self.store.device_id().to_string();
+        let mut fetched = None;
         loop {
-            let page = match self.changes(&mut token, after).await? {
-                page if page.changes.is_empty() => {
-                    let done = PullPage {
-                        next: after,
-                        caught_up: true,
-                        ..PullPage::default()
-                    };
-                    db(self.store, move |s| s.pull_commit(dest, &done)).await?;
-                    break;
-                }
-                page => page,
+            let page = match fetched.take() {
+                Some(page) => page,
+                None => self.changes(&mut token, after).await?,
             };
-            let mut plan = Plan::default();
-            let mut record = PullPage {
-                next: page.next,
-                ..PullPage::default()
-            };
-            let mut wanted: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
-            let mut fresh = false;
-            for change in &page.changes {
-                stats.changes += 1;
-                if change.device_id == own || unpulled.contains(&change.device_id) {
-                    stats.skipped += 1;
-                    continue;
-                }
-                let key = (change.device_id.clone(), change.bucket_id.clone());
-                let row = match rows.get(&key) {
-                    Some(b) => Some(b.row),
-                    None if change.deleted => None,
-                    None => {
-                        // A device or bucket that appeared after the list was read: read it
-                        // again (once a page), else its events would be passed over for good.
-                        let listed = devices.as_ref().is_some_and(|d| {
-                            d.get(&change.device_id).is_some_and(|(_, buckets)| {
-                                buckets.iter().any(|b| b.bucket_id == change.bucket_id)
-                            })
-                        });
-                        if !listed && !fresh {
-                            devices = Some(self.devices(&mut token).await?);
-                            fresh = true;
-                        }
-                        let known = devices.as_ref().and_then(|d| d.get(&change.device_id));
-                        match known {
-                            Some((hostname, buckets)) => {
-                                self.new_bucket(
-                                    change,
-                                    hostname,
-                                    buckets,
-                                    (self.local_host, &mut local, &mut rows),
-                                    &mut stats,
-                                )
-                                .await?
-                            }
-                            None => None,
-                        }
-                    }
+            if page.changes.is_empty() {
+                let done = PullPage {
+                    next: after,
+                    caught_up: true,
+                    ..PullPage::default()
                 };
-                let listed = devices
-                    .as_ref()
-                    .and_then(|d| d.get(&change.device_id))
-                    .map(|(h, _)| h.as_str())
-                    .unwrap_or("");
-                let known = rows.get(&key);
-                let names = [
-                    listed,
-                    known.map_or("", |b| b.device_host.as_str()),
-                    known.map_or("", |b| b.origin.as_str()),
-                ];
-                match row {
-                    Some(row) if self.settings.selects(&change.device_id, &names) => {
-                        wanted.entry(row).or_default().push(change);
-                        record.devices.insert(change.device_id.clone(), change.seq);
-                    }
-                    _ => stats.skipped += 1,
-                }
+                db(self.store, move |s| s.pull_commit(dest, &done)).await?;
+                break;
             }
-            let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
-            for (row, changes) in wanted {
-                let Some(bucket) = by_row.get(&row) else {
-                    continue;
+            // After a full page the next one is asked for while this one is written, so the
+            // upstream's work overlaps aw-server's; pages are still applied one after the
+            // other, each recorded before the next is written. A failed read ahead is asked
+            // again in order (a 401 then refreshes the token).
+            let ahead =
+                (page.changes.len() >= self.settings.page).then(|| (token.clone(), page.next));
+            let read_ahead = async {
+                match &ahead {
+                    Some((t, next)) => self
+                        .upstream
+                        .changes(t, *next, self.settings.page)
+                        .await
+                        .ok(),
+                    None => None,
+                }
+            };
+            let apply = async {
+                let mut plan = Plan::default();
+                let mut record = PullPage {
+                    next: page.next,
+                    ..PullPage::default()
                 };
-                let ids: Vec<i64> = changes.iter().map(|c| c.event_id).collect();
-                let mapped = db(self.store, move |s| s.pull_mapped(row, &ids)).await?;
-                for change in changes {
-                    let held = mapped.get(&change.event_id);
-                    if change.deleted {
+                let mut wanted: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
+                let mut fresh = false;
+                for change in &page.changes {
+                    stats.changes += 1;
+                    if change.device_id == own || unpulled.contains(&change.device_id) {
+                        stats.skipped += 1;
+                        continue;
+                    }
+                    let key = (change.device_id.clone(), change.bucket_id.clone());
+                    let row = match rows.get(&key) {
+                        Some(b) => Some(b.row),
+                        None if change.deleted => None,
+                        None => {
+                            // A device or bucket that appeared after the list was read: read it
+                            // again (once a page), else its events would be passed over for good.
+                            let listed = devices.as_ref().is_some_and(|d| {
+                                d.get(&change.device_id).is_some_and(|(_, buckets)| {
+                                    buckets.iter().any(|b| b.bucket_id == change.bucket_id)
+                                })
+                            });
+                            if !listed && !fresh {
+                                devices = Some(self.devices(&mut token).await?);
+                                fresh = true;
+                            }
+                            let known = devices.as_ref().and_then(|d| d.get(&change.device_id));
+                            match known {
+                                Some((hostname, buckets)) => {
+                                    self.new_bucket(
+                                        change,
+                                        hostname,
+                                        buckets,
+                                        (self.local_host, &mut local, &mut rows),
+                                        &mut stats,
+                                    )
+                                    .await?
+                                }
+                                None => None,
+                            }
+                        }
+                    };
+                    let listed = devices
+                        .as_ref()
+                        .and_then(|d| d.get(&change.device_id))
+                        .map(|(h, _)| h.as_str())
+                        .unwrap_or("");
+                    let known = rows.get(&key);
+                    let names = [
+                        listed,
+                        known.map_or("", |b| b.device_host.as_str()),
+                        known.map_or("", |b| b.origin.as_str()),
+                    ];
+                    match row {
+                        Some(row) if self.settings.selects(&change.device_id, &names) => {
+                            wanted.entry(row).or_default().push(change);
+                            record.devices.insert(change.device_id.clone(), change.seq);
+                        }
+                        _ => stats.skipped += 1,
+                    }
+                }
+                let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
+                for (row, changes) in wanted {
+                    let Some(bucket) = by_row.get(&row) else {
+                        continue;
+                    };
+                    let ids: Vec<i64> = changes.iter().map(|c| c.event_id).collect();
+                    let mapped = db(self.store, move |s| s.pull_mapped(row, &ids)).await?;
+                    for change in changes {
+                        let held = mapped.get(&change.event_id);
+                        if change.deleted {
+                            match held {
+                                Some((local_id, _)) => plan.deletes.push((
+                                    row,
+                                    bucket.local_bucket.clone(),
+                                    *local_id,
+                                    change.event_id,
+                                )),
+                                None => stats.skipped += 1,
+                            }
+                            continue;
+                        }
+                        let Some(event) = event_of(change) else {
+                            tracing::warn!(
+                                seq = change.seq,
+                                "a feed entry without a readable event; skipped"
+                            );
+                            stats.skipped += 1;
+                            continue;
+                        };
+                        let hash = change.hash.clone().unwrap_or_default();
                         match held {
-                            Some((local_id, _)) => plan.deletes.push((
+                            Some((_, h)) if *h == hash => stats.skipped += 1,
+                            Some((local_id, _)) => plan.replaces.push((
                                 row,
                                 bucket.local_bucket.clone(),
                                 *local_id,
                                 change.event_id,
+                                hash,
+                                event,
                             )),
-                            None => stats.skipped += 1,
+                            None => plan
+                                .inserts
+                                .entry(row)
+                                .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
+                                .1
+                                .push((change.event_id, hash, event)),
                         }
-                        continue;
-                    }
-                    let Some(event) = event_of(change) else {
-                        tracing::warn!(
-                            seq = change.seq,
-                            "a feed entry without a readable event; skipped"
-                        );
-                        stats.skipped += 1;
-                        continue;
-                    };
-                    let hash = change.hash.clone().unwrap_or_default();
-                    match held {
-                        Some((_, h)) if *h == hash => stats.skipped += 1,
-                        Some((local_id, _)) => plan.replaces.push((
-                            row,
-                            bucket.local_bucket.clone(),
-                            *local_id,
-                            change.event_id,
-                            hash,
-                            event,
-                        )),
-                        None => plan
-                            .inserts
-                            .entry(row)
-                            .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
-                            .1
-                            .push((change.event_id, hash, event)),
                     }
                 }
-            }
-            self.execute(plan, &mut record, &mut stats, &by_row).await?;
-            after = page.next;
-            stats.seq = after;
-            tracing::info!(
-                seq = after,
-                read = stats.changes,
-                inserted = stats.inserted,
-                replaced = stats.replaced,
-                deleted = stats.deleted,
-                "pull: applied a page of the change feed"
-            );
-            db(self.store, move |s| s.pull_commit(dest, &record)).await?;
+                self.execute(plan, &mut record, &mut stats, &by_row).await?;
+                after = page.next;
+                stats.seq = after;
+                tracing::info!(
+                    seq = after,
+                    read = stats.changes,
+                    inserted = stats.inserted,
+                    replaced = stats.replaced,
+                    deleted = stats.deleted,
+                    "pull: applied a page of the change feed"
+                );
+                db(self.store, move |s| s.pull_commit(dest, &record)).await?;
+                Ok::<(), PullError>(())
+            };
+            let (applied, next) = tokio::join!(apply, read_ahead);
+            applied?;
+            fetched = next;
         }
         stats.seq = after;
         Ok(stats)
@@ -593,21 +617,24 @@ impl Puller<'_> {
                 .push(mapped(row, event_id, local_id, hash, &event, None));
         }
         for (row, (bucket, events)) in plan.inserts {
-            let plain: Vec<Event> = events.iter().map(|e| e.2.clone()).collect();
+            let (keys, plain): (Vec<(i64, String)>, Vec<Event>) = events
+                .into_iter()
+                .map(|(event_id, hash, event)| ((event_id, hash), event))
+                .unzip();
             // aw-server-rust answers the new ids; Python aw-server answers `null`: its copies
             // are recorded by their print, found when needed (see `copies`).
             let ids = self.source.insert_events_ids(&bucket, &plain).await?;
             stats.writes += 1;
-            stats.inserted += events.len() as u64;
-            for (i, (event_id, hash, event)) in events.into_iter().enumerate() {
+            stats.inserted += plain.len() as u64;
+            for (i, ((event_id, hash), event)) in keys.into_iter().zip(&plain).enumerate() {
                 count(stats, by_row, row);
                 let (local_id, print) = match ids.as_ref().and_then(|ids| ids.get(i)) {
                     Some(id) => (*id, None),
-                    None => (0, Some(copies::print_of(&event))),
+                    None => (0, Some(copies::print_of(event))),
                 };
                 record
                     .upserts
-                    .push(mapped(row, event_id, local_id, hash, &event, print));
+                    .push(mapped(row, event_id, local_id, hash, event, print));
             }
         }
         Ok(())
