@@ -103,11 +103,7 @@ pub async fn find(
     (row, bucket): (i64, &str),
     event_ids: Vec<i64>,
 ) -> Result<HashMap<i64, i64>, PullError> {
-    let prints = db(store, move |s| s.pull_unresolved(row, &event_ids)).await?;
-    let mut wanted: Vec<(i64, i64, CopyPrint)> = prints
-        .into_iter()
-        .map(|(event_id, (start_ns, p))| (event_id, start_ns, p))
-        .collect();
+    let mut wanted = db(store, move |s| s.pull_unresolved(row, &event_ids)).await?;
     wanted.sort_by_key(|w| w.1);
     let mut resolved = HashMap::new();
     for group in wanted.chunks(GROUP) {

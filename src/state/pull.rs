@@ -254,12 +254,12 @@ impl Store {
     }
 
     /// The copies of `event_ids` (of the pull bucket `row`) whose local id is not known:
-    /// event id → (the copy's start, ns; its print).
+    /// (event id, the copy's start ns, its print).
     pub fn pull_unresolved(
         &self,
         row: i64,
         event_ids: &[i64],
-    ) -> Result<HashMap<i64, (i64, CopyPrint)>, StateError> {
+    ) -> Result<Vec<(i64, i64, CopyPrint)>, StateError> {
         let conn = self.reader();
         let ids: Rc<Vec<SqlValue>> =
             Rc::new(event_ids.iter().copied().map(SqlValue::from).collect());
@@ -271,18 +271,7 @@ impl Store {
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![row, ids], |r| {
-                Ok((
-                    r.get(0)?,
-                    (
-                        r.get(1)?,
-                        CopyPrint {
-                            fp: r.get(2)?,
-                            dur_us: r.get(3)?,
-                        },
-                    ),
-                ))
-            })
+            .query_map(params![row, ids], unresolved_row)
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
@@ -304,16 +293,7 @@ impl Store {
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![row, lo, hi], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    CopyPrint {
-                        fp: r.get(2)?,
-                        dur_us: r.get(3)?,
-                    },
-                ))
-            })
+            .query_map(params![row, lo, hi], unresolved_row)
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
@@ -527,6 +507,18 @@ impl Store {
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
+}
+
+/// (event id, start ns, fp, dur_us) → (event id, start ns, print).
+fn unresolved_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, CopyPrint)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        CopyPrint {
+            fp: r.get(2)?,
+            dur_us: r.get(3)?,
+        },
+    ))
 }
 
 #[cfg(test)]
