@@ -11,6 +11,8 @@
 #   BENCH_SIZES=10000,100000 BENCH_PYTHON=0 BENCH_IDLE=0 bash scripts/bench.sh   # quicker
 #
 # The markdown table goes to stdout and target/bench-catchup.md.
+# BENCH_PULL=1 runs the pull benchmark instead (benches/pull.rs: issue 14's pull against one bulk
+# insert per bucket; target/bench-pull.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,8 +26,10 @@ fi
 # against 24.1 MB peak RSS on the 1M catch-up). So the benchmark is built without running, the
 # shipped binary is built again over it, and the benchmark then measures that one.
 cargo build --release --locked -p samay-aw-double -p samay-server --bins
-bench_exe=$(cargo bench --locked --bench catchup --no-run --message-format=json \
-    | sed -n 's/.*"executable":"\([^"]*catchup[^"]*\)".*/\1/p' | tail -n 1)
+bench=catchup
+[ "${BENCH_PULL:-0}" = 0 ] || bench=pull
+bench_exe=$(cargo bench --locked --bench "$bench" --no-run --message-format=json \
+    | sed -n "s/.*\"executable\":\"\([^\"]*\/deps\/$bench-[^\"]*\)\".*/\1/p" | tail -n 1)
 [ -x "$bench_exe" ] || { echo "bench.sh: the benchmark's executable was not found" >&2; exit 1; }
 cargo build --release --locked -p aw-sync-samay --bin aw-sync-samay
 exec "$bench_exe" --bench

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use crate::procfs;
 
-/// Long enough for samay-server's static tokens (16 characters at least).
+/// 16 characters at least: samay-server refuses shorter static tokens.
 pub const TOKEN: &str = "bench-token-0123456789";
 
 /// What the kernel says one finished process used.
@@ -46,7 +46,11 @@ impl Home {
     }
 
     pub fn command(&self, aw_port: u16) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aw-sync-samay"));
+        // BENCH_BIN: another build to measure (a before/after comparison on the same run).
+        let exe = std::env::var_os("BENCH_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_aw-sync-samay")));
+        let mut cmd = Command::new(exe);
         cmd.arg("--port")
             .arg(aw_port.to_string())
             .arg("--config")

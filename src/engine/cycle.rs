@@ -385,7 +385,7 @@ impl Engine {
         }
         let mut report = report;
         if let (true, Some(dest)) = (write && self.settings.pull.enabled, dest) {
-            report.pull = Some(Box::new(self.pull(dest).await?));
+            report.pull = Some(Box::new(self.pull(dest, &info.hostname, &buckets).await?));
         } else if write {
             if let Ok(token) = self.tokens.token().await {
                 crate::pull::note_other_devices(self.upstream.as_ref(), &token, &self.store, now)
@@ -396,9 +396,16 @@ impl Engine {
     }
 
     /// The pull (issue 14), after the push: the other devices' events into this aw-server.
-    async fn pull(&self, dest: DestId) -> Result<crate::pull::PullStats, CycleError> {
+    async fn pull(
+        &self,
+        dest: DestId,
+        local_host: &str,
+        listing: &BTreeMap<String, Bucket>,
+    ) -> Result<crate::pull::PullStats, CycleError> {
         let puller = crate::pull::Puller {
             source: &self.source,
+            local_host,
+            listing,
             upstream: self.upstream.as_ref(),
             tokens: self.tokens.as_ref(),
             store: &self.store,

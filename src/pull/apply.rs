@@ -7,19 +7,26 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
 
+use super::copies::{self, at};
 use super::{distinct_origin, local_bucket_id, PullError, PullSettings, PullStats};
 use crate::auth::{AccessToken, TokenSource};
 use crate::source::{AwClient, Bucket, Event, SourceError};
-use crate::state::{DestId, Mapped, PullBucket, PullPage, StateError, Store};
+use crate::state::{CopyPrint, DestId, Mapped, PullBucket, PullPage, StateError, Store};
 use crate::upstream::contract::{BucketInfo, Change, ChangesResponse};
 use crate::upstream::{BatchSink, UpstreamError};
 
-/// Read-backs look this far around the inserted events: Python aw-server keeps milliseconds.
-const SLACK: TimeDelta = TimeDelta::seconds(1);
+/// Reads of copies look this far around them: Python aw-server keeps milliseconds.
+pub(super) const SLACK: TimeDelta = TimeDelta::seconds(1);
 
 /// Everything one pull needs.
 pub struct Puller<'a> {
     pub source: &'a AwClient,
+    /// aw-server's host name and bucket listing as the cycle read them before its push: the
+    /// pull does not ask again, so a cycle with nothing new costs the pull one feed request
+    /// and no request to aw-server. A pulled bucket deleted during the push shows up in the
+    /// next cycle's listing (a write into it fails this cycle, and is made again then).
+    pub local_host: &'a str,
+    pub listing: &'a BTreeMap<String, Bucket>,
     pub upstream: &'a dyn BatchSink,
     pub tokens: &'a dyn TokenSource,
     pub store: &'a Arc<Store>,
@@ -29,8 +36,6 @@ pub struct Puller<'a> {
 
 /// A version to copy: (upstream event id, hash, event).
 type Copy = (i64, String, Event);
-/// An event read back that no mapping names: (local id, duration, data).
-type Unnamed = (i64, f64, Map<String, Value>);
 
 /// What one page's entries ask of aw-server.
 #[derive(Default)]
@@ -43,7 +48,7 @@ struct Plan {
     inserts: BTreeMap<i64, (String, Vec<Copy>)>,
 }
 
-async fn db<T: Send + 'static>(
+pub(super) async fn db<T: Send + 'static>(
     store: &Arc<Store>,
     f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, PullError> {
@@ -63,9 +68,8 @@ impl Puller<'_> {
     pub async fn run(&self) -> Result<PullStats, PullError> {
         let mut stats = PullStats::default();
         let dest = self.dest;
-        let info = self.source.info().await?;
-        let listing = self.source.get_buckets().await?;
-        let restart = self.check_local_copies(&listing).await?;
+        let listing = self.listing;
+        let restart = self.check_local_copies(listing).await?;
         let fingerprint = self.settings.fingerprint();
         let feed = db(self.store, move |s| s.pull_feed(dest)).await?;
         if restart || feed.selection != fingerprint {
@@ -92,144 +96,168 @@ impl Puller<'_> {
         let mut devices: Option<HashMap<String, (String, Vec<BucketInfo>)>> = None;
         let mut after = db(self.store, move |s| s.pull_feed(dest)).await?.seq;
         let own = self.store.device_id().to_string();
+        let mut fetched = None;
         loop {
-            let page = match self.changes(&mut token, after).await? {
-                page if page.changes.is_empty() => {
-                    let done = PullPage {
-                        next: after,
-                        caught_up: true,
-                        ..PullPage::default()
-                    };
-                    db(self.store, move |s| s.pull_commit(dest, &done)).await?;
-                    break;
-                }
-                page => page,
+            let page = match fetched.take() {
+                Some(page) => page,
+                None => self.changes(&mut token, after).await?,
             };
-            let mut plan = Plan::default();
-            let mut record = PullPage {
-                next: page.next,
-                ..PullPage::default()
-            };
-            let mut wanted: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
-            let mut fresh = false;
-            for change in &page.changes {
-                stats.changes += 1;
-                if change.device_id == own || unpulled.contains(&change.device_id) {
-                    stats.skipped += 1;
-                    continue;
-                }
-                let key = (change.device_id.clone(), change.bucket_id.clone());
-                let row = match rows.get(&key) {
-                    Some(b) => Some(b.row),
-                    None if change.deleted => None,
-                    None => {
-                        // A device or bucket that appeared after the list was read: read it
-                        // again (once a page), else its events would be passed over for good.
-                        let listed = devices.as_ref().is_some_and(|d| {
-                            d.get(&change.device_id).is_some_and(|(_, buckets)| {
-                                buckets.iter().any(|b| b.bucket_id == change.bucket_id)
-                            })
-                        });
-                        if !listed && !fresh {
-                            devices = Some(self.devices(&mut token).await?);
-                            fresh = true;
-                        }
-                        let known = devices.as_ref().and_then(|d| d.get(&change.device_id));
-                        match known {
-                            Some((hostname, buckets)) => {
-                                self.new_bucket(
-                                    change,
-                                    hostname,
-                                    buckets,
-                                    (&info.hostname, &mut local, &mut rows),
-                                    &mut stats,
-                                )
-                                .await?
-                            }
-                            None => None,
-                        }
-                    }
+            if page.changes.is_empty() {
+                let done = PullPage {
+                    next: after,
+                    caught_up: true,
+                    ..PullPage::default()
                 };
-                let listed = devices
-                    .as_ref()
-                    .and_then(|d| d.get(&change.device_id))
-                    .map(|(h, _)| h.as_str())
-                    .unwrap_or("");
-                let known = rows.get(&key);
-                let names = [
-                    listed,
-                    known.map_or("", |b| b.device_host.as_str()),
-                    known.map_or("", |b| b.origin.as_str()),
-                ];
-                match row {
-                    Some(row) if self.settings.selects(&change.device_id, &names) => {
-                        wanted.entry(row).or_default().push(change);
-                        record.devices.insert(change.device_id.clone(), change.seq);
-                    }
-                    _ => stats.skipped += 1,
-                }
+                db(self.store, move |s| s.pull_commit(dest, &done)).await?;
+                break;
             }
-            let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
-            for (row, changes) in wanted {
-                let Some(bucket) = by_row.get(&row) else {
-                    continue;
+            // After a full page the next one is asked for while this one is written, so the
+            // upstream's work overlaps aw-server's; pages are still applied one after the
+            // other, each recorded before the next is written. A failed read ahead is asked
+            // again in order (a 401 then refreshes the token).
+            let ahead =
+                (page.changes.len() >= self.settings.page).then(|| (token.clone(), page.next));
+            let read_ahead = async {
+                match &ahead {
+                    Some((t, next)) => self
+                        .upstream
+                        .changes(t, *next, self.settings.page)
+                        .await
+                        .ok(),
+                    None => None,
+                }
+            };
+            let apply = async {
+                let mut plan = Plan::default();
+                let mut record = PullPage {
+                    next: page.next,
+                    ..PullPage::default()
                 };
-                let ids: Vec<i64> = changes.iter().map(|c| c.event_id).collect();
-                let mapped = db(self.store, move |s| s.pull_mapped(row, &ids)).await?;
-                for change in changes {
-                    let held = mapped.get(&change.event_id);
-                    if change.deleted {
+                let mut wanted: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
+                let mut fresh = false;
+                for change in &page.changes {
+                    stats.changes += 1;
+                    if change.device_id == own || unpulled.contains(&change.device_id) {
+                        stats.skipped += 1;
+                        continue;
+                    }
+                    let key = (change.device_id.clone(), change.bucket_id.clone());
+                    let row = match rows.get(&key) {
+                        Some(b) => Some(b.row),
+                        None if change.deleted => None,
+                        None => {
+                            // A device or bucket that appeared after the list was read: read it
+                            // again (once a page), else its events would be passed over for good.
+                            let listed = devices.as_ref().is_some_and(|d| {
+                                d.get(&change.device_id).is_some_and(|(_, buckets)| {
+                                    buckets.iter().any(|b| b.bucket_id == change.bucket_id)
+                                })
+                            });
+                            if !listed && !fresh {
+                                devices = Some(self.devices(&mut token).await?);
+                                fresh = true;
+                            }
+                            let known = devices.as_ref().and_then(|d| d.get(&change.device_id));
+                            match known {
+                                Some((hostname, buckets)) => {
+                                    self.new_bucket(
+                                        change,
+                                        hostname,
+                                        buckets,
+                                        (self.local_host, &mut local, &mut rows),
+                                        &mut stats,
+                                    )
+                                    .await?
+                                }
+                                None => None,
+                            }
+                        }
+                    };
+                    let listed = devices
+                        .as_ref()
+                        .and_then(|d| d.get(&change.device_id))
+                        .map(|(h, _)| h.as_str())
+                        .unwrap_or("");
+                    let known = rows.get(&key);
+                    let names = [
+                        listed,
+                        known.map_or("", |b| b.device_host.as_str()),
+                        known.map_or("", |b| b.origin.as_str()),
+                    ];
+                    match row {
+                        Some(row) if self.settings.selects(&change.device_id, &names) => {
+                            wanted.entry(row).or_default().push(change);
+                            record.devices.insert(change.device_id.clone(), change.seq);
+                        }
+                        _ => stats.skipped += 1,
+                    }
+                }
+                let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
+                for (row, changes) in wanted {
+                    let Some(bucket) = by_row.get(&row) else {
+                        continue;
+                    };
+                    let ids: Vec<i64> = changes.iter().map(|c| c.event_id).collect();
+                    let mapped = db(self.store, move |s| s.pull_mapped(row, &ids)).await?;
+                    for change in changes {
+                        let held = mapped.get(&change.event_id);
+                        if change.deleted {
+                            match held {
+                                Some((local_id, _)) => plan.deletes.push((
+                                    row,
+                                    bucket.local_bucket.clone(),
+                                    *local_id,
+                                    change.event_id,
+                                )),
+                                None => stats.skipped += 1,
+                            }
+                            continue;
+                        }
+                        let Some(event) = event_of(change) else {
+                            tracing::warn!(
+                                seq = change.seq,
+                                "a feed entry without a readable event; skipped"
+                            );
+                            stats.skipped += 1;
+                            continue;
+                        };
+                        let hash = change.hash.clone().unwrap_or_default();
                         match held {
-                            Some((local_id, _)) => plan.deletes.push((
+                            Some((_, h)) if *h == hash => stats.skipped += 1,
+                            Some((local_id, _)) => plan.replaces.push((
                                 row,
                                 bucket.local_bucket.clone(),
                                 *local_id,
                                 change.event_id,
+                                hash,
+                                event,
                             )),
-                            None => stats.skipped += 1,
+                            None => plan
+                                .inserts
+                                .entry(row)
+                                .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
+                                .1
+                                .push((change.event_id, hash, event)),
                         }
-                        continue;
-                    }
-                    let Some(event) = event_of(change) else {
-                        tracing::warn!(
-                            seq = change.seq,
-                            "a feed entry without a readable event; skipped"
-                        );
-                        stats.skipped += 1;
-                        continue;
-                    };
-                    let hash = change.hash.clone().unwrap_or_default();
-                    match held {
-                        Some((_, h)) if *h == hash => stats.skipped += 1,
-                        Some((local_id, _)) => plan.replaces.push((
-                            row,
-                            bucket.local_bucket.clone(),
-                            *local_id,
-                            change.event_id,
-                            hash,
-                            event,
-                        )),
-                        None => plan
-                            .inserts
-                            .entry(row)
-                            .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
-                            .1
-                            .push((change.event_id, hash, event)),
                     }
                 }
-            }
-            self.execute(plan, &mut record, &mut stats, &by_row).await?;
-            after = page.next;
-            stats.seq = after;
-            tracing::info!(
-                seq = after,
-                read = stats.changes,
-                inserted = stats.inserted,
-                replaced = stats.replaced,
-                deleted = stats.deleted,
-                "pull: applied a page of the change feed"
-            );
-            db(self.store, move |s| s.pull_commit(dest, &record)).await?;
+                self.execute(plan, &mut record, &mut stats, &by_row).await?;
+                after = page.next;
+                stats.seq = after;
+                tracing::info!(
+                    seq = after,
+                    read = stats.changes,
+                    inserted = stats.inserted,
+                    replaced = stats.replaced,
+                    deleted = stats.deleted,
+                    "pull: applied a page of the change feed"
+                );
+                db(self.store, move |s| s.pull_commit(dest, &record)).await?;
+                Ok::<(), PullError>(())
+            };
+            let (applied, next) = tokio::join!(apply, read_ahead);
+            applied?;
+            fetched = next;
         }
         stats.seq = after;
         Ok(stats)
@@ -398,7 +426,9 @@ impl Puller<'_> {
     }
 
     /// After a crash between sending inserts and recording them: deletes every event in the
-    /// recorded spans of pull buckets that no mapping names (only the pull writes there).
+    /// recorded spans of pull buckets that no mapping names (only the pull writes there). A
+    /// copy whose id was never said (Python aw-server) is named by its print: it is found,
+    /// recorded, and kept.
     async fn sweep(&self) -> Result<u64, PullError> {
         let dest = self.dest;
         let pending = db(self.store, move |s| s.pull_pending(dest)).await?;
@@ -415,19 +445,43 @@ impl Puller<'_> {
             let Some(name) = names.get(&row) else {
                 continue;
             };
-            let (start, end) = (at(start) - SLACK, at(end) + SLACK);
-            let events = match self
-                .source
-                .get_events(name, Some(start), Some(end), None)
-                .await
-            {
+            let (lo, hi) = (at(start) - SLACK, at(end) + SLACK);
+            let events = match self.source.get_events(name, Some(lo), Some(hi), None).await {
                 Err(SourceError::BucketNotFound(_)) => continue,
                 other => other?,
             };
             let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
             let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
-            for id in events.iter().filter_map(|e| e.id) {
-                if !known.contains(&id) {
+            // An event aw-server answered cut at a bound of the read started or ended outside
+            // the span: not one of the interrupted inserts.
+            let unknown: Vec<(i64, crate::state::CopyPrint)> = events
+                .iter()
+                .filter(|e| e.timestamp > lo && e.end() < hi)
+                .filter_map(|e| {
+                    e.id.filter(|id| !known.contains(id))
+                        .map(|id| (id, copies::print_of(e)))
+                })
+                .collect();
+            if unknown.is_empty() {
+                continue;
+            }
+            let (lo_ns, hi_ns) = (
+                lo.timestamp_nanos_opt().unwrap_or(i64::MIN),
+                hi.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            );
+            let unresolved = db(self.store, move |s| {
+                s.pull_unresolved_between(row, lo_ns, hi_ns)
+            })
+            .await?;
+            let wanted: Vec<(i64, crate::state::CopyPrint)> =
+                unresolved.into_iter().map(|(id, _, p)| (id, p)).collect();
+            let pairs = copies::pair(&wanted, unknown.clone());
+            let named: HashSet<i64> = pairs.iter().map(|p| p.1).collect();
+            if !pairs.is_empty() {
+                db(self.store, move |s| s.pull_resolve(row, &pairs)).await?;
+            }
+            for (id, _) in unknown {
+                if !named.contains(&id) {
                     self.source.delete_event(name, id).await?;
                     swept += 1;
                 }
@@ -443,6 +497,59 @@ impl Puller<'_> {
         Ok(swept)
     }
 
+    /// Finds the local ids the mappings do not know (copies written into Python aw-server) of
+    /// the page's replacements and tombstones. A copy not found is gone: its tombstone deletes
+    /// nothing, its new version is copied again as a new event.
+    async fn find_copies(&self, plan: &mut Plan) -> Result<(), PullError> {
+        let mut unknown: BTreeMap<i64, (String, Vec<i64>)> = BTreeMap::new();
+        for (row, bucket, local_id, event_id) in &plan.deletes {
+            if *local_id == 0 {
+                let e = unknown
+                    .entry(*row)
+                    .or_insert_with(|| (bucket.clone(), Vec::new()));
+                e.1.push(*event_id);
+            }
+        }
+        for r in &plan.replaces {
+            if r.2 == 0 {
+                let e = unknown
+                    .entry(r.0)
+                    .or_insert_with(|| (r.1.clone(), Vec::new()));
+                e.1.push(r.3);
+            }
+        }
+        let mut found: HashMap<(i64, i64), i64> = HashMap::new();
+        for (row, (bucket, ids)) in unknown {
+            let ids = copies::find(self.source, self.store, (row, &bucket), ids).await?;
+            found.extend(
+                ids.into_iter()
+                    .map(|(event_id, local)| ((row, event_id), local)),
+            );
+        }
+        for d in &mut plan.deletes {
+            if d.2 == 0 {
+                d.2 = found.get(&(d.0, d.3)).copied().unwrap_or(0);
+            }
+        }
+        for r in std::mem::take(&mut plan.replaces) {
+            match r.2 {
+                0 => match found.get(&(r.0, r.3)) {
+                    Some(local) => plan.replaces.push((r.0, r.1, *local, r.3, r.4, r.5)),
+                    None => {
+                        let (row, bucket, _, event_id, hash, event) = r;
+                        plan.inserts
+                            .entry(row)
+                            .or_insert_with(|| (bucket, Vec::new()))
+                            .1
+                            .push((event_id, hash, event));
+                    }
+                },
+                _ => plan.replaces.push(r),
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a page's plan into aw-server and fills `record` with what to commit.
     async fn execute(
         &self,
@@ -451,6 +558,7 @@ impl Puller<'_> {
         stats: &mut PullStats,
         by_row: &HashMap<i64, &PullBucket>,
     ) -> Result<(), PullError> {
+        self.find_copies(&mut plan).await?;
         // A replacement only for an event read from that very bucket just now: a POST with an
         // id replaces that row in whatever bucket it is.
         let mut replaces = Vec::new();
@@ -487,18 +595,18 @@ impl Puller<'_> {
             db(self.store, move |s| s.pull_add_pending(&spans)).await?;
         }
         for (row, bucket, local_id, event_id) in plan.deletes {
-            match self.source.delete_event(&bucket, local_id).await {
-                Ok(()) | Err(SourceError::BucketNotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+            // 0: a copy never found (gone already); only the mapping goes.
+            if local_id != 0 {
+                match self.source.delete_event(&bucket, local_id).await {
+                    Ok(()) | Err(SourceError::BucketNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                stats.writes += 1;
             }
-            stats.writes += 1;
             stats.deleted += 1;
             count(stats, by_row, row);
             record.deletes.push((row, event_id));
         }
-        // Replacements whose new start the mappings do not say yet: the read-back of this
-        // page's inserts asks for that many more.
-        let moved = replaces.len() as u64;
         for (row, bucket, local_id, event_id, hash, event) in replaces {
             self.source.replace_event(&bucket, local_id, &event).await?;
             stats.writes += 1;
@@ -506,92 +614,30 @@ impl Puller<'_> {
             count(stats, by_row, row);
             record
                 .upserts
-                .push(mapped(row, event_id, local_id, hash, &event));
+                .push(mapped(row, event_id, local_id, hash, &event, None));
         }
         for (row, (bucket, events)) in plan.inserts {
-            let plain: Vec<Event> = events.iter().map(|e| e.2.clone()).collect();
-            let ids = match self.source.insert_events_ids(&bucket, &plain).await? {
-                Some(ids) => ids,
-                None => self.find_inserted(&bucket, row, &plain, moved).await?,
-            };
+            let (keys, plain): (Vec<(i64, String)>, Vec<Event>) = events
+                .into_iter()
+                .map(|(event_id, hash, event)| ((event_id, hash), event))
+                .unzip();
+            // aw-server-rust answers the new ids; Python aw-server answers `null`: its copies
+            // are recorded by their print, found when needed (see `copies`).
+            let ids = self.source.insert_events_ids(&bucket, &plain).await?;
             stats.writes += 1;
-            stats.inserted += events.len() as u64;
-            for ((event_id, hash, event), local_id) in events.into_iter().zip(ids) {
+            stats.inserted += plain.len() as u64;
+            for (i, ((event_id, hash), event)) in keys.into_iter().zip(&plain).enumerate() {
                 count(stats, by_row, row);
+                let (local_id, print) = match ids.as_ref().and_then(|ids| ids.get(i)) {
+                    Some(id) => (*id, None),
+                    None => (0, Some(copies::print_of(event))),
+                };
                 record
                     .upserts
-                    .push(mapped(row, event_id, local_id, hash, &event));
+                    .push(mapped(row, event_id, local_id, hash, event, print));
             }
         }
         Ok(())
-    }
-
-    /// The ids of `events`, just inserted into `bucket` by a server that does not say them
-    /// (Python aw-server): read back around them, and matched by timestamp (to the
-    /// millisecond, Python's precision), data and the nearest duration among the events no
-    /// mapping names.
-    async fn find_inserted(
-        &self,
-        bucket: &str,
-        row: i64,
-        events: &[Event],
-        moved: u64,
-    ) -> Result<Vec<i64>, PullError> {
-        let (Some(start), Some(end)) = (
-            events.iter().map(|e| e.timestamp).min(),
-            events.iter().map(Event::end).max(),
-        ) else {
-            return Ok(Vec::new());
-        };
-        // Newest first up to `end`, as many as can start in the span: the copies held there,
-        // this page's inserts and (at most) its replacements. Python aw-server seeks this on
-        // its (bucket, timestamp) index; a `start` bound would make it test every event of
-        // the 24 hours before it.
-        let (lo, hi) = (
-            (start - SLACK).timestamp_nanos_opt().unwrap_or(i64::MIN),
-            (end + SLACK).timestamp_nanos_opt().unwrap_or(i64::MAX),
-        );
-        let held = db(self.store, move |s| s.pull_count_in(row, lo, hi)).await?;
-        let limit = held + events.len() as u64 + moved;
-        let found = self
-            .source
-            .get_events(bucket, None, Some(end + SLACK), Some(limit))
-            .await?;
-        let ids: Vec<i64> = found.iter().filter_map(|e| e.id).collect();
-        let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
-        let mut free: HashMap<i64, Vec<Unnamed>> = HashMap::new();
-        for e in found {
-            if let Some(id) = e.id.filter(|id| !known.contains(id)) {
-                free.entry(e.timestamp.timestamp_millis())
-                    .or_default()
-                    .push((id, e.duration, e.data));
-            }
-        }
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let slot = free.get_mut(&e.timestamp.timestamp_millis());
-            let best = slot.as_ref().and_then(|c| {
-                c.iter()
-                    .enumerate()
-                    .filter(|(_, (_, _, data))| *data == e.data)
-                    .min_by(|a, b| {
-                        let da = (a.1 .1 - e.duration).abs();
-                        let db = (b.1 .1 - e.duration).abs();
-                        da.total_cmp(&db)
-                    })
-                    .map(|(i, _)| i)
-            });
-            match (slot, best) {
-                (Some(c), Some(i)) => out.push(c.swap_remove(i).0),
-                _ => {
-                    return Err(PullError::Inconsistent(format!(
-                        "aw-server does not show an event just inserted into {bucket} (at {}); the page is written again next cycle",
-                        e.timestamp
-                    )))
-                }
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -603,13 +649,21 @@ fn origin_host(origin: &str, hostname: &str) -> bool {
             .is_some_and(|rest| rest.len() == 9 && rest.starts_with('-'))
 }
 
-fn mapped(row: i64, event_id: i64, local_id: i64, hash: String, event: &Event) -> Mapped {
+fn mapped(
+    row: i64,
+    event_id: i64,
+    local_id: i64,
+    hash: String,
+    event: &Event,
+    print: Option<CopyPrint>,
+) -> Mapped {
     Mapped {
         row,
         event_id,
         local_id,
         hash,
         start_ns: event.timestamp.timestamp_nanos_opt().unwrap_or(0),
+        print,
     }
 }
 
@@ -617,10 +671,6 @@ fn count(stats: &mut PullStats, by_row: &HashMap<i64, &PullBucket>, row: i64) {
     if let Some(b) = by_row.get(&row) {
         *stats.per_device.entry(b.origin.clone()).or_default() += 1;
     }
-}
-
-fn at(ns: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp_nanos(ns)
 }
 
 /// The event a feed entry carries; `None` when it is malformed.

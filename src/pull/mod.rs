@@ -22,6 +22,7 @@
 //!   aw-sync's) is left alone and reported.
 
 mod apply;
+mod copies;
 
 use std::collections::BTreeMap;
 

@@ -36,7 +36,7 @@ pub use commit::{Acked, Commit, Deleted, Known, Mark, Quarantined};
 pub use destination::{DestId, DestKey};
 pub use hash::{event_hash, event_hash_raw, hash_hex, EventHash, Span};
 pub use mirror::{aggregate as mirror_aggregate, Aggregate, MirrorEvent};
-pub use pull::{Mapped, PullBucket, PullDeviceStatus, PullFeed, PullPage};
+pub use pull::{CopyPrint, Mapped, PullBucket, PullDeviceStatus, PullFeed, PullPage};
 pub use report::{BucketStatus, CycleRecord, QuarantineEntry};
 
 /// Upstream event ids are aw-server's id plus `generation << GENERATION_SHIFT`: a bucket whose

@@ -48,10 +48,22 @@ pub struct Mapped {
     /// The pull bucket's row.
     pub row: i64,
     pub event_id: i64,
+    /// 0 while aw-server has not said it ([`Mapped::print`] finds the copy then).
     pub local_id: i64,
     pub hash: String,
     /// The copy's start (ns).
     pub start_ns: i64,
+    /// For a copy whose local id is not known: what finds it.
+    pub print: Option<CopyPrint>,
+}
+
+/// What finds a copy in aw-server when its id was never said (Python aw-server answers `null`
+/// to an insert of several events): a fingerprint of its start to the millisecond and its
+/// data, and its duration (of two copies alike but for it, the nearest one is the one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPrint {
+    pub fp: Vec<u8>,
+    pub dur_us: i64,
 }
 
 /// What `--status` shows per other device.
@@ -186,7 +198,7 @@ impl Store {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
         for row in rows {
-            for table in ["pull_events", "pull_pending"] {
+            for table in ["pull_events", "pull_unresolved", "pull_pending"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE bucket = ?1"), [row])
                     .map_err(self.err())?;
             }
@@ -239,6 +251,75 @@ impl Store {
             })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// The copies of `event_ids` (of the pull bucket `row`) whose local id is not known:
+    /// (event id, the copy's start ns, its print).
+    pub fn pull_unresolved(
+        &self,
+        row: i64,
+        event_ids: &[i64],
+    ) -> Result<Vec<(i64, i64, CopyPrint)>, StateError> {
+        let conn = self.reader();
+        let ids: Rc<Vec<SqlValue>> =
+            Rc::new(event_ids.iter().copied().map(SqlValue::from).collect());
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT u.event_id, e.start_ns, u.fp, u.dur_us FROM pull_unresolved u
+                 JOIN pull_events e ON e.bucket = u.bucket AND e.event_id = u.event_id
+                 WHERE u.bucket = ?1 AND u.event_id IN rarray(?2)",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![row, ids], unresolved_row)
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// The copies of the pull bucket `row` starting in `[lo, hi]` (ns) whose local id is not
+    /// known: (event id, start ns, print).
+    pub fn pull_unresolved_between(
+        &self,
+        row: i64,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<(i64, i64, CopyPrint)>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT e.event_id, e.start_ns, u.fp, u.dur_us FROM pull_events e
+                 JOIN pull_unresolved u ON u.bucket = e.bucket AND u.event_id = e.event_id
+                 WHERE e.bucket = ?1 AND e.start_ns BETWEEN ?2 AND ?3",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![row, lo, hi], unresolved_row)
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// Records the local ids found for copies of the pull bucket `row`: (event id, local id).
+    /// Committed before the copies are written (replaced, deleted), so a crash in between
+    /// leaves the id known.
+    pub fn pull_resolve(&self, row: i64, found: &[(i64, i64)]) -> Result<(), StateError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(self.err())?;
+        {
+            let mut set = tx
+                .prepare_cached(
+                    "UPDATE pull_events SET local_id = ?3 WHERE bucket = ?1 AND event_id = ?2",
+                )
+                .map_err(self.err())?;
+            let mut done = tx
+                .prepare_cached("DELETE FROM pull_unresolved WHERE bucket = ?1 AND event_id = ?2")
+                .map_err(self.err())?;
+            for (event_id, local_id) in found {
+                set.execute(params![row, event_id, local_id])
+                    .map_err(self.err())?;
+                done.execute(params![row, event_id]).map_err(self.err())?;
+            }
+        }
+        tx.commit().map_err(self.err())
     }
 
     /// How many copies of the pull bucket `row` start in `[lo, hi]` (ns).
@@ -330,16 +411,34 @@ impl Store {
                      DO UPDATE SET local_id = ?3, hash = ?4, start_ns = ?5",
                 )
                 .map_err(self.err())?;
+            let mut print = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO pull_unresolved (bucket, event_id, fp, dur_us)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(self.err())?;
             for m in &page.upserts {
                 upsert
                     .execute(params![m.row, m.event_id, m.local_id, m.hash, m.start_ns])
                     .map_err(self.err())?;
+                // A copy with a known id was resolved first (`pull_resolve`): no print left.
+                if let Some(p) = &m.print {
+                    print
+                        .execute(params![m.row, m.event_id, p.fp, p.dur_us])
+                        .map_err(self.err())?;
+                }
             }
             let mut delete = tx
                 .prepare_cached("DELETE FROM pull_events WHERE bucket = ?1 AND event_id = ?2")
                 .map_err(self.err())?;
+            let mut unprint = tx
+                .prepare_cached("DELETE FROM pull_unresolved WHERE bucket = ?1 AND event_id = ?2")
+                .map_err(self.err())?;
             for (row, event_id) in &page.deletes {
                 delete.execute(params![row, event_id]).map_err(self.err())?;
+                unprint
+                    .execute(params![row, event_id])
+                    .map_err(self.err())?;
             }
             let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let mut device = tx
@@ -410,6 +509,18 @@ impl Store {
     }
 }
 
+/// (event id, start ns, fp, dur_us) → (event id, start ns, print).
+fn unresolved_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, CopyPrint)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        CopyPrint {
+            fp: r.get(2)?,
+            dur_us: r.get(3)?,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +554,7 @@ mod tests {
                     local_id,
                     hash: hash.into(),
                     start_ns,
+                    print: None,
                 })
                 .to_vec(),
             deletes: vec![],

@@ -115,6 +115,17 @@ CREATE TABLE IF NOT EXISTS pull_events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pull_events_local ON pull_events (bucket, local_id);
 CREATE INDEX IF NOT EXISTS pull_events_start ON pull_events (bucket, start_ns);
+-- Copies whose local id aw-server did not say (Python aw-server answers `null` to a list
+-- insert; their pull_events row has local_id 0): what finds the copy when its id is needed —
+-- a replacement, a tombstone, a sweep — 16 bytes of blake3 over its start to the millisecond
+-- and its data, and its duration (µs).
+CREATE TABLE IF NOT EXISTS pull_unresolved (
+    bucket   INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,
+    fp       BLOB NOT NULL,
+    dur_us   INTEGER NOT NULL,
+    PRIMARY KEY (bucket, event_id)
+) WITHOUT ROWID;
 -- Inserts that were sent to aw-server but not yet recorded: swept after a crash.
 CREATE TABLE IF NOT EXISTS pull_pending (
     bucket   INTEGER NOT NULL,

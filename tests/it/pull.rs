@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aw_sync_samay::auth::{AccessToken, StaticToken};
+use aw_sync_samay::auth::{AccessToken, BoxFuture, StaticToken};
 use aw_sync_samay::engine::Engine;
 use aw_sync_samay::pull::{unpull, PullSettings, PullStats};
 use aw_sync_samay::source::{AwClient, Event};
 use aw_sync_samay::state::Store;
-use aw_sync_samay::upstream::UpstreamClient;
+use aw_sync_samay::upstream::contract::{
+    BatchRequest, BatchResponse, ChangesResponse, DevicesResponse,
+};
+use aw_sync_samay::upstream::{BatchSink, UpstreamClient, UpstreamError};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use samay_aw_double::{AwDouble, AwDoubleConfig, Storage};
 use samay_server::DevServer;
@@ -454,6 +457,118 @@ async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
     assert_eq!(content(&a, &foreign).await.len(), 1);
 }
 
+/// The upstream of one engine, its requests counted by kind (the feed, the device list, the
+/// rest) on the client side.
+#[derive(Default)]
+struct Asked {
+    feed: AtomicU64,
+    devices: AtomicU64,
+    other: AtomicU64,
+}
+
+struct CountedUpstream {
+    inner: UpstreamClient,
+    asked: Arc<Asked>,
+}
+
+impl BatchSink for CountedUpstream {
+    fn send_batch<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        batch: &'a BatchRequest,
+    ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
+        self.asked.other.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.send_batch(token, batch))
+    }
+
+    fn whoami<'a>(
+        &'a self,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+        self.asked.other.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.whoami(token))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        token: &'a AccessToken,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ChangesResponse, UpstreamError>> {
+        self.asked.feed.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.changes(token, after, limit))
+    }
+
+    fn devices<'a>(
+        &'a self,
+        token: &'a AccessToken,
+    ) -> BoxFuture<'a, Result<DevicesResponse, UpstreamError>> {
+        self.asked.devices.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.inner.devices(token))
+    }
+}
+
+/// A cycle with nothing new costs the pull one feed request and nothing in aw-server: the
+/// cycle's own reads (info, bucket list) are all aw-server sees, as with the pull off.
+#[tokio::test]
+async fn an_idle_pull_cycle_asks_the_feed_once_and_aw_server_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = samay_testkit::devserver::start_dev_server(dir.path()).await;
+    let (_db, b) = double().await;
+    let (da, a) = double().await;
+    b.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..20)
+        .map(|i| ev(i * 10, 5.0, json!({"status": "afk", "n": i})))
+        .collect();
+    b.insert_events(B_BUCKET, &events).await.unwrap();
+    cycle(&engine_at(&dev, dir.path(), b.clone(), "b.sqlite")).await;
+
+    let mut ea = engine_at(&dev, dir.path(), a.clone(), "a.sqlite");
+    let asked = Arc::new(Asked::default());
+    ea.upstream = Arc::new(CountedUpstream {
+        inner: UpstreamClient::new(&dev.base_url(), Duration::from_secs(5), true).unwrap(),
+        asked: Arc::clone(&asked),
+    });
+    let first = cycle(&ea).await;
+    assert_eq!(first.inserted, 20, "{first:?}");
+    assert_copy(&b, B_BUCKET, &a, B_COPY).await;
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    da.set_request_hook(Some(Arc::new(move |method, uri| {
+        log.lock().unwrap().push(format!("{method} {}", uri.path()));
+        None
+    })));
+    let feed_before = asked.feed.load(Ordering::SeqCst);
+    let (devices_before, other_before) = (
+        asked.devices.load(Ordering::SeqCst),
+        asked.other.load(Ordering::SeqCst),
+    );
+    let idle = cycle(&ea).await;
+    da.set_request_hook(None);
+    assert_eq!(
+        (idle.changes, idle.inserted, idle.writes),
+        (0, 0, 0),
+        "{idle:?}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /api/0/info", "GET /api/0/buckets/"],
+        "aw-server sees only the cycle's own reads"
+    );
+    assert_eq!(
+        (
+            asked.feed.load(Ordering::SeqCst) - feed_before,
+            asked.devices.load(Ordering::SeqCst) - devices_before,
+            asked.other.load(Ordering::SeqCst) - other_before,
+        ),
+        (1, 0, 0),
+        "one feed request upstream, nothing else"
+    );
+}
+
 /// The shipped binary: `--once` with `sync.pull = true` killed with SIGKILL while it pulls a
 /// few thousand events into Python aw-server, then run again: every event once. `--status`
 /// shows the pulled device; `--unpull` takes its buckets out of aw-server only.
@@ -560,67 +675,50 @@ async fn the_binary_killed_mid_pull_resumes_without_duplicates() {
     );
 }
 
-/// A measurement, not a check (run by hand: `cargo test --test it pull::measure -- --ignored
-/// --nocapture`; `PULL_EVENTS` sets the size, 100 000 by default): a first pull of one device's
-/// bucket into Python aw-server against the floor of inserting the same events there with one
-/// request.
+/// Copies in Python aw-server, whose ids it never says, are found by their start, data and
+/// nearest duration: of two events alike but for their duration, a new version replaces the
+/// right copy and a tombstone deletes the right one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run by hand"]
-async fn measure_a_first_pull_into_python_against_one_bulk_insert() {
-    let n: i64 = std::env::var("PULL_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+async fn twins_in_python_are_replaced_and_deleted_each_in_its_own_copy() {
     let rig = Rig::new().await;
     let (_db, b) = double().await;
     b.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
         .await
         .unwrap();
-    let events: Vec<Event> = (0..n)
-        .map(|i| {
-            ev(
-                i * 3,
-                2.0,
-                json!({"app": format!("app{}", i % 50), "title": format!("t{i}")}),
-            )
-        })
+    // The newest events: what a push re-reads each cycle.
+    let twin = |duration| ev(200, duration, json!({"status": "afk"}));
+    let others: Vec<Event> = (1..6)
+        .map(|i| ev(i * 20, 4.0, json!({"status": "not-afk", "n": i})))
         .collect();
-    for chunk in events.chunks(10_000) {
-        b.insert_events(B_BUCKET, chunk).await.unwrap();
-    }
-    let mut eb = engine(&rig, b.clone(), "b.sqlite");
-    eb.settings = aw_sync_samay::engine::Settings::from_config(&Default::default());
-    eb.run_cycle().await.expect("B pushes");
-
-    let py = rig.client();
-    let floor_bucket = "floor-bucket";
-    py.create_bucket(floor_bucket, "afkstatus", "x", "x")
+    b.insert_events(B_BUCKET, &[twin(5.0), twin(9.0)])
         .await
         .unwrap();
-    let started = std::time::Instant::now();
-    py.insert_events(floor_bucket, &events).await.unwrap();
-    let floor = started.elapsed();
+    b.insert_events(B_BUCKET, &others).await.unwrap();
+    let eb = engine(&rig, b.clone(), "b.sqlite");
+    let ea = engine(&rig, rig.client(), "a.sqlite");
+    cycle(&eb).await;
+    let first = cycle(&ea).await;
+    assert_eq!(first.inserted, 7, "{first:?}");
+    let py = rig.client();
+    assert_copy(&b, B_BUCKET, &py, B_COPY).await;
 
-    let mut ea = engine(&rig, py.clone(), "a.sqlite");
-    // Only the pull is measured: the floor's bucket is not pushed.
-    ea.settings =
-        aw_sync_samay::engine::Settings::from_config(&aw_sync_samay::config::SyncConfig {
-            exclude_buckets: vec![floor_bucket.into()],
-            pull: true,
-            ..Default::default()
-        });
-    if let Some(page) = std::env::var("PULL_PAGE").ok().and_then(|v| v.parse().ok()) {
-        ea.settings.pull.page = page;
-    }
-    let started = std::time::Instant::now();
-    let report = ea.run_cycle().await.expect("A pulls");
-    let pull = started.elapsed();
-    let stats = report.pull.expect("pulled");
-    assert_eq!(stats.inserted, n as u64);
-    println!(
-        "pull of {n} events into Python aw-server: {:.1} s; one bulk insert of them: {:.1} s; ratio {:.2}",
-        pull.as_secs_f64(),
-        floor.as_secs_f64(),
-        pull.as_secs_f64() / floor.as_secs_f64()
-    );
+    let held = b.get_events(B_BUCKET, None, None, None).await.unwrap();
+    let id_of = |d: f64| {
+        held.iter()
+            .find(|e| e.duration == d && e.data["status"] == "afk")
+            .and_then(|e| e.id)
+            .unwrap()
+    };
+    let (short, long) = (id_of(5.0), id_of(9.0));
+    b.replace_event(B_BUCKET, short, &twin(7.0)).await.unwrap();
+    cycle(&eb).await;
+    let grown = cycle(&ea).await;
+    assert_eq!((grown.replaced, grown.inserted), (1, 0), "{grown:?}");
+    assert_copy(&b, B_BUCKET, &py, B_COPY).await;
+
+    b.delete_event(B_BUCKET, long).await.unwrap();
+    cycle(&eb).await;
+    let gone = cycle(&ea).await;
+    assert_eq!((gone.deleted, gone.inserted), (1, 0), "{gone:?}");
+    assert_copy(&b, B_BUCKET, &py, B_COPY).await;
 }
