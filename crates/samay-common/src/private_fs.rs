@@ -20,6 +20,11 @@ pub const FILE_MODE: u32 = 0o600;
 
 /// Creates `dir` with any missing parents (each 0700), and makes `dir` itself 0700. Existing
 /// parents are left as they are: they may be shared (`~/.local/share`).
+///
+/// An existing `dir` that is shared is left as it is too: one with the sticky bit (`/tmp`, where
+/// everyone makes their own files) or owned by another user. A database put there by choice
+/// (`--db /tmp/x.sqlite`) is still private, its file 0600; tightening the directory made `/tmp`
+/// 0700 when the server ran as root, and every other program's temporary files unreachable.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -29,8 +34,27 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
         builder.mode(DIR_MODE);
     }
     builder.create(dir)?;
-    tighten(dir, DIR_MODE)?;
+    if !is_shared(dir)? {
+        tighten(dir, DIR_MODE)?;
+    }
     Ok(())
+}
+
+/// Whether a directory is shared with others on purpose: sticky, or not this user's.
+fn is_shared(dir: &Path) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(dir)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        Ok(meta.mode() & 0o1000 != 0 || meta.uid() != me)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(false)
+    }
 }
 
 /// Takes group and other permissions away from `path` (to `mode`) when it has any. Returns the
@@ -154,6 +178,25 @@ mod tests {
             None,
             "nothing left to do"
         );
+    }
+
+    #[test]
+    fn a_shared_directory_is_left_as_it_is_and_the_database_in_it_still_private() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Like /tmp: world-writable and sticky.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let db = shared.join("x.sqlite");
+        private_database(&db).expect("prepared");
+        let full = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o7777;
+        assert_eq!(full(&shared), 0o1777, "the shared directory is untouched");
+        assert_eq!(mode(&db), 0o600);
+        // A directory of our own below it is still made private.
+        let own = shared.join("own").join("x.sqlite");
+        private_database(&own).expect("prepared");
+        assert_eq!(mode(&shared.join("own")), 0o700);
+        assert_eq!(full(&shared), 0o1777);
     }
 
     #[test]
