@@ -125,6 +125,7 @@ pub(crate) const MIGRATIONS: &[(i64, &[&str])] = &[
 /// Statements PostgreSQL runs after a migration's shared ones: where the two differ. New
 /// numbers of users and buckets come from sequences there (many processes); SQLite, one writer
 /// under its write lock, takes the next after the largest.
+#[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_AFTER: &[(i64, &[&str])] = &[(
     3,
     &[
