@@ -55,8 +55,8 @@ run_test() { # NAME DIR EXE THREADS
 # Integration tests each start their own aw-server and upstream on free loopback ports; most
 # of their time is spent waiting on those processes. So the sidecar's two big test binaries
 # (tests/it and tests/faults) run at the same time, and beside them, on what CPU they leave:
-# the server's lints as the sidecar links it, the release dependency check, and every other
-# test executable.
+# the lints of the shipped builds, the release dependency check, and every other test
+# executable.
 status=0
 pids=()
 for name in it faults; do
@@ -67,8 +67,12 @@ for name in it faults; do
 done
 {
     rest=0
-    echo "== cargo clippy: samay-server as the sidecar links it (no fault injection)"
-    # Its tests turn the `faults` feature on, and the build above unifies it in.
+    # The shipped builds, whose features the build above cannot show: its tests turn the
+    # server's `faults` feature on (and `postgres`, which the sidecar leaves off), and one build
+    # unifies features across the workspace.
+    echo "== cargo clippy: the sidecar as it ships (the server embedded without PostgreSQL or faults)"
+    cargo clippy -p aw-sync-samay --lib --bins --locked -- -D warnings || rest=1
+    echo "== cargo clippy: samay-server as it ships (no fault injection)"
     cargo clippy -p samay-server --lib --bins --locked -- -D warnings || rest=1
     echo "== the shipped binary carries no test double and no fault injection"
     bash scripts/check-release-deps.sh || rest=1
