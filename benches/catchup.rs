@@ -27,13 +27,12 @@
 //! ```
 //! The report (markdown) goes to stdout and to `target/bench-catchup.md`.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -43,7 +42,9 @@ use samay_testkit::{awserver, procfs};
 
 mod support;
 
+use support::faithful::verify;
 use support::run::{self, Home, Usage};
+use support::servers::{http, DevServer};
 use support::source::SqliteDouble;
 use support::upstream::AckUpstream;
 
@@ -579,13 +580,6 @@ async fn insert_back_dated(port: u16, bucket: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
-
 async fn bucket_ids(port: u16) -> anyhow::Result<Vec<String>> {
     let map: Map<String, Value> = http()
         .get(format!("http://127.0.0.1:{port}/api/0/buckets/"))
@@ -615,167 +609,6 @@ async fn floor(port: u16, buckets: &[String]) -> anyhow::Result<(Duration, u64)>
         }
     }
     Ok((t.elapsed(), bytes))
-}
-
-/// Every source event arrived exactly once, with its timestamp and duration within 1 µs and its
-/// data equal.
-async fn verify(
-    port: u16,
-    buckets: &[String],
-    ack: &AckUpstream,
-    n: usize,
-) -> anyhow::Result<String> {
-    let batches = ack.batches()?;
-    // (bucket, event id) → (timestamp ns, duration s, data) as the upstream received it.
-    type Received = HashMap<(String, i64), (i64, f64, Map<String, Value>)>;
-    let mut got: Received = HashMap::with_capacity(n);
-    let mut resent = 0u64;
-    for batch in batches {
-        for e in batch.events {
-            let ts = DateTime::parse_from_rfc3339(&e.timestamp)
-                .context("upstream timestamp")?
-                .with_timezone(&Utc)
-                .timestamp_nanos_opt()
-                .context("timestamp range")?;
-            let data = e.data_map().context("upstream data")?;
-            if got
-                .insert((e.bucket_id, e.event_id), (ts, e.duration, data))
-                .is_some()
-            {
-                resent += 1;
-            }
-        }
-    }
-    let client = http();
-    let (mut matched, mut max_dt, mut max_dd) = (0u64, 0i64, 0f64);
-    for b in buckets {
-        let events: Vec<Event> = client
-            .get(format!(
-                "http://127.0.0.1:{port}/api/0/buckets/{b}/events?limit=-1"
-            ))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        for ev in events {
-            let id = ev.id.context("source event without id")?;
-            let Some((ts, dur, data)) = got.remove(&(b.clone(), id)) else {
-                bail!("{b}/{id} never reached the upstream");
-            };
-            let dt = (ts - ev.timestamp.timestamp_nanos_opt().context("range")?).abs();
-            let dd = (dur - ev.duration).abs();
-            ensure!(dt <= 1_000, "{b}/{id}: timestamp off by {dt} ns");
-            ensure!(dd <= 1e-6, "{b}/{id}: duration off by {dd} s");
-            ensure!(data == ev.data, "{b}/{id}: data differs");
-            max_dt = max_dt.max(dt);
-            max_dd = max_dd.max(dd);
-            matched += 1;
-        }
-    }
-    ensure!(
-        got.is_empty(),
-        "{} events upstream that the source does not have",
-        got.len()
-    );
-    ensure!(matched == n as u64, "matched {matched} of {n}");
-    Ok(format!(
-        "{matched}/{n} events, each once ({resent} re-sent), max |Δ timestamp| {max_dt} ns, max |Δ duration| {:.0} ns, data equal",
-        max_dd * 1e9
-    ))
-}
-
-/// `samay-dev-server` as its own process, with its SQLite store in `work`.
-struct DevServer {
-    child: Child,
-    base_url: String,
-    name: &'static str,
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl DevServer {
-    fn start(work: &Path, name: &str) -> anyhow::Result<DevServer> {
-        let dir = work.join(name);
-        std::fs::create_dir_all(&dir)?;
-        let mut cmd = Command::new(samay_testkit::built_binary("samay-dev-server"));
-        cmd.arg("--db")
-            .arg(dir.join("dev.sqlite"))
-            .arg("--token")
-            .arg(run::TOKEN);
-        Self::spawn(cmd, &dir, "samay-dev-server")
-    }
-
-    /// `samay-server` (not the dev server) on the PostgreSQL database `url`, accepting the
-    /// benchmark's token.
-    fn start_postgres(work: &Path, name: &str, url: &str) -> anyhow::Result<DevServer> {
-        let dir = work.join(name);
-        std::fs::create_dir_all(&dir)?;
-        let mut cmd = Command::new(samay_testkit::built_binary("samay-server"));
-        cmd.arg("--database-url")
-            .arg(url)
-            .env("SAMAY_STATIC_TOKENS", format!("bench={}", run::TOKEN));
-        Self::spawn(cmd, &dir, "samay-server on PostgreSQL")
-    }
-
-    fn spawn(mut cmd: Command, dir: &Path, name: &'static str) -> anyhow::Result<DevServer> {
-        let port = awserver::free_port();
-        let child = cmd
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("server.log"))?)
-            .spawn()
-            .context("start the upstream server")?;
-        let base_url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the upstream server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(DevServer {
-            child,
-            base_url,
-            name,
-        })
-    }
-
-    /// Events held: for all devices (the dev server's `/v1/inspect`), or the benchmark's
-    /// user's (`GET v1/devices`: samay-server has no inspection); both list devices with
-    /// their buckets' event counts.
-    async fn held(&self) -> anyhow::Result<u64> {
-        let path = if self.name == "samay-dev-server" {
-            "v1/inspect"
-        } else {
-            "v1/devices"
-        };
-        let v: Value = http()
-            .get(format!("{}/{path}", self.base_url))
-            .bearer_auth(run::TOKEN)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let mut total = 0;
-        for d in v["devices"].as_array().context("devices")? {
-            for b in d["buckets"].as_array().context("buckets")? {
-                total += b["events"].as_u64().context("events")?;
-            }
-        }
-        Ok(total)
-    }
 }
 
 /// The same synthetic events, POSTed to Python aw-server in chunks of 1000.

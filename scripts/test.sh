@@ -70,8 +70,8 @@ done
     # The shipped builds, whose features the build above cannot show: its tests turn the
     # server's `faults` feature on (and `postgres`, which the sidecar leaves off), and one build
     # unifies features across the workspace.
-    echo "== cargo clippy: the sidecar as it ships (the server embedded without PostgreSQL or faults)"
-    cargo clippy -p aw-sync-samay --lib --bins --locked -- -D warnings || rest=1
+    echo "== cargo clippy: samay-server as the sidecar embeds it (neither PostgreSQL nor faults)"
+    cargo clippy -p samay-server --no-default-features --lib --locked -- -D warnings || rest=1
     echo "== cargo clippy: samay-server as it ships (no fault injection)"
     cargo clippy -p samay-server --lib --bins --locked -- -D warnings || rest=1
     echo "== the shipped binary carries no test double and no fault injection"
