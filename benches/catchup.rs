@@ -144,25 +144,19 @@ impl Server<'_> {
     }
 
     fn cpu(&self) -> Duration {
-        let pid = match self {
-            Server::Sqlite(s) => Some(s.pid()),
-            Server::Python(p) => p.pid(),
-        };
-        pid.and_then(|p| procfs::process_cpu(p).ok())
-            .unwrap_or_default()
+        match self {
+            Server::Sqlite(s) => s.cpu(),
+            Server::Python(p) => p
+                .pid()
+                .and_then(|p| procfs::process_cpu(p).ok())
+                .unwrap_or_default(),
+        }
     }
 
     /// Requests the source answered so far (the stand-in counts them; Python does not).
     async fn requests(&self) -> Option<u64> {
         match self {
-            Server::Sqlite(s) => http()
-                .get(format!("http://127.0.0.1:{}/_double/requests", s.port))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok(),
+            Server::Sqlite(s) => s.requests().await,
             Server::Python(_) => None,
         }
     }

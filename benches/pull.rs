@@ -126,25 +126,19 @@ impl Target {
     }
 
     fn cpu(&self) -> Duration {
-        let pid = match self {
-            Target::Python(p) => p.pid(),
-            Target::Rust(d) => Some(d.pid()),
-        };
-        pid.and_then(|p| procfs::process_cpu(p).ok())
-            .unwrap_or_default()
+        match self {
+            Target::Rust(d) => d.cpu(),
+            Target::Python(p) => p
+                .pid()
+                .and_then(|p| procfs::process_cpu(p).ok())
+                .unwrap_or_default(),
+        }
     }
 
     /// Requests served so far (the stand-in counts them; Python does not).
     async fn requests(&self) -> Option<u64> {
         match self {
-            Target::Rust(d) => http()
-                .get(format!("http://127.0.0.1:{}/_double/requests", d.port))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok(),
+            Target::Rust(d) => d.requests().await,
             Target::Python(_) => None,
         }
     }

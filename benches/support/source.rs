@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -52,5 +53,25 @@ impl SqliteDouble {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The CPU time it has spent so far.
+    pub fn cpu(&self) -> Duration {
+        samay_testkit::procfs::process_cpu(self.pid()).unwrap_or_default()
+    }
+
+    /// The requests it has answered so far (it counts them; `None` if it cannot be asked).
+    pub async fn requests(&self) -> Option<u64> {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .ok()?
+            .get(format!("http://127.0.0.1:{}/_double/requests", self.port))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
     }
 }
