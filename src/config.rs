@@ -103,6 +103,64 @@ pub enum CallbackMode {
     DeepLink,
 }
 
+/// `sync.gzip`: `"auto"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gzip {
+    /// gzip unless the upstream is on this machine (a loopback address or `localhost`). Over
+    /// loopback the bytes never touch a network, so compressing only costs CPU — on both ends,
+    /// and a fifth of the sidecar's own CPU in a catch-up (measured: 1M events, 4.84 s of CPU
+    /// with gzip, 3.79 s without). Over any network a batch shrinks about sixfold.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Gzip {
+    /// Whether bodies sent to `base_url` are gzipped.
+    pub fn applies_to(self, base_url: &str) -> bool {
+        match self {
+            Gzip::Always => true,
+            Gzip::Never => false,
+            Gzip::Auto => {
+                !url::Url::parse(base_url).is_ok_and(|u| crate::endpoint::is_loopback(&u))
+            }
+        }
+    }
+}
+
+impl Serialize for Gzip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Gzip::Auto => s.serialize_str("auto"),
+            Gzip::Always => s.serialize_bool(true),
+            Gzip::Never => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Gzip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Gzip;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Gzip, E> {
+                Ok(if v { Gzip::Always } else { Gzip::Never })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Gzip, E> {
+                match v {
+                    "auto" => Ok(Gzip::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
@@ -153,8 +211,8 @@ pub struct SyncConfig {
     pub page_size: usize,
     /// Seconds one upstream request may take.
     pub request_timeout: u64,
-    /// gzip the upload bodies.
-    pub gzip: bool,
+    /// Whether upload bodies are gzipped (see [`Gzip`]).
+    pub gzip: Gzip,
     /// Events per bucket each background verification step re-reads and re-hashes; 0: never.
     pub verify_batch: u64,
     /// Seconds between two background verification steps.
@@ -251,7 +309,7 @@ impl Default for SyncConfig {
             lookback: 3600,
             page_size: 1000,
             request_timeout: 30,
-            gzip: true,
+            gzip: Gzip::Auto,
             verify_batch: 5000,
             verify_interval: 3600,
             include_buckets: Vec::new(),
@@ -892,6 +950,48 @@ mod tests {
             err.to_string().contains("`gzip`, first set at line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn gzip_is_auto_true_or_false_and_auto_skips_only_this_machine() {
+        for (text, want) in [
+            ("", Gzip::Auto),
+            ("gzip = \"auto\"\n", Gzip::Auto),
+            ("gzip = true\n", Gzip::Always),
+            ("gzip = false\n", Gzip::Never),
+        ] {
+            let c = load_text(&format!("[sync]\n{text}")).expect(text);
+            assert_eq!(c.config.sync.gzip, want, "{text:?}");
+        }
+        for bad in ["\"yes\"", "\"Auto\"", "1"] {
+            let err = load_text(&format!("[sync]\ngzip = {bad}\n")).expect_err(bad);
+            let text = err.to_string();
+            assert!(
+                text.contains("c.toml:2:") && text.contains("gzip"),
+                "{text}"
+            );
+            assert!(text.contains("true, false or \"auto\""), "{text}");
+        }
+        for local in [
+            "http://127.0.0.1:5667",
+            "http://127.8.0.1/sync",
+            "http://[::1]:5667",
+            "http://localhost:5667",
+            "https://LOCALHOST",
+        ] {
+            assert!(!Gzip::Auto.applies_to(local), "{local}");
+            assert!(Gzip::Always.applies_to(local), "{local}");
+        }
+        for remote in [
+            "https://sync.example.com",
+            "http://192.168.1.20:5667",
+            "https://[2001:db8::1]",
+            "https://localhost.example.com",
+            "not a url",
+        ] {
+            assert!(Gzip::Auto.applies_to(remote), "{remote}");
+            assert!(!Gzip::Never.applies_to(remote), "{remote}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub async fn run(cx: &Loaded<'_>) -> anyhow::Result<ExitCode> {
         Some(UpstreamClient::new(
             &config.sync.base_url,
             Duration::from_secs(5),
-            config.sync.gzip,
+            config.sync.gzip.applies_to(&config.sync.base_url),
         )?)
     };
     let privacy = Settings::from_config(&config.sync).privacy;

@@ -149,7 +149,7 @@ pub async fn run(
     let upstream = Arc::new(UpstreamClient::new(
         &base_url,
         Duration::from_secs(config.sync.request_timeout),
-        config.sync.gzip,
+        config.sync.gzip.applies_to(&base_url),
     )?);
     let destination = Destination::upstream(&base_url);
     if args.resync {

@@ -266,8 +266,8 @@ pub(super) const KEYS: &[Key] = &[
     Key {
         name: "sync.gzip",
         group: Group::Sync,
-        doc: "gzip the upload bodies.",
-        more: "",
+        doc: "gzip the upload bodies: \"auto\" (unless the upstream is on this machine: a loopback address or localhost), true or false.",
+        more: "Over loopback compressing costs CPU on both ends and saves nothing.",
         bounds: None,
     },
     Key {

@@ -241,6 +241,57 @@ async fn once_syncs_everything_and_status_reports_it_in_text_and_json() {
     assert!(v["last_cycle"]["last_error"].is_null(), "{v:#}");
 }
 
+/// The bytes of batch bodies the upstream received, by `Content-Encoding` (its `/metrics`).
+async fn body_bytes(base_url: &str) -> (u64, u64) {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let value = |encoding: &str| {
+        let prefix = format!("samay_batch_body_bytes_total{{encoding=\"{encoding}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |n| n.parse().expect("a count"))
+    };
+    (value("identity"), value("gzip"))
+}
+
+/// `sync.gzip = "auto"` (the default) sends plain JSON to an upstream on this machine, where
+/// compressing would only cost CPU on both ends; `gzip = true` still compresses there. (Which
+/// hosts count as this machine: `config::tests::gzip_is_auto_true_or_false_and_auto_skips_only_this_machine`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_auto_sends_plain_bodies_to_this_machine_and_true_compresses_them() {
+    let rig = Rig::new().await;
+    rig.bucket("window").await;
+    rig.insert("window", &series(40, 10.0, 60, "w")).await;
+    let base = rig.dev.base_url();
+    let mut seen = Vec::new();
+    for (name, extra) in [("auto", ""), ("always", "gzip = true")] {
+        // Two devices (homes of their own), so the second sends everything again.
+        let home = rig.dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let config = write_config(&home, &base, extra);
+        let once = run(
+            sync_command(&home, rig.aw.port(), &config, TEST_TOKEN).arg("--once"),
+            &home,
+        )
+        .await;
+        assert!(once.status.success(), "{name}: {once:?}");
+        seen.push(body_bytes(&base).await);
+    }
+    let [(plain, gz_before), (plain_after, gz)] = seen[..] else {
+        unreachable!("two runs")
+    };
+    assert!(plain > 0 && gz_before == 0, "auto, to 127.0.0.1: {seen:?}");
+    assert!(plain_after == plain && gz > 0, "gzip = true: {seen:?}");
+    assert!(
+        gz < plain,
+        "the same events compressed are smaller: {seen:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. One actionable line when --once cannot work
 

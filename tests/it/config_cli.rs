@@ -183,7 +183,7 @@ fn first_run_writes_a_commented_file_that_parses_to_defaults() {
         "# batch_size = 500",
         "# base_url = \"\"",
         "# sync_interval = 300",
-        "# gzip = true",
+        "# gzip = \"auto\"",
         "# enabled = true",
         "# Events per upload batch (1-10000).",
         "[sync]",
@@ -239,7 +239,7 @@ fn user_values_override_defaults_and_missing_keys_take_defaults() {
     let mut expected = Config::default();
     expected.sync.base_url = "https://sync.example.com".into();
     expected.sync.batch_size = 50;
-    expected.sync.gzip = false;
+    expected.sync.gzip = aw_sync_samay::config::Gzip::Never;
     expected.auth.scopes = vec!["openid".into()];
     assert_eq!(loaded.config, expected);
 }

@@ -405,9 +405,15 @@ async fn handle_batch(state: &ApiState, headers: &HeaderMap, body: Body) -> Resp
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     let json = match encoding.as_deref() {
-        None | Some("") | Some("identity") => wire,
+        None | Some("") | Some("identity") => {
+            state.metrics.body_received("identity", wire.len() as u64);
+            wire
+        }
         Some("gzip") | Some("x-gzip") => match gunzip_limited(&wire, limit) {
-            Ok(json) => json,
+            Ok(json) => {
+                state.metrics.body_received("gzip", wire.len() as u64);
+                json
+            }
             Err(ReadError::TooLarge) => return too_large(),
             Err(ReadError::Broken(e)) => return error(StatusCode::BAD_REQUEST, e),
         },

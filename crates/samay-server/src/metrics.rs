@@ -28,6 +28,7 @@ pub struct Metrics {
     events_replaced: AtomicU64,
     events_deleted: AtomicU64,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    body_bytes: Mutex<BTreeMap<&'static str, u64>>,
     database: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
@@ -55,6 +56,17 @@ impl Metrics {
 
     pub fn batch_replayed(&self) {
         self.batches_replayed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch body of `bytes` on the wire, by `Content-Encoding` (`gzip` or `identity`): what
+    /// the clients' bodies cost in bandwidth.
+    pub fn body_received(&self, encoding: &'static str, bytes: u64) {
+        *self
+            .body_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(encoding)
+            .or_default() += bytes;
     }
 
     /// A refused bearer token, by a fixed reason (`missing`, `expired`, `bad_signature`…).
@@ -145,6 +157,22 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(out, "samay_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP samay_batch_body_bytes_total Batch bodies received, bytes on the wire, by Content-Encoding."
+        );
+        let _ = writeln!(out, "# TYPE samay_batch_body_bytes_total counter");
+        for (encoding, n) in self
+            .body_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "samay_batch_body_bytes_total{{encoding=\"{encoding}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,
