@@ -80,6 +80,25 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
     )
 }
 
+/// `events` cut into pieces of `capacity` (the last one shorter), in order. Cut from the back,
+/// so the first piece is `events` itself and each event is copied at most once: cutting from
+/// the front copied the whole remainder at every cut (a catch-up page of 5,000 events into a
+/// queue of 1,500: 6,500 events copied instead of 3,500).
+fn pieces(mut events: Vec<Pending>, capacity: usize) -> impl Iterator<Item = Vec<Pending>> {
+    let capacity = capacity.max(1);
+    let mut tail = Vec::new();
+    while events.len() > capacity {
+        let last = match events.len() % capacity {
+            0 => capacity,
+            r => r,
+        };
+        tail.push(events.split_off(events.len() - last));
+    }
+    std::iter::once(events)
+        .chain(tail.into_iter().rev())
+        .filter(|p| !p.is_empty())
+}
+
 /// The uploader stopped (its own error says why).
 #[derive(Debug)]
 pub(crate) struct QueueClosed;
@@ -92,20 +111,18 @@ pub(crate) struct QueueTx {
 
 impl QueueTx {
     /// Waits for room, then queues `events` (in pieces of at most the queue's capacity).
-    pub async fn send_events(&self, mut events: Vec<Pending>) -> Result<(), QueueClosed> {
-        while !events.is_empty() {
-            let rest = events.split_off(events.len().min(self.capacity));
-            let n = u32::try_from(events.len()).map_err(|_| QueueClosed)?;
+    pub async fn send_events(&self, events: Vec<Pending>) -> Result<(), QueueClosed> {
+        for piece in pieces(events, self.capacity) {
+            let n = u32::try_from(piece.len()).map_err(|_| QueueClosed)?;
             self.room
                 .acquire_many(n)
                 .await
                 .map_err(|_| QueueClosed)?
                 .forget();
             self.tx
-                .send(Item::Events(events))
+                .send(Item::Events(piece))
                 .await
                 .map_err(|_| QueueClosed)?;
-            events = rest;
         }
         Ok(())
     }
@@ -237,6 +254,28 @@ mod tests {
             body: Body::Deletion {
                 bucket_id: "b".into(),
             },
+        }
+    }
+
+    /// A page is cut into pieces of the capacity, in read order, the first one the largest.
+    #[test]
+    fn a_page_is_cut_in_order_into_pieces_of_the_capacity() {
+        for (n, capacity, want) in [
+            (5000, 1500, vec![1500, 1500, 1500, 500]),
+            (3000, 1500, vec![1500, 1500]),
+            (7, 10, vec![7]),
+            (0, 10, vec![]),
+            (3, 0, vec![1, 1, 1]),
+        ] {
+            let cut: Vec<Vec<Pending>> = pieces((0..n).map(pending).collect(), capacity).collect();
+            let sizes: Vec<usize> = cut.iter().map(Vec::len).collect();
+            assert_eq!(sizes, want, "{n} events into {capacity}");
+            let ids: Vec<i64> = cut.iter().flatten().map(|p| p.acked.event_id).collect();
+            assert_eq!(
+                ids,
+                (0..n).collect::<Vec<_>>(),
+                "{n} events into {capacity}"
+            );
         }
     }
 

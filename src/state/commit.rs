@@ -240,27 +240,34 @@ impl Store {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
         {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO sent (bucket, event_id, hash, start_ns, end_ns, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (bucket, event_id) DO UPDATE SET
-                       hash = excluded.hash, start_ns = excluded.start_ns,
-                       end_ns = excluded.end_ns, status = excluded.status",
-                )
-                .map_err(self.err())?;
+            let mut upsert = tx.prepare_cached(&upsert_sql(1)).map_err(self.err())?;
             let mut versions: HashMap<i64, i64> = HashMap::new();
-            for a in &c.acked {
-                upsert
-                    .execute(params![
-                        a.row,
-                        a.event_id,
-                        &a.hash[..],
-                        a.span.start_ns,
-                        a.span.end_ns(),
-                        DELIVERED
-                    ])
+            // In key order: a catch-up acknowledges events newest first, and inserting each
+            // below the last split the B-tree's pages half full (measured with SQLite alone:
+            // 1M rows took 30,326 pages newest first, 16,962 oldest first — twice the pages
+            // written to the WAL and then to the file). Stable, so of two versions of one event
+            // in one commit the later still lands last.
+            let mut acked: Vec<&Acked> = c.acked.iter().collect();
+            acked.sort_by_key(|a| (a.row, a.event_id));
+            // Many rows per statement: one statement per row spent more in SQLite's statement
+            // machinery (bind, step, reset) than in the B-tree.
+            let mut chunks = acked.chunks_exact(UPSERT_ROWS);
+            if chunks.len() > 0 {
+                let mut many = tx
+                    .prepare_cached(&upsert_sql(UPSERT_ROWS))
                     .map_err(self.err())?;
+                for chunk in &mut chunks {
+                    for (i, a) in chunk.iter().enumerate() {
+                        bind_sent(&mut many, i * SENT_COLUMNS, a, DELIVERED).map_err(self.err())?;
+                    }
+                    many.raw_execute().map_err(self.err())?;
+                }
+            }
+            for a in chunks.remainder() {
+                bind_sent(&mut upsert, 0, a, DELIVERED).map_err(self.err())?;
+                upsert.raw_execute().map_err(self.err())?;
+            }
+            for a in &c.acked {
                 *versions.entry(a.row).or_default() += 1;
             }
             let now = Utc::now().to_rfc3339();
@@ -272,16 +279,8 @@ impl Store {
                 .map_err(self.err())?;
             for q in &c.quarantined {
                 let a = &q.acked;
-                upsert
-                    .execute(params![
-                        a.row,
-                        a.event_id,
-                        &a.hash[..],
-                        a.span.start_ns,
-                        a.span.end_ns(),
-                        QUARANTINED
-                    ])
-                    .map_err(self.err())?;
+                bind_sent(&mut upsert, 0, a, QUARANTINED).map_err(self.err())?;
+                upsert.raw_execute().map_err(self.err())?;
                 quarantine
                     .execute(params![
                         a.row,
@@ -315,6 +314,51 @@ impl Store {
         }
         tx.commit().map_err(self.err())
     }
+}
+
+/// Rows of `sent` per multi-row upsert.
+const UPSERT_ROWS: usize = 64;
+/// Columns (parameters) per row of `sent`.
+const SENT_COLUMNS: usize = 6;
+
+/// The upsert of `rows` rows of `sent`: a new version replaces the recorded one.
+fn upsert_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO sent (bucket, event_id, hash, start_ns, end_ns, status) VALUES ");
+    for r in 0..rows {
+        let p = r * SENT_COLUMNS;
+        let sep = if r == 0 { "" } else { ", " };
+        sql.push_str(&format!(
+            "{sep}(?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6
+        ));
+    }
+    sql.push_str(
+        " ON CONFLICT (bucket, event_id) DO UPDATE SET
+           hash = excluded.hash, start_ns = excluded.start_ns,
+           end_ns = excluded.end_ns, status = excluded.status",
+    );
+    sql
+}
+
+/// Binds one row of `sent` at parameters `at + 1 ..= at + 6`.
+fn bind_sent(
+    st: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    a: &Acked,
+    status: i64,
+) -> rusqlite::Result<()> {
+    st.raw_bind_parameter(at + 1, a.row)?;
+    st.raw_bind_parameter(at + 2, a.event_id)?;
+    st.raw_bind_parameter(at + 3, &a.hash[..])?;
+    st.raw_bind_parameter(at + 4, a.span.start_ns)?;
+    st.raw_bind_parameter(at + 5, a.span.end_ns())?;
+    st.raw_bind_parameter(at + 6, status)
 }
 
 /// One [`Mark`], only while the bucket is in the generation it was read in.

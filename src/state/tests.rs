@@ -453,3 +453,62 @@ fn forgetting_a_destination_leaves_the_others() {
     assert!(s.lookup(fresh.row, &[1]).unwrap().is_empty());
     assert_eq!(s.lookup(row2, &[1]).unwrap().len(), 1);
 }
+
+#[test]
+fn a_commit_of_many_rows_records_each_and_the_later_of_two_versions_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, row) = one_bucket(&dir);
+    // 64-row statements and their remainder, in the order a catch-up acknowledges them
+    // (newest first), with one event acknowledged twice: the second version is the one held.
+    let mut rows: Vec<Acked> = (1..=200).rev().map(|id| acked(row, id, 1)).collect();
+    rows.insert(10, acked(row, 150, 7));
+    rows.push(acked(row, 150, 9));
+    rows.push(acked(row, 3, 4));
+    commit(&s, rows, vec![]);
+    let ids: Vec<i64> = (1..=201).collect();
+    let held = s.lookup(row, &ids).unwrap();
+    assert_eq!(held.len(), 200, "ids 1..=200, nothing else");
+    for (id, k) in &held {
+        let want = match id {
+            150 => 9,
+            3 => 4,
+            _ => 1,
+        };
+        assert_eq!(k.hash, [want; 16], "event {id}");
+        assert_eq!(
+            (k.start_ns, k.end_ns),
+            (id * 1000, id * 1000 + 10),
+            "event {id}"
+        );
+    }
+}
+
+#[test]
+fn a_catch_up_newest_first_leaves_the_sent_table_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, row) = one_bucket(&dir);
+    let empty: i64 = s
+        .reader()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    // Commits of 500 acknowledgements, newest first, as a catch-up records them.
+    let n = 20_000i64;
+    for top in (0..n / 500).rev() {
+        let rows = (top * 500..top * 500 + 500)
+            .rev()
+            .map(|id| acked(row, id + 1, 1))
+            .collect();
+        commit(&s, rows, vec![]);
+    }
+    s.writer()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let pages: i64 = s
+        .reader()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    // Measured: 82 rows per 4 KiB page inserted in key order, 58 when each commit inserted
+    // its rows newest first (every row below the last: pages split with room left over).
+    let per_page = n / (pages - empty).max(1);
+    assert!(per_page >= 72, "{per_page} rows per page ({pages} pages)");
+}

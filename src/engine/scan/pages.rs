@@ -283,38 +283,50 @@ impl Scanner<'_> {
         stats: &mut ScanStats,
     ) -> Result<(), ScanError> {
         let (bucket, state) = (ctx.bucket, ctx.state);
-        let mut candidates = Vec::with_capacity(page.len());
-        for ev in page {
+        // What each event of the page is, kept beside the page: the events move from the page
+        // straight into the vector that goes into the queue (a catch-up page is thousands of
+        // events; each extra copy of it was a fresh allocation, faulted in).
+        let mut meta: Vec<Option<(Span, i64, i64)>> = Vec::with_capacity(page.len());
+        for ev in &page {
             let Some(id) = ev.id else {
                 tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
+                meta.push(None);
                 continue;
             };
             if seen.contains(&id) {
+                meta.push(None);
                 continue; // read whole on the previous page
             }
             let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
                 stats.unrepresentable += 1;
                 tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
                     "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
+                meta.push(None);
                 continue;
             };
             let Some(up_id) = upstream_event_id(state.generation, id) else {
                 tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
+                meta.push(None);
                 continue;
             };
-            candidates.push((ev, ret, id, up_id));
+            meta.push(Some((ret, id, up_id)));
         }
         // What the state holds of the copies that may be clipped, to skip fetching the
         // unchanged ones.
-        let edges: Vec<i64> = candidates
+        let edges: Vec<i64> = meta
             .iter()
-            .filter(|c| clipped(start_q, end_q, c.1).any())
-            .map(|c| c.3)
+            .flatten()
+            .filter(|c| clipped(start_q, end_q, c.0).any())
+            .map(|c| c.2)
             .collect();
         let held = self.lookup(state.row, edges).await?;
-        let mut claimed = Vec::with_capacity(candidates.len());
+        let mut claimed = Vec::with_capacity(meta.len());
         let mut quarantined = Vec::new();
-        for (ev, ret, id, up_id) in candidates {
+        for (ev, (ret, id, up_id)) in page
+            .into_iter()
+            .zip(meta)
+            .filter_map(|(ev, m)| Some((ev, m?)))
+        {
             let clip = clipped(start_q, end_q, ret);
             let event = if clip.any() {
                 let known = held.get(&up_id).filter(|k| !k.deleted);
@@ -376,20 +388,22 @@ impl Scanner<'_> {
                 claimed.iter().map(|p| p.acked.event_id).collect(),
             )
             .await?;
-        let mut batch = Vec::with_capacity(claimed.len());
-        for p in claimed {
+        // Filtered in place: this vector is what goes into the queue.
+        let mut batch = claimed;
+        batch.retain(|p| {
             let a = &p.acked;
             match known.get(&a.event_id) {
                 Some(k) if !k.deleted && k.hash == a.hash => {
                     self.inflight.release(a.row, a.event_id, a.hash);
+                    false
                 }
-                Some(k) if !k.deleted => batch.push(p),
+                Some(k) if !k.deleted => true,
                 _ => {
                     out.new_ids += 1;
-                    batch.push(p);
+                    true
                 }
             }
-        }
+        });
         stats.queued += batch.len() as u64;
         self.tx
             .send_events(batch)
