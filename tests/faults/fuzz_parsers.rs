@@ -22,8 +22,8 @@ use aw_sync_samay::auth::store::{StoreError, TokenStore};
 use aw_sync_samay::auth::tokens::{Account, StoredTokens};
 use aw_sync_samay::auth::AccessToken;
 use aw_sync_samay::config::{
-    self, AuthConfig, CallbackMode, Config, ConfigError, RedactRule, SyncConfig, TokenStorage,
-    TrayMode, UiConfig, MAX_LOOKBACK_SECS,
+    self, AuthConfig, CallbackMode, Config, ConfigError, Gzip, RedactRule, SyncConfig,
+    TokenStorage, TrayMode, UiConfig, MAX_LOOKBACK_SECS,
 };
 use aw_sync_samay::http_body;
 use aw_sync_samay::privacy::Redaction;
@@ -242,6 +242,9 @@ fn any_tray() -> impl Strategy<Value = TrayMode> {
 }
 
 /// Any `SyncConfig` TOML can hold; values need not pass `validate`.
+/// Every value of `sync.gzip`, picked by index.
+const GZIP: [Gzip; 3] = [Gzip::Auto, Gzip::Always, Gzip::Never];
+
 fn any_sync() -> impl Strategy<Value = SyncConfig> {
     (
         (any::<bool>(), nasty_text(), toml_uint(), toml_uint()),
@@ -252,7 +255,7 @@ fn any_sync() -> impl Strategy<Value = SyncConfig> {
             toml_uint(),
             toml_uint(),
         ),
-        any::<bool>(),
+        0usize..3,
         proptest::collection::vec(nasty_text(), 0..3),
         proptest::collection::vec(nasty_text(), 0..3),
         // A blank start_from means unset, so it cannot come back as itself.
@@ -278,8 +281,8 @@ fn any_sync() -> impl Strategy<Value = SyncConfig> {
                 lookback,
                 page_size: page_size as usize,
                 request_timeout,
-                gzip,
-                pull: !gzip,
+                gzip: GZIP[gzip],
+                pull: gzip == 0,
                 pull_devices: vec!["laptop".into()],
                 exclude_pull_devices: Vec::new(),
                 verify_batch: 5000,
@@ -342,7 +345,7 @@ fn valid_sync() -> impl Strategy<Value = SyncConfig> {
             0..=MAX_LOOKBACK_SECS,
             10usize..=100_000,
         ),
-        (1u64..=i64::MAX as u64, any::<bool>()),
+        (1u64..=i64::MAX as u64, 0usize..3),
         proptest::collection::vec(pattern(), 0..3),
         proptest::collection::vec(pattern(), 0..3),
         start_from,
@@ -367,8 +370,8 @@ fn valid_sync() -> impl Strategy<Value = SyncConfig> {
                 lookback,
                 page_size,
                 request_timeout,
-                gzip,
-                pull: !gzip,
+                gzip: GZIP[gzip],
+                pull: gzip == 0,
                 pull_devices: vec!["laptop".into()],
                 exclude_pull_devices: Vec::new(),
                 verify_batch: 5000,
