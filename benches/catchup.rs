@@ -12,8 +12,10 @@
 //!   upstream that acknowledges at once ([`support::upstream::AckUpstream`]), and into
 //!   `samay-dev-server` (a real upstream with its SQLite store), and (`BENCH_PG`, issue 13) into
 //!   `samay-server` on PostgreSQL (a throwaway cluster, fsync on) against the acknowledging
-//!   upstream of the same run, each from a fresh state, with the source's CPU time; every event the ack upstream received checked against the source
-//!   (timestamps and durations within 1 µs, data equal, each event exactly once);
+//!   upstream of the same run, each from a fresh state, with the source's CPU time; every event
+//!   the ack upstream received checked against the source (timestamps and durations within
+//!   1 µs, data equal, each event exactly once); (`BENCH_GZIP`, stand-in only) the catch-up with
+//!   `gzip = true`, as to an upstream on another machine;
 //! * after the catch-up: a back-dated insert three days deep (what finding it costs), and
 //!   `--once --verify` (re-reading and re-hashing everything);
 //! * the idle cost: 10 buckets with nothing new, the daemon's CPU and requests per cycle, RSS and
@@ -183,8 +185,8 @@ impl Report {
             s,
             "Machine: {} CPUs ({}), {}; aw-sync-samay {} (release), default [sync] settings.\n",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model(),
-            kernel(),
+            support::cpu_model(),
+            support::kernel(),
             env!("CARGO_PKG_VERSION")
         );
         s.push_str("| source | events | run | wall s | × floor | source CPU s | × floor's | requests | peak RSS MiB | sync CPU s (user+sys) |\n");
@@ -218,25 +220,6 @@ impl Report {
         }
         s
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| format!("Linux {}", k.trim()))
-        .unwrap_or_else(|_| std::env::consts::OS.into())
 }
 
 /// What one run cost: wall time, the source's CPU time and requests, and (for a sync) the
@@ -418,6 +401,31 @@ async fn catch_up(
     let check = verify(port, &buckets, ack, n).await?;
     report.faithful.push(format!("{name}, {n} events: {check}"));
     ack.clear();
+    if is_sqlite && flag("BENCH_GZIP") {
+        // Gzip forced on, as to an upstream on another machine (to this loopback one,
+        // `sync.gzip = "auto"` sends plain JSON).
+        let gz = Home::new(
+            work,
+            &format!("gz-{n}-{port}"),
+            &ack.base_url(),
+            "gzip = true",
+        )?;
+        let once = move || run::once(&gz, port);
+        let (_, c) = measured(server, async {
+            Ok(((), Some(tokio::task::spawn_blocking(once).await??)))
+        })
+        .await?;
+        let got = ack.events()?;
+        ensure!(got == n, "gzip = true: {got} events received, expected {n}");
+        report.rows.push(row(
+            name,
+            n,
+            "sync → acknowledging upstream, `gzip = true` (as to a remote upstream)",
+            &c,
+            fl,
+        ));
+        ack.clear();
+    }
 
     if is_sqlite {
         // A back-dated insert three days deep, and an idle cycle after it.
