@@ -28,19 +28,22 @@ driver="${CLIPPY_DRIVER:-$(command -v clippy-driver)}" || {
 "$driver" "$@" || exit $?
 
 [ "${CARGO_PKG_NAME:-}" = samay-server ] || exit 0
-crate_type="" out_dir="" is_test=0
+crate_name="" crate_type="" out_dir="" is_test=0
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     case "${args[$i]}" in
+        --crate-name) crate_name="${args[$((i + 1))]}" ;;
         --crate-type) crate_type="${args[$((i + 1))]}" ;;
         --out-dir) out_dir="${args[$((i + 1))]}" ;;
         --test) is_test=1 ;;
     esac
 done
 [ "$is_test" = 0 ] && [ -n "$out_dir" ] || exit 0
-case "$crate_type" in
-    lib) configs=(shipped embedded) ;;
-    bin) configs=(shipped) ;;
+# The library and the two binaries; not tests, benches or a build script (they are built with
+# the tests' dev-dependencies, which need the library with `faults`).
+case "$crate_type:$crate_name" in
+    lib:samay_server) configs=(shipped embedded) ;;
+    bin:samay_server | bin:samay_dev_server) configs=(shipped) ;;
     *) exit 0 ;;
 esac
 
@@ -80,7 +83,12 @@ recheck() {
                 if [[ "$next" == samay_server=* ]]; then
                     local lib
                     lib="$(basename "${next#samay_server=}")"
-                    cmd+=(--extern "samay_server=$dir/${lib%.*}.rmeta")
+                    lib="$dir/${lib%.*}.rmeta"
+                    [ -f "$lib" ] || {
+                        echo "clippy-wrapper.sh: no $lib (the library's $config check); touch crates/samay-server/src/lib.rs and build again" >&2
+                        return 1
+                    }
+                    cmd+=(--extern "samay_server=$lib")
                     skip_next=1
                     continue
                 fi
