@@ -22,8 +22,11 @@ cargo fmt --all -- --check
 # checked the whole workspace and every dependency a second time: a quarter of the suite's
 # time. (Dependencies are built with `--cap-lints allow` by cargo, so the flag only reaches
 # the workspace.) `cargo clippy --workspace --all-targets -- -D warnings` stays the command to
-# run by hand; it checks the same.
-export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER-$(command -v clippy-driver)}"
+# run by hand; it checks the same. The wrapper also lints samay-server in the configurations
+# that ship, which this build's unified features cannot show (see scripts/clippy-wrapper.sh):
+# as it ships (no fault injection) and as the sidecar embeds it (neither PostgreSQL nor
+# faults), from the same command lines, without a build of their own.
+export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER-$ROOT/scripts/clippy-wrapper.sh}"
 export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 
 echo "== cargo test: build, with clippy's lints"
@@ -55,25 +58,20 @@ run_test() { # NAME DIR EXE THREADS
 # Integration tests each start their own aw-server and upstream on free loopback ports; most
 # of their time is spent waiting on those processes. So the sidecar's two big test binaries
 # (tests/it and tests/faults) run at the same time, and beside them, on what CPU they leave:
-# the lints of the shipped builds, the release dependency check, and every other test
-# executable.
+# the release dependency check and every other test executable. tests/it, the longest (its
+# tests wait more than they compute: 3 threads kept less than one core busy), gets 4 threads.
 status=0
 pids=()
 for name in it faults; do
     read -r _ _ dir exe < <(awk -v n="$name" '$1 == n && $2 == "test"' "$list" | head -n 1) \
         || { echo "test.sh: no test executable named $name" >&2; exit 1; }
-    run_test "$name" "$dir" "$exe" 3 >"$logs/$name" 2>&1 &
+    threads=3
+    [ "$name" = it ] && threads=4
+    run_test "$name" "$dir" "$exe" "$threads" >"$logs/$name" 2>&1 &
     pids+=($!)
 done
 {
     rest=0
-    # The shipped builds, whose features the build above cannot show: its tests turn the
-    # server's `faults` feature on (and `postgres`, which the sidecar leaves off), and one build
-    # unifies features across the workspace.
-    echo "== cargo clippy: samay-server as the sidecar embeds it (neither PostgreSQL nor faults)"
-    cargo clippy -p samay-server --no-default-features --lib --locked -- -D warnings || rest=1
-    echo "== cargo clippy: samay-server as it ships (no fault injection)"
-    cargo clippy -p samay-server --lib --bins --locked -- -D warnings || rest=1
     echo "== the shipped binary carries no test double and no fault injection"
     bash scripts/check-release-deps.sh || rest=1
     while read -r name kind dir exe; do
