@@ -320,7 +320,9 @@ async fn a_request_past_the_time_limit_is_a_retryable_503() {
     let server = spawn(
         DatabaseUrl::Sqlite(dir.path().join("s.sqlite")),
         Limits {
-            request_timeout: std::time::Duration::from_millis(200),
+            // Long enough that the second, unheld request never runs past it on a loaded
+            // machine (at 200 ms it did, under a load average of 20); the held one always does.
+            request_timeout: std::time::Duration::from_secs(2),
             ..unlimited()
         },
     )
