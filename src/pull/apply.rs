@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
 
-use super::copies::{self, at};
+use super::copies::{self, at, NewCopy};
 use super::{distinct_origin, local_bucket_id, PullError, PullSettings, PullStats};
 use crate::auth::{AccessToken, TokenSource};
 use crate::source::{AwClient, Bucket, Event, SourceError};
@@ -34,18 +34,34 @@ pub struct Puller<'a> {
     pub settings: &'a PullSettings,
 }
 
-/// A version to copy: (upstream event id, hash, event).
-type Copy = (i64, String, Event);
+/// A version to copy: (upstream event id, hash, the copy).
+type Copy = (i64, String, NewCopy);
+/// (row, local bucket, local id, upstream event id, hash, event)
+type Replace = (i64, String, i64, i64, String, Event);
 
 /// What one page's entries ask of aw-server.
 #[derive(Default)]
 struct Plan {
     /// (row, local bucket, local id, upstream event id)
     deletes: Vec<(i64, String, i64, i64)>,
-    /// (row, local bucket, local id, upstream event id, hash, event)
-    replaces: Vec<(i64, String, i64, i64, String, Event)>,
+    replaces: Vec<Replace>,
     /// per row: (local bucket, [(upstream event id, hash, event)])
     inserts: BTreeMap<i64, (String, Vec<Copy>)>,
+}
+
+impl Plan {
+    /// A replacement whose copy is gone: copied again as a new event.
+    fn insert_anew(&mut self, r: Replace) -> Result<(), PullError> {
+        let (row, bucket, _, event_id, hash, event) = r;
+        let copy = NewCopy::from_event(&event)
+            .map_err(|e| PullError::Inconsistent(format!("an event's data: {e}")))?;
+        self.inserts
+            .entry(row)
+            .or_insert_with(|| (bucket, Vec::new()))
+            .1
+            .push((event_id, hash, copy));
+        Ok(())
+    }
 }
 
 pub(super) async fn db<T: Send + 'static>(
@@ -213,31 +229,41 @@ impl Puller<'_> {
                             }
                             continue;
                         }
-                        let Some(event) = event_of(change) else {
+                        let hash = change.hash.clone().unwrap_or_default();
+                        let malformed = || {
                             tracing::warn!(
                                 seq = change.seq,
                                 "a feed entry without a readable event; skipped"
                             );
-                            stats.skipped += 1;
-                            continue;
                         };
-                        let hash = change.hash.clone().unwrap_or_default();
                         match held {
                             Some((_, h)) if *h == hash => stats.skipped += 1,
-                            Some((local_id, _)) => plan.replaces.push((
-                                row,
-                                bucket.local_bucket.clone(),
-                                *local_id,
-                                change.event_id,
-                                hash,
-                                event,
-                            )),
-                            None => plan
-                                .inserts
-                                .entry(row)
-                                .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
-                                .1
-                                .push((change.event_id, hash, event)),
+                            Some((local_id, _)) => match event_of(change) {
+                                Some(event) => plan.replaces.push((
+                                    row,
+                                    bucket.local_bucket.clone(),
+                                    *local_id,
+                                    change.event_id,
+                                    hash,
+                                    event,
+                                )),
+                                None => {
+                                    malformed();
+                                    stats.skipped += 1;
+                                }
+                            },
+                            None => match NewCopy::of(change) {
+                                Some(copy) => plan
+                                    .inserts
+                                    .entry(row)
+                                    .or_insert_with(|| (bucket.local_bucket.clone(), Vec::new()))
+                                    .1
+                                    .push((change.event_id, hash, copy)),
+                                None => {
+                                    malformed();
+                                    stats.skipped += 1;
+                                }
+                            },
                         }
                     }
                 }
@@ -535,14 +561,7 @@ impl Puller<'_> {
             match r.2 {
                 0 => match found.get(&(r.0, r.3)) {
                     Some(local) => plan.replaces.push((r.0, r.1, *local, r.3, r.4, r.5)),
-                    None => {
-                        let (row, bucket, _, event_id, hash, event) = r;
-                        plan.inserts
-                            .entry(row)
-                            .or_insert_with(|| (bucket, Vec::new()))
-                            .1
-                            .push((event_id, hash, event));
-                    }
+                    None => plan.insert_anew(r)?,
                 },
                 _ => plan.replaces.push(r),
             }
@@ -567,14 +586,7 @@ impl Puller<'_> {
                 Ok(Some(_)) => replaces.push(r),
                 // Gone (the user deleted the copy) or aw-server-rust's 500 for a missing id:
                 // copied again as a new event.
-                Ok(None) | Err(SourceError::Status { status: 500, .. }) => {
-                    let (row, bucket, _, event_id, hash, event) = r;
-                    plan.inserts
-                        .entry(row)
-                        .or_insert_with(|| (bucket, Vec::new()))
-                        .1
-                        .push((event_id, hash, event));
-                }
+                Ok(None) | Err(SourceError::Status { status: 500, .. }) => plan.insert_anew(r)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -592,8 +604,20 @@ impl Puller<'_> {
             })
             .collect();
         if !spans.is_empty() {
-            db(self.store, move |s| s.pull_add_pending(&spans)).await?;
+            record.pending = db(self.store, move |s| s.pull_add_pending(&spans)).await?;
         }
+        self.write(plan, replaces, record, stats, by_row).await
+    }
+
+    /// The writes of [`Self::execute`].
+    async fn write(
+        &self,
+        plan: Plan,
+        replaces: Vec<Replace>,
+        record: &mut PullPage,
+        stats: &mut PullStats,
+        by_row: &HashMap<i64, &PullBucket>,
+    ) -> Result<(), PullError> {
         for (row, bucket, local_id, event_id) in plan.deletes {
             // 0: a copy never found (gone already); only the mapping goes.
             if local_id != 0 {
@@ -604,20 +628,20 @@ impl Puller<'_> {
                 stats.writes += 1;
             }
             stats.deleted += 1;
-            count(stats, by_row, row);
+            count(stats, by_row, row, 1);
             record.deletes.push((row, event_id));
         }
         for (row, bucket, local_id, event_id, hash, event) in replaces {
             self.source.replace_event(&bucket, local_id, &event).await?;
             stats.writes += 1;
             stats.replaced += 1;
-            count(stats, by_row, row);
+            count(stats, by_row, row, 1);
             record
                 .upserts
-                .push(mapped(row, event_id, local_id, hash, &event, None));
+                .push(mapped(row, event_id, local_id, hash, event.timestamp, None));
         }
         for (row, (bucket, events)) in plan.inserts {
-            let (keys, plain): (Vec<(i64, String)>, Vec<Event>) = events
+            let (keys, plain): (Vec<(i64, String)>, Vec<NewCopy>) = events
                 .into_iter()
                 .map(|(event_id, hash, event)| ((event_id, hash), event))
                 .unzip();
@@ -626,15 +650,20 @@ impl Puller<'_> {
             let ids = self.source.insert_events_ids(&bucket, &plain).await?;
             stats.writes += 1;
             stats.inserted += plain.len() as u64;
+            count(stats, by_row, row, plain.len() as u64);
             for (i, ((event_id, hash), event)) in keys.into_iter().zip(&plain).enumerate() {
-                count(stats, by_row, row);
                 let (local_id, print) = match ids.as_ref().and_then(|ids| ids.get(i)) {
                     Some(id) => (*id, None),
-                    None => (0, Some(copies::print_of(event))),
+                    None => (0, Some(event.print())),
                 };
-                record
-                    .upserts
-                    .push(mapped(row, event_id, local_id, hash, event, print));
+                record.upserts.push(mapped(
+                    row,
+                    event_id,
+                    local_id,
+                    hash,
+                    event.timestamp,
+                    print,
+                ));
             }
         }
         Ok(())
@@ -654,7 +683,7 @@ fn mapped(
     event_id: i64,
     local_id: i64,
     hash: String,
-    event: &Event,
+    start: DateTime<Utc>,
     print: Option<CopyPrint>,
 ) -> Mapped {
     Mapped {
@@ -662,14 +691,16 @@ fn mapped(
         event_id,
         local_id,
         hash,
-        start_ns: event.timestamp.timestamp_nanos_opt().unwrap_or(0),
+        start_ns: start.timestamp_nanos_opt().unwrap_or(0),
         print,
     }
 }
 
-fn count(stats: &mut PullStats, by_row: &HashMap<i64, &PullBucket>, row: i64) {
+/// Adds `n` writes to the count of the bucket's origin (once per insert, not per event: the
+/// key is a string).
+fn count(stats: &mut PullStats, by_row: &HashMap<i64, &PullBucket>, row: i64, n: u64) {
     if let Some(b) = by_row.get(&row) {
-        *stats.per_device.entry(b.origin.clone()).or_default() += 1;
+        *stats.per_device.entry(b.origin.clone()).or_default() += n;
     }
 }
 
@@ -689,51 +720,4 @@ fn event_of(change: &Change) -> Option<Event> {
         duration,
         data,
     })
-}
-
-/// `--unpull DEVICE` (a host name or device id): deletes the local buckets the pull made for
-/// that device and stops pulling it (until the device selection in the config changes). The
-/// upstream is not touched. Returns the buckets deleted.
-pub async fn unpull(
-    source: &AwClient,
-    store: &Arc<Store>,
-    dest: DestId,
-    device: &str,
-) -> Result<Vec<String>, PullError> {
-    let rows = db(store, move |s| s.pull_buckets(dest)).await?;
-    let status = db(store, move |s| s.pull_status(dest)).await?;
-    let ids: HashSet<String> = status
-        .iter()
-        .filter(|d| d.device_id == device || d.hostname == device)
-        .map(|d| d.device_id.clone())
-        .chain(
-            rows.iter()
-                .filter(|b| b.device_id == device || b.origin == device)
-                .map(|b| b.device_id.clone()),
-        )
-        .collect();
-    if ids.is_empty() {
-        return Err(PullError::Inconsistent(format!(
-            "no pulled device is named {device:?} (see --status for the pulled devices)"
-        )));
-    }
-    let mine: Vec<&PullBucket> = rows.iter().filter(|b| ids.contains(&b.device_id)).collect();
-    let mut deleted = Vec::new();
-    for b in &mine {
-        match source.delete_bucket(&b.local_bucket).await {
-            Ok(()) | Err(SourceError::BucketNotFound(_)) => deleted.push(b.local_bucket.clone()),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let forget: Vec<i64> = mine.iter().map(|b| b.row).collect();
-    let marks: Vec<String> = ids.into_iter().collect();
-    db(store, move |s| {
-        s.pull_forget_buckets(&forget)?;
-        for id in &marks {
-            s.pull_mark_unpulled(dest, id)?;
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(deleted)
 }

@@ -10,12 +10,73 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::apply::{db, SLACK};
 use super::PullError;
 use crate::source::{AwClient, Event};
 use crate::state::{CopyPrint, Store};
+use crate::upstream::contract::Change;
+
+/// A new copy of another device's event, as inserted: its data is the feed's text, sent on
+/// as it came (a first pull inserts every event once: parsing each one's data into a map and
+/// writing it out again cost the pull as much as the rest of its planning). Serializes as
+/// aw-server's event without an id.
+#[derive(Debug, serde::Serialize)]
+pub struct NewCopy {
+    pub timestamp: DateTime<Utc>,
+    pub duration: f64,
+    pub data: Box<RawValue>,
+}
+
+impl NewCopy {
+    /// The copy a feed entry asks for; `None` when it is malformed (no readable timestamp, a
+    /// negative or non-finite duration, data that is not an object), as [`Event`] would refuse
+    /// it.
+    pub fn of(change: &Change) -> Option<NewCopy> {
+        let timestamp = DateTime::parse_from_rfc3339(change.timestamp.as_deref()?)
+            .ok()?
+            .with_timezone(&Utc);
+        let duration = change.duration.filter(|d| d.is_finite() && *d >= 0.0)?;
+        let data = match &change.data {
+            // Valid JSON already (the feed's parse checked it): an object when it opens as one.
+            Some(raw) if raw.get().trim_start().starts_with('{') => raw.clone(),
+            Some(_) => return None,
+            None => RawValue::from_string("{}".into()).ok()?,
+        };
+        Some(NewCopy {
+            timestamp,
+            duration,
+            data,
+        })
+    }
+
+    /// A version held as an event (a replacement whose copy is gone) to insert anew.
+    pub fn from_event(e: &Event) -> Result<NewCopy, serde_json::Error> {
+        Ok(NewCopy {
+            timestamp: e.timestamp,
+            duration: e.duration,
+            data: serde_json::value::to_raw_value(&e.data)?,
+        })
+    }
+
+    /// As an event (its data parsed): what [`print_of`] and the spans read.
+    fn event(&self, data: Map<String, Value>) -> Event {
+        Event::new(self.timestamp, self.duration, data)
+    }
+
+    /// `timestamp + duration`, as [`Event::end`] says it.
+    pub fn end(&self) -> DateTime<Utc> {
+        self.event(Map::new()).end()
+    }
+
+    /// Its print ([`print_of`]): the copy in Python aw-server, whose id was not said.
+    pub fn print(&self) -> CopyPrint {
+        let data = serde_json::from_str(self.data.get()).unwrap_or_default();
+        print_of(&self.event(data))
+    }
+}
 
 /// Copies looked up with one read.
 const GROUP: usize = 256;
@@ -177,6 +238,49 @@ mod tests {
         assert_ne!(print_of(&sent).fp, print_of(&later).fp);
         let other = event(1_000, 0, 2.5, json!({"a": "e", "b": [1, {"x": 2, "y": 1}]}));
         assert_ne!(print_of(&sent).fp, print_of(&other).fp);
+    }
+
+    fn change(timestamp: &str, duration: f64, data: Option<&str>) -> Change {
+        serde_json::from_value(json!({
+            "seq": 1, "device_id": "d", "bucket_id": "b", "event_id": 7, "hash": "h",
+            "timestamp": timestamp, "duration": duration,
+        }))
+        .map(|mut c: Change| {
+            c.data = data.map(|d| RawValue::from_string(d.into()).unwrap());
+            c
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_copy_sends_the_feeds_data_text_and_refuses_what_an_event_would() {
+        let data = r#"{"title":"é \"q\"","app":"x","n":[1,2]}"#;
+        let copy = NewCopy::of(&change("2024-05-01T10:00:00.123456+00:00", 1.5, Some(data)))
+            .expect("a well-formed entry");
+        let sent = serde_json::to_string(&[&copy]).unwrap();
+        let event: Vec<Event> = serde_json::from_str(&sent).unwrap();
+        assert_eq!(event[0].id, None, "no id: aw-server gives one");
+        assert_eq!(
+            event[0].data,
+            serde_json::from_str::<Map<String, Value>>(data).unwrap()
+        );
+        assert!(sent.contains(data), "the data text as it came: {sent}");
+        assert_eq!(
+            copy.print(),
+            print_of(&event[0]),
+            "found in Python by the same print"
+        );
+        let empty = NewCopy::of(&change("2024-05-01T10:00:00Z", 0.0, None)).unwrap();
+        assert_eq!(empty.data.get(), "{}");
+        assert_eq!(empty.end(), empty.timestamp);
+        for bad in [
+            change("2024-05-01T10:00:00Z", 1.0, Some("[1]")),
+            change("2024-05-01T10:00:00Z", 1.0, Some("null")),
+            change("2024-05-01T10:00:00Z", -1.0, Some("{}")),
+            change("yesterday", 1.0, Some("{}")),
+        ] {
+            assert!(NewCopy::of(&bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 mod apply;
 mod copies;
+mod unpull;
 
 use std::collections::BTreeMap;
 
@@ -30,7 +31,8 @@ use crate::source::SourceError;
 use crate::state::StateError;
 use crate::upstream::UpstreamError;
 
-pub use apply::{unpull, Puller};
+pub use apply::Puller;
+pub use unpull::unpull;
 
 /// The `meta` key of how many other devices the upstream listed at the last check, and of
 /// when that was (checked at most once a day with the pull off, for `--status`'s suggestion).

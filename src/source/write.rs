@@ -2,33 +2,27 @@
 //! the server gave, and the replacement of one event in place.
 
 use reqwest::Method;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::client::{AwClient, SourceError, MAX_DATA_ANSWER};
 use super::model::Event;
 
 impl AwClient {
-    /// `POST /api/0/buckets/{id}/events` of events without ids, in one request. Returns the
-    /// ids the server gave them, in order, when it says: aw-server-rust answers the inserted
-    /// events; Python aw-server 0.12 answers `null` for a list (its storage cannot tell), and
-    /// then the caller finds them by reading the bucket back.
-    pub async fn insert_events_ids(
+    /// `POST /api/0/buckets/{id}/events` of events without ids (any shape that serializes as
+    /// aw-server's event without an `id`: the pull sends another device's data text as it
+    /// came), in one request. Returns the ids the server gave them, in order, when it says:
+    /// aw-server-rust answers the inserted events; Python aw-server 0.12 answers `null` for a
+    /// list (its storage cannot tell), and then the caller finds them by reading the bucket back.
+    pub async fn insert_events_ids<E: Serialize + Sync>(
         &self,
         bucket_id: &str,
-        events: &[Event],
+        events: &[E],
     ) -> Result<Option<Vec<i64>>, SourceError> {
         #[derive(Deserialize)]
         struct Inserted {
             id: Option<i64>,
         }
-        let body: Vec<Event> = events
-            .iter()
-            .map(|e| Event {
-                id: None,
-                ..e.clone()
-            })
-            .collect();
-        let bytes = self.post_events(bucket_id, &body).await?;
+        let bytes = self.post_events(bucket_id, events).await?;
         let ids = serde_json::from_slice::<Option<Vec<Inserted>>>(&bytes)
             .ok()
             .flatten()
@@ -53,7 +47,11 @@ impl AwClient {
         self.post_events(bucket_id, &body).await.map(|_| ())
     }
 
-    async fn post_events(&self, bucket_id: &str, body: &[Event]) -> Result<Vec<u8>, SourceError> {
+    async fn post_events<E: Serialize + Sync>(
+        &self,
+        bucket_id: &str,
+        body: &[E],
+    ) -> Result<Vec<u8>, SourceError> {
         let url = self.url(&["buckets", bucket_id, "events"], &[]);
         self.send_ok(
             self.request(Method::POST, &url).json(body),

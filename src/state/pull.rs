@@ -38,6 +38,9 @@ pub struct PullPage {
     pub deletes: Vec<(i64, i64)>,
     /// Per device: the last seq of it applied.
     pub devices: HashMap<String, i64>,
+    /// The `pull_pending` rows of this page's inserts ([`Store::pull_add_pending`]): done with
+    /// the page. Only these: a page's commit never ends another page's pending inserts.
+    pub pending: Vec<i64>,
     /// The page reached the end of the feed.
     pub caught_up: bool,
 }
@@ -237,6 +240,19 @@ impl Store {
         event_ids: &[i64],
     ) -> Result<HashMap<i64, (i64, String)>, StateError> {
         let conn = self.reader();
+        // A first pull reads each bucket's events in id order: ids past the bucket's highest
+        // mapped one are not looked up one by one (one seek instead of a page's worth).
+        let highest: Option<i64> = conn
+            .prepare_cached("SELECT max(event_id) FROM pull_events WHERE bucket = ?1")
+            .and_then(|mut s| s.query_row([row], |r| r.get(0)))
+            .map_err(self.err())?;
+        let none_held = match (event_ids.iter().copied().min(), highest) {
+            (Some(lowest), Some(highest)) => lowest > highest,
+            _ => true,
+        };
+        if none_held {
+            return Ok(HashMap::new());
+        }
         let ids: Rc<Vec<SqlValue>> =
             Rc::new(event_ids.iter().copied().map(SqlValue::from).collect());
         let mut stmt = conn
@@ -357,18 +373,22 @@ impl Store {
 
     /// Records, before they are sent, the spans of the inserts about to be made in pull
     /// buckets: after a crash, an event of such a span that no mapping names was made by the
-    /// interrupted write and is deleted ([`Store::pull_pending`]).
-    pub fn pull_add_pending(&self, spans: &[(i64, i64, i64)]) -> Result<(), StateError> {
+    /// interrupted write and is deleted ([`Store::pull_pending`]). Returns the rows recorded,
+    /// for [`PullPage::pending`].
+    pub fn pull_add_pending(&self, spans: &[(i64, i64, i64)]) -> Result<Vec<i64>, StateError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
+        let mut added = Vec::with_capacity(spans.len());
         for (row, start, end) in spans {
             tx.execute(
                 "INSERT INTO pull_pending (bucket, start_ns, end_ns) VALUES (?1, ?2, ?3)",
                 params![row, start, end],
             )
             .map_err(self.err())?;
+            added.push(tx.last_insert_rowid());
         }
-        tx.commit().map_err(self.err())
+        tx.commit().map_err(self.err())?;
+        Ok(added)
     }
 
     /// The spans of inserts that were sent but not recorded (a crash): (row, start, end).
@@ -397,8 +417,9 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Records a page: mappings, devices' progress, the position, and no pending insert left —
-    /// one transaction, so the position never runs ahead of what aw-server holds.
+    /// Records a page: mappings, devices' progress, the position, and its pending inserts done
+    /// (at the end of the feed: every pending insert of `dest`) — one transaction, so the
+    /// position never runs ahead of what aw-server holds.
     pub fn pull_commit(&self, dest: DestId, page: &PullPage) -> Result<(), StateError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
@@ -453,12 +474,20 @@ impl Store {
                     .execute(params![dest, id, seq, now])
                     .map_err(self.err())?;
             }
-            tx.execute(
-                "DELETE FROM pull_pending
-                 WHERE bucket IN (SELECT id FROM pull_buckets WHERE dest = ?1)",
-                [dest],
-            )
-            .map_err(self.err())?;
+            let mut done = tx
+                .prepare_cached("DELETE FROM pull_pending WHERE rowid = ?1")
+                .map_err(self.err())?;
+            for id in &page.pending {
+                done.execute([id]).map_err(self.err())?;
+            }
+            if page.caught_up {
+                tx.execute(
+                    "DELETE FROM pull_pending
+                     WHERE bucket IN (SELECT id FROM pull_buckets WHERE dest = ?1)",
+                    [dest],
+                )
+                .map_err(self.err())?;
+            }
             tx.execute(
                 "INSERT INTO pull_feed (dest, seq) VALUES (?1, ?2)
                  ON CONFLICT (dest) DO UPDATE SET seq = ?2",
@@ -543,8 +572,13 @@ mod tests {
                 "laptop",
             )
             .unwrap();
-        store.pull_add_pending(&[(row, 1, 2)]).unwrap();
-        assert_eq!(store.pull_pending(dest).unwrap(), vec![(row, 1, 2)]);
+        let pending = store.pull_add_pending(&[(row, 1, 2)]).unwrap();
+        // Another page's insert, recorded before this page is committed.
+        let next = store.pull_add_pending(&[(row, 3, 4)]).unwrap();
+        assert_eq!(
+            store.pull_pending(dest).unwrap(),
+            vec![(row, 1, 2), (row, 3, 4)]
+        );
         let page = PullPage {
             next: 7,
             upserts: [(1, 101, "h1", 10), (2, 102, "h2", 20)]
@@ -559,17 +593,30 @@ mod tests {
                 .to_vec(),
             deletes: vec![],
             devices: [("dev-b".to_string(), 7)].into(),
+            pending,
             caught_up: false,
         };
         store.pull_commit(dest, &page).unwrap();
-        assert!(
-            store.pull_pending(dest).unwrap().is_empty(),
-            "committed with the page"
+        assert_eq!(
+            store.pull_pending(dest).unwrap(),
+            vec![(row, 3, 4)],
+            "the page's own insert is done with it; another page's stays pending until its own commit"
         );
         assert_eq!(store.pull_feed(dest).unwrap().seq, 7);
         let mapped = store.pull_mapped(row, &[1, 2, 3]).unwrap();
         assert_eq!(mapped[&2], (102, "h2".to_string()));
         assert!(!mapped.contains_key(&3));
+        // Past the highest mapped id nothing is held; a page reaching back still finds its own.
+        assert!(store.pull_mapped(row, &[3, 4]).unwrap().is_empty());
+        assert_eq!(
+            store
+                .pull_mapped(row, &[9, 2])
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec![&2]
+        );
+        assert!(store.pull_mapped(row + 1, &[1]).unwrap().is_empty());
         assert_eq!(
             store.pull_known_local(row, &[101, 500]).unwrap(),
             [101].into()
@@ -590,6 +637,7 @@ mod tests {
                 &PullPage {
                     next: 8,
                     deletes: vec![(row, 1)],
+                    pending: next,
                     caught_up: true,
                     ..PullPage::default()
                 },
@@ -597,5 +645,9 @@ mod tests {
             .unwrap();
         assert_eq!(store.pull_status(dest).unwrap()[0].events, 1);
         assert!(store.pull_feed(dest).unwrap().caught_up.is_some());
+        assert!(
+            store.pull_pending(dest).unwrap().is_empty(),
+            "nothing under way at the end of the feed"
+        );
     }
 }
