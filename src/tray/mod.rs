@@ -8,12 +8,24 @@
 //!   not: pausing is the daemon's, the icon only asks for it), and the clicks, handed to the
 //!   daemon as [`Action`]s — the daemon runs them (the binary's `cmd/tray.rs`);
 //! * the platform adapter: on Linux `sni.rs`, StatusNotifierItem with a `com.canonical.dbusmenu`
-//!   menu on the session bus (the `ksni` crate). Other platforms have none yet ([`show`] says so).
+//!   menu on the session bus (the `ksni` crate); on Windows `native.rs`, the `tray-icon` crate
+//!   on a thread of its own with a Win32 message loop. macOS has the same adapter but no icon
+//!   yet: AppKit wants the main thread, which runs the runtime (see `native.rs`); [`show`] says
+//!   so. `native.rs` is not built in this project's CI (Linux only), see the README's Tray.
 //!
 //! Only the daemon ever shows an icon, and never at the cost of syncing: no session bus, no
 //! tray host, or an adapter that fails, and the daemon syncs on without it.
 
 pub mod model;
+#[cfg(any(
+    target_os = "macos",
+    target_os = "windows",
+    all(target_os = "linux", feature = "tray-icon-typecheck")
+))]
+// Only the platform-independent part is used outside Windows (macOS waits for the main
+// thread; on Linux it is only type-checked, scripts/check-tray-icon.sh).
+#[cfg_attr(not(target_os = "windows"), allow(dead_code))]
+mod native;
 #[cfg(target_os = "linux")]
 mod sni;
 
@@ -137,12 +149,21 @@ pub enum TrayError {
     NoTrayHost(String),
     #[error("a tray icon is not implemented on this platform yet")]
     Unsupported,
+    /// The platform's tray refused the icon or its menu (macOS, Windows: `native.rs`).
+    #[error("the tray icon failed: {0}")]
+    Failed(String),
+    /// macOS: the icon needs the main thread's event loop, and the main thread runs the
+    /// runtime (`native.rs`, "Threads").
+    #[error("on macOS the tray icon needs the main thread, which runs the sync in this build")]
+    NeedsMainThread,
 }
 
 /// The icon, while shown. Dropping it removes the icon.
 pub struct Shown {
     #[cfg(target_os = "linux")]
     inner: sni::Shown,
+    #[cfg(target_os = "windows")]
+    inner: native::Shown,
 }
 
 /// Shows the icon for `feed`. `Err`: why it cannot be (the daemon goes on without it).
@@ -166,7 +187,19 @@ pub async fn show(feed: &Arc<Feed>, mode: TrayMode) -> Result<Shown, TrayError> 
             inner: sni::show(feed, graphical, mode == TrayMode::On).await?,
         })
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "windows")]
+    {
+        let _ = mode;
+        Ok(Shown {
+            inner: native::show(feed).await?,
+        })
+    }
+    #[cfg(target_os = "macos")]
+    {
+        let _ = (feed, mode);
+        Err(TrayError::NeedsMainThread)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "windows", target_os = "macos")))]
     {
         let _ = (feed, mode);
         Err(TrayError::Unsupported)
@@ -237,11 +270,11 @@ impl Tray {
 impl Shown {
     /// Whether the icon's service still runs (it stops only if its bus connection dies).
     pub fn is_alive(&self) -> bool {
-        #[cfg(target_os = "linux")]
+        #[cfg(any(target_os = "linux", target_os = "windows"))]
         {
             self.inner.is_alive()
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(any(target_os = "linux", target_os = "windows")))]
         {
             false
         }

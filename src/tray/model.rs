@@ -128,6 +128,80 @@ impl IconState {
     }
 }
 
+impl IconState {
+    /// The icon as `size`×`size` RGBA pixels, for the platforms whose tray takes pixels and has
+    /// no freedesktop icon theme (macOS, Windows: `tray_icon.rs`): a disc in the state's
+    /// colour, with a mark inside so the state reads without telling colours apart — hollow
+    /// while syncing, two bars when paused, an exclamation mark when the user must look.
+    pub fn rgba(self, size: u32) -> Vec<u8> {
+        let color: [u8; 3] = match self {
+            IconState::Synced => [0x2e, 0xa0, 0x43],
+            IconState::Syncing => [0x1f, 0x6f, 0xeb],
+            IconState::Paused => [0x8c, 0x95, 0x9f],
+            IconState::NeedsAttention => [0xd2, 0x7b, 0x12],
+        };
+        let n = f64::from(size.max(1));
+        let mut pixels = Vec::with_capacity((size as usize).pow(2) * 4);
+        for y in 0..size {
+            for x in 0..size {
+                // Pixel centre, in units of the icon: -1..1 both ways.
+                let u = (f64::from(x) + 0.5) / n * 2.0 - 1.0;
+                let v = (f64::from(y) + 0.5) / n * 2.0 - 1.0;
+                let r = (u * u + v * v).sqrt();
+                let mark = match self {
+                    IconState::Synced => false,
+                    IconState::Syncing => r < 0.5,
+                    IconState::Paused => (0.15..0.4).contains(&u.abs()) && v.abs() < 0.45,
+                    IconState::NeedsAttention => {
+                        u.abs() < 0.13 && ((-0.55..0.15).contains(&v) || (0.3..0.55).contains(&v))
+                    }
+                };
+                let px = if r > 0.95 {
+                    [0, 0, 0, 0]
+                } else if mark {
+                    [0xff, 0xff, 0xff, 0xff]
+                } else {
+                    [color[0], color[1], color[2], 0xff]
+                };
+                pixels.extend_from_slice(&px);
+            }
+        }
+        pixels
+    }
+}
+
+impl Action {
+    /// Every action, for [`Action::from_id`].
+    pub const ALL: [Action; 7] = [
+        Action::LogIn,
+        Action::LogOut,
+        Action::SyncNow,
+        Action::Pause,
+        Action::Resume,
+        Action::OpenLogFolder,
+        Action::OpenConfigFile,
+    ];
+
+    /// A stable id for a menu toolkit that names items by string (tray-icon's `MenuId`): a
+    /// click comes back as the id alone, and [`Action::from_id`] turns it into the action.
+    pub fn id(self) -> &'static str {
+        match self {
+            Action::LogIn => "log-in",
+            Action::LogOut => "log-out",
+            Action::SyncNow => "sync-now",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::OpenLogFolder => "open-log-folder",
+            Action::OpenConfigFile => "open-config-file",
+        }
+    }
+
+    /// The action of a clicked item's id; `None` for an id this menu never gave out.
+    pub fn from_id(id: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.id() == id)
+    }
+}
+
 /// The application's name, first in the header.
 pub const TITLE: &str = "Samay Sync";
 
@@ -492,6 +566,58 @@ mod tests {
             "Synced just now · 0 pending · 1,234 quarantined"
         );
         assert_eq!(icon(&s), IconState::NeedsAttention);
+    }
+
+    /// A click on macOS/Windows comes back as the item's id: every action survives the trip,
+    /// and an id the menu never gave out is no action.
+    #[test]
+    fn every_action_round_trips_through_its_menu_id() {
+        for a in Action::ALL {
+            assert_eq!(Action::from_id(a.id()), Some(a));
+        }
+        for bad in ["", "7", "LogIn", "log-in "] {
+            assert_eq!(Action::from_id(bad), None, "{bad:?}");
+        }
+        // Every button of every state's menu comes back (an action missing from ALL would not).
+        let states = [
+            snap(Login::LoggedOut, Activity::LoginRequired),
+            snap(alice(), Activity::Starting),
+            Snapshot {
+                paused: true,
+                ..snap(alice(), Activity::Starting)
+            },
+        ];
+        for s in &states {
+            for item in menu(s, now()) {
+                if let Item::Button { action, .. } = item {
+                    assert_eq!(Action::from_id(action.id()), Some(action));
+                }
+            }
+        }
+    }
+
+    /// The pixel icon: square RGBA, transparent corners, and four states that differ.
+    #[test]
+    fn each_state_has_its_own_pixel_icon() {
+        let states = [
+            IconState::Synced,
+            IconState::Syncing,
+            IconState::Paused,
+            IconState::NeedsAttention,
+        ];
+        let icons: Vec<Vec<u8>> = states.iter().map(|s| s.rgba(32)).collect();
+        for icon in &icons {
+            assert_eq!(icon.len(), 32 * 32 * 4);
+            assert_eq!(&icon[..4], &[0, 0, 0, 0], "corner is transparent");
+            let centre = (16 * 32 + 16) * 4;
+            assert_eq!(icon[centre + 3], 0xff, "centre is opaque");
+        }
+        for (i, a) in icons.iter().enumerate() {
+            for b in &icons[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(IconState::Synced.rgba(0).len(), 0);
     }
 
     #[test]
