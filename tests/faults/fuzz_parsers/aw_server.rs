@@ -1,6 +1,8 @@
 //! aw-server's answers: events, buckets, nested data, body limits, any status and body.
 
-use super::support::*;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
 use aw_sync_samay::http_body;
 use aw_sync_samay::privacy::Redaction;
 use aw_sync_samay::source::MAX_SMALL_ANSWER;
@@ -11,8 +13,8 @@ use aw_sync_samay::state::hash::{
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+
+use super::support::*;
 
 /// Instants i64 nanoseconds hold (1677-2262), at nanosecond precision.
 fn representable_instant() -> impl Strategy<Value = DateTime<Utc>> {

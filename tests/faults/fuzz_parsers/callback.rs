@@ -1,11 +1,13 @@
 //! The login callback: query, loopback HTTP, paste-back, deep link, `--callback`.
 
-use super::support::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use aw_sync_samay::auth::callback::{self, fuzzing, CallbackError, DeliverError};
 use aw_sync_samay::config::{AuthConfig, CallbackMode};
 use proptest::prelude::*;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use super::support::*;
 
 /// The state of the login under test, and an authorization code: both secrets, from alphabets
 /// that never occur in the pages by chance.

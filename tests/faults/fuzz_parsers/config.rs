@@ -1,6 +1,7 @@
 //! The config file: any text, every key mistyped or out of range, round trips of valid files.
 
-use super::support::*;
+use std::path::Path;
+
 use aw_sync_samay::config::{
     self, AuthConfig, CallbackMode, Config, ConfigError, Gzip, RedactRule, SyncConfig,
     TokenStorage, TrayMode, UiConfig, MAX_LOOKBACK_SECS,
@@ -8,7 +9,8 @@ use aw_sync_samay::config::{
 use chrono::TimeZone;
 use chrono::Utc;
 use proptest::prelude::*;
-use std::path::Path;
+
+use super::support::*;
 
 fn toml_uint() -> impl Strategy<Value = u64> {
     // TOML integers are i64: larger u64 values cannot be written at all.

@@ -1,10 +1,11 @@
 //! What the parser properties share: case counts, nasty text and JSON, and the fake HTTP server
 //! that answers the aw-server and upstream clients whatever a property tells it.
 
+use std::sync::{Arc, Mutex};
+
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{json, Map, Value};
-use std::sync::{Arc, Mutex};
 
 /// The most characters one character of remote text takes once through the printable filter
 /// (`\u{2069}`): message caps count characters of the text, not of its escapes.

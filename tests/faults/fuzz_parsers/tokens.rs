@@ -1,6 +1,5 @@
 //! The token endpoint's answers and the stored tokens.
 
-use super::support::*;
 use aw_sync_samay::auth::oauth::tokens_from_answer;
 use aw_sync_samay::auth::store::{StoreError, TokenStore};
 use aw_sync_samay::auth::tokens::{Account, StoredTokens};
@@ -9,6 +8,8 @@ use chrono::TimeZone;
 use chrono::Utc;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+
+use super::support::*;
 
 fn jwt(claims: &Value) -> String {
     use base64::Engine as _;

@@ -1,6 +1,9 @@
 //! The upstream's answers: batch outcomes, `Retry-After`, the real client against a fake.
 
-use super::support::*;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
 use aw_sync_samay::auth::AccessToken;
 use aw_sync_samay::upstream::client::{batch_outcome, parse_retry_after};
 use aw_sync_samay::upstream::contract::{BatchResponse, ErrorResponse};
@@ -9,9 +12,8 @@ use chrono::TimeZone;
 use chrono::Utc;
 use proptest::prelude::*;
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+
+use super::support::*;
 
 /// A bearer token: long enough to be scrubbed (4+), from the characters real tokens use.
 fn bearer_token() -> impl Strategy<Value = String> {

@@ -1,6 +1,7 @@
 //! The model: every version aw-server served, what the upstream must hold and what it may.
 
-use super::ops::*;
+use std::collections::{BTreeMap, HashMap};
+
 use aw_sync_samay::state::hash::duration_to_ns;
 use aw_sync_samay::state::{event_hash, hash_hex, GENERATION_SHIFT};
 use chrono::{DateTime, Utc};
@@ -8,7 +9,8 @@ use samay_aw_double::Event;
 use samay_server::StoredEvent;
 use samay_testkit::source_event;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+
+use super::ops::*;
 
 /// One version of an event, as aw-server served it.
 #[derive(Debug, Clone)]

@@ -1,8 +1,10 @@
 //! Plays ops against the real engine, the aw-server double and the dev upstream, and checks
 //! the model after every cycle.
 
-use super::expected::*;
-use super::ops::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use aw_sync_samay::auth::{AccessToken, BoxFuture, StaticToken};
 use aw_sync_samay::engine::{CycleError, CycleReport, Engine, Settings};
 use aw_sync_samay::retry::RetryPolicy;
@@ -16,10 +18,10 @@ use samay_aw_double::{AwDouble, AwDoubleConfig, HeartbeatOutcome};
 use samay_server::{DevServer, FaultSettings};
 use samay_testkit::devserver::{start_dev_server, TEST_TOKEN};
 use samay_testkit::source_event;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::Notify;
+
+use super::expected::*;
+use super::ops::*;
 
 /// The upstream as the engine sees it, able to "kill the process" at a chosen batch: the sink
 /// signals the crash and never answers, and the harness drops the cycle.

@@ -1,9 +1,11 @@
 //! The property itself: any sequence of ops leaves the upstream holding what the model allows.
 
+use std::time::Duration;
+
+use proptest::prelude::*;
+
 use super::harness::*;
 use super::ops::*;
-use proptest::prelude::*;
-use std::time::Duration;
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")

@@ -1,9 +1,10 @@
 //! Each check, run on the double (in memory and on SQLite) and on Python aw-server.
 
-use super::backend::*;
 use aw_sync_samay::source::{Event, SourceError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
+
+use super::backend::*;
 
 /// Runs each named check against the double and against Python aw-server.
 macro_rules! conformance {

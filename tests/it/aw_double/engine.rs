@@ -1,6 +1,8 @@
 //! The engine syncing from the double and from Python aw-server; the double's own lifecycle.
 
-use super::backend::*;
+use std::sync::Arc;
+use std::time::Duration;
+
 use aw_sync_samay::auth::{AccessToken, StaticToken};
 use aw_sync_samay::engine::Engine;
 use aw_sync_samay::source::{AwClient, Event, SourceError};
@@ -12,8 +14,8 @@ use samay_aw_double::{synthetic, AwDouble, AwDoubleConfig};
 use samay_testkit::devserver::{start_dev_server, TEST_TOKEN};
 use samay_testkit::rig::test_settings;
 use serde_json::{json, Value};
-use std::sync::Arc;
-use std::time::Duration;
+
+use super::backend::*;
 
 /// The engine run against `source` into a fresh dev upstream: what it delivered, per bucket.
 async fn sync_into_dev_upstream(

@@ -1,14 +1,13 @@
 //! The config file: the commented default written on first run, bad values refused.
 
-use super::support::*;
+use std::path::Path;
+
 use samay_testkit::awserver::free_port;
 use samay_testkit::bin::{run, sync_command, wait_exit, RUN_TIMEOUT};
 use samay_testkit::daemon::Daemon;
 use samay_testkit::devserver::TEST_TOKEN;
-use std::path::Path;
 
-// ---------------------------------------------------------------------------------------------
-// 9. Config file: first run, bad values
+use super::support::*;
 
 fn assert_commented_default(path: &Path) {
     let text = std::fs::read_to_string(path)

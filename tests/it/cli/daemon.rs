@@ -1,17 +1,16 @@
 //! The daemon: one instance per port, signals mid-sync, outages it outlives, its default port.
 
-use super::support::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
 use samay_testkit::awserver::free_port;
 use samay_testkit::bin::{run, sync_command, write_config};
 use samay_testkit::daemon::Daemon;
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{series, Rig};
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------------------------------
-// 5. One instance per aw-server port
+use super::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_for_the_same_port_exits_and_another_port_may_run() {

@@ -1,14 +1,12 @@
 //! `--once` and `--status`: a sync, what it reports, and the one line it says when it cannot work.
 
-use super::support::*;
 use samay_server::{self as devserver, DevServerConfig};
 use samay_testkit::awserver::free_port;
 use samay_testkit::bin::{read, run, sync_command, write_config};
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{series, Rig};
 
-// ---------------------------------------------------------------------------------------------
-// 1. --once, then --status
+use super::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_syncs_everything_and_status_reports_it_in_text_and_json() {

@@ -1,15 +1,14 @@
 //! What the binary writes: never the token, anywhere; log files named like aw-core's.
 
-use super::support::*;
+use std::path::PathBuf;
+
 use samay_testkit::awserver::free_port;
 use samay_testkit::bin::{run, sync_command, write_config};
 use samay_testkit::daemon::Daemon;
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{series, Rig};
-use std::path::PathBuf;
 
-// ---------------------------------------------------------------------------------------------
-// 3. The token never appears anywhere
+use super::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_never_appears_in_output_or_logs_even_at_trace_level() {

@@ -1,11 +1,12 @@
 //! What the binary's tests share: a temp HOME with its XDG directories, and checks of how it stops,
 //! what it logs and what it prints.
 
-use samay_testkit::bin::{isolated_command, write_config, Run};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
+
+use samay_testkit::bin::{isolated_command, write_config, Run};
+use serde_json::Value;
 use tempfile::TempDir;
 
 /// How long to wait for a daemon to say it started.

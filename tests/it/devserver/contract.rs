@@ -1,6 +1,8 @@
 //! The contract's semantics: keys, versions, duplicates, idempotency, all-or-nothing, bodies.
 
-use super::support::*;
+use std::io::Write;
+use std::time::Duration;
+
 use aw_sync_samay::auth::AccessToken;
 use aw_sync_samay::upstream::contract::BatchResponse;
 use aw_sync_samay::upstream::{UpstreamClient, UpstreamError};
@@ -9,9 +11,9 @@ use samay_testkit::devserver::{
     all_stored_events, bucket_stats, start_dev_server, stats, stored_events, TEST_TOKEN,
 };
 use serde_json::{json, Value};
-use std::io::Write;
-use std::time::Duration;
 use uuid::Uuid;
+
+use super::support::*;
 
 #[tokio::test]
 async fn accepts_then_counts_duplicates_and_replaced_versions() {

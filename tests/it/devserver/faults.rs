@@ -1,13 +1,15 @@
 //! Every injected fault surfacing as the error variant the engine decides on.
 
-use super::support::*;
+use std::time::Duration;
+
 use aw_sync_samay::upstream::contract::BatchResponse;
 use aw_sync_samay::upstream::{UpstreamClient, UpstreamError};
 use samay_server::FaultReport;
 use samay_testkit::devserver::{all_stored_events, start_dev_server};
 use serde_json::json;
-use std::time::Duration;
 use uuid::Uuid;
+
+use super::support::*;
 
 #[tokio::test]
 async fn fail_500_is_retryable_and_then_succeeds() {

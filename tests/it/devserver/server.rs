@@ -1,13 +1,15 @@
 //! The server itself: inspection endpoints and page, restarts, binding, health.
 
-use super::support::*;
+use std::time::Duration;
+
 use aw_sync_samay::upstream::contract::BatchResponse;
 use aw_sync_samay::upstream::{UpstreamClient, UpstreamError};
 use samay_server::{self as devserver, DevServerConfig};
 use samay_testkit::devserver::{all_stored_events, start_dev_server};
 use serde_json::{json, Value};
-use std::time::Duration;
 use uuid::Uuid;
+
+use super::support::*;
 
 #[tokio::test]
 async fn inspection_endpoints_show_what_was_stored() {

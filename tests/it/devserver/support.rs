@@ -1,13 +1,14 @@
 //! Batches, events and clients the dev server's tests share.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use aw_sync_samay::auth::AccessToken;
 use aw_sync_samay::upstream::contract::{BatchRequest, BucketMeta, UpEvent};
 use aw_sync_samay::upstream::UpstreamClient;
 use samay_server::{DevServer, FaultReport};
 use samay_testkit::devserver::TEST_TOKEN;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use std::time::Duration;
 use uuid::Uuid;
 
 pub(super) const WINDOW: &str = "aw-watcher-window_host";

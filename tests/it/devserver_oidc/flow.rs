@@ -1,6 +1,7 @@
 //! Discovery, the code flow (auto-approved and through the sign-in form), PKCE and redirect URI rules.
 
-use super::support::*;
+use std::time::Duration;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use oauth2::TokenResponse;
@@ -8,7 +9,8 @@ use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, Scope};
 use reqwest::StatusCode;
 use samay_server::{OidcConfig, DEV_CLIENT_ID};
 use serde_json::{json, Value};
-use std::time::Duration;
+
+use super::support::*;
 
 #[tokio::test]
 async fn discovery_names_the_endpoints_pkce_s256_and_no_client_auth() {

@@ -1,12 +1,14 @@
 //! Single-use codes, refresh rotation and reuse detection, expiry, revocation, RFC 6749 errors.
 
-use super::support::*;
+use std::time::Duration;
+
 use oauth2::TokenResponse;
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use reqwest::StatusCode;
 use samay_server::{OidcConfig, DEV_CLIENT_ID};
 use serde_json::Value;
-use std::time::Duration;
+
+use super::support::*;
 
 #[tokio::test]
 async fn a_reused_code_is_invalid_grant_and_revokes_what_it_issued() {

@@ -1,10 +1,12 @@
 //! Grants across a restart, and tokens of an external issuer.
 
-use super::support::*;
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use samay_server::{self as devserver, DevServerConfig, OidcConfig};
-use std::time::Duration;
 use url::Url;
+
+use super::support::*;
 
 #[tokio::test]
 async fn grants_survive_a_restart_and_only_hashes_are_stored() {

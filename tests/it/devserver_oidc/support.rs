@@ -1,5 +1,7 @@
 //! The provider's rig and an `oauth2` client driving it the way aw-sync-samay's login does.
 
+use std::collections::HashMap;
+
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::TokenResponse;
 use oauth2::{
@@ -10,7 +12,6 @@ use oauth2::{
 use reqwest::StatusCode;
 use samay_server::{self as devserver, DevServer, DevServerConfig, OidcConfig, DEV_CLIENT_ID};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use tempfile::TempDir;
 use url::Url;
 use uuid::Uuid;

@@ -1,6 +1,9 @@
 //! aw-server answers that are not what the engine expects.
 
-use super::stub::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
 use aw_sync_samay::auth::{AccessToken, StaticToken};
 use aw_sync_samay::engine::{CycleError, Engine, Settings};
 use aw_sync_samay::source::{AwClient, SourceError};
@@ -12,13 +15,8 @@ use samay_server::DevServer;
 use samay_testkit::devserver::{start_dev_server, TEST_TOKEN};
 use samay_testkit::rig::test_settings;
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-// ---------------------------------------------------------------------------------------------
-// (c) malformed aw-server answers
-// ---------------------------------------------------------------------------------------------
+use super::stub::*;
 
 /// An engine on `source` delivering to `dev`, with its own state file (and device id) in `dir`.
 fn engine_on(dev: &DevServer, source: AwClient, dir: &std::path::Path, state: &str) -> Engine {

@@ -1,15 +1,12 @@
 //! A token the upstream stops accepting: 401, one refresh, nothing lost.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
 use aw_sync_samay::auth::{AccessToken, AuthError, BoxFuture, TokenSource};
 use aw_sync_samay::engine::CycleError;
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{series, test_settings, Rig};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-
-// ---------------------------------------------------------------------------------------------
-// (a) 401 → one refresh
-// ---------------------------------------------------------------------------------------------
 
 /// A token source shaped like an OAuth login: `token()` hands out the current token; `refresh`
 /// swaps in `next` (which the test registers on the dev server) or fails with `Rejected`, as

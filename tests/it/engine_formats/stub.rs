@@ -1,6 +1,11 @@
 //! [`RustFormatStub`]: aw-server-rust's wire format, serving events copied out of a real Python
 //! aw-server, able to answer garbage.
 
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use aw_sync_samay::source::{AwClient, Event};
 use aw_sync_samay::state::hash::duration_to_ns;
 use axum::extract::{Path, Query, State};
@@ -11,14 +16,6 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-// ---------------------------------------------------------------------------------------------
-// The aw-server-rust format stub
-// ---------------------------------------------------------------------------------------------
 
 /// How the stub misbehaves on `GET .../events` (range queries; fetches by id stay healthy).
 #[derive(Debug, Clone, Copy, PartialEq)]

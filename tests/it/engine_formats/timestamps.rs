@@ -1,18 +1,16 @@
 //! aw-server-rust's timestamp format next to Python's: the same events, the same hashes.
 
-use super::stub::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use aw_sync_samay::auth::{AccessToken, StaticToken};
 use aw_sync_samay::source::Event;
 use samay_server::StoredEvent;
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{ago, event, series, test_settings, Rig};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
-// ---------------------------------------------------------------------------------------------
-// (b) both timestamp formats hash the same
-// ---------------------------------------------------------------------------------------------
+use super::stub::*;
 
 /// Realistic watcher data with nested values, unicode, floats, booleans and null, across days,
 /// with long events that page edges cut, and ties.

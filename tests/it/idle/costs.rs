@@ -1,13 +1,12 @@
 //! The measurement (not a test: prints numbers).
 
-use super::support::*;
+use std::time::{Duration, Instant};
+
 use samay_testkit::bin::write_config;
 use samay_testkit::daemon::Daemon;
 use samay_testkit::rig::{series, Rig};
-use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------------------------------
-// The measurement (not a test: prints numbers)
+use super::support::*;
 
 /// 10 buckets of 200 events each (ending `IDLE_END_AGO` seconds ago, default 60), synced; then
 /// (a) the wakeups per thread, and when they happen, over a whole gap of `IDLE_GAP_SECS` (30)

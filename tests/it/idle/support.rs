@@ -1,6 +1,13 @@
 //! What the idle tests measure with: the kernel's view of a process, a counting proxy in front of
 //! aw-server, and the daemon under test.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -8,12 +15,6 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use samay_testkit::daemon::Daemon;
 use samay_testkit::devserver::TEST_TOKEN;
-use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// Logged (at debug, hence `--verbose`) when a daemon cycle is over, status bucket included.
 pub(super) const CYCLE_END: &str = "next cycle scheduled";

@@ -1,17 +1,16 @@
 //! An idle daemon never wakes between cycles; a kept connection that died is retried.
 
-use super::support::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use samay_testkit::bin::write_config;
 use samay_testkit::daemon::Daemon;
 use samay_testkit::devserver::TEST_TOKEN;
 use samay_testkit::rig::{series, Rig};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-// ---------------------------------------------------------------------------------------------
-// The test
+use super::support::*;
 
 /// The daemon syncs 3 buckets (cycle 1 uploads), then: (a) over 12 s of the gap after that
 /// cycle, no thread of it is scheduled, starts or exits — no parent or config poll, no blocking
