@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Longer fuzzing runs of every parser of outside input (the bounded run is part of `cargo test`:
-# tests/faults/fuzz_parsers.rs and the property tests in the modules).
+# tests/faults/fuzz_parsers/ and the property tests in the modules).
 #
 #   scripts/fuzz.sh                     each cargo-fuzz target for FUZZ_SECONDS (default 60) s
 #   FUZZ_SECONDS=3600 scripts/fuzz.sh   an hour each

@@ -22,7 +22,7 @@
 //! gnome-keyring, `IDLE_NO_TOKEN=1` and `IDLE_CONFIG` setting `[auth] token_storage = "keyring"`).
 //!
 //! Linux only (`/proc`). CPU time and memory are printed, never asserted (the machine is
-//! shared); `measure_idle_costs` (ignored: `cargo test --test idle -- --ignored --nocapture`)
+//! shared); `measure_idle_costs` (ignored: `cargo test --test it idle::costs::measure_idle_costs -- --ignored --nocapture`)
 //! measures them on 10 buckets over a whole gap between cycles. `AW_SYNC_SAMAY_BIN` runs another
 //! build of the binary (a release build, or an older one to compare with).
 
