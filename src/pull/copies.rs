@@ -43,7 +43,7 @@ impl NewCopy {
             // Valid JSON already (the feed's parse checked it): an object when it opens as one.
             Some(raw) if raw.get().trim_start().starts_with('{') => raw.clone(),
             Some(_) => return None,
-            None => RawValue::from_string("{}".into()).ok()?,
+            None => crate::upstream::contract::empty_object(),
         };
         Some(NewCopy {
             timestamp,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::LazyLock;
 
 use chrono::Utc;
 use rusqlite::types::Value as SqlValue;
@@ -240,7 +241,7 @@ impl Store {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
         {
-            let mut upsert = tx.prepare_cached(&upsert_sql(1)).map_err(self.err())?;
+            let mut upsert = tx.prepare_cached(&UPSERT_ONE).map_err(self.err())?;
             let mut versions: HashMap<i64, i64> = HashMap::new();
             // In key order: a catch-up acknowledges events newest first, and inserting each
             // below the last split the B-tree's pages half full (measured with SQLite alone:
@@ -253,9 +254,7 @@ impl Store {
             // machinery (bind, step, reset) than in the B-tree.
             let mut chunks = acked.chunks_exact(UPSERT_ROWS);
             if chunks.len() > 0 {
-                let mut many = tx
-                    .prepare_cached(&upsert_sql(UPSERT_ROWS))
-                    .map_err(self.err())?;
+                let mut many = tx.prepare_cached(&UPSERT_MANY).map_err(self.err())?;
                 for chunk in &mut chunks {
                     for (i, a) in chunk.iter().enumerate() {
                         bind_sent(&mut many, i * SENT_COLUMNS, a, DELIVERED).map_err(self.err())?;
@@ -323,28 +322,27 @@ const SENT_COLUMNS: usize = 6;
 
 /// The upsert of `rows` rows of `sent`: a new version replaces the recorded one.
 fn upsert_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO sent (bucket, event_id, hash, start_ns, end_ns, status) VALUES ");
-    for r in 0..rows {
-        let p = r * SENT_COLUMNS;
-        let sep = if r == 0 { "" } else { ", " };
-        sql.push_str(&format!(
-            "{sep}(?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6
-        ));
-    }
-    sql.push_str(
-        " ON CONFLICT (bucket, event_id) DO UPDATE SET
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=SENT_COLUMNS)
+                .map(|c| format!("?{}", r * SENT_COLUMNS + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO sent (bucket, event_id, hash, start_ns, end_ns, status) VALUES {}
+         ON CONFLICT (bucket, event_id) DO UPDATE SET
            hash = excluded.hash, start_ns = excluded.start_ns,
            end_ns = excluded.end_ns, status = excluded.status",
-    );
-    sql
+        values.join(", ")
+    )
 }
+
+/// The one-row and the [`UPSERT_ROWS`]-row upserts, written once per process (the statement
+/// cache is keyed by their text).
+static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| upsert_sql(1));
+static UPSERT_MANY: LazyLock<String> = LazyLock::new(|| upsert_sql(UPSERT_ROWS));
 
 /// Binds one row of `sent` at parameters `at + 1 ..= at + 6`.
 fn bind_sent(

@@ -32,17 +32,31 @@ pub struct Metrics {
     database: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+fn add<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, n: u64) {
     *map.lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry(key)
-        .or_default() += 1;
+        .or_default() += n;
+}
+
+/// One labelled counter, each label value on its own line.
+fn labelled(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    map: &Mutex<BTreeMap<&str, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in map.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 impl Metrics {
     /// One answered request of `route` (the route's pattern, never the raw path).
     pub fn request(&self, route: String, status: u16) {
-        bump(&self.requests, (route, status));
+        add(&self.requests, (route, status), 1);
     }
 
     pub fn batch_stored(&self, accepted: u64, duplicates: u64, replaced: u64, deleted: u64) {
@@ -61,17 +75,12 @@ impl Metrics {
     /// A batch body of `bytes` on the wire, by `Content-Encoding` (`gzip` or `identity`): what
     /// the clients' bodies cost in bandwidth.
     pub fn body_received(&self, encoding: &'static str, bytes: u64) {
-        *self
-            .body_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(encoding)
-            .or_default() += bytes;
+        add(&self.body_bytes, encoding, bytes);
     }
 
     /// A refused bearer token, by a fixed reason (`missing`, `expired`, `bad_signature`…).
     pub fn auth_failure(&self, reason: &'static str) {
-        bump(&self.auth_failures, reason);
+        add(&self.auth_failures, reason, 1);
     }
 
     /// How long one database operation took.
@@ -145,35 +154,20 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP samay_auth_failures_total Refused bearer tokens, by reason."
+        labelled(
+            &mut out,
+            "samay_auth_failures_total",
+            "Refused bearer tokens, by reason.",
+            "reason",
+            &self.auth_failures,
         );
-        let _ = writeln!(out, "# TYPE samay_auth_failures_total counter");
-        for (reason, n) in self
-            .auth_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "samay_auth_failures_total{{reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP samay_batch_body_bytes_total Batch bodies received, bytes on the wire, by Content-Encoding."
+        labelled(
+            &mut out,
+            "samay_batch_body_bytes_total",
+            "Batch bodies received, bytes on the wire, by Content-Encoding.",
+            "encoding",
+            &self.body_bytes,
         );
-        let _ = writeln!(out, "# TYPE samay_batch_body_bytes_total counter");
-        for (encoding, n) in self
-            .body_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "samay_batch_body_bytes_total{{encoding=\"{encoding}\"}} {n}"
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP samay_database_seconds Database operation latency."

@@ -286,31 +286,29 @@ impl Scanner<'_> {
         // What each event of the page is, kept beside the page: the events move from the page
         // straight into the vector that goes into the queue (a catch-up page is thousands of
         // events; each extra copy of it was a fresh allocation, faulted in).
-        let mut meta: Vec<Option<(Span, i64, i64)>> = Vec::with_capacity(page.len());
-        for ev in &page {
-            let Some(id) = ev.id else {
-                tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
-                meta.push(None);
-                continue;
-            };
-            if seen.contains(&id) {
-                meta.push(None);
-                continue; // read whole on the previous page
-            }
-            let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
-                stats.unrepresentable += 1;
-                tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
-                    "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
-                meta.push(None);
-                continue;
-            };
-            let Some(up_id) = upstream_event_id(state.generation, id) else {
-                tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
-                meta.push(None);
-                continue;
-            };
-            meta.push(Some((ret, id, up_id)));
-        }
+        let meta: Vec<Option<(Span, i64, i64)>> = page
+            .iter()
+            .map(|ev| {
+                let Some(id) = ev.id else {
+                    tracing::warn!(bucket = %bucket.id, "aw-server returned an event without an id; skipped");
+                    return None;
+                };
+                if seen.contains(&id) {
+                    return None; // read whole on the previous page
+                }
+                let Some(ret) = Span::new(&ev.timestamp, ev.duration) else {
+                    stats.unrepresentable += 1;
+                    tracing::warn!(bucket = %bucket.id, id, timestamp = %ev.timestamp, duration = ev.duration,
+                        "event cannot be represented (timestamp outside 1677-2262 or negative duration); skipped");
+                    return None;
+                };
+                let Some(up_id) = upstream_event_id(state.generation, id) else {
+                    tracing::warn!(bucket = %bucket.id, id, "event id out of range; skipped");
+                    return None;
+                };
+                Some((ret, id, up_id))
+            })
+            .collect();
         // What the state holds of the copies that may be clipped, to skip fetching the
         // unchanged ones.
         let edges: Vec<i64> = meta
