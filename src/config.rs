@@ -200,6 +200,8 @@ pub struct SyncConfig {
     pub sync_interval: u64,
     /// Events per upload batch.
     pub batch_size: usize,
+    /// Upload batches on the wire at once.
+    pub upload_concurrency: usize,
     /// Retries of one batch on 408/429/5xx/network errors before the cycle gives up.
     pub max_retries: u32,
     /// Events read but not yet acknowledged, at most; reading pauses when it is full.
@@ -304,6 +306,7 @@ impl Default for SyncConfig {
             base_url: String::new(),
             sync_interval: 300,
             batch_size: 500,
+            upload_concurrency: 3,
             max_retries: 3,
             offline_queue_size: 2000,
             lookback: 3600,
@@ -1018,6 +1021,8 @@ mod tests {
             ("sync.page_size", |s| s.page_size = 100_001),
             ("sync.request_timeout", |s| s.request_timeout = 0),
             ("sync.max_retries", |s| s.max_retries = 101),
+            ("sync.upload_concurrency", |s| s.upload_concurrency = 0),
+            ("sync.upload_concurrency", |s| s.upload_concurrency = 17),
             ("sync.lookback", |s| s.lookback = MAX_LOOKBACK_SECS + 1),
         ];
         for (key, change) in cases {
@@ -1032,6 +1037,7 @@ mod tests {
         edges.sync.offline_queue_size = 10_000;
         edges.sync.page_size = 10;
         edges.sync.max_retries = 100;
+        edges.sync.upload_concurrency = 16;
         edges.sync.lookback = MAX_LOOKBACK_SECS;
         edges.validate().expect("upper edges are inside");
         edges.sync.batch_size = 1;
@@ -1039,6 +1045,7 @@ mod tests {
         edges.sync.sync_interval = 1;
         edges.sync.request_timeout = 1;
         edges.sync.max_retries = 0;
+        edges.sync.upload_concurrency = 1;
         edges.sync.lookback = 0;
         edges.validate().expect("lower edges are inside");
     }

@@ -214,6 +214,18 @@ pub(super) const KEYS: &[Key] = &[
         }),
     },
     Key {
+        name: "sync.upload_concurrency",
+        group: Group::Sync,
+        doc: "Upload batches on the wire at once",
+        more: "Answers are recorded in the order the batches were read, and two versions of one event never travel together. 1: one batch at a time. Never more than `offline_queue_size` holds.",
+        bounds: Some(Bounds {
+            min: 1,
+            max: 16,
+            zero: None,
+            get: |s| s.upload_concurrency as u64,
+        }),
+    },
+    Key {
         name: "sync.max_retries",
         group: Group::Sync,
         doc: "Retries of one batch on timeouts, 429, 5xx and network errors",
@@ -601,7 +613,7 @@ mod tests {
     /// Every bound of [`KEYS`] is what loading a file accepts and refuses, with the key named.
     #[test]
     fn the_bounds_table_is_what_validation_checks() {
-        assert_eq!(bounded().count(), 7);
+        assert_eq!(bounded().count(), 8);
         for (key, b) in bounded() {
             assert!(with(key, b.min).is_ok(), "{} = {}", key, b.min);
             if b.max < i64::MAX as u64 {

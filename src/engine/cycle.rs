@@ -268,11 +268,18 @@ impl Engine {
         let verify = self.verify_plan(now, full).await?;
 
         let inflight = Arc::new(queue::InFlight::default());
-        // The uploader's batch holds up to `batch_size` of the queue's events.
+        // Held at once: the queue's events, the batches on the wire, and the next batch, filled
+        // while they travel (it waits for room before it goes): together `offline_queue_size`,
+        // or two batches when that is less. The queue keeps at least a batch of it where it can
+        // (three batches or more), or the reader would hand over a few events at a time.
+        let s = &self.settings;
+        let batches = s.queue_size / s.batch_size;
+        let in_flight = s
+            .upload_concurrency
+            .clamp(1, batches.saturating_sub(2).max(1));
         let (tx, rx) = queue::queue(
-            self.settings
-                .queue_size
-                .saturating_sub(self.settings.batch_size)
+            s.queue_size
+                .saturating_sub((in_flight + 1) * s.batch_size)
                 .max(1),
         );
         let uploader = upload::Uploader {
@@ -290,6 +297,7 @@ impl Engine {
             metrics: Arc::clone(&self.metrics),
             dry_run: self.settings.dry_run,
             clock: Arc::clone(&self.clock),
+            in_flight,
         };
         let upload_task = AbortOnDrop(tokio::spawn(uploader.run(rx, token)));
 

@@ -34,6 +34,10 @@ pub(crate) struct Pending {
     /// row and event id, with the [`DELETION`] hash).
     pub acked: Acked,
     pub body: Body,
+    /// Another version of this event (or its deletion) was queued before this one and may
+    /// still be on the wire: the two must never travel at the same time, or they could land
+    /// upstream in either order (see [`Claim::Replacing`]).
+    pub follows_queued: bool,
 }
 
 impl Pending {
@@ -204,13 +208,33 @@ impl Hasher for IdHasher {
     }
 }
 
+/// What [`InFlight::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// No version of the event was queued: this one now is.
+    New,
+    /// Another version of the event (or its deletion) is queued and not yet recorded: this one
+    /// is queued too, and must not be sent while the other may still be on the wire.
+    Replacing,
+    /// This very version is already queued.
+    Held,
+}
+
+impl Claim {
+    /// Whether the version is now the caller's to queue.
+    pub fn is_taken(self) -> bool {
+        self != Claim::Held
+    }
+}
+
 impl InFlight {
-    /// True when this version was not queued yet (and now is).
-    pub fn claim(&self, row: i64, event_id: i64, hash: EventHash) -> bool {
+    /// Claims this version of the event for the caller to queue, unless it already is queued.
+    pub fn claim(&self, row: i64, event_id: i64, hash: EventHash) -> Claim {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match map.insert((row, event_id), hash) {
-            Some(old) => old != hash,
-            None => true,
+            Some(old) if old == hash => Claim::Held,
+            Some(_) => Claim::Replacing,
+            None => Claim::New,
         }
     }
 
@@ -254,6 +278,7 @@ mod tests {
             body: Body::Deletion {
                 bucket_id: "b".into(),
             },
+            follows_queued: false,
         }
     }
 
@@ -331,17 +356,28 @@ mod tests {
     #[test]
     fn inflight_claims_a_version_once() {
         let f = InFlight::default();
-        assert!(f.claim(1, 1, [1; 16]));
-        assert!(!f.claim(1, 1, [1; 16]));
-        assert!(f.claim(1, 1, [2; 16]), "a grown version is new");
+        assert_eq!(f.claim(1, 1, [1; 16]), Claim::New);
+        assert_eq!(f.claim(1, 1, [1; 16]), Claim::Held);
+        assert_eq!(
+            f.claim(1, 1, [2; 16]),
+            Claim::Replacing,
+            "a grown version is taken, behind the one on its way"
+        );
+        assert_eq!(
+            f.claim(1, 1, DELETION),
+            Claim::Replacing,
+            "so is a deletion"
+        );
+        assert_eq!(f.claim(1, 1, [2; 16]), Claim::Replacing);
         f.release(1, 1, [1; 16]);
-        assert!(
-            !f.claim(1, 1, [2; 16]),
+        assert_eq!(
+            f.claim(1, 1, [2; 16]),
+            Claim::Held,
             "releasing an older version keeps the newer claim"
         );
         f.release(1, 1, [2; 16]);
-        assert!(f.claim(1, 1, [2; 16]));
-        assert!(f.claim(2, 1, [2; 16]), "buckets are apart");
+        assert_eq!(f.claim(1, 1, [2; 16]), Claim::New);
+        assert_eq!(f.claim(2, 1, [2; 16]), Claim::New, "buckets are apart");
     }
 
     #[tokio::test]

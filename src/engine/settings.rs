@@ -19,6 +19,8 @@ pub struct Settings {
     pub catchup_page: usize,
     pub batch_size: usize,
     pub queue_size: usize,
+    /// Upload batches on the wire at once (`sync.upload_concurrency`).
+    pub upload_concurrency: usize,
     pub max_retries: u32,
     pub lookback: Duration,
     pub start_from: Option<DateTime<Utc>>,
@@ -63,6 +65,7 @@ impl Settings {
             catchup_page: sync.page_size.max(1).saturating_mul(CATCHUP_PAGES),
             batch_size: sync.batch_size.max(1),
             queue_size: sync.offline_queue_size.max(sync.batch_size).max(1),
+            upload_concurrency: sync.upload_concurrency.max(1),
             max_retries: sync.max_retries,
             lookback: Duration::from_secs(sync.lookback),
             start_from,

@@ -11,6 +11,7 @@
 //! bisection) into the quarantine and lets the rest flow on.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,17 @@ pub struct UploadStats {
     pub retries: u64,
 }
 
+impl UploadStats {
+    fn add(&mut self, other: &UploadStats) {
+        self.delivered += other.delivered;
+        self.duplicates += other.duplicates;
+        self.quarantined += other.quarantined;
+        self.deleted += other.deleted;
+        self.requests += other.requests;
+        self.retries += other.retries;
+    }
+}
+
 pub(crate) struct Uploader {
     pub upstream: Arc<dyn BatchSink>,
     pub tokens: Arc<dyn TokenSource>,
@@ -69,6 +81,8 @@ pub(crate) struct Uploader {
     pub dry_run: bool,
     /// The cycle's clock: what each batch's `sync_timestamp` says.
     pub clock: Arc<dyn Clock>,
+    /// Batches on the wire at once (`sync.upload_concurrency`; at least 1).
+    pub in_flight: usize,
 }
 
 /// One state change for the committer, with the barriers waiting for it.
@@ -76,6 +90,127 @@ pub(crate) struct Uploader {
 struct Step {
     commit: Commit,
     barriers: Vec<oneshot::Sender<()>>,
+}
+
+impl From<Commit> for Step {
+    fn from(commit: Commit) -> Step {
+        Step {
+            commit,
+            barriers: Vec::new(),
+        }
+    }
+}
+
+/// The batch being filled and what waits for it.
+struct Open {
+    batch: Vec<Pending>,
+    waiting: Waiting,
+    /// One of the batch's versions replaces another that may still be on the wire.
+    follows_queued: bool,
+}
+
+impl Open {
+    fn with_capacity(n: usize) -> Open {
+        Open {
+            batch: Vec::with_capacity(n),
+            waiting: Waiting::default(),
+            follows_queued: false,
+        }
+    }
+}
+
+/// What became of one batch on its way: the state changes its answers call for, in order,
+/// and the error that stopped it, if one did (after the changes for what it delivered first).
+struct Delivered {
+    steps: Vec<Step>,
+    stats: UploadStats,
+    /// It sent something (not only marks, quarantines or barriers waiting their turn).
+    sent: bool,
+    /// The upstream refused its token once.
+    refreshed: bool,
+    /// The token it ended with (refreshed, if the upstream asked for that).
+    token: AccessToken,
+    error: Option<UploadError>,
+}
+
+/// The batches on the wire, oldest first, and what waits for them. Dropped (on an error), it
+/// stops them: what they delivered is not recorded and the next cycle sends it again, which
+/// the upstream absorbs as duplicates.
+struct Flight {
+    trips: VecDeque<Trip>,
+    /// Of the trips, those that send something (the others carry only marks, quarantines or
+    /// barriers and take no room on the wire).
+    sending: usize,
+    /// How many may send at once now: a cycle starts with one and opens up to `in_flight`
+    /// one answer at a time; a batch that needed a retry or a fresh token closes it to one
+    /// again (additive increase, drop to one on trouble — a slow start, as TCP's, or Vector's
+    /// adaptive concurrency, in small). So an upstream that is down, or a token that expired,
+    /// costs the requests of one batch, not of every batch on the wire.
+    window: usize,
+    gate: Arc<RetryGate>,
+}
+
+struct Trip {
+    task: tokio::task::JoinHandle<Delivered>,
+    sends: bool,
+}
+
+impl Default for Flight {
+    fn default() -> Flight {
+        Flight {
+            trips: VecDeque::new(),
+            sending: 0,
+            window: 1,
+            gate: Arc::default(),
+        }
+    }
+}
+
+impl Flight {
+    fn is_empty(&self) -> bool {
+        self.trips.is_empty()
+    }
+
+    fn push(&mut self, task: tokio::task::JoinHandle<Delivered>, sends: bool) {
+        self.sending += usize::from(sends);
+        self.trips.push_back(Trip { task, sends });
+    }
+
+    /// The oldest trip's outcome, once it has one. Cancel-safe: awaited in a `select!`, it
+    /// gives the trip up only when it returns.
+    async fn oldest(&mut self) -> Result<Delivered, UploadError> {
+        let Some(trip) = self.trips.front_mut() else {
+            return std::future::pending().await;
+        };
+        let done = (&mut trip.task).await;
+        let sends = trip.sends;
+        self.trips.pop_front();
+        self.sending -= usize::from(sends);
+        done.map_err(|e| StateError::Task(e.to_string()).into())
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        for trip in &self.trips {
+            trip.task.abort();
+        }
+    }
+}
+
+/// What the batches on the wire share about retrying: whose turn it is, and whether one gave up.
+#[derive(Default)]
+struct RetryGate {
+    turn: tokio::sync::Mutex<()>,
+    gave_up: AtomicBool,
+}
+
+/// Waits until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What waits for the batch being filled: marks, local quarantines and barriers.
@@ -104,7 +239,7 @@ impl Uploader {
             Arc::clone(&self.inflight),
             self.dry_run,
         ));
-        let sent = self.send_all(rx, token, &commits).await;
+        let sent = Arc::new(self).send_all(rx, token, &commits).await;
         drop(commits);
         let recorded = committer
             .await
@@ -116,32 +251,50 @@ impl Uploader {
         sent
     }
 
+    /// Fills batches from the queue and keeps up to `in_flight` of them on the wire, their
+    /// answers recorded in the order the batches were filled.
+    ///
+    /// One batch at a time left the two cores idle for a third of a catch-up: the reader waits
+    /// for queue room while the upstream stores the batch and the answer travels back. Several
+    /// at once overlap those waits. What may not overlap are two versions of one event: the
+    /// upstream could store them in either order and keep the older one, so a batch carrying a
+    /// version that replaces a queued one waits until every batch before it is answered.
     async fn send_all(
-        &self,
+        self: Arc<Self>,
         mut rx: QueueRx,
         mut token: AccessToken,
         commits: &mpsc::Sender<Step>,
     ) -> Result<UploadStats, UploadError> {
         let mut stats = UploadStats::default();
-        let mut batch: Vec<Pending> = Vec::with_capacity(self.batch_size);
-        let mut waiting = Waiting::default();
+        let mut open = Open::with_capacity(self.batch_size);
+        let mut flight = Flight::default();
+        // When the partial batch is sent anyway: `linger` after the last item that came.
+        let mut linger_until: Option<tokio::time::Instant> = None;
         loop {
-            let next = if batch.is_empty() {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout(self.linger, rx.recv()).await {
-                    Ok(item) => item,
-                    Err(_) => {
-                        self.flush(&mut batch, &mut waiting, &mut token, &mut stats, commits)
-                            .await?;
-                        continue;
-                    }
+            let next = tokio::select! {
+                biased;
+                done = flight.oldest(), if !flight.is_empty() => {
+                    self.record(done?, &mut flight, &mut token, &mut stats, commits)
+                        .await?;
+                    continue;
                 }
+                () = sleep_until(linger_until), if linger_until.is_some() => {
+                    linger_until = None;
+                    self.dispatch(&mut open, &mut flight, &mut token, &mut stats, commits)
+                        .await?;
+                    continue;
+                }
+                next = rx.recv() => next,
             };
             let flush_now = match next {
                 None => {
-                    self.flush(&mut batch, &mut waiting, &mut token, &mut stats, commits)
+                    self.dispatch(&mut open, &mut flight, &mut token, &mut stats, commits)
                         .await?;
+                    while !flight.is_empty() {
+                        let done = flight.oldest().await?;
+                        self.record(done, &mut flight, &mut token, &mut stats, commits)
+                            .await?;
+                    }
                     return Ok(stats);
                 }
                 Some(Item::Events(events)) => {
@@ -154,57 +307,145 @@ impl Uploader {
                         self.metrics.queued(first.bucket_id(), n as u64);
                     }
                     for p in events {
-                        batch.push(p);
-                        if batch.len() >= self.batch_size {
-                            self.flush(&mut batch, &mut waiting, &mut token, &mut stats, commits)
+                        open.follows_queued |= p.follows_queued;
+                        open.batch.push(p);
+                        if open.batch.len() >= self.batch_size {
+                            self.dispatch(&mut open, &mut flight, &mut token, &mut stats, commits)
                                 .await?;
                         }
                     }
                     false
                 }
                 Some(Item::Mark(m)) => {
-                    waiting.marks.push(m);
-                    batch.is_empty()
+                    open.waiting.marks.push(m);
+                    open.batch.is_empty()
                 }
                 Some(Item::Quarantine(q)) => {
                     stats.quarantined += q.len() as u64;
-                    waiting.quarantined.extend(q);
-                    batch.is_empty()
+                    open.waiting.quarantined.extend(q);
+                    open.batch.is_empty()
                 }
                 // Whoever waits wants everything before it recorded now.
                 Some(Item::Barrier(done)) => {
-                    waiting.barriers.push(done);
+                    open.waiting.barriers.push(done);
                     true
                 }
             };
             if flush_now {
-                self.flush(&mut batch, &mut waiting, &mut token, &mut stats, commits)
+                self.dispatch(&mut open, &mut flight, &mut token, &mut stats, commits)
                     .await?;
             }
+            linger_until =
+                (!open.batch.is_empty()).then(|| tokio::time::Instant::now() + self.linger);
         }
     }
 
-    /// Delivers `batch`, then hands its acknowledgement, with what was waiting for it, to the
-    /// committer.
-    async fn flush(
-        &self,
-        batch: &mut Vec<Pending>,
-        waiting: &mut Waiting,
+    /// Sends the open batch (and what waits for it) on its way once there is room on the wire
+    /// and nothing it must not travel beside is still there.
+    async fn dispatch(
+        self: &Arc<Self>,
+        open: &mut Open,
+        flight: &mut Flight,
         token: &mut AccessToken,
         stats: &mut UploadStats,
         commits: &mpsc::Sender<Step>,
     ) -> Result<(), UploadError> {
-        let items = std::mem::take(batch);
+        let items = std::mem::take(&mut open.batch);
+        let waiting = std::mem::take(&mut open.waiting);
+        let follows_queued = std::mem::take(&mut open.follows_queued);
+        open.batch.reserve_exact(self.batch_size);
+        if items.is_empty() && waiting.is_empty() {
+            return Ok(());
+        }
+        let sends = !items.is_empty();
+        if sends {
+            while flight.sending > 0 && (flight.sending >= flight.window || follows_queued) {
+                let done = flight.oldest().await?;
+                self.record(done, flight, token, stats, commits).await?;
+            }
+        }
+        let this = Arc::clone(self);
+        let gate = Arc::clone(&flight.gate);
+        let token = token.clone();
+        let task =
+            tokio::spawn(async move { this.deliver_all(items, waiting, &gate, token).await });
+        flight.push(task, sends);
+        Ok(())
+    }
+
+    /// Hands a finished batch's state changes to the committer, in their order, and reports
+    /// its failure if it failed (after recording what it had delivered before that).
+    async fn record(
+        &self,
+        done: Delivered,
+        flight: &mut Flight,
+        token: &mut AccessToken,
+        stats: &mut UploadStats,
+        commits: &mpsc::Sender<Step>,
+    ) -> Result<(), UploadError> {
+        if done.sent {
+            flight.window = if done.stats.retries > 0 || done.refreshed {
+                1
+            } else {
+                (flight.window + 1).min(self.in_flight.max(1))
+            };
+        }
+        for step in done.steps {
+            self.commit(commits, step).await?;
+        }
+        stats.add(&done.stats);
+        // A refresh one batch needed serves the next ones.
+        *token = done.token;
+        match done.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers `items` (splitting and quarantining as the upstream answers), and lists the
+    /// state changes their answers call for, with what was waiting for them last.
+    async fn deliver_all(
+        &self,
+        items: Vec<Pending>,
+        waiting: Waiting,
+        gate: &RetryGate,
+        token: AccessToken,
+    ) -> Delivered {
+        let mut done = Delivered {
+            steps: Vec::new(),
+            stats: UploadStats::default(),
+            sent: !items.is_empty(),
+            refreshed: false,
+            token,
+            error: None,
+        };
         let mut chunks: VecDeque<Chunk> = VecDeque::new();
         if !items.is_empty() {
             chunks.push_back(self.chunk(items));
         }
         while let Some(chunk) = chunks.pop_front() {
-            match self.deliver(&chunk.request, token, stats).await? {
+            let delivery = match self
+                .deliver(
+                    &chunk.request,
+                    gate,
+                    &mut done.token,
+                    &mut done.stats,
+                    &mut done.refreshed,
+                )
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    done.error = Some(e);
+                    return done;
+                }
+            };
+            match delivery {
                 Delivery::Acked {
                     duplicates,
                     deleted,
                 } => {
+                    let stats = &mut done.stats;
                     stats.delivered += chunk.request.events.len() as u64;
                     stats.duplicates += duplicates;
                     stats.deleted += deleted.min(chunk.request.deletions.len() as u64);
@@ -219,7 +460,7 @@ impl Uploader {
                             }),
                         }
                     }
-                    self.commit(commits, commit, Vec::new()).await?;
+                    done.steps.push(Step::from(commit));
                 }
                 Delivery::Split => {
                     let (first, second) = self.split(chunk);
@@ -243,15 +484,15 @@ impl Uploader {
                             (_, body) => good.push(Pending {
                                 acked: p.acked,
                                 body,
+                                follows_queued: false,
                             }),
                         }
                     }
-                    stats.quarantined += quarantined.len() as u64;
-                    let commit = Commit {
+                    done.stats.quarantined += quarantined.len() as u64;
+                    done.steps.push(Step::from(Commit {
                         quarantined,
                         ..Commit::default()
-                    };
-                    self.commit(commits, commit, Vec::new()).await?;
+                    }));
                     if !good.is_empty() {
                         chunks.push_front(self.chunk(good));
                     }
@@ -259,15 +500,16 @@ impl Uploader {
             }
         }
         if !waiting.is_empty() {
-            let w = std::mem::take(waiting);
-            let commit = Commit {
-                quarantined: w.quarantined,
-                marks: w.marks,
-                ..Commit::default()
-            };
-            self.commit(commits, commit, w.barriers).await?;
+            done.steps.push(Step {
+                commit: Commit {
+                    quarantined: waiting.quarantined,
+                    marks: waiting.marks,
+                    ..Commit::default()
+                },
+                barriers: waiting.barriers,
+            });
         }
-        Ok(())
+        done
     }
 
     /// Per-bucket delivery counters for progress displays: one map lookup per run of events
@@ -282,15 +524,10 @@ impl Uploader {
         }
     }
 
-    async fn commit(
-        &self,
-        commits: &mpsc::Sender<Step>,
-        commit: Commit,
-        barriers: Vec<oneshot::Sender<()>>,
-    ) -> Result<(), UploadError> {
+    async fn commit(&self, commits: &mpsc::Sender<Step>, step: Step) -> Result<(), UploadError> {
         // Closed only when the committer stopped on an error, which `run` reports.
         commits
-            .send(Step { commit, barriers })
+            .send(step)
             .await
             .map_err(|_| StateError::Task("the state committer stopped".into()).into())
     }
@@ -299,12 +536,15 @@ impl Uploader {
     async fn deliver(
         &self,
         request: &BatchRequest,
+        gate: &RetryGate,
         token: &mut AccessToken,
         stats: &mut UploadStats,
+        had_refresh: &mut bool,
     ) -> Result<Delivery, UploadError> {
         let size = request.events.len() + request.deletions.len();
         let mut attempt = 0u32;
         let mut refreshed = false;
+        let mut retrying = None;
         loop {
             if !refreshed {
                 // Cheap for every source; lets a login session refresh ahead of expiry, so a
@@ -324,6 +564,7 @@ impl Uploader {
             match err {
                 UpstreamError::Unauthorized if !refreshed => {
                     refreshed = true;
+                    *had_refresh = true;
                     tracing::info!("the upstream rejected the token; asking for a fresh one");
                     *token = self.tokens.refresh(token).await?;
                 }
@@ -382,8 +623,18 @@ impl Uploader {
                         self.retry
                             .after(&e, attempt, self.max_retries, &mut rand::rng())
                     else {
+                        gate.gave_up.store(true, Ordering::Relaxed);
                         return Err(e.into());
                     };
+                    // One batch retries at a time: the others that failed beside it wait
+                    // here, so an upstream in trouble gets one batch's retries, not one per
+                    // batch on the wire; and once one has given up, they give up too.
+                    if retrying.is_none() {
+                        retrying = Some(gate.turn.lock().await);
+                    }
+                    if gate.gave_up.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
                     stats.retries += 1;
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64,
                         "upload failed; retrying with the same Idempotency-Key");
@@ -481,12 +732,14 @@ impl Chunk {
                 Slot::Event(acked) => events.next().map(|e| Pending {
                     acked,
                     body: Body::Event(e),
+                    follows_queued: false,
                 }),
                 Slot::Deletion(acked) => deletions.next().map(|d| Pending {
                     acked,
                     body: Body::Deletion {
                         bucket_id: d.bucket_id,
                     },
+                    follows_queued: false,
                 }),
             })
             .collect()

@@ -415,7 +415,7 @@ async fn a_permanently_failing_upstream_gets_at_most_max_retries_plus_one_reques
 async fn access_tokens_expiring_every_three_seconds_fail_no_upload_and_no_refresh_token_is_reused()
 {
     const TTL: Duration = Duration::from_secs(3);
-    const EVENTS_LONG: usize = 600;
+    const EVENTS_LONG: usize = 1800;
     const SLOW_MS: u64 = 150;
     let aw = tokio::task::spawn_blocking(AwServer::start)
         .await
@@ -482,8 +482,9 @@ async fn access_tokens_expiring_every_three_seconds_fail_no_upload_and_no_refres
     let rig = Rig { aw, dev, dir };
     rig.bucket(BUCKET).await;
     rig.insert(BUCKET, &series(EVENTS_LONG, 5.0, 60, "w")).await;
-    // The upstream takes at least 150 ms per batch: 60 batches keep the sync going at least
-    // 9 s, three token lifetimes, whatever the machine's speed.
+    // The upstream takes at least 150 ms per batch: 180 batches, three at a time
+    // (`sync.upload_concurrency`), keep the sync going at least 9 s, three token lifetimes,
+    // whatever the machine's speed.
     rig.dev.faults().update(|f| f.slow_ms = SLOW_MS);
     let engine = rig.engine_full(fault_settings(), session.clone(), "state.sqlite");
     let r = engine

@@ -194,9 +194,12 @@ async fn login_sync_with_tokens_expiring_every_few_seconds_then_logout_revokes()
         .create_bucket("window", "currentwindow", "t", "h")
         .await
         .unwrap();
-    for chunk in series(1500, 5.0, 60, "w").chunks(500) {
+    for chunk in series(4500, 5.0, 60, "w").chunks(500) {
         client.insert_events("window", chunk).await.unwrap();
     }
+    // 180 batches of 25, three at a time (`sync.upload_concurrency`), 120 ms each: 7.2 s. (Not
+    // fewer, slower batches: a token is handed out with a third of its 3 s left, and the
+    // request must reach the token check before it lapses, however loaded the machine.)
     rig.dev.faults().update(|f| f.slow_ms = 120);
     let started = Instant::now();
     let out = rig.run_traced(&["--once", "--verbose"], None, true).await;

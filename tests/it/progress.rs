@@ -205,6 +205,7 @@ fn the_tracker_times_each_bucket_from_its_own_first_activity() {
 
 /// A rig with `n` events in bucket "window" and an upstream that takes `slow_ms` per batch of
 /// 100, so the sync lasts long enough for progress to be drawn.
+/// `slow_ms` per batch; three batches travel at once (`sync.upload_concurrency`).
 async fn slow_rig(n: usize, slow_ms: u64) -> (Rig, PathBuf, PathBuf) {
     let rig = Rig::new().await;
     rig.bucket("window").await;
@@ -234,7 +235,7 @@ fn parse_plain(line: &str) -> (u64, u64, Option<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_without_a_terminal_writes_plain_progress_lines_then_the_summary() {
     const N: u64 = 3000;
-    let (rig, home, config) = slow_rig(N as usize, 150).await;
+    let (rig, home, config) = slow_rig(N as usize, 450).await;
     let r = run(
         sync_command(&home, rig.aw.port(), &config, TEST_TOKEN).arg("--once"),
         &home,
@@ -301,7 +302,7 @@ async fn once_on_a_terminal_redraws_the_progress_table_in_place() {
         return;
     }
     const N: u64 = 3000;
-    let (rig, home, config) = slow_rig(N as usize, 100).await;
+    let (rig, home, config) = slow_rig(N as usize, 300).await;
     let bin = env!("CARGO_BIN_EXE_aw-sync-samay");
     let inner = format!(
         "'{bin}' --once --port {} --config '{}'",

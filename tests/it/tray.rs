@@ -207,8 +207,9 @@ async fn the_tray_menu_logs_in_syncs_pauses_and_logs_out() {
     assert_eq!(host.item_property(&item, "Status").await, "NeedsAttention");
 
     // "Log in…": the browser login of --login, from the daemon; the sync starts when it
-    // succeeds. Slow uploads keep that sync running long enough to be seen.
-    dev.faults().update(|f| f.slow_ms = 300);
+    // succeeds. Slow uploads keep that sync running long enough to be seen (a second each:
+    // three batches travel at once).
+    dev.faults().update(|f| f.slow_ms = 1000);
     host.click(&item, "Log in…").await;
     let syncing = host
         .wait_for_menu(&item, "the sync's progress", |l| {

@@ -31,6 +31,8 @@ pub fn test_settings() -> Settings {
         page_size: 10,
         batch_size: 7,
         queue_size: 50,
+        // The default's concurrency: the fault and model tests run what users run.
+        upload_concurrency: aw_sync_samay::config::SyncConfig::default().upload_concurrency,
         max_retries: 3,
         lookback: Duration::from_secs(3600),
         start_from: None,

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 
 use super::pages::{floor_us, NoProgress, Plan};
 use super::{Ctx, ScanError, ScanStats, Scanner};
-use crate::engine::queue::{Body, Pending, DELETION};
+use crate::engine::queue::{Body, Claim, Pending, DELETION};
 use crate::state::mirror_aggregate as aggregate;
 use crate::state::{upstream_event_id, Acked, Aggregate, MirrorEvent, Span, GENERATION_SHIFT};
 
@@ -287,12 +287,14 @@ impl Scanner<'_> {
                     duration_ns: 0,
                 },
             };
-            if self.inflight.claim(acked.row, acked.event_id, DELETION) {
+            let claim = self.inflight.claim(acked.row, acked.event_id, DELETION);
+            if claim.is_taken() {
                 deletions.push(Pending {
                     acked,
                     body: Body::Deletion {
                         bucket_id: ctx.bucket.id.clone(),
                     },
+                    follows_queued: claim == Claim::Replacing,
                 });
             }
         }

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use super::{Ctx, ScanError, ScanStats, Scanner};
-use crate::engine::queue::{Body, Pending};
+use crate::engine::queue::{Body, Claim, Pending};
 use crate::source::{PageEvent, PageQuery, SourceError};
 use crate::state::{
     hash::event_data_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined,
@@ -369,12 +369,16 @@ impl Scanner<'_> {
                 }
             }
             match self.prepare(ctx, id, up_id, span, event) {
-                Ok(p) => {
+                Ok(mut p) => {
                     // Claim before asking the state: the uploader records an acknowledgement
                     // before it releases the claim, so one of the two checks always sees the
                     // other side's work and a version is never queued twice.
-                    if self.inflight.claim(state.row, up_id, p.acked.hash) {
-                        claimed.push(p);
+                    match self.inflight.claim(state.row, up_id, p.acked.hash) {
+                        Claim::Held => {}
+                        claim => {
+                            p.follows_queued = claim == Claim::Replacing;
+                            claimed.push(p);
+                        }
                     }
                 }
                 Err(q) => quarantined.push(q),
@@ -486,6 +490,7 @@ impl Scanner<'_> {
                 duration: event.duration,
                 data: event.data,
             }),
+            follows_queued: false,
         })
     }
 

@@ -337,6 +337,7 @@ impl Rig {
             metrics: Arc::clone(&metrics),
             dry_run: false,
             clock: Arc::clone(&self.clock) as Arc<dyn Clock>,
+            in_flight: crate::config::SyncConfig::default().upload_concurrency,
         };
         let upload = tokio::spawn(uploader.run(rx, AccessToken::new("t")));
         let caps = Mutex::new(Caps::default());

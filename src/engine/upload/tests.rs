@@ -7,15 +7,26 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 type Rule = Box<dyn Fn(&BatchRequest, &str) -> Option<UpstreamError> + Send + Sync>;
+type Delay = Box<dyn Fn(&BatchRequest) -> Duration + Send + Sync>;
 
 /// A scripted upstream: first plays `script`, then applies `rule` to every request.
 #[derive(Default)]
 struct FakeSink {
     script: Mutex<VecDeque<UpstreamError>>,
     rule: Option<Rule>,
+    /// How long it works on a request before it stores and answers (paused time); none: no
+    /// time at all.
+    delay: Option<Delay>,
     /// (batch_id, event ids, token) of every request.
     seen: Mutex<Vec<(Uuid, Vec<i64>, String)>>,
     stored: Mutex<Vec<i64>>,
+    /// Each event's version stored last (its `hash`), as an upstream that keeps what it
+    /// stored last would hold it.
+    last: Mutex<BTreeMap<i64, String>>,
+    /// Requests being worked on now, and the most at once.
+    on_wire: Mutex<(usize, usize)>,
+    /// (event ids, when the request arrived, when it was answered) of every answered request.
+    trips: Mutex<Vec<(Vec<i64>, tokio::time::Instant, tokio::time::Instant)>>,
 }
 
 impl BatchSink for FakeSink {
@@ -34,8 +45,26 @@ impl BatchSink for FakeSink {
             if let Some(e) = self.script.lock().unwrap().pop_front() {
                 return Err(e);
             }
+            let arrived = tokio::time::Instant::now();
+            {
+                let mut w = self.on_wire.lock().unwrap();
+                w.0 += 1;
+                w.1 = w.1.max(w.0);
+            }
+            if let Some(delay) = &self.delay {
+                tokio::time::sleep(delay(batch)).await;
+            }
+            self.on_wire.lock().unwrap().0 -= 1;
+            self.trips
+                .lock()
+                .unwrap()
+                .push((ids.clone(), arrived, tokio::time::Instant::now()));
             if let Some(e) = self.rule.as_ref().and_then(|r| r(batch, token.secret())) {
                 return Err(e);
+            }
+            let mut last = self.last.lock().unwrap();
+            for e in &batch.events {
+                last.insert(e.event_id, e.hash.clone());
             }
             self.stored.lock().unwrap().extend(ids);
             Ok(BatchResponse {
@@ -144,8 +173,12 @@ fn pending(id: i64, poison: bool) -> Pending {
             duration: 1.0,
             data: crate::source::object_to_raw(&data),
         }),
+        follows_queued: false,
     }
 }
+
+/// Batches on the wire at once: the default's.
+const IN_FLIGHT: usize = 3;
 
 /// The test bucket's row in a fresh state (the first one registered).
 const ROW: i64 = 1;
@@ -181,13 +214,18 @@ async fn run(
         metrics: Default::default(),
         dry_run: false,
         clock: Arc::new(crate::clock::SystemClock),
+        in_flight: IN_FLIGHT,
     };
     let (tx, rx) = queue(1000);
+    // Stops when the uploader does (a test of its failure).
     let sending = async move {
         for i in items {
-            match i {
-                Item::Events(e) => tx.send_events(e).await.unwrap(),
-                other => tx.send(other).await.unwrap(),
+            let sent = match i {
+                Item::Events(e) => tx.send_events(e).await,
+                other => tx.send(other).await,
+            };
+            if sent.is_err() {
+                break;
             }
         }
     };
@@ -426,6 +464,7 @@ async fn a_partial_batch_is_sent_after_the_linger() {
         metrics: Default::default(),
         dry_run: false,
         clock: Arc::new(crate::clock::SystemClock),
+        in_flight: IN_FLIGHT,
     };
     let (tx, rx) = queue(10);
     let task = tokio::spawn(up.run(rx, AccessToken::new("t0")));
@@ -438,4 +477,216 @@ async fn a_partial_batch_is_sent_after_the_linger() {
     );
     drop(tx);
     task.await.unwrap().unwrap();
+}
+
+/// Version `v` of event `id`; `follows_queued` as the scan sets it when it claims a version
+/// while another of the same event is on its way.
+fn version(id: i64, v: u8, follows_queued: bool) -> Pending {
+    let mut p = pending(id, false);
+    p.acked.hash = [v; 16];
+    if let Body::Event(e) = &mut p.body {
+        e.hash = v.to_string();
+    }
+    p.follows_queued = follows_queued;
+    p
+}
+
+/// A mark after `id`'s batch.
+fn mark_after(id: i64) -> Item {
+    Item::Mark(mv(id * 1_000_000_000))
+}
+
+/// Several batches travel at once, up to the limit, opened one answer at a time; each answer is
+/// recorded in read order, so a slow batch holds back the recording (and the marks) of the
+/// quick ones behind it.
+#[tokio::test(start_paused = true)]
+async fn batches_travel_together_up_to_the_limit_and_are_recorded_in_read_order() {
+    let sink = FakeSink {
+        // The second batch takes 5 s, every other one 1 s.
+        delay: Some(Box::new(|b| {
+            Duration::from_secs(if b.events[0].event_id == 10 { 5 } else { 1 })
+        })),
+        ..Default::default()
+    };
+    let r = rig(sink, false);
+    let mut items = Vec::new();
+    for b in 0..6 {
+        items.extend(events(b * 10..b * 10 + 10));
+        items.push(mark_after(b * 10 + 9));
+    }
+    let watch = async {
+        // The first batch went alone (answered at 1 s); the second and third left together,
+        // and only the third is answered at 2.5 s: it waits to be recorded behind the second.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut answered: Vec<i64> = r.sink.stored.lock().unwrap().clone();
+        answered.sort_unstable();
+        assert_eq!(answered, (0..10).chain(20..30).collect::<Vec<_>>());
+        assert_eq!(
+            r.store
+                .lookup(ROW, &(0..10).collect::<Vec<_>>())
+                .unwrap()
+                .len(),
+            10
+        );
+        assert!(r
+            .store
+            .lookup(ROW, &(10..30).collect::<Vec<_>>())
+            .unwrap()
+            .is_empty());
+        assert_eq!(cursor(&r), Some(9_000_000_000));
+    };
+    let (stats, ()) = tokio::join!(run(&r, 10, 0, items), watch);
+    let stats = stats.unwrap();
+    assert_eq!(stats.delivered, 60);
+    assert_eq!(
+        r.sink.on_wire.lock().unwrap().1,
+        IN_FLIGHT,
+        "at most the limit at once"
+    );
+    assert_eq!(
+        r.store
+            .lookup(ROW, &(0..60).collect::<Vec<_>>())
+            .unwrap()
+            .len(),
+        60
+    );
+    assert_eq!(cursor(&r), Some(59_000_000_000));
+}
+
+/// An upstream in trouble gets the retries of one batch, not of every batch on the wire: a
+/// cycle starts with one batch on the wire, and when several fail together one retries while
+/// the others wait, and give up with it.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_in_trouble_gets_one_batchs_retries() {
+    let fails_from = |first: i64| -> FakeSink {
+        FakeSink {
+            delay: Some(Box::new(|_| Duration::from_secs(1))),
+            rule: Some(Box::new(move |b, _| {
+                (b.events[0].event_id >= first).then(|| UpstreamError::Network("down".into()))
+            })),
+            ..Default::default()
+        }
+    };
+    let requests_from = |r: &Rig, first: i64| {
+        r.sink
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, ids, _)| ids[0] >= first)
+            .count()
+    };
+    // Down from the start: one try and two retries of the first batch, nothing else.
+    let r = rig(fails_from(0), false);
+    run(&r, 10, 2, events(0..90)).await.unwrap_err();
+    assert_eq!(requests_from(&r, 0), 3);
+    assert_eq!(r.sink.on_wire.lock().unwrap().1, 1);
+
+    // Down from the fourth batch, when three are on the wire: their three tries, then the
+    // two retries of one of them.
+    let r = rig(fails_from(30), false);
+    let err = run(&r, 10, 2, events(0..90)).await.unwrap_err();
+    assert!(matches!(
+        err,
+        UploadError::Upstream(UpstreamError::Network(_))
+    ));
+    assert_eq!(r.sink.on_wire.lock().unwrap().1, IN_FLIGHT);
+    assert_eq!(requests_from(&r, 30), IN_FLIGHT + 2);
+    assert_eq!(
+        r.store
+            .lookup(ROW, &(0..90).collect::<Vec<_>>())
+            .unwrap()
+            .len(),
+        30
+    );
+}
+
+/// A version replacing one that is still on the wire waits for its answer: sent together, the
+/// upstream could store the newer first and keep the older.
+#[tokio::test(start_paused = true)]
+async fn two_versions_of_one_event_never_travel_together() {
+    let sink = FakeSink {
+        // Version 1 of event 1 is slow to store; everything else quick.
+        delay: Some(Box::new(|b| {
+            let slow = b.events.iter().any(|e| e.event_id == 1 && e.hash == "1");
+            Duration::from_secs(if slow { 5 } else { 1 })
+        })),
+        ..Default::default()
+    };
+    let r = rig(sink, false);
+    let items = vec![
+        Item::Events(vec![version(1, 1, false), version(2, 1, false)]),
+        Item::Events(vec![version(3, 1, false), version(4, 1, false)]),
+        Item::Events(vec![version(1, 2, true), version(5, 1, false)]),
+        Item::Events(vec![version(6, 1, false), version(7, 1, false)]),
+    ];
+    let stats = run(&r, 2, 0, items).await.unwrap();
+    assert_eq!(stats.delivered, 8);
+    assert_eq!(
+        r.sink.last.lock().unwrap().get(&1).map(String::as_str),
+        Some("2"),
+        "the upstream keeps the newer version"
+    );
+    let trips = r.sink.trips.lock().unwrap().clone();
+    let carrying = |v: &[i64]| v.contains(&1);
+    let of_1: Vec<_> = trips.iter().filter(|t| carrying(&t.0)).collect();
+    assert_eq!(of_1.len(), 2);
+    assert!(
+        of_1[1].1 >= of_1[0].2,
+        "the second version left after the first was answered: {trips:?}"
+    );
+    // The batch between them still travelled beside the first.
+    assert_eq!(r.sink.on_wire.lock().unwrap().1, 2);
+    assert_eq!(
+        r.store.lookup(ROW, &[1]).unwrap()[&1].hash,
+        [2; 16],
+        "the state records the newer version"
+    );
+}
+
+/// A batch that fails stops the upload: what was answered before it is recorded, nothing
+/// after it is (not even what the upstream answered already: it is sent again next cycle and
+/// counted as duplicates there), and no mark moves past it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_stops_the_upload_and_nothing_after_it_is_recorded() {
+    let sink = FakeSink {
+        delay: Some(Box::new(|b| {
+            Duration::from_millis(match b.events[0].event_id {
+                0 => 2000,
+                10 => 1000,
+                _ => 500,
+            })
+        })),
+        rule: Some(Box::new(|b, _| {
+            (b.events[0].event_id == 10).then(|| UpstreamError::Network("down".into()))
+        })),
+        ..Default::default()
+    };
+    let r = rig(sink, false);
+    let mut items = Vec::new();
+    for b in 0..3 {
+        items.extend(events(b * 10..b * 10 + 10));
+        items.push(mark_after(b * 10 + 9));
+    }
+    let err = run(&r, 10, 0, items).await.unwrap_err();
+    assert!(matches!(
+        err,
+        UploadError::Upstream(UpstreamError::Network(_))
+    ));
+    let mut answered = r.sink.stored.lock().unwrap().clone();
+    answered.sort_unstable();
+    assert_eq!(answered, (0..10).chain(20..30).collect::<Vec<_>>());
+    assert_eq!(
+        r.store
+            .lookup(ROW, &(0..30).collect::<Vec<_>>())
+            .unwrap()
+            .len(),
+        10
+    );
+    assert!(r
+        .store
+        .lookup(ROW, &(10..30).collect::<Vec<_>>())
+        .unwrap()
+        .is_empty());
+    assert_eq!(cursor(&r), Some(9_000_000_000));
 }

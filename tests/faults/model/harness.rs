@@ -59,7 +59,9 @@ pub(super) fn settings() -> Settings {
     Settings {
         page_size: 3,
         batch_size: 4,
-        queue_size: 12,
+        // Two batches on the wire and the next one filling leave the queue 4 events.
+        queue_size: 16,
+        upload_concurrency: 2,
         max_retries: 2,
         lookback: Duration::from_secs(LOOKBACK_S as u64),
         start_from: None,
