@@ -148,7 +148,9 @@ pub enum TrayError {
     Failed(String),
     /// macOS: the icon needs the main thread's event loop, and this process's main thread
     /// was not given to it ([`run_main`] was not told this command may show an icon).
-    #[error("on macOS the tray icon needs the main thread, and this process's runs the sync")]
+    #[error(
+        "on macOS the tray icon needs the main thread, which this process did not keep for it"
+    )]
     NeedsMainThread,
 }
 
@@ -306,8 +308,7 @@ pub fn failure_of(e: &crate::engine::CycleError) -> Failure {
 mod tests {
     use super::*;
     use crate::control::server::DaemonBase;
-    use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn hub() -> Arc<Hub> {
         Hub::new(DaemonBase {
@@ -380,6 +381,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
         // An absurd wait (sync_interval = u64::MAX) does not overflow.
         feed.next_try_in(Duration::MAX);
         assert!(matches!(feed.get().activity, Activity::Failed { .. }));
+    }
+
+    /// Off macOS nothing moves for the tray: the command runs on the calling thread, daemon or
+    /// not, and its exit code comes back unchanged.
+    #[cfg(not(target_os = "macos"))]
+    #[test]
+    fn run_main_runs_the_command_right_here_off_macos() {
+        for may_show_icon in [false, true] {
+            let here = std::thread::current().id();
+            let code = run_main(may_show_icon, move || {
+                assert_eq!(std::thread::current().id(), here, "{may_show_icon}");
+                ExitCode::from(3)
+            });
+            assert_eq!(code, ExitCode::from(3));
+        }
     }
 
     /// Only a change reaches the icon: an idle cycle that changes nothing redraws nothing.

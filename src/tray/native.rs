@@ -315,7 +315,8 @@ mod macos {
     static ICONS: AtomicU64 = AtomicU64::new(0);
 
     fn host() -> Option<MutexGuard<'static, Host>> {
-        HOST.get().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
+        HOST.get()
+            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs `work` (the runtime and the command) on a thread of its own and keeps this, the
@@ -332,6 +333,7 @@ mod macos {
         if HOST.set(Mutex::new(Host::Waiting(wake))).is_err() {
             return work();
         }
+        // Named as the thread it replaces: a panic still reads "thread 'main' panicked".
         let worker = std::thread::Builder::new()
             .name("main".into())
             .stack_size(MAIN_STACK)
@@ -465,8 +467,9 @@ mod macos {
             });
             let _ = ready.send(made);
         })?;
-        made.await
-            .map_err(|_| TrayError::Failed("the main thread ended before the icon was made".into()))??;
+        made.await.map_err(|_| {
+            TrayError::Failed("the main thread ended before the icon was made".into())
+        })??;
         let feed = Arc::clone(feed);
         let updater = tokio::spawn(async move {
             // Ends when the feed goes (the daemon stops) or the main thread takes no more work.
