@@ -188,6 +188,9 @@ mod windows {
     }
 
     pub(in super::super) async fn show(feed: &Arc<Feed>) -> Result<Shown, TrayError> {
+        // Before the icon reads the snapshot: a change while it is made is redrawn after.
+        let mut changes = feed.subscribe();
+        changes.borrow_and_update();
         let (ready, started) = tokio::sync::oneshot::channel();
         let running = Arc::new(AtomicBool::new(true));
         let (f, r) = (Arc::clone(feed), Arc::clone(&running));
@@ -201,8 +204,6 @@ mod windows {
         let thread_id = started
             .await
             .map_err(|_| TrayError::Failed("the icon's thread ended at once".into()))??;
-        let mut changes = feed.subscribe();
-        changes.borrow_and_update();
         let updater = tokio::spawn(async move {
             // Ends when the feed goes (the daemon stops) or the thread did (posting fails).
             while changes.changed().await.is_ok() {
