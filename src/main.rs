@@ -1,5 +1,6 @@
 //! The `aw-sync-samay` binary: parse the flags, pick a [`cmd::Mode`], run it on a small
-//! runtime. Each command lives in its own file under `cmd/`; the work itself in the library.
+//! runtime (on macOS the daemon's runs on a thread of its own: the main thread is the tray
+//! icon's). Each command lives in its own file under `cmd/`; the work itself in the library.
 
 mod cmd;
 
@@ -24,6 +25,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mode = Mode::of(&args);
     aw_sync_samay::memory::tune_allocator();
+    // Only the daemon shows a tray icon; on macOS it gets the main thread for it (tray/).
+    aw_sync_samay::tray::run_main(mode == Mode::Daemon, move || run(args, mode))
+}
+
+/// The command on a small runtime.
+fn run(args: Args, mode: Mode) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)

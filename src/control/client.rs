@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Asks, ControlError, DaemonInfo, Reply, Request, SyncResult, MAX_LINE};
+#[cfg(unix)]
+use super::MAX_LINE;
+use super::{Asks, ControlError, DaemonInfo, Reply, Request, SyncResult};
 
 /// How long connecting and a `status` answer may take: the daemon answers at once.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);

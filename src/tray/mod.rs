@@ -9,26 +9,20 @@
 //!   daemon as [`Action`]s — the daemon runs them (the binary's `cmd/tray.rs`);
 //! * the platform adapter: on Linux `sni.rs`, StatusNotifierItem with a `com.canonical.dbusmenu`
 //!   menu on the session bus (the `ksni` crate); on Windows `native.rs`, the `tray-icon` crate
-//!   on a thread of its own with a Win32 message loop. macOS has the same adapter but no icon
-//!   yet: AppKit wants the main thread, which runs the runtime (see `native.rs`); [`show`] says
-//!   so. `native.rs` is not built in this project's CI (Linux only), see the README's Tray.
+//!   on a thread of its own with a Win32 message loop; on macOS the same adapter on the main
+//!   thread, which [`run_main`] keeps for it. `native.rs` is type-checked for both targets by
+//!   `scripts/check-cross.sh` and never run here (see the README's Tray).
 //!
 //! Only the daemon ever shows an icon, and never at the cost of syncing: no session bus, no
 //! tray host, or an adapter that fails, and the daemon syncs on without it.
 
 pub mod model;
-#[cfg(any(
-    target_os = "macos",
-    target_os = "windows",
-    all(target_os = "linux", feature = "tray-icon-typecheck")
-))]
-// Only the platform-independent part is used outside Windows (macOS waits for the main
-// thread; on Linux it is only type-checked, scripts/check-tray-icon.sh).
-#[cfg_attr(not(target_os = "windows"), allow(dead_code))]
+#[cfg(any(target_os = "macos", target_os = "windows"))]
 mod native;
 #[cfg(target_os = "linux")]
 mod sni;
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -152,9 +146,11 @@ pub enum TrayError {
     /// The platform's tray refused the icon or its menu (macOS, Windows: `native.rs`).
     #[error("the tray icon failed: {0}")]
     Failed(String),
-    /// macOS: the icon needs the main thread's event loop, and the main thread runs the
-    /// runtime (`native.rs`, "Threads").
-    #[error("on macOS the tray icon needs the main thread, which runs the sync in this build")]
+    /// macOS: the icon needs the main thread's event loop, and this process's main thread
+    /// was not given to it ([`run_main`] was not told this command may show an icon).
+    #[error(
+        "on macOS the tray icon needs the main thread, which this process did not keep for it"
+    )]
     NeedsMainThread,
 }
 
@@ -162,8 +158,25 @@ pub enum TrayError {
 pub struct Shown {
     #[cfg(target_os = "linux")]
     inner: sni::Shown,
-    #[cfg(target_os = "windows")]
+    #[cfg(any(target_os = "macos", target_os = "windows"))]
     inner: native::Shown,
+}
+
+/// Runs `work` — the program: its runtime and its command — and returns its exit code.
+/// `may_show_icon` (the daemon): on macOS the icon needs the main thread's event loop, so
+/// `work` runs on a thread of its own and the main thread waits, AppKit untouched until an icon
+/// is shown (`native.rs`, "Threads"). Everywhere else, and for every other command, `work` runs
+/// right here, as if called directly.
+pub fn run_main<F>(may_show_icon: bool, work: F) -> ExitCode
+where
+    F: FnOnce() -> ExitCode + Send + 'static,
+{
+    #[cfg(target_os = "macos")]
+    if may_show_icon {
+        return native::run_main(work);
+    }
+    let _ = may_show_icon;
+    work()
 }
 
 /// Shows the icon for `feed`. `Err`: why it cannot be (the daemon goes on without it).
@@ -187,17 +200,14 @@ pub async fn show(feed: &Arc<Feed>, mode: TrayMode) -> Result<Shown, TrayError> 
             inner: sni::show(feed, graphical, mode == TrayMode::On).await?,
         })
     }
-    #[cfg(target_os = "windows")]
+    // The menu bar (macOS) and the notification area (Windows) are always there in a
+    // desktop session: `"auto"` and `"on"` differ only in the log when the icon fails.
+    #[cfg(any(target_os = "macos", target_os = "windows"))]
     {
         let _ = mode;
         Ok(Shown {
             inner: native::show(feed).await?,
         })
-    }
-    #[cfg(target_os = "macos")]
-    {
-        let _ = (feed, mode);
-        Err(TrayError::NeedsMainThread)
     }
     #[cfg(not(any(target_os = "linux", target_os = "windows", target_os = "macos")))]
     {
@@ -270,11 +280,11 @@ impl Tray {
 impl Shown {
     /// Whether the icon's service still runs (it stops only if its bus connection dies).
     pub fn is_alive(&self) -> bool {
-        #[cfg(any(target_os = "linux", target_os = "windows"))]
+        #[cfg(any(target_os = "linux", target_os = "windows", target_os = "macos"))]
         {
             self.inner.is_alive()
         }
-        #[cfg(not(any(target_os = "linux", target_os = "windows")))]
+        #[cfg(not(any(target_os = "linux", target_os = "windows", target_os = "macos")))]
         {
             false
         }
@@ -371,6 +381,21 @@ mod tests {
         // An absurd wait (sync_interval = u64::MAX) does not overflow.
         feed.next_try_in(Duration::MAX);
         assert!(matches!(feed.get().activity, Activity::Failed { .. }));
+    }
+
+    /// Off macOS nothing moves for the tray: the command runs on the calling thread, daemon or
+    /// not, and its exit code comes back unchanged.
+    #[cfg(not(target_os = "macos"))]
+    #[test]
+    fn run_main_runs_the_command_right_here_off_macos() {
+        for may_show_icon in [false, true] {
+            let here = std::thread::current().id();
+            let code = run_main(may_show_icon, move || {
+                assert_eq!(std::thread::current().id(), here, "{may_show_icon}");
+                ExitCode::from(3)
+            });
+            assert_eq!(code, ExitCode::from(3));
+        }
     }
 
     /// Only a change reaches the icon: an idle cycle that changes nothing redraws nothing.

@@ -105,10 +105,12 @@ impl Drop for SocketGuard {
     }
 }
 
+#[cfg(unix)]
 /// Longest a `deliver` waits for the login's answer: the login holds it until the code was
 /// exchanged (at most its hold timeout, 30 s by default).
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
+#[cfg(unix)]
 /// Longest a connected peer may take to send the URL.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 

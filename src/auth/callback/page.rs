@@ -67,6 +67,7 @@ impl Page {
     /// Whether the login took the response and did not end in a refusal: signed in, or
     /// received without a verdict yet. A declined or failed sign-in is shown with status 200
     /// (a page the browser displays normally) but is not "ok" to the `--callback` process.
+    #[cfg(unix)]
     pub(crate) fn is_accepted(&self) -> bool {
         self.status.is_success() && !self.refusal
     }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(all(unix, not(target_os = "macos")))]
 /// The desktop entry's file name (also what `xdg-mime` is told is the handler).
 pub const DESKTOP_FILE: &str = "aw-sync-samay-callback.desktop";
 
@@ -35,6 +36,7 @@ pub enum SchemeError {
     Unsupported(&'static str),
 }
 
+#[cfg(all(unix, not(target_os = "macos")))]
 /// The scheme of `scheme_uri` (`samay` of `samay://callback`), refusing schemes that belong to
 /// browsers or the network: registering ourselves for `https` would be a disaster.
 fn scheme_of(scheme_uri: &str) -> Result<String, SchemeError> {
@@ -53,6 +55,7 @@ fn scheme_of(scheme_uri: &str) -> Result<String, SchemeError> {
     Ok(scheme.to_string())
 }
 
+#[cfg(all(unix, not(target_os = "macos")))]
 /// `Exec=` value for `exe`: quoted per the Desktop Entry spec (inside quotes `"`, `` ` ``, `$`,
 /// `\` take a backslash, `%` is doubled), then the string-value escaping that doubles every
 /// backslash again.
@@ -83,6 +86,7 @@ fn exec_line(exe: &Path) -> Result<String, SchemeError> {
     Ok(format!("{} --callback %u", quoted.replace('\\', "\\\\")))
 }
 
+#[cfg(all(unix, not(target_os = "macos")))]
 /// The hidden desktop entry that hands `<scheme>:` URLs to `exe --callback`.
 pub fn desktop_entry(scheme_uri: &str, exe: &Path) -> Result<String, SchemeError> {
     let scheme = scheme_of(scheme_uri)?;
