@@ -268,20 +268,8 @@ impl Engine {
         let verify = self.verify_plan(now, full).await?;
 
         let inflight = Arc::new(queue::InFlight::default());
-        // Held at once: the queue's events, the batches on the wire, and the next batch, filled
-        // while they travel (it waits for room before it goes): together `offline_queue_size`,
-        // or two batches when that is less. The queue keeps at least a batch of it where it can
-        // (three batches or more), or the reader would hand over a few events at a time.
-        let s = &self.settings;
-        let batches = s.queue_size / s.batch_size;
-        let in_flight = s
-            .upload_concurrency
-            .clamp(1, batches.saturating_sub(2).max(1));
-        let (tx, rx) = queue::queue(
-            s.queue_size
-                .saturating_sub((in_flight + 1) * s.batch_size)
-                .max(1),
-        );
+        let (in_flight, queue_room) = upload_shape(&self.settings);
+        let (tx, rx) = queue::queue(queue_room);
         let uploader = upload::Uploader {
             upstream: Arc::clone(&self.upstream),
             tokens: Arc::clone(&self.tokens),
@@ -429,6 +417,27 @@ impl Engine {
 }
 
 /// Aborts the uploader when a cycle is cancelled (shutdown), so nothing outlives it.
+/// How many batches may be on the wire at once, and how many events the queue holds.
+///
+/// Held at once: the queue's events, the batches on the wire, and the next batch, filled while
+/// they travel (it waits for room before it goes): together `offline_queue_size`, or two
+/// batches and an event when that is less. The queue keeps at least a batch of it where it can
+/// (three batches or more), or the reader would hand over a few events at a time. A dry run's
+/// sink answers at once, and its samples are the first events in read order: one batch at a
+/// time.
+fn upload_shape(s: &Settings) -> (usize, usize) {
+    let batch = s.batch_size.max(1);
+    let batches = s.queue_size / batch;
+    let in_flight = if s.dry_run {
+        1
+    } else {
+        s.upload_concurrency
+            .clamp(1, batches.saturating_sub(2).max(1))
+    };
+    let queue = s.queue_size.saturating_sub((in_flight + 1) * batch).max(1);
+    (in_flight, queue)
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<Result<UploadStats, UploadError>>);
 
 impl AbortOnDrop {
@@ -464,4 +473,43 @@ fn bucket_metas<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> BTreeMap<Strin
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the three keys say, the events held at once (the queue, the batches on the
+    /// wire, the one filling) stay within `offline_queue_size` (two batches and an event when
+    /// it is smaller), at least one batch travels, never more than `upload_concurrency`, and
+    /// the queue keeps a batch of room whenever the size allows it.
+    #[test]
+    fn the_upload_shape_keeps_within_the_offline_queue() {
+        let mut s = Settings::from_config(&crate::config::SyncConfig::default());
+        for batch in [1, 7, 100, 500] {
+            for batches in 1..12 {
+                for extra in [0, 1, batch / 2] {
+                    for concurrency in 1..=16 {
+                        s.batch_size = batch;
+                        s.queue_size = batches * batch + extra;
+                        s.upload_concurrency = concurrency;
+                        let (in_flight, queue) = upload_shape(&s);
+                        let held = queue + (in_flight + 1) * batch;
+                        let case = format!("{batch} {} {concurrency}", s.queue_size);
+                        assert!((1..=concurrency).contains(&in_flight), "{case}");
+                        assert!(held <= s.queue_size.max(2 * batch + 1), "{case}: {held}");
+                        if batches >= 3 {
+                            assert!(queue >= batch, "{case}: {queue}");
+                        }
+                    }
+                }
+            }
+        }
+        s.batch_size = 500;
+        s.queue_size = 4000;
+        s.upload_concurrency = 3;
+        assert_eq!(upload_shape(&s), (3, 2000));
+        s.dry_run = true;
+        assert_eq!(upload_shape(&s).0, 1, "a dry run sends one batch at a time");
+    }
 }

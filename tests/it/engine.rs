@@ -528,6 +528,53 @@ async fn a_full_offline_queue_stops_reading_and_drops_nothing() {
     rig.assert_exact("b").await;
 }
 
+/// The engine keeps several batches on the wire (`sync.upload_concurrency`) against the dev
+/// server, and everything arrives once; the uploader holds at most those batches and the one it
+/// fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_travel_together_to_the_upstream_and_everything_arrives_once() {
+    let rig = Rig::new().await;
+    rig.bucket("b").await;
+    rig.insert("b", &series(400, 10.0, 60, "x")).await;
+    rig.dev.faults().update(|f| f.slow_ms = 30);
+    let mut settings = test_settings();
+    settings.queue_size = 50;
+    settings.batch_size = 10;
+    settings.upload_concurrency = 3;
+    let engine = Arc::new(rig.engine_with(settings));
+    let cycle = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { engine.run_cycle().await }
+    });
+    let counters = engine.metrics.bucket("b");
+    let mut held_most = 0;
+    for _ in 0..6000 {
+        if cycle.is_finished() {
+            break;
+        }
+        let delivered = counters.delivered.load(Ordering::SeqCst);
+        let taken = counters.new.load(Ordering::SeqCst);
+        held_most = held_most.max(taken.saturating_sub(delivered));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let report = cycle.await.unwrap().unwrap();
+    assert_eq!(report.upload.delivered, 400);
+    assert!(
+        held_most <= (3 + 1) * 10,
+        "the uploader held {held_most} events: more than 3 batches on the wire and 1 filling"
+    );
+    // One batch arrived before an earlier one was answered.
+    let mut log = rig.dev.faults().requests();
+    log.sort_by_key(|r| r.received);
+    assert!(
+        log.windows(2)
+            .any(|w| w[0].answered.is_some_and(|a| w[1].received < a)),
+        "no two batches were on the wire at once"
+    );
+    assert_eq!(log.len(), 40, "one request per batch");
+    rig.assert_exact("b").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aw_server_restarting_mid_sync_loses_nothing() {
     let mut rig = Rig::new().await;
