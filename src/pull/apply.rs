@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
 
-use super::copies::{self, at, NewCopy};
+use super::copies::{self, NewCopy};
 use super::{distinct_origin, local_bucket_id, PullError, PullSettings, PullStats};
 use crate::auth::{AccessToken, TokenSource};
 use crate::source::{AwClient, Bucket, Event, SourceError};
@@ -32,6 +32,8 @@ pub struct Puller<'a> {
     pub store: &'a Arc<Store>,
     pub dest: DestId,
     pub settings: &'a PullSettings,
+    /// How old an interrupted pull's pending insert is ([`super::sweep`]).
+    pub clock: &'a dyn crate::clock::Clock,
 }
 
 /// A version to copy: (upstream event id, hash, the copy).
@@ -97,8 +99,9 @@ impl Puller<'_> {
             let fp = fingerprint.clone();
             db(self.store, move |s| s.pull_restart(dest, &fp)).await?;
         }
-        stats.swept = self.sweep().await?;
-        stats.writes += stats.swept;
+        let swept = self.sweep().await?;
+        stats.swept = swept.deleted;
+        stats.writes += swept.deleted;
 
         let mut rows: HashMap<(String, String), PullBucket> =
             db(self.store, move |s| s.pull_buckets(dest))
@@ -285,6 +288,13 @@ impl Puller<'_> {
             applied?;
             fetched = next;
         }
+        if swept.waiting > 0 {
+            // An interrupted pull's insert may have landed while this one ran: its events are
+            // found again and deleted now, not a cycle later.
+            let again = self.sweep().await?;
+            stats.swept += again.deleted;
+            stats.writes += again.deleted;
+        }
         stats.seq = after;
         Ok(stats)
     }
@@ -451,78 +461,6 @@ impl Puller<'_> {
         Ok(true)
     }
 
-    /// After a crash between sending inserts and recording them: deletes every event in the
-    /// recorded spans of pull buckets that no mapping names (only the pull writes there). A
-    /// copy whose id was never said (Python aw-server) is named by its print: it is found,
-    /// recorded, and kept.
-    async fn sweep(&self) -> Result<u64, PullError> {
-        let dest = self.dest;
-        let pending = db(self.store, move |s| s.pull_pending(dest)).await?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let names: HashMap<i64, String> = db(self.store, move |s| s.pull_buckets(dest))
-            .await?
-            .into_iter()
-            .map(|b| (b.row, b.local_bucket))
-            .collect();
-        let mut swept = 0;
-        for (row, start, end) in pending {
-            let Some(name) = names.get(&row) else {
-                continue;
-            };
-            let (lo, hi) = (at(start) - SLACK, at(end) + SLACK);
-            let events = match self.source.get_events(name, Some(lo), Some(hi), None).await {
-                Err(SourceError::BucketNotFound(_)) => continue,
-                other => other?,
-            };
-            let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
-            let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
-            // An event aw-server answered cut at a bound of the read started or ended outside
-            // the span: not one of the interrupted inserts.
-            let unknown: Vec<(i64, crate::state::CopyPrint)> = events
-                .iter()
-                .filter(|e| e.timestamp > lo && e.end() < hi)
-                .filter_map(|e| {
-                    e.id.filter(|id| !known.contains(id))
-                        .map(|id| (id, copies::print_of(e)))
-                })
-                .collect();
-            if unknown.is_empty() {
-                continue;
-            }
-            let (lo_ns, hi_ns) = (
-                lo.timestamp_nanos_opt().unwrap_or(i64::MIN),
-                hi.timestamp_nanos_opt().unwrap_or(i64::MAX),
-            );
-            let unresolved = db(self.store, move |s| {
-                s.pull_unresolved_between(row, lo_ns, hi_ns)
-            })
-            .await?;
-            let wanted: Vec<(i64, crate::state::CopyPrint)> =
-                unresolved.into_iter().map(|(id, _, p)| (id, p)).collect();
-            let pairs = copies::pair(&wanted, unknown.clone());
-            let named: HashSet<i64> = pairs.iter().map(|p| p.1).collect();
-            if !pairs.is_empty() {
-                db(self.store, move |s| s.pull_resolve(row, &pairs)).await?;
-            }
-            for (id, _) in unknown {
-                if !named.contains(&id) {
-                    self.source.delete_event(name, id).await?;
-                    swept += 1;
-                }
-            }
-        }
-        if swept > 0 {
-            tracing::warn!(
-                swept,
-                "pull: deleted the events an interrupted pull had written but not recorded; they are written again"
-            );
-        }
-        db(self.store, move |s| s.pull_clear_pending(dest)).await?;
-        Ok(swept)
-    }
-
     /// Finds the local ids the mappings do not know (copies written into Python aw-server) of
     /// the page's replacements and tombstones. A copy not found is gone: its tombstone deletes
     /// nothing, its new version is copied again as a new event.
@@ -590,7 +528,7 @@ impl Puller<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let spans: Vec<(i64, i64, i64)> = plan
+        let spans: Vec<(i64, i64, i64, i64)> = plan
             .inserts
             .iter()
             .filter_map(|(row, (_, events))| {
@@ -600,11 +538,13 @@ impl Puller<'_> {
                     *row,
                     start.timestamp_nanos_opt()?,
                     end.timestamp_nanos_opt()?,
+                    events.len() as i64,
                 ))
             })
             .collect();
         if !spans.is_empty() {
-            record.pending = db(self.store, move |s| s.pull_add_pending(&spans)).await?;
+            let sent_at = self.clock.now().timestamp();
+            record.pending = db(self.store, move |s| s.pull_add_pending(&spans, sent_at)).await?;
         }
         self.write(plan, replaces, record, stats, by_row).await
     }
