@@ -66,6 +66,26 @@ impl Plan {
     }
 }
 
+/// A page written into aw-server and not yet recorded: recorded while the next page is
+/// written, or before it when the next page touches what this one wrote.
+struct Unrecorded {
+    record: PullPage,
+    /// (row, upstream event id) of every event it wrote or deleted.
+    touched: HashSet<(i64, i64)>,
+}
+
+impl Unrecorded {
+    fn of(record: PullPage) -> Unrecorded {
+        let touched = record
+            .upserts
+            .iter()
+            .map(|m| (m.row, m.event_id))
+            .chain(record.deletes.iter().copied())
+            .collect();
+        Unrecorded { record, touched }
+    }
+}
+
 pub(super) async fn db<T: Send + 'static>(
     store: &Arc<Store>,
     f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
@@ -116,12 +136,14 @@ impl Puller<'_> {
         let mut after = db(self.store, move |s| s.pull_feed(dest)).await?.seq;
         let own = self.store.device_id().to_string();
         let mut fetched = None;
+        let mut last: Option<Unrecorded> = None;
         loop {
             let page = match fetched.take() {
                 Some(page) => page,
                 None => self.changes(&mut token, after).await?,
             };
             if page.changes.is_empty() {
+                self.commit(&mut last).await?;
                 let done = PullPage {
                     next: after,
                     caught_up: true,
@@ -131,9 +153,9 @@ impl Puller<'_> {
                 break;
             }
             // After a full page the next one is asked for while this one is written, so the
-            // upstream's work overlaps aw-server's; pages are still applied one after the
-            // other, each recorded before the next is written. A failed read ahead is asked
-            // again in order (a 401 then refreshes the token).
+            // upstream's work overlaps aw-server's; pages are still written one after the
+            // other, each recorded in order (while the next is written, see below). A failed
+            // read ahead is asked again in order (a 401 then refreshes the token).
             let ahead =
                 (page.changes.len() >= self.settings.page).then(|| (token.clone(), page.next));
             let read_ahead = async {
@@ -211,6 +233,17 @@ impl Puller<'_> {
                         _ => stats.skipped += 1,
                     }
                 }
+                // What this page reads of the mappings must include the previous page's.
+                let touches = last.as_ref().is_some_and(|l| {
+                    wanted.iter().any(|(row, changes)| {
+                        changes
+                            .iter()
+                            .any(|c| l.touched.contains(&(*row, c.event_id)))
+                    })
+                });
+                if touches {
+                    self.commit(&mut last).await?;
+                }
                 let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
                 for (row, changes) in wanted {
                     let Some(bucket) = by_row.get(&row) else {
@@ -270,7 +303,23 @@ impl Puller<'_> {
                         }
                     }
                 }
-                self.execute(plan, &mut record, &mut stats, &by_row).await?;
+                // Replacements and tombstones find Python's copies by reads sized by the
+                // mappings (`copies::find`): the previous page's must be in them.
+                if !(plan.deletes.is_empty() && plan.replaces.is_empty()) {
+                    self.commit(&mut last).await?;
+                }
+                let replaces = self.prepare(&mut plan, &mut record).await?;
+                // The previous page is recorded while this one is written: the state's work
+                // leaves aw-server's critical path. Both inserts are pending until recorded,
+                // so a crash in between sweeps both and applies both pages again.
+                let mut previous = last.take();
+                let (committed, written) = tokio::join!(
+                    self.commit(&mut previous),
+                    self.write(plan, replaces, &mut record, &mut stats, &by_row)
+                );
+                committed?;
+                written?;
+                last = Some(Unrecorded::of(record));
                 after = page.next;
                 stats.seq = after;
                 tracing::info!(
@@ -281,11 +330,14 @@ impl Puller<'_> {
                     deleted = stats.deleted,
                     "pull: applied a page of the change feed"
                 );
-                db(self.store, move |s| s.pull_commit(dest, &record)).await?;
                 Ok::<(), PullError>(())
             };
             let (applied, next) = tokio::join!(apply, read_ahead);
-            applied?;
+            if let Err(e) = applied {
+                // What was written is recorded: the next cycle does not sweep and write it again.
+                self.commit(&mut last).await?;
+                return Err(e);
+            }
             fetched = next;
         }
         if swept.waiting > 0 {
@@ -507,15 +559,23 @@ impl Puller<'_> {
         Ok(())
     }
 
-    /// Writes a page's plan into aw-server and fills `record` with what to commit.
-    async fn execute(
+    /// Records a page written into aw-server (none: nothing to do).
+    async fn commit(&self, page: &mut Option<Unrecorded>) -> Result<(), PullError> {
+        let Some(page) = page.take() else {
+            return Ok(());
+        };
+        let dest = self.dest;
+        db(self.store, move |s| s.pull_commit(dest, &page.record)).await
+    }
+
+    /// Readies a page's plan for [`Self::write`]: the copies' local ids found, the
+    /// replacements checked, the inserts recorded as pending. Returns the replacements to make.
+    async fn prepare(
         &self,
-        mut plan: Plan,
+        plan: &mut Plan,
         record: &mut PullPage,
-        stats: &mut PullStats,
-        by_row: &HashMap<i64, &PullBucket>,
-    ) -> Result<(), PullError> {
-        self.find_copies(&mut plan).await?;
+    ) -> Result<Vec<Replace>, PullError> {
+        self.find_copies(plan).await?;
         // A replacement only for an event read from that very bucket just now: a POST with an
         // id replaces that row in whatever bucket it is.
         let mut replaces = Vec::new();
@@ -546,10 +606,10 @@ impl Puller<'_> {
             let sent_at = self.clock.now().timestamp();
             record.pending = db(self.store, move |s| s.pull_add_pending(&spans, sent_at)).await?;
         }
-        self.write(plan, replaces, record, stats, by_row).await
+        Ok(replaces)
     }
 
-    /// The writes of [`Self::execute`].
+    /// Writes a page's plan into aw-server and fills `record` with what to commit.
     async fn write(
         &self,
         plan: Plan,

@@ -463,15 +463,20 @@ async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
 /// The upstream of one engine, its requests counted by kind (the feed, the device list, the
 /// rest) on the client side.
 #[derive(Default)]
-struct Asked {
+pub(super) struct Asked {
     feed: AtomicU64,
     devices: AtomicU64,
     other: AtomicU64,
 }
 
-struct CountedUpstream {
-    inner: UpstreamClient,
-    asked: Arc<Asked>,
+/// Something done once, before the feed is first asked for a page past the start.
+pub(super) type BeforePage =
+    std::sync::Mutex<Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>>;
+
+pub(super) struct CountedUpstream {
+    pub inner: UpstreamClient,
+    pub asked: Arc<Asked>,
+    pub before_page: BeforePage,
 }
 
 impl BatchSink for CountedUpstream {
@@ -499,7 +504,16 @@ impl BatchSink for CountedUpstream {
         limit: usize,
     ) -> BoxFuture<'a, Result<ChangesResponse, UpstreamError>> {
         self.asked.feed.fetch_add(1, Ordering::SeqCst);
-        Box::pin(self.inner.changes(token, after, limit))
+        let before = match after {
+            0 => None,
+            _ => self.before_page.lock().unwrap().take(),
+        };
+        Box::pin(async move {
+            if let Some(before) = before {
+                before().await;
+            }
+            self.inner.changes(token, after, limit).await
+        })
     }
 
     fn devices<'a>(
@@ -533,6 +547,7 @@ async fn an_idle_pull_cycle_asks_the_feed_once_and_aw_server_nothing_more() {
     ea.upstream = Arc::new(CountedUpstream {
         inner: UpstreamClient::new(&dev.base_url(), Duration::from_secs(5), true).unwrap(),
         asked: Arc::clone(&asked),
+        before_page: Default::default(),
     });
     let first = cycle(&ea).await;
     assert_eq!(first.inserted, 20, "{first:?}");

@@ -2,15 +2,19 @@
 //! sidecar) was killed, so its events can land after the restarted sidecar swept the bucket —
 //! while it pulls, or after it has finished. A proxy in front of the real Python aw-server
 //! holds the insert of the killed sidecar and lets it land at those moments, at explicit sync
-//! points: every pulled event still ends up in aw-server exactly once.
+//! points: every pulled event still ends up in aw-server exactly once. And the pull's own
+//! overlap: a page is recorded while the next one is written, which must not hide the first
+//! page's copies from the next.
 
 use std::future::ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aw_sync_samay::auth::BoxFuture;
 use aw_sync_samay::clock::{Clock, ManualClock};
 use aw_sync_samay::state::DestKey;
+use aw_sync_samay::upstream::UpstreamClient;
 use chrono::{TimeDelta, Utc};
 use samay_testkit::bin::{run, sync_command};
 use samay_testkit::daemon::{send_signal, Daemon};
@@ -21,7 +25,8 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::pull::{
-    assert_copy, b_pushed, content, cycle, engine, ev, home_a, t0, B_BUCKET, B_COPY,
+    assert_copy, b_pushed, content, cycle, double, engine, ev, home_a, t0, CountedUpstream,
+    B_BUCKET, B_COPY,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -203,4 +208,47 @@ async fn a_dead_insert_is_watched_until_all_of_it_landed_or_ten_minutes_passed()
     assert_eq!(cycle(&ea).await.swept, 0);
     assert!(unseen().is_empty(), "given up");
     assert_copy(&b, B_BUCKET, &py, B_COPY).await;
+}
+
+/// A page is recorded while the next one is written; an event of the first page that changes
+/// while the pull runs comes again in the next page, which must see the first page's record:
+/// the new version replaces the copy just made, never a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_changed_while_pulled_replaces_the_copy_the_previous_page_made() {
+    let rig = Rig::new().await;
+    // 10 events: a full first page (7) and the rest.
+    let (_db, b, eb, events) = b_pushed(&rig, 10, |_| {}).await;
+    // B pushes newest first: the newest event is in the first page.
+    let held = b.get_events(B_BUCKET, None, None, None).await.unwrap();
+    let newest = held
+        .iter()
+        .max_by_key(|e| e.timestamp)
+        .and_then(|e| e.id)
+        .unwrap();
+    let (da, a) = double().await;
+    let mut ea = engine(&rig, a.clone(), "a.sqlite");
+    let eb = Arc::new(eb);
+    let (changed, pusher) = (b.clone(), eb.clone());
+    let grown = events[9].clone();
+    // While the pull writes the first page, it reads the next: the event changes before that.
+    let before: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send> = Box::new(move || {
+        Box::pin(async move {
+            let mut grown = grown;
+            grown.duration += 60.0;
+            changed
+                .replace_event(B_BUCKET, newest, &grown)
+                .await
+                .unwrap();
+            pusher.run_cycle().await.expect("B pushes the new version");
+        })
+    });
+    ea.upstream = Arc::new(CountedUpstream {
+        inner: UpstreamClient::new(&rig.dev.base_url(), Duration::from_secs(5), true).unwrap(),
+        asked: Default::default(),
+        before_page: std::sync::Mutex::new(Some(before)),
+    });
+    let stats = cycle(&ea).await;
+    assert_eq!((stats.inserted, stats.replaced), (10, 1), "{stats:?}");
+    assert_copy(&b, B_BUCKET, &a, B_COPY).await;
+    drop(da);
 }
