@@ -407,6 +407,7 @@ impl Engine {
             store: &self.store,
             dest,
             settings: &self.settings.pull,
+            clock: self.clock.as_ref(),
         };
         puller.run().await.map_err(|e| match e {
             crate::pull::PullError::Auth(e) => CycleError::Auth(e),

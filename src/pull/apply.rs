@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value};
 
-use super::copies::{self, at, NewCopy};
+use super::copies::{self, NewCopy};
 use super::{distinct_origin, local_bucket_id, PullError, PullSettings, PullStats};
 use crate::auth::{AccessToken, TokenSource};
 use crate::source::{AwClient, Bucket, Event, SourceError};
@@ -32,6 +32,8 @@ pub struct Puller<'a> {
     pub store: &'a Arc<Store>,
     pub dest: DestId,
     pub settings: &'a PullSettings,
+    /// How old an interrupted pull's pending insert is ([`super::sweep`]).
+    pub clock: &'a dyn crate::clock::Clock,
 }
 
 /// A version to copy: (upstream event id, hash, the copy).
@@ -61,6 +63,26 @@ impl Plan {
             .1
             .push((event_id, hash, copy));
         Ok(())
+    }
+}
+
+/// A page written into aw-server and not yet recorded: recorded while the next page is
+/// written, or before it when the next page touches what this one wrote.
+struct Unrecorded {
+    record: PullPage,
+    /// (row, upstream event id) of every event it wrote or deleted.
+    touched: HashSet<(i64, i64)>,
+}
+
+impl Unrecorded {
+    fn of(record: PullPage) -> Unrecorded {
+        let touched = record
+            .upserts
+            .iter()
+            .map(|m| (m.row, m.event_id))
+            .chain(record.deletes.iter().copied())
+            .collect();
+        Unrecorded { record, touched }
     }
 }
 
@@ -97,8 +119,9 @@ impl Puller<'_> {
             let fp = fingerprint.clone();
             db(self.store, move |s| s.pull_restart(dest, &fp)).await?;
         }
-        stats.swept = self.sweep().await?;
-        stats.writes += stats.swept;
+        let swept = self.sweep().await?;
+        stats.swept = swept.deleted;
+        stats.writes += swept.deleted;
 
         let mut rows: HashMap<(String, String), PullBucket> =
             db(self.store, move |s| s.pull_buckets(dest))
@@ -113,12 +136,14 @@ impl Puller<'_> {
         let mut after = db(self.store, move |s| s.pull_feed(dest)).await?.seq;
         let own = self.store.device_id().to_string();
         let mut fetched = None;
+        let mut last: Option<Unrecorded> = None;
         loop {
             let page = match fetched.take() {
                 Some(page) => page,
                 None => self.changes(&mut token, after).await?,
             };
             if page.changes.is_empty() {
+                self.commit(&mut last).await?;
                 let done = PullPage {
                     next: after,
                     caught_up: true,
@@ -128,9 +153,9 @@ impl Puller<'_> {
                 break;
             }
             // After a full page the next one is asked for while this one is written, so the
-            // upstream's work overlaps aw-server's; pages are still applied one after the
-            // other, each recorded before the next is written. A failed read ahead is asked
-            // again in order (a 401 then refreshes the token).
+            // upstream's work overlaps aw-server's; pages are still written one after the
+            // other, each recorded in order (while the next is written, see below). A failed
+            // read ahead is asked again in order (a 401 then refreshes the token).
             let ahead =
                 (page.changes.len() >= self.settings.page).then(|| (token.clone(), page.next));
             let read_ahead = async {
@@ -208,6 +233,17 @@ impl Puller<'_> {
                         _ => stats.skipped += 1,
                     }
                 }
+                // What this page reads of the mappings must include the previous page's.
+                let touches = last.as_ref().is_some_and(|l| {
+                    wanted.iter().any(|(row, changes)| {
+                        changes
+                            .iter()
+                            .any(|c| l.touched.contains(&(*row, c.event_id)))
+                    })
+                });
+                if touches {
+                    self.commit(&mut last).await?;
+                }
                 let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
                 for (row, changes) in wanted {
                     let Some(bucket) = by_row.get(&row) else {
@@ -267,7 +303,23 @@ impl Puller<'_> {
                         }
                     }
                 }
-                self.execute(plan, &mut record, &mut stats, &by_row).await?;
+                // Replacements and tombstones find Python's copies by reads sized by the
+                // mappings (`copies::find`): the previous page's must be in them.
+                if !(plan.deletes.is_empty() && plan.replaces.is_empty()) {
+                    self.commit(&mut last).await?;
+                }
+                let replaces = self.prepare(&mut plan, &mut record).await?;
+                // The previous page is recorded while this one is written: the state's work
+                // leaves aw-server's critical path. Both inserts are pending until recorded,
+                // so a crash in between sweeps both and applies both pages again.
+                let mut previous = last.take();
+                let (committed, written) = tokio::join!(
+                    self.commit(&mut previous),
+                    self.write(plan, replaces, &mut record, &mut stats, &by_row)
+                );
+                committed?;
+                written?;
+                last = Some(Unrecorded::of(record));
                 after = page.next;
                 stats.seq = after;
                 tracing::info!(
@@ -278,12 +330,22 @@ impl Puller<'_> {
                     deleted = stats.deleted,
                     "pull: applied a page of the change feed"
                 );
-                db(self.store, move |s| s.pull_commit(dest, &record)).await?;
                 Ok::<(), PullError>(())
             };
             let (applied, next) = tokio::join!(apply, read_ahead);
-            applied?;
+            if let Err(e) = applied {
+                // What was written is recorded: the next cycle does not sweep and write it again.
+                self.commit(&mut last).await?;
+                return Err(e);
+            }
             fetched = next;
+        }
+        if swept.waiting > 0 {
+            // An interrupted pull's insert may have landed while this one ran: its events are
+            // found again and deleted now, not a cycle later.
+            let again = self.sweep().await?;
+            stats.swept += again.deleted;
+            stats.writes += again.deleted;
         }
         stats.seq = after;
         Ok(stats)
@@ -451,78 +513,6 @@ impl Puller<'_> {
         Ok(true)
     }
 
-    /// After a crash between sending inserts and recording them: deletes every event in the
-    /// recorded spans of pull buckets that no mapping names (only the pull writes there). A
-    /// copy whose id was never said (Python aw-server) is named by its print: it is found,
-    /// recorded, and kept.
-    async fn sweep(&self) -> Result<u64, PullError> {
-        let dest = self.dest;
-        let pending = db(self.store, move |s| s.pull_pending(dest)).await?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let names: HashMap<i64, String> = db(self.store, move |s| s.pull_buckets(dest))
-            .await?
-            .into_iter()
-            .map(|b| (b.row, b.local_bucket))
-            .collect();
-        let mut swept = 0;
-        for (row, start, end) in pending {
-            let Some(name) = names.get(&row) else {
-                continue;
-            };
-            let (lo, hi) = (at(start) - SLACK, at(end) + SLACK);
-            let events = match self.source.get_events(name, Some(lo), Some(hi), None).await {
-                Err(SourceError::BucketNotFound(_)) => continue,
-                other => other?,
-            };
-            let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
-            let known = db(self.store, move |s| s.pull_known_local(row, &ids)).await?;
-            // An event aw-server answered cut at a bound of the read started or ended outside
-            // the span: not one of the interrupted inserts.
-            let unknown: Vec<(i64, crate::state::CopyPrint)> = events
-                .iter()
-                .filter(|e| e.timestamp > lo && e.end() < hi)
-                .filter_map(|e| {
-                    e.id.filter(|id| !known.contains(id))
-                        .map(|id| (id, copies::print_of(e)))
-                })
-                .collect();
-            if unknown.is_empty() {
-                continue;
-            }
-            let (lo_ns, hi_ns) = (
-                lo.timestamp_nanos_opt().unwrap_or(i64::MIN),
-                hi.timestamp_nanos_opt().unwrap_or(i64::MAX),
-            );
-            let unresolved = db(self.store, move |s| {
-                s.pull_unresolved_between(row, lo_ns, hi_ns)
-            })
-            .await?;
-            let wanted: Vec<(i64, crate::state::CopyPrint)> =
-                unresolved.into_iter().map(|(id, _, p)| (id, p)).collect();
-            let pairs = copies::pair(&wanted, unknown.clone());
-            let named: HashSet<i64> = pairs.iter().map(|p| p.1).collect();
-            if !pairs.is_empty() {
-                db(self.store, move |s| s.pull_resolve(row, &pairs)).await?;
-            }
-            for (id, _) in unknown {
-                if !named.contains(&id) {
-                    self.source.delete_event(name, id).await?;
-                    swept += 1;
-                }
-            }
-        }
-        if swept > 0 {
-            tracing::warn!(
-                swept,
-                "pull: deleted the events an interrupted pull had written but not recorded; they are written again"
-            );
-        }
-        db(self.store, move |s| s.pull_clear_pending(dest)).await?;
-        Ok(swept)
-    }
-
     /// Finds the local ids the mappings do not know (copies written into Python aw-server) of
     /// the page's replacements and tombstones. A copy not found is gone: its tombstone deletes
     /// nothing, its new version is copied again as a new event.
@@ -569,15 +559,23 @@ impl Puller<'_> {
         Ok(())
     }
 
-    /// Writes a page's plan into aw-server and fills `record` with what to commit.
-    async fn execute(
+    /// Records a page written into aw-server (none: nothing to do).
+    async fn commit(&self, page: &mut Option<Unrecorded>) -> Result<(), PullError> {
+        let Some(page) = page.take() else {
+            return Ok(());
+        };
+        let dest = self.dest;
+        db(self.store, move |s| s.pull_commit(dest, &page.record)).await
+    }
+
+    /// Readies a page's plan for [`Self::write`]: the copies' local ids found, the
+    /// replacements checked, the inserts recorded as pending. Returns the replacements to make.
+    async fn prepare(
         &self,
-        mut plan: Plan,
+        plan: &mut Plan,
         record: &mut PullPage,
-        stats: &mut PullStats,
-        by_row: &HashMap<i64, &PullBucket>,
-    ) -> Result<(), PullError> {
-        self.find_copies(&mut plan).await?;
+    ) -> Result<Vec<Replace>, PullError> {
+        self.find_copies(plan).await?;
         // A replacement only for an event read from that very bucket just now: a POST with an
         // id replaces that row in whatever bucket it is.
         let mut replaces = Vec::new();
@@ -590,7 +588,7 @@ impl Puller<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let spans: Vec<(i64, i64, i64)> = plan
+        let spans: Vec<(i64, i64, i64, i64)> = plan
             .inserts
             .iter()
             .filter_map(|(row, (_, events))| {
@@ -600,16 +598,18 @@ impl Puller<'_> {
                     *row,
                     start.timestamp_nanos_opt()?,
                     end.timestamp_nanos_opt()?,
+                    events.len() as i64,
                 ))
             })
             .collect();
         if !spans.is_empty() {
-            record.pending = db(self.store, move |s| s.pull_add_pending(&spans)).await?;
+            let sent_at = self.clock.now().timestamp();
+            record.pending = db(self.store, move |s| s.pull_add_pending(&spans, sent_at)).await?;
         }
-        self.write(plan, replaces, record, stats, by_row).await
+        Ok(replaces)
     }
 
-    /// The writes of [`Self::execute`].
+    /// Writes a page's plan into aw-server and fills `record` with what to commit.
     async fn write(
         &self,
         plan: Plan,

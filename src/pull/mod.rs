@@ -13,9 +13,10 @@
 //!   local event id, recorded in one transaction with the feed position ([`crate::state`]). A
 //!   new version replaces the local event in place (same id); a tombstone deletes it; a version
 //!   already held (same hash) is not written again. Inserts are the one write that is not
-//!   idempotent: their time spans are recorded before they are sent, and after a crash every
-//!   event in such a span of a pull bucket that no mapping names is deleted before the page is
-//!   applied again ([`apply`]).
+//!   idempotent: their time spans and sizes are recorded before they are sent, and after a
+//!   crash every event in such a span of a pull bucket that no mapping names is deleted before
+//!   the page is applied again — and again by later sweeps, for events aw-server was still
+//!   writing for the dead sidecar, until as many as were sent have been seen ([`sweep`]).
 //! * **Never an echo**: this device's own changes are skipped; pulled buckets (any bucket whose
 //!   id has `-synced-from-`) are never pushed ([`is_pulled_bucket`]); only buckets the pull made
 //!   itself are ever written — a bucket of that name that it did not make (the user's, or
@@ -23,6 +24,7 @@
 
 mod apply;
 mod copies;
+mod sweep;
 mod unpull;
 
 use std::collections::BTreeMap;

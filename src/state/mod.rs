@@ -36,7 +36,9 @@ pub use commit::{Acked, Commit, Deleted, Known, Mark, Quarantined};
 pub use destination::{DestId, DestKey};
 pub use hash::{event_hash, event_hash_raw, hash_hex, EventHash, Span};
 pub use mirror::{aggregate as mirror_aggregate, Aggregate, MirrorEvent};
-pub use pull::{CopyPrint, Mapped, PullBucket, PullDeviceStatus, PullFeed, PullPage};
+pub use pull::{
+    CopyPrint, Mapped, PendingInsert, PullBucket, PullDeviceStatus, PullFeed, PullPage,
+};
 pub use report::{BucketStatus, CycleRecord, QuarantineEntry};
 
 /// Upstream event ids are aw-server's id plus `generation << GENERATION_SHIFT`: a bucket whose
@@ -131,6 +133,7 @@ impl Store {
                     .map_err(err)?;
             }
         }
+        schema::add_pull_pending_columns(&write).map_err(err)?;
         let existing: Option<String> = write
             .query_row("SELECT value FROM meta WHERE key = 'device_id'", [], |r| {
                 r.get(0)

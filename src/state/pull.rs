@@ -27,6 +27,20 @@ pub struct PullBucket {
     pub device_host: String,
 }
 
+/// An insert sent to aw-server and not recorded with its page (a `pull_pending` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInsert {
+    pub id: i64,
+    /// The pull bucket's row.
+    pub row: i64,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// How many of its events no sweep has found in aw-server yet.
+    pub unseen: i64,
+    /// When it was sent (unix seconds; 0: unknown, from an older binary).
+    pub sent_at: i64,
+}
+
 /// What a page of the feed changed, recorded together with the new position.
 #[derive(Debug, Clone, Default)]
 pub struct PullPage {
@@ -371,18 +385,23 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
-    /// Records, before they are sent, the spans of the inserts about to be made in pull
-    /// buckets: after a crash, an event of such a span that no mapping names was made by the
-    /// interrupted write and is deleted ([`Store::pull_pending`]). Returns the rows recorded,
-    /// for [`PullPage::pending`].
-    pub fn pull_add_pending(&self, spans: &[(i64, i64, i64)]) -> Result<Vec<i64>, StateError> {
+    /// Records, before they are sent, the inserts about to be made in pull buckets: (row,
+    /// start ns, end ns, events), sent at `sent_at` (unix seconds). After a crash, an event of
+    /// such a span that no mapping names was made by the interrupted write and is deleted
+    /// ([`Store::pull_pending`]). Returns the rows recorded, for [`PullPage::pending`].
+    pub fn pull_add_pending(
+        &self,
+        inserts: &[(i64, i64, i64, i64)],
+        sent_at: i64,
+    ) -> Result<Vec<i64>, StateError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
-        let mut added = Vec::with_capacity(spans.len());
-        for (row, start, end) in spans {
+        let mut added = Vec::with_capacity(inserts.len());
+        for (row, start, end, events) in inserts {
             tx.execute(
-                "INSERT INTO pull_pending (bucket, start_ns, end_ns) VALUES (?1, ?2, ?3)",
-                params![row, start, end],
+                "INSERT INTO pull_pending (bucket, start_ns, end_ns, unseen, sent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row, start, end, events, sent_at],
             )
             .map_err(self.err())?;
             added.push(tx.last_insert_rowid());
@@ -391,35 +410,51 @@ impl Store {
         Ok(added)
     }
 
-    /// The spans of inserts that were sent but not recorded (a crash): (row, start, end).
-    pub fn pull_pending(&self, dest: DestId) -> Result<Vec<(i64, i64, i64)>, StateError> {
+    /// The inserts that were sent but not recorded (a crash, or a request that failed), oldest
+    /// first.
+    pub fn pull_pending(&self, dest: DestId) -> Result<Vec<PendingInsert>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT p.bucket, p.start_ns, p.end_ns FROM pull_pending p
-                 JOIN pull_buckets b ON b.id = p.bucket WHERE b.dest = ?1",
+                "SELECT p.rowid, p.bucket, p.start_ns, p.end_ns, p.unseen, p.sent_at
+                 FROM pull_pending p
+                 JOIN pull_buckets b ON b.id = p.bucket WHERE b.dest = ?1 ORDER BY p.rowid",
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([dest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([dest], |r| {
+                Ok(PendingInsert {
+                    id: r.get(0)?,
+                    row: r.get(1)?,
+                    start_ns: r.get(2)?,
+                    end_ns: r.get(3)?,
+                    unseen: r.get(4)?,
+                    sent_at: r.get(5)?,
+                })
+            })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
-    pub fn pull_clear_pending(&self, dest: DestId) -> Result<(), StateError> {
-        self.writer()
-            .execute(
-                "DELETE FROM pull_pending
-                 WHERE bucket IN (SELECT id FROM pull_buckets WHERE dest = ?1)",
-                [dest],
-            )
-            .map(|_| ())
-            .map_err(self.err())
+    /// After a sweep of a pending insert: `Some(n)` of its events may still land, `None` it is
+    /// done with (forgotten).
+    pub fn pull_pending_left(&self, id: i64, unseen: Option<i64>) -> Result<(), StateError> {
+        let conn = self.writer();
+        match unseen {
+            Some(n) => conn.execute(
+                "UPDATE pull_pending SET unseen = ?2 WHERE rowid = ?1",
+                params![id, n],
+            ),
+            None => conn.execute("DELETE FROM pull_pending WHERE rowid = ?1", [id]),
+        }
+        .map(|_| ())
+        .map_err(self.err())
     }
 
-    /// Records a page: mappings, devices' progress, the position, and its pending inserts done
-    /// (at the end of the feed: every pending insert of `dest`) — one transaction, so the
-    /// position never runs ahead of what aw-server holds.
+    /// Records a page: mappings, devices' progress, the position, and its own pending inserts
+    /// done — one transaction, so the position never runs ahead of what aw-server holds. The
+    /// pending inserts of an earlier, interrupted pull stay until a sweep has seen them land
+    /// (the end of the feed does not end them: aw-server may still be writing them).
     pub fn pull_commit(&self, dest: DestId, page: &PullPage) -> Result<(), StateError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(self.err())?;
@@ -479,14 +514,6 @@ impl Store {
                 .map_err(self.err())?;
             for id in &page.pending {
                 done.execute([id]).map_err(self.err())?;
-            }
-            if page.caught_up {
-                tx.execute(
-                    "DELETE FROM pull_pending
-                     WHERE bucket IN (SELECT id FROM pull_buckets WHERE dest = ?1)",
-                    [dest],
-                )
-                .map_err(self.err())?;
             }
             tx.execute(
                 "INSERT INTO pull_feed (dest, seq) VALUES (?1, ?2)
@@ -555,10 +582,9 @@ mod tests {
     use super::*;
     use crate::state::DestKey;
 
-    #[test]
-    fn a_page_is_recorded_with_the_position_and_the_status_counts_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+    /// A store at `path` with a destination and one pull bucket: (store, dest, row).
+    fn with_bucket(path: &std::path::Path) -> (Store, DestId, i64) {
+        let store = Store::open(path).unwrap();
         let dest = store
             .destination(&DestKey::new("http://u", "me"), true)
             .unwrap()
@@ -572,12 +598,27 @@ mod tests {
                 "laptop",
             )
             .unwrap();
-        let pending = store.pull_add_pending(&[(row, 1, 2)]).unwrap();
+        (store, dest, row)
+    }
+
+    #[test]
+    fn a_page_is_recorded_with_the_position_and_the_status_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, dest, row) = with_bucket(&dir.path().join("s.sqlite"));
+        let spans = |store: &Store| -> Vec<(i64, i64, i64, i64)> {
+            let p = store.pull_pending(dest).unwrap();
+            p.iter()
+                .map(|p| (p.row, p.start_ns, p.end_ns, p.unseen))
+                .collect()
+        };
+        // An insert of an earlier pull that died: not this run's to end.
+        let dead = store.pull_add_pending(&[(row, 0, 9, 5)], 1_000).unwrap();
+        let pending = store.pull_add_pending(&[(row, 1, 2, 2)], 2_000).unwrap();
         // Another page's insert, recorded before this page is committed.
-        let next = store.pull_add_pending(&[(row, 3, 4)]).unwrap();
+        let next = store.pull_add_pending(&[(row, 3, 4, 1)], 2_000).unwrap();
         assert_eq!(
-            store.pull_pending(dest).unwrap(),
-            vec![(row, 1, 2), (row, 3, 4)]
+            spans(&store),
+            vec![(row, 0, 9, 5), (row, 1, 2, 2), (row, 3, 4, 1)]
         );
         let page = PullPage {
             next: 7,
@@ -598,8 +639,8 @@ mod tests {
         };
         store.pull_commit(dest, &page).unwrap();
         assert_eq!(
-            store.pull_pending(dest).unwrap(),
-            vec![(row, 3, 4)],
+            spans(&store),
+            vec![(row, 0, 9, 5), (row, 3, 4, 1)],
             "the page's own insert is done with it; another page's stays pending until its own commit"
         );
         assert_eq!(store.pull_feed(dest).unwrap().seq, 7);
@@ -645,9 +686,44 @@ mod tests {
             .unwrap();
         assert_eq!(store.pull_status(dest).unwrap()[0].events, 1);
         assert!(store.pull_feed(dest).unwrap().caught_up.is_some());
-        assert!(
-            store.pull_pending(dest).unwrap().is_empty(),
-            "nothing under way at the end of the feed"
+        assert_eq!(
+            spans(&store),
+            vec![(row, 0, 9, 5)],
+            "the end of the feed ends its own inserts, not a dead pull's, which may still land"
         );
+        store.pull_pending_left(dead[0], Some(2)).unwrap();
+        assert_eq!(spans(&store), vec![(row, 0, 9, 2)]);
+        assert_eq!(store.pull_pending(dest).unwrap()[0].sent_at, 1_000);
+        store.pull_pending_left(dead[0], None).unwrap();
+        assert!(store.pull_pending(dest).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pending_insert_of_an_older_binary_is_swept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let (store, dest, row) = with_bucket(&path);
+        drop(store);
+        // The table as the first pull made it, with a row of an interrupted insert.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TABLE pull_pending;
+             CREATE TABLE pull_pending (bucket INTEGER NOT NULL, start_ns INTEGER NOT NULL,
+                                        end_ns INTEGER NOT NULL);
+             INSERT INTO pull_pending (bucket, start_ns, end_ns) VALUES ({row}, 5, 6);"
+        ))
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        let p = store.pull_pending(dest).unwrap();
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.row, p.start_ns, p.end_ns, p.unseen, p.sent_at))
+                .collect::<Vec<_>>(),
+            vec![(row, 5, 6, 0, 0)],
+            "nothing left to wait for: swept once"
+        );
+        store.pull_add_pending(&[(row, 7, 8, 3)], 9).unwrap();
+        assert_eq!(store.pull_pending(dest).unwrap()[1].unseen, 3);
     }
 }

@@ -126,11 +126,16 @@ CREATE TABLE IF NOT EXISTS pull_unresolved (
     dur_us   INTEGER NOT NULL,
     PRIMARY KEY (bucket, event_id)
 ) WITHOUT ROWID;
--- Inserts that were sent to aw-server but not yet recorded: swept after a crash.
+-- Inserts that were sent to aw-server but not yet recorded: swept after a crash. `unseen`:
+-- how many of the insert's events no sweep has found yet (aw-server may still be writing them
+-- after the client died); `sent_at`: when it was sent (unix seconds). Both 0 on a row of an
+-- older binary: swept once, as it did.
 CREATE TABLE IF NOT EXISTS pull_pending (
     bucket   INTEGER NOT NULL,
     start_ns INTEGER NOT NULL,
-    end_ns   INTEGER NOT NULL
+    end_ns   INTEGER NOT NULL,
+    unseen   INTEGER NOT NULL DEFAULT 0,
+    sent_at  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     bucket     INTEGER NOT NULL,
@@ -173,6 +178,24 @@ CREATE TABLE IF NOT EXISTS quarantine (
     PRIMARY KEY (bucket_id, event_id, hash)
 );
 ";
+
+/// `pull_pending.unseen` and `sent_at`, added within schema 3: a table an older binary made
+/// gets them (0 and 0 on its rows: swept once, as that binary did). An older binary inserts
+/// rows without them, which the defaults fill the same way.
+pub fn add_pull_pending_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let has: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('pull_pending') WHERE name = 'unseen'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has == 0 {
+        conn.execute_batch(
+            "ALTER TABLE pull_pending ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE pull_pending ADD COLUMN sent_at INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    Ok(())
+}
 
 /// `sent.status`.
 pub const DELIVERED: i64 = 0;

@@ -28,6 +28,7 @@ mod privacy;
 mod private_files;
 mod progress;
 mod pull;
+mod pull_race;
 mod remote_text;
 mod source_client;
 mod status_cli;

@@ -27,9 +27,9 @@ use samay_testkit::rig::{test_settings, Rig};
 use serde_json::{json, Map, Value};
 
 const A_BUCKET: &str = "aw-watcher-window_host-a";
-const B_BUCKET: &str = "aw-watcher-afk_host-b";
+pub(super) const B_BUCKET: &str = "aw-watcher-afk_host-b";
 const A_COPY: &str = "aw-watcher-window_host-a-synced-from-host-a";
-const B_COPY: &str = "aw-watcher-afk_host-b-synced-from-host-b";
+pub(super) const B_COPY: &str = "aw-watcher-afk_host-b-synced-from-host-b";
 
 fn pulling() -> aw_sync_samay::engine::Settings {
     let mut s = test_settings();
@@ -41,7 +41,7 @@ fn pulling() -> aw_sync_samay::engine::Settings {
     s
 }
 
-fn engine(rig: &Rig, source: AwClient, state: &str) -> Engine {
+pub(super) fn engine(rig: &Rig, source: AwClient, state: &str) -> Engine {
     engine_at(&rig.dev, rig.dir.path(), source, state)
 }
 
@@ -63,16 +63,16 @@ fn engine_at(dev: &DevServer, dir: &Path, source: AwClient, state: &str) -> Engi
     }
 }
 
-async fn cycle(e: &Engine) -> PullStats {
+pub(super) async fn cycle(e: &Engine) -> PullStats {
     *e.run_cycle().await.expect("cycle").pull.expect("pull ran")
 }
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     // Milliseconds: what Python aw-server keeps.
     Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap()
 }
 
-fn ev(offset_s: i64, duration: f64, data: Value) -> Event {
+pub(super) fn ev(offset_s: i64, duration: f64, data: Value) -> Event {
     let Value::Object(map) = data else {
         panic!("data must be an object")
     };
@@ -84,7 +84,10 @@ fn ev(offset_s: i64, duration: f64, data: Value) -> Event {
 }
 
 /// A bucket's events as (timestamp ms, duration µs, data), sorted.
-async fn content(client: &AwClient, bucket: &str) -> Vec<(i64, i64, Map<String, Value>)> {
+pub(super) async fn content(
+    client: &AwClient,
+    bucket: &str,
+) -> Vec<(i64, i64, Map<String, Value>)> {
     let mut out: Vec<_> = client
         .get_events(bucket, None, None, None)
         .await
@@ -102,7 +105,7 @@ async fn content(client: &AwClient, bucket: &str) -> Vec<(i64, i64, Map<String, 
     out
 }
 
-async fn assert_copy(from: &AwClient, bucket: &str, to: &AwClient, copy: &str) {
+pub(super) async fn assert_copy(from: &AwClient, bucket: &str, to: &AwClient, copy: &str) {
     let source = content(from, bucket).await;
     assert!(!source.is_empty(), "{bucket} has events");
     assert_eq!(
@@ -349,7 +352,7 @@ async fn two_devices_each_hold_the_others_events_exactly_once() {
     assert!(content(&py, B_COPY).await.is_empty());
 }
 
-async fn double() -> (AwDouble, AwClient) {
+pub(super) async fn double() -> (AwDouble, AwClient) {
     let d = AwDouble::spawn(AwDoubleConfig::default())
         .await
         .expect("double starts");
@@ -460,15 +463,20 @@ async fn same_host_names_selection_foreign_buckets_and_lost_copies() {
 /// The upstream of one engine, its requests counted by kind (the feed, the device list, the
 /// rest) on the client side.
 #[derive(Default)]
-struct Asked {
+pub(super) struct Asked {
     feed: AtomicU64,
     devices: AtomicU64,
     other: AtomicU64,
 }
 
-struct CountedUpstream {
-    inner: UpstreamClient,
-    asked: Arc<Asked>,
+/// Something done once, before the feed is first asked for a page past the start.
+pub(super) type BeforePage =
+    std::sync::Mutex<Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>>;
+
+pub(super) struct CountedUpstream {
+    pub inner: UpstreamClient,
+    pub asked: Arc<Asked>,
+    pub before_page: BeforePage,
 }
 
 impl BatchSink for CountedUpstream {
@@ -496,7 +504,16 @@ impl BatchSink for CountedUpstream {
         limit: usize,
     ) -> BoxFuture<'a, Result<ChangesResponse, UpstreamError>> {
         self.asked.feed.fetch_add(1, Ordering::SeqCst);
-        Box::pin(self.inner.changes(token, after, limit))
+        let before = match after {
+            0 => None,
+            _ => self.before_page.lock().unwrap().take(),
+        };
+        Box::pin(async move {
+            if let Some(before) = before {
+                before().await;
+            }
+            self.inner.changes(token, after, limit).await
+        })
     }
 
     fn devices<'a>(
@@ -530,6 +547,7 @@ async fn an_idle_pull_cycle_asks_the_feed_once_and_aw_server_nothing_more() {
     ea.upstream = Arc::new(CountedUpstream {
         inner: UpstreamClient::new(&dev.base_url(), Duration::from_secs(5), true).unwrap(),
         asked: Arc::clone(&asked),
+        before_page: Default::default(),
     });
     let first = cycle(&ea).await;
     assert_eq!(first.inserted, 20, "{first:?}");
@@ -569,32 +587,51 @@ async fn an_idle_pull_cycle_asks_the_feed_once_and_aw_server_nothing_more() {
     );
 }
 
+/// Device B (the double) with `n` events in its bucket, pushed by its engine (`tune`d, not
+/// pulling).
+pub(super) async fn b_pushed(
+    rig: &Rig,
+    n: i64,
+    tune: impl FnOnce(&mut Engine),
+) -> (AwDouble, AwClient, Engine, Vec<Event>) {
+    let (db, b) = double().await;
+    b.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..n)
+        .map(|i| ev(i * 3, 2.0, json!({"status": "afk", "n": i})))
+        .collect();
+    b.insert_events(B_BUCKET, &events).await.unwrap();
+    let mut eb = engine(rig, b.clone(), "b.sqlite");
+    eb.settings.pull.enabled = false;
+    tune(&mut eb);
+    eb.run_cycle().await.expect("B pushes");
+    (db, b, eb, events)
+}
+
+/// Device A's home for the binary, and its config (`sync.pull = true`).
+pub(super) fn home_a(rig: &Rig) -> (std::path::PathBuf, std::path::PathBuf) {
+    let home = rig.dir.path().join("home-a");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = samay_testkit::bin::write_config(&home, &rig.dev.base_url(), "pull = true");
+    (home, config)
+}
+
 /// The shipped binary: `--once` with `sync.pull = true` killed with SIGKILL while it pulls a
 /// few thousand events into Python aw-server, then run again: every event once. `--status`
 /// shows the pulled device; `--unpull` takes its buckets out of aw-server only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_killed_mid_pull_resumes_without_duplicates() {
-    use samay_testkit::bin::{run, sync_command, write_config};
+    use samay_testkit::bin::{run, sync_command};
     use samay_testkit::daemon::{send_signal, Daemon};
 
     let rig = Rig::new().await;
-    let (_db, b) = double().await;
-    b.create_bucket(B_BUCKET, "afkstatus", "aw-watcher-afk", "host-b")
-        .await
-        .unwrap();
-    let events: Vec<Event> = (0..2500)
-        .map(|i| ev(i * 3, 2.0, json!({"status": "afk", "n": i})))
-        .collect();
-    b.insert_events(B_BUCKET, &events).await.unwrap();
-    let mut eb = engine(&rig, b.clone(), "b.sqlite");
-    eb.settings.pull.enabled = false;
-    eb.settings.batch_size = 500;
-    eb.settings.queue_size = 2000;
-    eb.run_cycle().await.expect("B pushes");
-
-    let home = rig.dir.path().join("home-a");
-    std::fs::create_dir_all(&home).unwrap();
-    let config = write_config(&home, &rig.dev.base_url(), "pull = true");
+    let (_db, b, eb, events) = b_pushed(&rig, 2500, |eb| {
+        eb.settings.batch_size = 500;
+        eb.settings.queue_size = 2000;
+    })
+    .await;
+    let (home, config) = home_a(&rig);
     let once = || {
         let mut cmd = sync_command(&home, rig.aw.port(), &config, TEST_TOKEN);
         cmd.arg("--once");

@@ -1,8 +1,8 @@
 //! The shared helpers of aw-sync-samay's integration tests (`tests/it`, `tests/faults`) and of its
 //! benchmark (`benches/catchup.rs`): the real peers (Python aw-server, oidc-provider, the dev
 //! upstream), the rig that wires an engine between them, the real binary in an isolated home,
-//! and hostile peers for the hardening tests. A dev-dependency only (never published, never in a
-//! shipped binary).
+//! hostile peers for the hardening tests, and a proxy that holds a real peer's requests. A
+//! dev-dependency only (never published, never in a shipped binary).
 
 use std::path::PathBuf;
 
@@ -18,6 +18,7 @@ pub mod login_cli;
 pub mod oidc;
 pub mod postgres;
 pub mod procfs;
+pub mod proxy;
 pub mod rig;
 pub mod server;
 pub mod tray;
