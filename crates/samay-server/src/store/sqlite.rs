@@ -190,19 +190,29 @@ impl SqliteStore {
                     event,
                     start_us,
                     add_versions,
-                    new_row: _,
+                    new_row,
                 } => {
-                    tx.prepare_cached(
+                    // The key's row was read within this transaction, under the write lock:
+                    // a new key is a plain insert, a stored one an update.
+                    let sql = if *new_row {
                         "INSERT INTO events (bucket, event_id, uid, seq, hash, timestamp, duration, data, versions, start_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                         ON CONFLICT (bucket, event_id) DO UPDATE SET hash = excluded.hash,
-                           timestamp = excluded.timestamp, duration = excluded.duration, data = excluded.data,
-                           versions = events.versions + excluded.versions,
-                           seq = excluded.seq, start_us = excluded.start_us",
-                    )?
-                    .execute(params![
-                        bucket, w.key.1, uid, w.seq, event.hash, event.timestamp, event.duration,
-                        event.data.get(), add_versions, start_us
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                    } else {
+                        "UPDATE events SET uid = ?3, seq = ?4, hash = ?5, timestamp = ?6, duration = ?7,
+                           data = ?8, versions = versions + ?9, start_us = ?10
+                         WHERE bucket = ?1 AND event_id = ?2"
+                    };
+                    tx.prepare_cached(sql)?.execute(params![
+                        bucket,
+                        w.key.1,
+                        uid,
+                        w.seq,
+                        event.hash,
+                        event.timestamp,
+                        event.duration,
+                        event.data.get(),
+                        add_versions,
+                        start_us
                     ])?;
                 }
                 Final::Deleted => {
