@@ -119,23 +119,29 @@ impl PgStore {
             }
         }
         let names: HashMap<i64, &str> = ids.iter().map(|(n, id)| (*id, n.as_str())).collect();
-        let (kb, ke): (Vec<i64>, Vec<i64>) = keys
-            .iter()
-            .filter_map(|(b, e)| Some((*ids.get(b)?, *e)))
-            .unzip();
+        let mut runs: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+        for (name, lo, hi) in plan::runs(&keys) {
+            if let Some(id) = ids.get(name) {
+                runs.0.push(*id);
+                runs.1.push(lo);
+                runs.2.push(hi);
+            }
+        }
         let rows = sqlx::query(
-            // A scalar subquery per key: always one primary-key probe. A join (even LATERAL,
-            // which the planner flattens) was planned once per connection while the table was
-            // small — as a scan of the device's events — and that cached plan kept scanning
-            // as the table grew: 340 ms per batch of 500 in the ingest benchmark.
-            r#"SELECT bucket, event_id, hash FROM (
-                 SELECT k.bucket, k.event_id,
-                   (SELECT hash FROM events WHERE bucket = k.bucket AND event_id = k.event_id) AS hash
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS k(bucket, event_id)) AS s
-               WHERE hash IS NOT NULL"#,
+            // One range scan of the primary key per run of the batch's event ids (a catch-up
+            // sends a bucket's events in id order: a batch is one or a few runs), instead of a
+            // probe per key; rows between the keys are read and dropped below. OFFSET 0 keeps
+            // the subquery a scan per run (a join of the two would be planned as a whole, and
+            // once per connection: while the table is small, as a scan of all of it); the
+            // transaction has sequential scans off ([`lock_user`]), so it is the index's.
+            r#"SELECT r.bucket, x.event_id, x.hash
+               FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS r(bucket, lo, hi)
+               CROSS JOIN LATERAL (SELECT event_id, hash FROM events
+                 WHERE bucket = r.bucket AND event_id >= r.lo AND event_id <= r.hi OFFSET 0) AS x"#,
         )
-        .bind(&kb)
-        .bind(&ke)
+        .bind(&runs.0)
+        .bind(&runs.1)
+        .bind(&runs.2)
         .fetch_all(&mut *tx)
         .await?;
         let mut stored: HashMap<Key, String> = HashMap::with_capacity(rows.len());
@@ -144,7 +150,10 @@ impl PgStore {
             let name = names
                 .get(&bucket)
                 .ok_or_else(|| StoreError::Failed(format!("bucket number {bucket} unknown")))?;
-            stored.insert((name.to_string(), row.try_get(1)?), row.try_get(2)?);
+            let key = (name.to_string(), row.try_get(1)?);
+            if keys.binary_search(&key).is_ok() {
+                stored.insert(key, row.try_get(2)?);
+            }
         }
         let plan = plan::plan(batch, &stored, seq);
         let id_of = |name: &str| {
@@ -162,9 +171,9 @@ impl PgStore {
                     event,
                     start_us,
                     add_versions,
-                    reset,
+                    new_row,
                 } => {
-                    let target = if *reset { &mut fresh } else { &mut replaced };
+                    let target = if *new_row { &mut fresh } else { &mut replaced };
                     target.push(bucket, w.key.1, w.seq, event, *start_us, *add_versions);
                 }
                 Final::Deleted => {
@@ -176,7 +185,7 @@ impl PgStore {
             }
         }
         let mut counted: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for (bucket_id, counts) in &plan.buckets {
+        for (bucket_id, counts) in plan.counted() {
             counted.0.push(id_of(bucket_id)?);
             counted.1.push(counts.versions_replaced);
             counted.2.push(counts.duplicates);
@@ -193,8 +202,8 @@ impl PgStore {
                  FROM UNNEST($26::bigint[], $27::bigint[], $28::bigint[]) AS c(id, replaced, duplicates) WHERE b.id = c.id),
                feed AS (UPDATE users SET seq = $29 WHERE id = $1)
                INSERT INTO batches ("user", batch_id, device_id, events, response, received_at) VALUES ($22, $30, $23, $31, $32, $33)"#,
-            fresh = Upserts::sql(2, "excluded.versions"),
-            replaced = Upserts::sql(11, "events.versions + excluded.versions"),
+            fresh = Upserts::sql(2, None),
+            replaced = Upserts::sql(11, Some("events.versions + excluded.versions")),
         ))
         .bind(uid)
         .bind(&fresh.bucket)
@@ -434,19 +443,23 @@ impl Upserts {
         self.start_us.push(start_us);
     }
 
-    /// The upsert of nine column arrays bound from `$first` on (the user's number is `$1`).
-    /// `versions`: the SQL of the stored version count when the key exists (a fixed string of
-    /// ours, never input).
-    fn sql(first: usize, versions: &str) -> String {
+    /// The insert of nine column arrays bound from `$first` on (the user's number is `$1`).
+    /// `replace`: the SQL of the version count of a key whose row exists (a fixed string of
+    /// ours, never input), which makes it an upsert; without it, a plain insert.
+    fn sql(first: usize, replace: Option<&str>) -> String {
         let p: Vec<String> = (first..first + 9).map(|i| format!("${i}")).collect();
+        let on_conflict = replace.map_or(String::new(), |versions| {
+            format!(
+                r#" ON CONFLICT (bucket, event_id) DO UPDATE SET hash = excluded.hash,
+                 timestamp = excluded.timestamp, duration = excluded.duration, data = excluded.data,
+                 versions = {versions}, seq = excluded.seq, start_us = excluded.start_us"#
+            )
+        });
         format!(
             r#"INSERT INTO events (bucket, event_id, uid, seq, hash, timestamp, duration, data, versions, start_us)
                SELECT t.bucket, t.event_id, $1, t.seq, t.hash, t.timestamp, t.duration, t.data, t.versions, t.start_us
                FROM UNNEST({}::bigint[], {}::bigint[], {}::bigint[], {}::text[], {}::text[], {}::float8[], {}::text[], {}::bigint[], {}::bigint[])
-                 AS t(bucket, event_id, seq, hash, timestamp, duration, data, versions, start_us)
-               ON CONFLICT (bucket, event_id) DO UPDATE SET hash = excluded.hash,
-                 timestamp = excluded.timestamp, duration = excluded.duration, data = excluded.data,
-                 versions = {versions}, seq = excluded.seq, start_us = excluded.start_us"#,
+                 AS t(bucket, event_id, seq, hash, timestamp, duration, data, versions, start_us){on_conflict}"#,
             p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
         )
     }
@@ -539,14 +552,18 @@ async fn tombstones(
 
 /// Creates the user's row if needed and locks it until the transaction ends (one statement:
 /// `ON CONFLICT DO UPDATE` waits for a concurrent holder and returns the row as it committed);
-/// the user's number and seq.
+/// the user's number and seq. It also turns sequential scans off for the rest of the
+/// transaction, in the same round trip: every statement of a write reaches its rows by an
+/// index, and a statement's plan is made once per connection (prepared), possibly while a
+/// table is tiny and a scan of all of it is the cheapest — a plan kept as the table grows.
 async fn lock_user(
     tx: &mut Transaction<'_, Postgres>,
     user: &str,
 ) -> Result<(i64, i64), StoreError> {
     let row = sqlx::query(
         r#"INSERT INTO users ("user", seq, id) VALUES ($1, 0, nextval('users_ids'))
-           ON CONFLICT ("user") DO UPDATE SET seq = users.seq RETURNING id, seq"#,
+           ON CONFLICT ("user") DO UPDATE SET seq = users.seq
+           RETURNING id, seq, set_config('enable_seqscan', 'off', true)"#,
     )
     .bind(user)
     .fetch_one(&mut **tx)

@@ -16,13 +16,14 @@ pub(crate) type Key = (String, i64);
 /// A key's stored state after the batch.
 #[derive(Debug)]
 pub(crate) enum Final<'a> {
-    /// The current version is this event. `add_versions` is added to the stored count of
-    /// versions; with `reset` it replaces it (the key was deleted and stored anew).
+    /// The current version is this event. `new_row`: the key has no stored row (never stored,
+    /// or deleted since), so the row is inserted with `add_versions` versions; otherwise the
+    /// stored row is updated and `add_versions` added to its count.
     Stored {
         event: &'a UpEvent,
         start_us: i64,
         add_versions: i64,
-        reset: bool,
+        new_row: bool,
     },
     /// Deleted: a tombstone, and the stored row (if `existed`) goes.
     Deleted,
@@ -52,6 +53,15 @@ pub(crate) struct Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// The buckets whose counters change (a catch-up's batches have none: no write of the
+    /// bucket's row, which would be a new row version each batch).
+    pub fn counted(&self) -> impl Iterator<Item = (&str, &BucketCounts)> {
+        self.buckets
+            .iter()
+            .filter(|(_, c)| c.versions_replaced != 0 || c.duplicates != 0)
+            .map(|(b, c)| (*b, c))
+    }
+
     pub fn replaced(&self) -> u64 {
         self.buckets
             .values()
@@ -84,12 +94,32 @@ pub(crate) fn keys(batch: &IncomingBatch) -> Vec<Key> {
     keys
 }
 
+/// How far apart two event ids of one bucket may be and still be read in one range scan
+/// ([`runs`]): ids 1, 3, 4, 6 are one run. A bucket's ids in aw-server interleave with the
+/// other buckets' (one id sequence for all), so a catch-up batch has gaps; a stored row in a
+/// gap is read for nothing, at most `RUN_GAP - 1` of them per key.
+const RUN_GAP: i64 = 16;
+
+/// The keys as runs of close event ids within a bucket: `(bucket_id, first, last)`. `keys`
+/// sorted (as [`keys`] gives them). A store reads the stored hashes by run, not key by key.
+pub(crate) fn runs(keys: &[Key]) -> Vec<(&str, i64, i64)> {
+    let mut runs: Vec<(&str, i64, i64)> = Vec::new();
+    for (bucket, id) in keys {
+        match runs.last_mut() {
+            Some((b, _, last)) if *b == bucket.as_str() && id.saturating_sub(*last) <= RUN_GAP => {
+                *last = *id;
+            }
+            _ => runs.push((bucket.as_str(), *id, *id)),
+        }
+    }
+    runs
+}
+
 struct Slot<'a> {
     existed: bool,
     current: Option<Current<'a>>,
     changed: bool,
     add_versions: i64,
-    reset: bool,
 }
 
 enum Current<'a> {
@@ -137,7 +167,6 @@ pub(crate) fn plan<'a>(
                 answer.accepted += 1;
                 // Stored anew: one version, whatever the key had before a deletion.
                 s.add_versions = 1;
-                s.reset = true;
                 s.current = Some(Current::New(event));
                 mark(s, &key, &mut touched);
             }
@@ -163,7 +192,7 @@ pub(crate) fn plan<'a>(
                 event,
                 start_us: start_us(&event.timestamp),
                 add_versions: s.add_versions,
-                reset: s.reset || !s.existed,
+                new_row: !s.existed,
             },
             // Changed and back to the stored row cannot happen (a change sets New or None).
             Some(Current::Db(_)) => continue,
@@ -199,7 +228,6 @@ fn slot<'s, 'a>(
             current: hash.map(|h| Current::Db(h.as_str())),
             changed: false,
             add_versions: 0,
-            reset: false,
         }
     })
 }
@@ -292,11 +320,38 @@ mod tests {
         assert_eq!(p.last_seq, 13);
         assert!(matches!(
             p.writes[1].state,
-            Final::Stored { event, add_versions: 2, reset: true, .. } if event.hash == "m"
+            Final::Stored { event, add_versions: 2, new_row: true, .. } if event.hash == "m"
         ));
         assert!(matches!(p.writes[2].state, Final::Deleted));
         assert_eq!(p.buckets["b"].versions_replaced, 2);
         assert_eq!(p.buckets["b"].duplicates, 2);
+    }
+
+    #[test]
+    fn runs_join_close_ids_of_one_bucket() {
+        let keys: Vec<Key> = [
+            ("a", 1),
+            ("a", 3),
+            ("a", 19),
+            ("a", 36),
+            ("b", 37),
+            ("b", i64::MAX),
+        ]
+        .into_iter()
+        .map(|(b, id)| (b.to_string(), id))
+        .collect();
+        assert_eq!(
+            runs(&keys),
+            vec![
+                ("a", 1, 19),
+                ("a", 36, 36),
+                ("b", 37, 37),
+                ("b", i64::MAX, i64::MAX)
+            ]
+        );
+        let far: Vec<Key> = vec![("a".into(), i64::MIN), ("a".into(), i64::MAX)];
+        assert_eq!(runs(&far).len(), 2, "no overflow between far ids");
+        assert!(runs(&[]).is_empty());
     }
 
     #[test]

@@ -158,19 +158,22 @@ impl SqliteStore {
                 }
             }
         }
+        // By runs of close ids, one range of the primary key each (as the PostgreSQL store).
         let mut stored: HashMap<Key, String> = HashMap::new();
         {
-            let mut get =
-                tx.prepare_cached("SELECT hash FROM events WHERE bucket = ?1 AND event_id = ?2")?;
-            for key in keys {
-                let Some(bucket) = ids.get(&key.0) else {
+            let mut get = tx.prepare_cached(
+                "SELECT event_id, hash FROM events WHERE bucket = ?1 AND event_id BETWEEN ?2 AND ?3",
+            )?;
+            for (name, first, last) in plan::runs(&keys) {
+                let Some(bucket) = ids.get(name) else {
                     continue;
                 };
-                let hash: Option<String> = get
-                    .query_row(params![bucket, key.1], |r| r.get(0))
-                    .optional()?;
-                if let Some(hash) = hash {
-                    stored.insert(key, hash);
+                let mut rows = get.query(params![bucket, first, last])?;
+                while let Some(row) = rows.next()? {
+                    let key = (name.to_string(), row.get::<_, i64>(0)?);
+                    if keys.binary_search(&key).is_ok() {
+                        stored.insert(key, row.get(1)?);
+                    }
                 }
             }
         }
@@ -187,19 +190,29 @@ impl SqliteStore {
                     event,
                     start_us,
                     add_versions,
-                    reset,
+                    new_row,
                 } => {
-                    tx.prepare_cached(
+                    // The key's row was read within this transaction, under the write lock:
+                    // a new key is a plain insert, a stored one an update.
+                    let sql = if *new_row {
                         "INSERT INTO events (bucket, event_id, uid, seq, hash, timestamp, duration, data, versions, start_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                         ON CONFLICT (bucket, event_id) DO UPDATE SET hash = excluded.hash,
-                           timestamp = excluded.timestamp, duration = excluded.duration, data = excluded.data,
-                           versions = CASE WHEN ?11 THEN excluded.versions ELSE events.versions + excluded.versions END,
-                           seq = excluded.seq, start_us = excluded.start_us",
-                    )?
-                    .execute(params![
-                        bucket, w.key.1, uid, w.seq, event.hash, event.timestamp, event.duration,
-                        event.data.get(), add_versions, start_us, reset
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                    } else {
+                        "UPDATE events SET uid = ?3, seq = ?4, hash = ?5, timestamp = ?6, duration = ?7,
+                           data = ?8, versions = versions + ?9, start_us = ?10
+                         WHERE bucket = ?1 AND event_id = ?2"
+                    };
+                    tx.prepare_cached(sql)?.execute(params![
+                        bucket,
+                        w.key.1,
+                        uid,
+                        w.seq,
+                        event.hash,
+                        event.timestamp,
+                        event.duration,
+                        event.data.get(),
+                        add_versions,
+                        start_us
                     ])?;
                 }
                 Final::Deleted => {
@@ -209,7 +222,7 @@ impl SqliteStore {
                 }
             }
         }
-        for (bucket_id, counts) in &plan.buckets {
+        for (bucket_id, counts) in plan.counted() {
             tx.prepare_cached(
                 "UPDATE buckets SET versions_replaced = versions_replaced + ?2, duplicates = duplicates + ?3
                  WHERE id = ?1",

@@ -20,6 +20,104 @@ async fn api_on_postgres() {
     suite(DatabaseUrl::Postgres(url)).await;
 }
 
+/// The stores read the stored hashes of a batch's keys by runs of close event ids (one range
+/// scan each, not a probe per key): keys inside a run, rows between them, two buckets whose ids
+/// interleave, a deleted key stored again — counted and stored as key by key.
+#[tokio::test]
+async fn keys_read_by_runs_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    keys_read_by_runs(DatabaseUrl::Sqlite(dir.path().join("samay.sqlite"))).await;
+}
+
+#[tokio::test]
+async fn keys_read_by_runs_on_postgres() {
+    let url = samay_testkit::postgres::shared().database();
+    keys_read_by_runs(DatabaseUrl::Postgres(url)).await;
+}
+
+async fn keys_read_by_runs(db: DatabaseUrl) {
+    let server = spawn(db, unlimited()).await;
+    let alice = Client::new(&server.base_url(), ALICE);
+    let laptop = Uuid::new_v4();
+    let h = |b: &str, id: i64| format!("{b}{id}");
+    let stored: Vec<_> = (1..=40)
+        .map(|id| event("w", id, &h("w", id), T0))
+        .chain(
+            (2..=20)
+                .step_by(2)
+                .map(|id| event("v", id, &h("v", id), T0)),
+        )
+        .collect();
+    let (_, body) = alice.post_batch(&batch(laptop, stored, vec![])).await;
+    assert_eq!(body, json!({"accepted": 50, "duplicates": 0, "deleted": 0}));
+    let gone = |id| Deletion {
+        bucket_id: "w".into(),
+        event_id: id,
+    };
+    let mixed = batch(
+        laptop,
+        vec![
+            event("w", 1, "w1", T0),
+            event("w", 3, "w3b", T0),
+            event("w", 20, "w20", T0),
+            event("w", 40, "w40", T0),
+            event("w", 41, "w41", T0),
+            event("w", 1000, "w1000", T0),
+            event("v", 2, "v2", T0),
+            event("v", 3, "v3", T0),
+        ],
+        vec![gone(17), gone(999)],
+    );
+    let (_, body) = alice.post_batch(&mixed).await;
+    assert_eq!(body, json!({"accepted": 4, "duplicates": 4, "deleted": 1}));
+    let (changes, next) = alice.feed_from(0, 100).await;
+    let moved: Vec<(String, i64, bool)> = changes
+        .iter()
+        .filter(|c| c.seq > 50)
+        .map(|c| (c.bucket_id.clone(), c.event_id, c.deleted))
+        .collect();
+    assert_eq!(
+        moved,
+        vec![
+            ("w".into(), 3, false),
+            ("w".into(), 41, false),
+            ("w".into(), 1000, false),
+            ("v".into(), 3, false),
+            ("w".into(), 17, true),
+        ],
+        "the changed keys in the batch's order, deletions last"
+    );
+    // Sent again under a new batch id: all duplicates now; the deleted key is gone.
+    let mut again = mixed.clone();
+    again.batch_id = Uuid::new_v4();
+    let (_, body) = alice.post_batch(&again).await;
+    assert_eq!(body, json!({"accepted": 0, "duplicates": 8, "deleted": 0}));
+    // The deleted key stored again, beside a stored one.
+    let back = batch(
+        laptop,
+        vec![event("w", 16, "w16", T0), event("w", 17, "w17", T0)],
+        vec![],
+    );
+    let (_, body) = alice.post_batch(&back).await;
+    assert_eq!(body, json!({"accepted": 1, "duplicates": 1, "deleted": 0}));
+    let (all, _) = alice.feed_from(0, 100).await;
+    let folded = fold(&all);
+    let mut want: Vec<(String, i64, String)> = (1..=41)
+        .chain([1000])
+        .map(|id| ("w".to_string(), id, h("w", id)))
+        .chain([2, 3, 4, 6, 8, 10, 12, 14, 16, 18, 20].map(|id| ("v".to_string(), id, h("v", id))))
+        .collect();
+    want[2].2 = "w3b".into();
+    want.sort();
+    let have: Vec<(String, i64, String)> = folded
+        .into_iter()
+        .map(|((_, b, id), hash)| (b, id, hash))
+        .collect();
+    assert_eq!(have, want);
+    assert!(all.last().unwrap().seq > next);
+    server.shutdown().await;
+}
+
 const T0: &str = "2024-05-01T10:00:00Z";
 const T1: &str = "2024-05-01T11:00:00.5Z";
 const T2: &str = "2024-05-01T12:00:00.123456789Z";
