@@ -575,6 +575,71 @@ async fn batches_travel_together_to_the_upstream_and_everything_arrives_once() {
     rig.assert_exact("b").await;
 }
 
+/// A cycle reads two buckets at once: one bucket's next page waits for its current page to be
+/// parsed, so one bucket at a time left aw-server idle while the sidecar parsed. A proxy in
+/// front of the real aw-server holds the first page request of each bucket until a page of the
+/// other bucket is asked for too (or 20 s passed, which then fails the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_buckets_are_read_at_once() {
+    use samay_testkit::proxy::{Forwarded, Hold, Proxy};
+
+    let rig = Rig::new().await;
+    for b in ["a", "b"] {
+        rig.bucket(b).await;
+        rig.insert(b, &series(30, 10.0, 60, b)).await;
+    }
+    // Buckets whose page request came in, and a wake-up for each new one.
+    let asked = Arc::new((
+        std::sync::Mutex::new(Vec::<String>::new()),
+        tokio::sync::Notify::new(),
+    ));
+    let gate = {
+        let asked = Arc::clone(&asked);
+        move |seen: &samay_testkit::hostile::Seen| -> Hold {
+            let path = seen.target.split('?').next().unwrap_or_default();
+            let Some(bucket) = path
+                .strip_prefix("/api/0/buckets/")
+                .and_then(|p| p.strip_suffix("/events"))
+            else {
+                return Box::pin(std::future::ready(()));
+            };
+            let bucket = bucket.to_string();
+            let asked = Arc::clone(&asked);
+            Box::pin(async move {
+                {
+                    let mut list = asked.0.lock().unwrap();
+                    if !list.contains(&bucket) {
+                        list.push(bucket.clone());
+                    }
+                }
+                asked.1.notify_waiters();
+                let both = async {
+                    loop {
+                        let woken = asked.1.notified();
+                        if asked.0.lock().unwrap().len() >= 2 {
+                            return;
+                        }
+                        woken.await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(20), both).await;
+            })
+        }
+    };
+    let proxy = Proxy::start(rig.aw.port(), Arc::new(Forwarded::default()), gate).await;
+    let mut engine = rig.engine();
+    engine.source = aw_sync_samay::source::AwClient::new("127.0.0.1", proxy.port()).unwrap();
+    let started = tokio::time::Instant::now();
+    let report = engine.run_cycle().await.unwrap();
+    assert_eq!(report.upload.delivered, 60);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the first page of one bucket waited for the other's in vain: read one at a time"
+    );
+    rig.assert_exact("a").await;
+    rig.assert_exact("b").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aw_server_restarting_mid_sync_loses_nothing() {
     let mut rig = Rig::new().await;
