@@ -255,7 +255,7 @@ pub(super) const KEYS: &[Key] = &[
         name: "sync.page_size",
         group: Group::Sync,
         doc: "Events fetched from aw-server per request",
-        more: "A catch-up reads pages of 3 × this, two buckets at a time.",
+        more: "A catch-up reads pages of 5 × this.",
         bounds: Some(Bounds {
             min: 10,
             max: 100_000,

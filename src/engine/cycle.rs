@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt as _;
 
 use super::destination;
 use super::{queue, scan, upload};
@@ -315,7 +314,6 @@ impl Engine {
                 verify,
                 caps: &caps,
             };
-            let mut wanted = Vec::new();
             for bucket in buckets.values() {
                 // Another device's events (imported by the pull or by aw-sync): that device
                 // pushes them itself.
@@ -343,25 +341,7 @@ impl Engine {
                         &mut report,
                     )
                     .await?;
-                wanted.push((bucket, state, redaction));
-            }
-            // Buckets are read [`BUCKETS_AT_ONCE`] at a time: one bucket's next page can only be
-            // asked for once its current page is parsed (it ends where that page's oldest
-            // event starts), so reading one bucket left aw-server idle while the sidecar parsed
-            // and the sidecar idle while aw-server answered. Results come back in bucket order.
-            // (The futures are made before they go into the stream: a stream holding the
-            // closure that makes them would not be `Send` for every lifetime, which the
-            // daemon's spawned cycle needs.)
-            let scanner = &scanner;
-            let reads: Vec<_> = wanted
-                .iter()
-                .map(|(bucket, state, redaction)| async move {
-                    (*bucket, scanner.scan(bucket, state, redaction).await)
-                })
-                .collect();
-            let mut scans = futures_util::stream::iter(reads).buffered(BUCKETS_AT_ONCE);
-            while let Some((bucket, scanned)) = scans.next().await {
-                match scanned {
+                match scanner.scan(bucket, &state, &redaction).await {
                     Ok(stats) => {
                         report.buckets.insert(bucket.id.clone(), stats);
                     }
@@ -438,9 +418,6 @@ impl Engine {
 }
 
 /// Aborts the uploader when a cycle is cancelled (shutdown), so nothing outlives it.
-/// Buckets read at once by a cycle (see where it is used).
-const BUCKETS_AT_ONCE: usize = 2;
-
 /// How many batches may be on the wire at once, and how many events the queue holds.
 ///
 /// Held at once: the queue's events, the batches on the wire, and the next batch, filled while

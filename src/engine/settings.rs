@@ -45,10 +45,8 @@ pub struct Settings {
     pub pull: crate::pull::PullSettings,
 }
 
-/// Catch-up pages are this many times `sync.page_size`. Two buckets are read at once, each with
-/// a page in hand and the next one coming: four pages of 3,000 events at the most. With pages of
-/// 5,000 the 1M-event catch-up peaked at 24.8–25.5 MiB; with 3,000 at 21.3–21.9 MiB, as fast.
-pub const CATCHUP_PAGES: usize = 3;
+/// Catch-up pages are this many times `sync.page_size`.
+pub const CATCHUP_PAGES: usize = 5;
 
 impl Settings {
     /// From a config that [`crate::config::load`] validated; an invalid `start_from` or
