@@ -195,8 +195,11 @@ fn in_session(setup: &str) -> String {
     format!("{setup}; exec \"$0\" \"$@\"")
 }
 
+/// The daemon's stderr goes to /dev/null too, as in the other daemon starts here: the daemon
+/// may outlive the shell, and a pipe it still holds keeps `run_with_limit` waiting for the end
+/// of the output (the seeding timed out once in CI, 30 s, not reproduced since).
 const UNLOCKED_KEYRING: &str =
-    "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null";
+    "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
