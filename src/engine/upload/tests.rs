@@ -496,6 +496,28 @@ fn mark_after(id: i64) -> Item {
     Item::Mark(mv(id * 1_000_000_000))
 }
 
+/// `n` batches of ten events, each followed by the mark after it.
+fn batches_with_marks(n: i64) -> Vec<Item> {
+    let mut items = Vec::new();
+    for b in 0..n {
+        items.extend(events(b * 10..b * 10 + 10));
+        items.push(mark_after(b * 10 + 9));
+    }
+    items
+}
+
+/// How many of `ids` the state records as acknowledged.
+fn recorded(r: &Rig, ids: std::ops::Range<i64>) -> usize {
+    r.store.lookup(ROW, &ids.collect::<Vec<_>>()).unwrap().len()
+}
+
+/// The ids the sink stored, in order.
+fn answered(r: &Rig) -> Vec<i64> {
+    let mut ids = r.sink.stored.lock().unwrap().clone();
+    ids.sort_unstable();
+    ids
+}
+
 /// Several batches travel at once, up to the limit, opened one answer at a time; each answer is
 /// recorded in read order, so a slow batch holds back the recording (and the marks) of the
 /// quick ones behind it.
@@ -509,30 +531,14 @@ async fn batches_travel_together_up_to_the_limit_and_are_recorded_in_read_order(
         ..Default::default()
     };
     let r = rig(sink, false);
-    let mut items = Vec::new();
-    for b in 0..6 {
-        items.extend(events(b * 10..b * 10 + 10));
-        items.push(mark_after(b * 10 + 9));
-    }
+    let items = batches_with_marks(6);
     let watch = async {
         // The first batch went alone (answered at 1 s); the second and third left together,
         // and only the third is answered at 2.5 s: it waits to be recorded behind the second.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let mut answered: Vec<i64> = r.sink.stored.lock().unwrap().clone();
-        answered.sort_unstable();
-        assert_eq!(answered, (0..10).chain(20..30).collect::<Vec<_>>());
-        assert_eq!(
-            r.store
-                .lookup(ROW, &(0..10).collect::<Vec<_>>())
-                .unwrap()
-                .len(),
-            10
-        );
-        assert!(r
-            .store
-            .lookup(ROW, &(10..30).collect::<Vec<_>>())
-            .unwrap()
-            .is_empty());
+        assert_eq!(answered(&r), (0..10).chain(20..30).collect::<Vec<_>>());
+        assert_eq!(recorded(&r, 0..10), 10);
+        assert_eq!(recorded(&r, 10..30), 0);
         assert_eq!(cursor(&r), Some(9_000_000_000));
     };
     let (stats, ()) = tokio::join!(run(&r, 10, 0, items), watch);
@@ -543,13 +549,7 @@ async fn batches_travel_together_up_to_the_limit_and_are_recorded_in_read_order(
         IN_FLIGHT,
         "at most the limit at once"
     );
-    assert_eq!(
-        r.store
-            .lookup(ROW, &(0..60).collect::<Vec<_>>())
-            .unwrap()
-            .len(),
-        60
-    );
+    assert_eq!(recorded(&r, 0..60), 60);
     assert_eq!(cursor(&r), Some(59_000_000_000));
 }
 
@@ -592,13 +592,7 @@ async fn an_upstream_in_trouble_gets_one_batchs_retries() {
     ));
     assert_eq!(r.sink.on_wire.lock().unwrap().1, IN_FLIGHT);
     assert_eq!(requests_from(&r, 30), IN_FLIGHT + 2);
-    assert_eq!(
-        r.store
-            .lookup(ROW, &(0..90).collect::<Vec<_>>())
-            .unwrap()
-            .len(),
-        30
-    );
+    assert_eq!(recorded(&r, 0..90), 30);
 }
 
 /// A version replacing one that is still on the wire waits for its answer: sent together, the
@@ -663,30 +657,14 @@ async fn a_failed_batch_stops_the_upload_and_nothing_after_it_is_recorded() {
         ..Default::default()
     };
     let r = rig(sink, false);
-    let mut items = Vec::new();
-    for b in 0..3 {
-        items.extend(events(b * 10..b * 10 + 10));
-        items.push(mark_after(b * 10 + 9));
-    }
+    let items = batches_with_marks(3);
     let err = run(&r, 10, 0, items).await.unwrap_err();
     assert!(matches!(
         err,
         UploadError::Upstream(UpstreamError::Network(_))
     ));
-    let mut answered = r.sink.stored.lock().unwrap().clone();
-    answered.sort_unstable();
-    assert_eq!(answered, (0..10).chain(20..30).collect::<Vec<_>>());
-    assert_eq!(
-        r.store
-            .lookup(ROW, &(0..30).collect::<Vec<_>>())
-            .unwrap()
-            .len(),
-        10
-    );
-    assert!(r
-        .store
-        .lookup(ROW, &(10..30).collect::<Vec<_>>())
-        .unwrap()
-        .is_empty());
+    assert_eq!(answered(&r), (0..10).chain(20..30).collect::<Vec<_>>());
+    assert_eq!(recorded(&r, 0..30), 10);
+    assert_eq!(recorded(&r, 10..30), 0);
     assert_eq!(cursor(&r), Some(9_000_000_000));
 }
