@@ -240,7 +240,7 @@ pub(super) const KEYS: &[Key] = &[
     Key {
         name: "sync.offline_queue_size",
         group: Group::Sync,
-        doc: "Events read but not yet acknowledged, at most (at least batch_size).",
+        doc: "Events read but not yet acknowledged, at most (at least batch_size; less than three batches is raised to three: one on the wire, one filling, one queued).",
         more: "Reading pauses when it is full (aw-server keeps the data).",
         bounds: None,
     },

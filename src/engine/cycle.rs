@@ -423,7 +423,8 @@ impl Engine {
 /// Held at once: the queue's events, the batches on the wire, and the next batch, filled while
 /// they travel (it waits for room before it goes): together `offline_queue_size`, or two
 /// batches and an event when that is less. The queue keeps at least a batch of it where it can
-/// (three batches or more), or the reader would hand over a few events at a time. A dry run's
+/// (three batches or more, which [`Settings`] makes sure of), or the reader would hand over a
+/// few events at a time. A dry run's
 /// sink answers at once, and its samples are the first events in read order: one batch at a
 /// time.
 fn upload_shape(s: &Settings) -> (usize, usize) {
@@ -510,6 +511,17 @@ mod tests {
         s.queue_size = 4000;
         s.upload_concurrency = 3;
         assert_eq!(upload_shape(&s), (3, 2000));
+        // A batch of half the offline queue or more: the queue is raised to three batches, so
+        // a whole batch queues while one travels and one fills.
+        for batch_size in [1000, 2000, 5000] {
+            let config = crate::config::SyncConfig {
+                batch_size,
+                ..Default::default()
+            };
+            let settings = Settings::from_config(&config);
+            assert_eq!(settings.queue_size, 3 * batch_size);
+            assert_eq!(upload_shape(&settings), (1, batch_size));
+        }
         s.dry_run = true;
         assert_eq!(upload_shape(&s).0, 1, "a dry run sends one batch at a time");
     }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::model::{Bucket, Event, ServerInfo};
+use super::raw_page::{self, BufferPool, RawPage};
 use crate::http_body::BodyError;
 use crate::printable::printable;
 
@@ -107,16 +108,9 @@ pub struct AwClient {
     /// `http://host:port`, no trailing slash.
     base_url: String,
     api_key: Option<String>,
-    /// Buffers of read pages, for the next pages (shared by clones).
-    page_buffers: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Buffers of read pages, for the next pages (shared by clones; [`RawPage`]).
+    page_buffers: BufferPool,
 }
-
-/// How many page buffers are kept. One: while a page is parsed the next is read into a buffer
-/// of its own, so two alternate; keeping both saved another fifth of the faults but held a
-/// megabyte more at the peak (measured on the 1M-event catch-up, peak RSS goal 25 MB).
-const KEPT_PAGE_BUFFERS: usize = 1;
-/// A buffer larger than this is not kept: one huge page must not pin its memory.
-const MAX_KEPT_PAGE_BUFFER: usize = 8 * 1024 * 1024;
 
 impl AwClient {
     /// `host` is used as is in the URL and therefore in the `Host` header: aw-server-rust
@@ -169,30 +163,6 @@ impl AwClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-    }
-
-    /// A buffer to read a page into: one kept from an earlier page when there is one.
-    ///
-    /// Why: a catch-up page is about a megabyte, past glibc's mmap threshold, so a new buffer
-    /// per page was a fresh mapping whose every page the kernel faulted in and zeroed, then
-    /// unmapped — an eighth of the 1M-event catch-up's page faults.
-    fn page_buffer(&self) -> Vec<u8> {
-        self.page_buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default()
-    }
-
-    /// Keeps a page's buffer for the next page (see [`AwClient::page_buffer`]).
-    fn keep_page_buffer(&self, buffer: Vec<u8>) {
-        if buffer.capacity() > MAX_KEPT_PAGE_BUFFER {
-            return;
-        }
-        let mut kept = self.page_buffers.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < KEPT_PAGE_BUFFERS {
-            kept.push(buffer);
-        }
     }
 
     /// aw-server-rust with `[auth] api_key` set refuses every endpoint but `/info` without
@@ -268,6 +238,19 @@ impl AwClient {
         end: Option<DateTime<Utc>>,
         limit: Option<u64>,
     ) -> Result<Vec<T>, SourceError> {
+        self.get_events_raw(bucket_id, start, end, limit)
+            .await?
+            .parse_as()
+    }
+
+    /// [`AwClient::get_events`] as sent, not parsed yet ([`RawPage`]).
+    pub async fn get_events_raw(
+        &self,
+        bucket_id: &str,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        limit: Option<u64>,
+    ) -> Result<RawPage, SourceError> {
         let start = start.map(format_timestamp);
         let end = end.map(format_timestamp);
         let limit = limit.map(|l| l.to_string());
@@ -288,10 +271,9 @@ impl AwClient {
             let bytes = read_error_body(response, &url).await?;
             return Err(error_answer(status, &url, Some(bucket_id), &bytes));
         }
-        let bytes = read_body_into(response, &url, MAX_DATA_ANSWER, self.page_buffer()).await?;
-        let events = parse(&url, &bytes);
-        self.keep_page_buffer(bytes);
-        events
+        let buffer = raw_page::take_buffer(&self.page_buffers);
+        let bytes = read_body_into(response, &url, MAX_DATA_ANSWER, buffer).await?;
+        Ok(RawPage::new(url, bytes, Some(self.page_buffers.clone())))
     }
 
     /// One event by id, unclipped. `Ok(None)` when the bucket exists but the event does not.
@@ -716,6 +698,11 @@ fn snippet(body: &[u8], max: usize) -> String {
 fn says_no_such_bucket(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     text.contains("no bucket named") || text.contains("requested bucket")
+}
+
+/// An answer parsed, or [`SourceError::Malformed`] saying where and what came instead.
+pub(super) fn parse_answer<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError> {
+    parse(url, bytes)
 }
 
 fn parse<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError> {

@@ -5,10 +5,12 @@
 
 mod client;
 pub mod model;
+mod raw_page;
 mod write;
 
 pub use client::{short_cause, AwClient, SourceError, MAX_DATA_ANSWER, MAX_SMALL_ANSWER};
 pub use model::{object_to_raw, Bucket, BucketSpan, Event, PageEvent, ServerInfo};
+pub use raw_page::RawPage;
 
 use crate::auth::BoxFuture;
 
@@ -25,12 +27,24 @@ pub struct PageQuery {
 /// What the scan reads from aw-server — the twin of [`crate::upstream::BatchSink`] on the
 /// source side. [`AwClient`] is the real one; the scan's unit tests put a scripted source here.
 pub trait EventSource: Send + Sync {
-    /// Events overlapping the range, newest first, clipped to it (see [`AwClient::get_events`]).
+    /// Events overlapping the range, newest first, clipped to it (see [`AwClient::get_events`]),
+    /// as sent: the scan reads a page's last events before it parses the rest. The answer
+    /// owns what it needs (`'static`): the scan reads each page in a task of its own, so the
+    /// next page travels and aw-server answers it while this one is processed.
+    fn page_raw(
+        &self,
+        bucket: &str,
+        query: PageQuery,
+    ) -> BoxFuture<'static, Result<RawPage, SourceError>>;
+
+    /// [`EventSource::page_raw`], parsed.
     fn page<'a>(
         &'a self,
         bucket: &'a str,
         query: PageQuery,
-    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>>;
+    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>> {
+        Box::pin(async move { self.page_raw(bucket, query).await?.parse() })
+    }
 
     /// One event, unclipped; `None` when the bucket has no such event. Its data stays text,
     /// as in a page, so an event nested too deep to parse is still read (and quarantined).
@@ -62,12 +76,19 @@ fn at(ns: i64) -> chrono::DateTime<chrono::Utc> {
 }
 
 impl EventSource for AwClient {
-    fn page<'a>(
-        &'a self,
-        bucket: &'a str,
+    fn page_raw(
+        &self,
+        bucket: &str,
         q: PageQuery,
-    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>> {
-        Box::pin(self.get_events_as(bucket, q.start.map(at), q.end.map(at), Some(q.limit)))
+    ) -> BoxFuture<'static, Result<RawPage, SourceError>> {
+        // A clone shares the connection pool and the page buffers.
+        let client = self.clone();
+        let bucket = bucket.to_owned();
+        Box::pin(async move {
+            client
+                .get_events_raw(&bucket, q.start.map(at), q.end.map(at), Some(q.limit))
+                .await
+        })
     }
 
     fn event<'a>(

@@ -124,7 +124,7 @@ impl Event {
 /// (checked to be an object, `null` read as `{}`). A catch-up reads every event once and
 /// forwards it once; keeping the text means no map is built per event, nothing is copied to
 /// build the upload, and the upstream receives exactly the data aw-server served.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PageEvent {
     #[serde(default)]
     pub id: Option<i64>,

@@ -68,6 +68,10 @@ pub struct ScanStats {
     /// Of `queued` and `deleted`, what the verification found different.
     pub verify_differed: u64,
     pub requests: u64,
+    /// Pages asked for before the page above them was parsed, from its last events, and used.
+    pub read_ahead: u64,
+    /// Such guesses that the parsed page proved wrong: dropped (cancelled) and asked again.
+    pub read_ahead_wrong: u64,
     /// Nothing had changed: the cycle only compared the listing and the count.
     pub settled: bool,
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Ctx, ScanError, ScanStats, Scanner};
 use crate::engine::queue::{Body, Claim, Pending};
-use crate::source::{PageEvent, PageQuery, SourceError};
+use crate::source::{EventSource, PageEvent, PageQuery, RawPage, SourceError};
 use crate::state::{
     hash::event_data_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined,
     Span,
@@ -66,6 +66,58 @@ pub(super) struct Plan {
     pub budget: Option<u64>,
     /// Count the events within this many ns of the newest one read ([`Outcome::near`]).
     pub near: Option<i64>,
+}
+
+impl Plan {
+    fn query(&self, end: Option<i64>, limit: usize) -> PageQuery {
+        PageQuery {
+            start: self.start,
+            end,
+            limit: limit as u64,
+        }
+    }
+}
+
+/// How many of a page's last events the next query is guessed from: those at its two oldest
+/// starts are enough, unless many events share them (then the guess is wrong and dropped).
+pub(super) const AHEAD_TAIL: usize = 32;
+
+/// A page being read in a task of its own: its request is sent and its body read while the
+/// scan parses and processes the page before it (both on aw-server's side and on ours, in
+/// turn, they were the catch-up's critical path: measured per thread, issue 9). Dropped
+/// unread (a wrong guess, an error), it is cancelled.
+struct Reading {
+    query: PageQuery,
+    task: tokio::task::JoinHandle<Result<RawPage, SourceError>>,
+}
+
+impl Reading {
+    fn start(source: &dyn EventSource, bucket: &str, query: PageQuery) -> Reading {
+        Reading {
+            query,
+            task: tokio::spawn(source.page_raw(bucket, query)),
+        }
+    }
+
+    async fn answer(mut self) -> Result<RawPage, SourceError> {
+        match (&mut self.task).await {
+            Ok(answer) => answer,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only a runtime shutting down cancels it, and that ends the scan too.
+                Err(e) => Err(SourceError::Malformed {
+                    url: String::new(),
+                    detail: format!("the page's read was cancelled: {e}"),
+                }),
+            },
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What a read saw.
@@ -131,8 +183,15 @@ impl Scanner<'_> {
         // Ids of the previous page that the current one returns again.
         let mut seen: HashSet<i64> = HashSet::new();
         stats.requests += 1;
-        let mut page = self.fetch(bucket, plan.start, end_q, limit).await?;
+        let first = Reading::start(self.source, bucket, plan.query(end_q, limit))
+            .answer()
+            .await?;
+        let (first, mut ahead) = self.parse_reading_ahead(ctx, &plan, first, end_q, limit);
+        let mut page = first?;
         loop {
+            if ahead.is_some() {
+                stats.requests += 1;
+            }
             let full = page.len() >= limit;
             tracing::debug!(%bucket, ?end_q, limit, got = page.len(), "page");
             self.count_read(bucket, page.len() as u64, stats);
@@ -154,16 +213,37 @@ impl Scanner<'_> {
                 }
                 _ => None,
             };
-            if next.is_some() {
-                stats.requests += 1;
+            // The next page: already on its way when it was guessed right from this page's
+            // tail; otherwise asked for now (a wrong guess is dropped, which cancels it).
+            let reading = next.as_ref().map(|&(end, limit, _)| {
+                let query = plan.query(Some(end), limit);
+                match ahead.take() {
+                    Some(a) if a.query == query => {
+                        stats.read_ahead += 1;
+                        a
+                    }
+                    wrong => {
+                        if let Some(w) = wrong {
+                            stats.read_ahead_wrong += 1;
+                            tracing::debug!(%bucket, guessed = ?w.query, ?query, "the page read ahead was not the next one; dropped");
+                        }
+                        stats.requests += 1;
+                        Reading::start(self.source, bucket, query)
+                    }
+                }
+            });
+            if ahead.take().is_some() {
+                stats.read_ahead_wrong += 1;
             }
             let fetch_next = async {
-                match &next {
-                    Some((end, limit, _)) => {
-                        Some(self.fetch(bucket, plan.start, Some(*end), *limit).await)
-                    }
-                    None => None,
-                }
+                let (reading, &(end, limit, _)) = (reading?, next.as_ref()?);
+                tr("await-start");
+                let a = reading.answer().await;
+                tr("await-end");
+                Some(match a {
+                    Ok(raw) => self.parse_reading_ahead(ctx, &plan, raw, Some(end), limit),
+                    Err(e) => (Err(e), None),
+                })
             };
             let (processed, fetched) = tokio::join!(
                 self.process_page(
@@ -176,6 +256,7 @@ impl Scanner<'_> {
                 ),
                 fetch_next
             );
+            tr("joined");
             processed?;
             // Everything starting after the oldest start is read; ties at it maybe not.
             let reached = if next.is_none() && !full {
@@ -187,14 +268,61 @@ impl Scanner<'_> {
             if let Some(o) = reached {
                 progress.page_done(self, out.newest, o).await?;
             }
-            let (Some((next_end, next_limit, next_seen)), Some(fetched)) = (next, fetched) else {
+            let (Some((next_end, next_limit, next_seen)), Some((fetched, next_ahead))) =
+                (next, fetched)
+            else {
                 return Ok(out);
             };
             page = fetched?;
+            ahead = next_ahead;
             end_q = Some(next_end);
             limit = next_limit;
             seen = next_seen;
         }
+    }
+
+    /// Parses a page, having first asked for the page after it when its last events tell
+    /// which that is ([`RawPage::tail`]): aw-server then answers it while this one is parsed
+    /// and processed. The guess is checked against the parsed page before its answer is used.
+    fn parse_reading_ahead(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &Plan,
+        raw: RawPage,
+        end_q: Option<i64>,
+        limit: usize,
+    ) -> (Result<Vec<PageEvent>, SourceError>, Option<Reading>) {
+        let ahead = self
+            .guess_next(ctx, plan, &raw, end_q, limit)
+            .map(|query| Reading::start(self.source, &ctx.bucket.id, query));
+        (raw.parse(), ahead)
+    }
+
+    /// The query [`Scanner::next_query`] will make after `raw`, from its last events alone;
+    /// `None` when there will be none or it cannot tell.
+    fn guess_next(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &Plan,
+        raw: &RawPage,
+        end_q: Option<i64>,
+        limit: usize,
+    ) -> Option<PageQuery> {
+        if plan.budget.is_some() {
+            return None;
+        }
+        let (count, tail) = raw.tail(AHEAD_TAIL)?;
+        let o = tail
+            .iter()
+            .filter_map(|e| e.timestamp.timestamp_nanos_opt())
+            .min()?;
+        if count < limit || plan.floor.is_some_and(|f| o < f) {
+            return None;
+        }
+        let (end, limit, _) = self
+            .next_query(ctx, &tail, o, end_q, limit, plan.limit)
+            .ok()?;
+        Some(plan.query(Some(end), limit))
     }
 
     /// The query after a full page whose oldest start is `o`: `(end, limit, ids of this page
@@ -240,25 +368,6 @@ impl Scanner<'_> {
         }
         let e = end_q.unwrap_or(q);
         Ok((e, wider, again(e)))
-    }
-
-    async fn fetch(
-        &self,
-        bucket: &str,
-        start: Option<i64>,
-        end: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<PageEvent>, SourceError> {
-        self.source
-            .page(
-                bucket,
-                PageQuery {
-                    start,
-                    end,
-                    limit: limit as u64,
-                },
-            )
-            .await
     }
 
     fn count_read(&self, bucket: &str, n: u64, stats: &mut ScanStats) {
@@ -317,6 +426,7 @@ impl Scanner<'_> {
             .filter(|c| clipped(start_q, end_q, c.0).any())
             .map(|c| c.2)
             .collect();
+        tr("proc-start");
         let held = self.lookup(state.row, edges).await?;
         let mut claimed = Vec::with_capacity(meta.len());
         let mut quarantined = Vec::new();
@@ -407,10 +517,12 @@ impl Scanner<'_> {
             }
         });
         stats.queued += batch.len() as u64;
+        tr("send-start");
         self.tx
             .send_events(batch)
             .await
             .map_err(|_| ScanError::UploaderGone)?;
+        tr("send-end");
         if !quarantined.is_empty() {
             stats.quarantined += quarantined.len() as u64;
             stats.queued += quarantined.len() as u64;
@@ -553,4 +665,10 @@ impl Clip {
             _ => k.start_ns < ret.start_ns && beyond,
         }
     }
+}
+
+static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+fn tr(what: &str) {
+    let t = T0.get_or_init(std::time::Instant::now).elapsed();
+    eprintln!("TR {:.3} {what}", t.as_secs_f64() * 1e3);
 }

@@ -22,7 +22,7 @@ use crate::engine::upload::Uploader;
 use crate::engine::Metrics;
 use crate::privacy::Privacy;
 use crate::retry::RetryPolicy;
-use crate::source::{Bucket, BucketSpan, EventSource, PageEvent, PageQuery, SourceError};
+use crate::source::{Bucket, BucketSpan, EventSource, PageEvent, PageQuery, RawPage, SourceError};
 use crate::state::{DestKey, Store};
 use crate::upstream::contract::{BatchRequest, BatchResponse, BucketMeta};
 use crate::upstream::{BatchSink, UpstreamError};
@@ -148,11 +148,11 @@ impl Script {
 }
 
 impl EventSource for Script {
-    fn page<'a>(
-        &'a self,
-        _bucket: &'a str,
+    fn page_raw(
+        &self,
+        _bucket: &str,
         q: PageQuery,
-    ) -> BoxFuture<'a, Result<Vec<PageEvent>, SourceError>> {
+    ) -> BoxFuture<'static, Result<RawPage, SourceError>> {
         self.requests.lock().unwrap().push(Req::Page(q));
         let (lo, hi) = (q.start.unwrap_or(0), q.end.unwrap_or(i64::MAX));
         let limit = usize::try_from(q.limit).unwrap();
@@ -161,8 +161,8 @@ impl EventSource for Script {
             .iter()
             .take(limit)
             .map(|e| e.served(lo, hi))
-            .collect();
-        Box::pin(async move { Ok(page) })
+            .collect::<Vec<_>>();
+        Box::pin(async move { RawPage::from_events("script", &page) })
     }
 
     fn event<'a>(
@@ -391,13 +391,7 @@ fn aggregate_requests(requests: &[Req]) -> usize {
 
 /// The lowest `end` a page asked for (`None`: no page bounded below the newest event).
 fn deepest_page_end(requests: &[Req]) -> Option<i64> {
-    requests
-        .iter()
-        .filter_map(|r| match r {
-            Req::Page(q) => q.end,
-            _ => None,
-        })
-        .min()
+    pages(requests).iter().filter_map(|q| q.end).min()
 }
 
 #[tokio::test(start_paused = true)]
@@ -531,4 +525,62 @@ async fn an_event_clipped_at_a_page_edge_is_fetched_and_sent_whole() {
     assert!(requests.contains(&Req::Event(long)), "{requests:?}");
     assert!(stats.fetched >= 1);
     assert_eq!(rig.upstream.take(), (once(&expected), vec![]));
+}
+
+/// The page requests, in the order they were made.
+fn pages(requests: &[Req]) -> Vec<PageQuery> {
+    requests
+        .iter()
+        .filter_map(|r| match r {
+            Req::Page(q) => Some(*q),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_reads_each_page_ahead_once_from_the_tail_of_the_one_above() {
+    let rig = Rig::new(4, 8, 300 * SEC);
+    let ids = rig.source.history(T0, 60);
+    let stats = rig.cycle().await;
+    let (sent, _) = rig.upstream.take();
+    let all: Vec<(i64, f64)> = ids.iter().map(|&id| (id, 60.0)).collect();
+    assert_eq!(sent, once(&all));
+    let asked = pages(&rig.source.take_requests());
+    // Every page after the first was asked for from its predecessor's last events, before
+    // that page was parsed, and the parsed page agreed: nothing asked twice, nothing wasted.
+    assert!(asked.len() >= 8, "{asked:?}");
+    assert_eq!(stats.read_ahead, asked.len() as u64 - 1, "{stats:?}");
+    assert_eq!(stats.read_ahead_wrong, 0);
+    let mut distinct = asked.clone();
+    distinct.sort_by_key(|q| (q.end, q.limit));
+    distinct.dedup();
+    assert_eq!(distinct.len(), asked.len(), "{asked:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_ahead_the_parsed_page_disagrees_with_is_dropped_and_the_right_page_read() {
+    // The first catch-up page ends in more events at one start than its tail shows: the
+    // guess from the tail ends the next page at that start, the parsed page one start above.
+    let tail = i64::try_from(super::pages::AHEAD_TAIL).unwrap();
+    let rig = Rig::new(64, 64, 300 * SEC);
+    let older = rig.source.history(T0, 50);
+    let tied: Vec<i64> = (0..tail + 8)
+        .map(|_| rig.source.insert(T0 + 60 * 60 * SEC, 30 * SEC))
+        .collect();
+    let newer = rig.source.history(T0 + 61 * 60 * SEC, 64 - (tail + 8));
+    let stats = rig.cycle().await;
+    let (sent, _) = rig.upstream.take();
+    let mut expected: Vec<(i64, f64)> = older.iter().map(|&id| (id, 60.0)).collect();
+    expected.extend(tied.iter().map(|&id| (id, 30.0)));
+    expected.extend(newer.iter().map(|&id| (id, 60.0)));
+    assert_eq!(sent, once(&expected));
+    assert_eq!(stats.read_ahead_wrong, 1, "{stats:?}");
+    let asked = pages(&rig.source.take_requests());
+    // The first page, the wrong guess, then the page the parsed first page calls for: ending
+    // one start above the tie, and returning the whole tie and that start once more.
+    let edge = T0 + 61 * 60 * SEC;
+    assert_eq!(asked[1].end, Some(T0 + 60 * 60 * SEC), "{asked:?}");
+    assert_eq!(asked[2].end, Some(edge), "{asked:?}");
+    assert_eq!(asked[2].limit, 64 + tail as u64 + 8 + 1, "{asked:?}");
 }
