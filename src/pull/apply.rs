@@ -86,6 +86,21 @@ impl Unrecorded {
     }
 }
 
+/// A page whose inserts travel to aw-server in tasks of their own while the next page is
+/// planned (its mappings read, its copies found, its pending inserts recorded): aw-server then
+/// inserts page after page with no gap for the sidecar's work between them (issue 14: the 1M
+/// pull's target was idle half the time). Its deletions and replacements are made before.
+struct Inserting {
+    record: PullPage,
+    /// What it writes or deletes, known before its inserts are answered.
+    touched: HashSet<(i64, i64)>,
+    /// Per bucket row: the (upstream event id, hash) of each copy, and the task inserting them,
+    /// which hands the copies back with aw-server's answer.
+    rows: Vec<(i64, Vec<(i64, String)>, InsertTask)>,
+}
+
+type InsertTask = tokio::task::JoinHandle<(Vec<NewCopy>, Result<Option<Vec<i64>>, SourceError>)>;
+
 pub(super) async fn db<T: Send + 'static>(
     store: &Arc<Store>,
     f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
@@ -137,12 +152,15 @@ impl Puller<'_> {
         let own = self.store.device_id().to_string();
         let mut fetched = None;
         let mut last: Option<Unrecorded> = None;
+        let mut inserting: Option<Inserting> = None;
         loop {
             let page = match fetched.take() {
                 Some(page) => page,
                 None => self.changes(&mut token, after).await?,
             };
             if page.changes.is_empty() {
+                self.settle(&mut inserting, &mut last, &mut stats, &rows)
+                    .await?;
                 self.commit(&mut last).await?;
                 let done = PullPage {
                     next: after,
@@ -234,14 +252,18 @@ impl Puller<'_> {
                     }
                 }
                 // What this page reads of the mappings must include the previous page's.
-                let touches = last.as_ref().is_some_and(|l| {
+                let touches = |touched: &HashSet<(i64, i64)>| {
                     wanted.iter().any(|(row, changes)| {
                         changes
                             .iter()
-                            .any(|c| l.touched.contains(&(*row, c.event_id)))
+                            .any(|c| touched.contains(&(*row, c.event_id)))
                     })
-                });
-                if touches {
+                };
+                if inserting.as_ref().is_some_and(|i| touches(&i.touched)) {
+                    self.settle(&mut inserting, &mut last, &mut stats, &rows)
+                        .await?;
+                }
+                if last.as_ref().is_some_and(|l| touches(&l.touched)) {
                     self.commit(&mut last).await?;
                 }
                 let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
@@ -306,20 +328,21 @@ impl Puller<'_> {
                 // Replacements and tombstones find Python's copies by reads sized by the
                 // mappings (`copies::find`): the previous page's must be in them.
                 if !(plan.deletes.is_empty() && plan.replaces.is_empty()) {
+                    self.settle(&mut inserting, &mut last, &mut stats, &rows)
+                        .await?;
                     self.commit(&mut last).await?;
                 }
-                let replaces = self.prepare(&mut plan, &mut record).await?;
-                // The previous page is recorded while this one is written: the state's work
-                // leaves aw-server's critical path. Both inserts are pending until recorded,
-                // so a crash in between sweeps both and applies both pages again.
-                let mut previous = last.take();
-                let (committed, written) = tokio::join!(
-                    self.commit(&mut previous),
-                    self.write(plan, replaces, &mut record, &mut stats, &by_row)
-                );
-                committed?;
-                written?;
-                last = Some(Unrecorded::of(record));
+                let replaces = self.prepare(&mut plan).await?;
+                self.write(&mut plan, replaces, &mut record, &mut stats, &by_row)
+                    .await?;
+                // The page before is recorded while this one's inserts travel: the state's
+                // work leaves aw-server's critical path. Both inserts are pending until
+                // recorded, so a crash in between sweeps both and applies both pages again.
+                self.settle(&mut inserting, &mut last, &mut stats, &rows)
+                    .await?;
+                self.record_pending(&plan, &mut record).await?;
+                inserting = Some(self.start_inserts(plan, record));
+                self.commit(&mut last).await?;
                 after = page.next;
                 stats.seq = after;
                 tracing::info!(
@@ -335,6 +358,8 @@ impl Puller<'_> {
             let (applied, next) = tokio::join!(apply, read_ahead);
             if let Err(e) = applied {
                 // What was written is recorded: the next cycle does not sweep and write it again.
+                self.settle(&mut inserting, &mut last, &mut stats, &rows)
+                    .await?;
                 self.commit(&mut last).await?;
                 return Err(e);
             }
@@ -569,12 +594,8 @@ impl Puller<'_> {
     }
 
     /// Readies a page's plan for [`Self::write`]: the copies' local ids found, the
-    /// replacements checked, the inserts recorded as pending. Returns the replacements to make.
-    async fn prepare(
-        &self,
-        plan: &mut Plan,
-        record: &mut PullPage,
-    ) -> Result<Vec<Replace>, PullError> {
+    /// replacements checked. Returns the replacements to make.
+    async fn prepare(&self, plan: &mut Plan) -> Result<Vec<Replace>, PullError> {
         self.find_copies(plan).await?;
         // A replacement only for an event read from that very bucket just now: a POST with an
         // id replaces that row in whatever bucket it is.
@@ -588,6 +609,13 @@ impl Puller<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(replaces)
+    }
+
+    /// Records a page's inserts as pending, just before they are sent (recorded earlier, a
+    /// sidecar killed before sending them left a pending insert that never lands, watched for
+    /// ten minutes).
+    async fn record_pending(&self, plan: &Plan, record: &mut PullPage) -> Result<(), PullError> {
         let spans: Vec<(i64, i64, i64, i64)> = plan
             .inserts
             .iter()
@@ -606,19 +634,20 @@ impl Puller<'_> {
             let sent_at = self.clock.now().timestamp();
             record.pending = db(self.store, move |s| s.pull_add_pending(&spans, sent_at)).await?;
         }
-        Ok(replaces)
+        Ok(())
     }
 
-    /// Writes a page's plan into aw-server and fills `record` with what to commit.
+    /// Makes a page's deletions and replacements in aw-server and fills `record` with what to
+    /// commit; its inserts are left in `plan` ([`Self::start_inserts`]).
     async fn write(
         &self,
-        plan: Plan,
+        plan: &mut Plan,
         replaces: Vec<Replace>,
         record: &mut PullPage,
         stats: &mut PullStats,
         by_row: &HashMap<i64, &PullBucket>,
     ) -> Result<(), PullError> {
-        for (row, bucket, local_id, event_id) in plan.deletes {
+        for (row, bucket, local_id, event_id) in std::mem::take(&mut plan.deletes) {
             // 0: a copy never found (gone already); only the mapping goes.
             if local_id != 0 {
                 match self.source.delete_event(&bucket, local_id).await {
@@ -640,17 +669,76 @@ impl Puller<'_> {
                 .upserts
                 .push(mapped(row, event_id, local_id, hash, event.timestamp, None));
         }
-        for (row, (bucket, events)) in plan.inserts {
-            let (keys, plain): (Vec<(i64, String)>, Vec<NewCopy>) = events
-                .into_iter()
-                .map(|(event_id, hash, event)| ((event_id, hash), event))
-                .unzip();
-            // aw-server-rust answers the new ids; Python aw-server answers `null`: its copies
-            // are recorded by their print, found when needed (see `copies`).
-            let ids = self.source.insert_events_ids(&bucket, &plain).await?;
+        Ok(())
+    }
+
+    /// Sends a page's inserts, one task per bucket, each in order behind the one before.
+    fn start_inserts(&self, plan: Plan, record: PullPage) -> Inserting {
+        let Unrecorded {
+            record,
+            mut touched,
+        } = Unrecorded::of(record);
+        let rows = plan
+            .inserts
+            .into_iter()
+            .map(|(row, (bucket, events))| {
+                let (keys, plain): (Vec<(i64, String)>, Vec<NewCopy>) = events
+                    .into_iter()
+                    .map(|(event_id, hash, event)| ((event_id, hash), event))
+                    .unzip();
+                touched.extend(keys.iter().map(|(event_id, _)| (row, *event_id)));
+                let source = self.source.clone();
+                let task = tokio::spawn(async move {
+                    let ids = source.insert_events_ids(&bucket, &plain).await;
+                    (plain, ids)
+                });
+                (row, keys, task)
+            })
+            .collect();
+        Inserting {
+            record,
+            touched,
+            rows,
+        }
+    }
+
+    /// Waits for the page whose inserts are travelling and makes it the page to record next
+    /// (`last`, recorded first when there is one).
+    async fn settle(
+        &self,
+        inserting: &mut Option<Inserting>,
+        last: &mut Option<Unrecorded>,
+        stats: &mut PullStats,
+        rows: &HashMap<(String, String), PullBucket>,
+    ) -> Result<(), PullError> {
+        let Some(Inserting {
+            mut record,
+            rows: tasks,
+            ..
+        }) = inserting.take()
+        else {
+            return Ok(());
+        };
+        self.commit(last).await?;
+        let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
+        // Every task is waited for, even after one failed: none is left writing unseen.
+        let mut failed = None;
+        for (row, keys, task) in tasks {
+            let (plain, ids) = task
+                .await
+                .map_err(|e| PullError::Inconsistent(format!("an insert's task: {e}")))?;
+            let ids = match ids {
+                Ok(ids) => ids,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             stats.writes += 1;
             stats.inserted += plain.len() as u64;
-            count(stats, by_row, row, plain.len() as u64);
+            count(stats, &by_row, row, plain.len() as u64);
+            // aw-server-rust answers the new ids; Python aw-server answers `null`: its copies
+            // are recorded by their print, found when needed (see `copies`).
             for (i, ((event_id, hash), event)) in keys.into_iter().zip(&plain).enumerate() {
                 let (local_id, print) = match ids.as_ref().and_then(|ids| ids.get(i)) {
                     Some(id) => (*id, None),
@@ -666,6 +754,10 @@ impl Puller<'_> {
                 ));
             }
         }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        *last = Some(Unrecorded::of(record));
         Ok(())
     }
 }

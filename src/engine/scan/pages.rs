@@ -237,10 +237,7 @@ impl Scanner<'_> {
             }
             let fetch_next = async {
                 let (reading, &(end, limit, _)) = (reading?, next.as_ref()?);
-                tr("await-start");
-                let a = reading.answer().await;
-                tr("await-end");
-                Some(match a {
+                Some(match reading.answer().await {
                     Ok(raw) => self.parse_reading_ahead(ctx, &plan, raw, Some(end), limit),
                     Err(e) => (Err(e), None),
                 })
@@ -256,7 +253,6 @@ impl Scanner<'_> {
                 ),
                 fetch_next
             );
-            tr("joined");
             processed?;
             // Everything starting after the oldest start is read; ties at it maybe not.
             let reached = if next.is_none() && !full {
@@ -426,7 +422,6 @@ impl Scanner<'_> {
             .filter(|c| clipped(start_q, end_q, c.0).any())
             .map(|c| c.2)
             .collect();
-        tr("proc-start");
         let held = self.lookup(state.row, edges).await?;
         let mut claimed = Vec::with_capacity(meta.len());
         let mut quarantined = Vec::new();
@@ -517,12 +512,10 @@ impl Scanner<'_> {
             }
         });
         stats.queued += batch.len() as u64;
-        tr("send-start");
         self.tx
             .send_events(batch)
             .await
             .map_err(|_| ScanError::UploaderGone)?;
-        tr("send-end");
         if !quarantined.is_empty() {
             stats.quarantined += quarantined.len() as u64;
             stats.queued += quarantined.len() as u64;
@@ -665,10 +658,4 @@ impl Clip {
             _ => k.start_ns < ret.start_ns && beyond,
         }
     }
-}
-
-static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-fn tr(what: &str) {
-    let t = T0.get_or_init(std::time::Instant::now).elapsed();
-    eprintln!("TR {:.3} {what}", t.as_secs_f64() * 1e3);
 }
