@@ -94,11 +94,13 @@ struct Inserting {
     record: PullPage,
     /// What it writes or deletes, known before its inserts are answered.
     touched: HashSet<(i64, i64)>,
-    /// Per bucket row: the (upstream event id, hash) of each copy, and the task inserting them,
-    /// which hands the copies back with aw-server's answer.
-    rows: Vec<(i64, Vec<(i64, String)>, InsertTask)>,
+    /// Per bucket: the task inserting its copies, which hands them back with aw-server's answer.
+    rows: Vec<RowInsert>,
 }
 
+/// One bucket's insert of a page: its row, the (upstream event id, hash) of each copy, and
+/// the task sending them.
+type RowInsert = (i64, Vec<(i64, String)>, InsertTask);
 type InsertTask = tokio::task::JoinHandle<(Vec<NewCopy>, Result<Option<Vec<i64>>, SourceError>)>;
 
 pub(super) async fn db<T: Send + 'static>(

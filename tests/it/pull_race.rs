@@ -49,8 +49,10 @@ fn inserts_answered(list: &[(samay_testkit::hostile::Seen, u16)], path: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sidecars_insert_landing_late_is_not_imported_twice() {
     let rig = Rig::new().await;
-    // Two pages of the feed (1,000 changes each).
-    let (_db, b, eb, _) = b_pushed(&rig, 1200, |_| {}).await;
+    // Two pages of the feed: a full one and a fifth of one.
+    let first = aw_sync_samay::pull::PULL_PAGE;
+    let n = i64::try_from(first + first / 5).expect("a page fits an i64");
+    let (_db, b, eb, _) = b_pushed(&rig, n, |_| {}).await;
 
     let path = format!("/api/0/buckets/{B_COPY}/events");
     let race = Arc::new(Race {
@@ -113,12 +115,16 @@ async fn a_killed_sidecars_insert_landing_late_is_not_imported_twice() {
         3,
         "the dead insert landed while the restarted sidecar pulled, after its sweep"
     );
-    assert_eq!(content(&py, B_COPY).await.len(), 1200, "each event once");
+    assert_eq!(
+        content(&py, B_COPY).await.len() as i64,
+        n,
+        "each event once"
+    );
     assert_copy(&b, B_BUCKET, &py, B_COPY).await;
 
     // 2. Killed again while an insert is held, which lands only after the restarted sidecar
     // has finished: the next run deletes it.
-    let more: Vec<_> = (1200..1500)
+    let more: Vec<_> = (n..n + 300)
         .map(|i| ev(i * 3, 2.0, json!({"status": "not-afk", "n": i})))
         .collect();
     b.insert_events(B_BUCKET, &more).await.unwrap();
@@ -136,13 +142,17 @@ async fn a_killed_sidecars_insert_landing_late_is_not_imported_twice() {
         .wait_until(LIMIT, |l| inserts_answered(l, &path) == 5)
         .await;
     assert_eq!(
-        content(&py, B_COPY).await.len(),
-        1500 + more.len(),
+        content(&py, B_COPY).await.len() as i64,
+        n + 2 * more.len() as i64,
         "the dead insert landed after the restarted sidecar finished"
     );
     let done = run(&mut once(), &home.join("out")).await;
     assert!(done.status.success(), "{}", done.all());
-    assert_eq!(content(&py, B_COPY).await.len(), 1500, "each event once");
+    assert_eq!(
+        content(&py, B_COPY).await.len() as i64,
+        n + more.len() as i64,
+        "each event once"
+    );
     assert_copy(&b, B_BUCKET, &py, B_COPY).await;
     // The sweep's record is done with: nothing is read or deleted again.
     let idle = run(&mut once(), &home.join("out")).await;
