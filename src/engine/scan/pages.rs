@@ -186,7 +186,9 @@ impl Scanner<'_> {
         let first = Reading::start(self.source, bucket, plan.query(end_q, limit))
             .answer()
             .await?;
-        let (first, mut ahead) = self.parse_reading_ahead(ctx, &plan, first, end_q, limit);
+        let (first, mut ahead) = self
+            .parse_reading_ahead(ctx, &plan, first, end_q, limit)
+            .await;
         let mut page = first?;
         loop {
             if ahead.is_some() {
@@ -238,7 +240,10 @@ impl Scanner<'_> {
             let fetch_next = async {
                 let (reading, &(end, limit, _)) = (reading?, next.as_ref()?);
                 Some(match reading.answer().await {
-                    Ok(raw) => self.parse_reading_ahead(ctx, &plan, raw, Some(end), limit),
+                    Ok(raw) => {
+                        self.parse_reading_ahead(ctx, &plan, raw, Some(end), limit)
+                            .await
+                    }
                     Err(e) => (Err(e), None),
                 })
             };
@@ -280,7 +285,10 @@ impl Scanner<'_> {
     /// Parses a page, having first asked for the page after it when its last events tell
     /// which that is ([`RawPage::tail`]): aw-server then answers it while this one is parsed
     /// and processed. The guess is checked against the parsed page before its answer is used.
-    fn parse_reading_ahead(
+    ///
+    /// The parse runs on the blocking pool: the scan's own thread meanwhile processes the page
+    /// before (the two are joined in [`Scanner::read`]).
+    async fn parse_reading_ahead(
         &self,
         ctx: &Ctx<'_>,
         plan: &Plan,
@@ -291,7 +299,17 @@ impl Scanner<'_> {
         let ahead = self
             .guess_next(ctx, plan, &raw, end_q, limit)
             .map(|query| Reading::start(self.source, &ctx.bucket.id, query));
-        (raw.parse(), ahead)
+        let parsed = match tokio::task::spawn_blocking(move || raw.parse()).await {
+            Ok(parsed) => parsed,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Err(SourceError::Malformed {
+                    url: String::new(),
+                    detail: format!("the page's parse was cancelled: {e}"),
+                }),
+            },
+        };
+        (parsed, ahead)
     }
 
     /// The query [`Scanner::next_query`] will make after `raw`, from its last events alone;
