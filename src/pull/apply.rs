@@ -86,22 +86,24 @@ impl Unrecorded {
     }
 }
 
-/// A page whose inserts travel to aw-server in tasks of their own while the next page is
-/// planned (its mappings read, its copies found, its pending inserts recorded): aw-server then
-/// inserts page after page with no gap for the sidecar's work between them (issue 14: the 1M
-/// pull's target was idle half the time). Its deletions and replacements are made before.
+/// A page whose inserts travel to aw-server in a task of their own while the next page is
+/// planned (its mappings read, its copies found): aw-server then inserts page after page with
+/// no gap for the sidecar's work between them (issue 14: the 1M pull's target was idle half
+/// the time). Its deletions and replacements are made before.
 struct Inserting {
     record: PullPage,
     /// What it writes or deletes, known before its inserts are answered.
     touched: HashSet<(i64, i64)>,
-    /// Per bucket: the task inserting its copies, which hands them back with aw-server's answer.
-    rows: Vec<RowInsert>,
+    /// Per bucket: its row and the (upstream event id, hash) of each copy.
+    keys: Vec<(i64, Vec<(i64, String)>)>,
+    /// The task inserting the copies, bucket after bucket as before (aw-server takes one
+    /// bucket's list at a time); it hands each bucket's copies back with aw-server's answer,
+    /// and stops at the first error.
+    task: InsertTask,
 }
 
-/// One bucket's insert of a page: its row, the (upstream event id, hash) of each copy, and
-/// the task sending them.
-type RowInsert = (i64, Vec<(i64, String)>, InsertTask);
-type InsertTask = tokio::task::JoinHandle<(Vec<NewCopy>, Result<Option<Vec<i64>>, SourceError>)>;
+type InsertTask =
+    tokio::task::JoinHandle<Vec<(Vec<NewCopy>, Result<Option<Vec<i64>>, SourceError>)>>;
 
 pub(super) async fn db<T: Send + 'static>(
     store: &Arc<Store>,
@@ -674,33 +676,41 @@ impl Puller<'_> {
         Ok(())
     }
 
-    /// Sends a page's inserts, one task per bucket, each in order behind the one before.
+    /// Sends a page's inserts in a task of their own, bucket after bucket.
     fn start_inserts(&self, plan: Plan, record: PullPage) -> Inserting {
         let Unrecorded {
             record,
             mut touched,
         } = Unrecorded::of(record);
-        let rows = plan
-            .inserts
-            .into_iter()
-            .map(|(row, (bucket, events))| {
-                let (keys, plain): (Vec<(i64, String)>, Vec<NewCopy>) = events
-                    .into_iter()
-                    .map(|(event_id, hash, event)| ((event_id, hash), event))
-                    .unzip();
-                touched.extend(keys.iter().map(|(event_id, _)| (row, *event_id)));
-                let source = self.source.clone();
-                let task = tokio::spawn(async move {
-                    let ids = source.insert_events_ids(&bucket, &plain).await;
-                    (plain, ids)
-                });
-                (row, keys, task)
-            })
-            .collect();
+        let mut keys = Vec::with_capacity(plan.inserts.len());
+        let mut lists = Vec::with_capacity(plan.inserts.len());
+        for (row, (bucket, events)) in plan.inserts {
+            let (row_keys, plain): (Vec<(i64, String)>, Vec<NewCopy>) = events
+                .into_iter()
+                .map(|(event_id, hash, event)| ((event_id, hash), event))
+                .unzip();
+            touched.extend(row_keys.iter().map(|(event_id, _)| (row, *event_id)));
+            keys.push((row, row_keys));
+            lists.push((bucket, plain));
+        }
+        let source = self.source.clone();
+        let task = tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(lists.len());
+            for (bucket, plain) in lists {
+                let ids = source.insert_events_ids(&bucket, &plain).await;
+                let failed = ids.is_err();
+                answers.push((plain, ids));
+                if failed {
+                    break;
+                }
+            }
+            answers
+        });
         Inserting {
             record,
             touched,
-            rows,
+            keys,
+            task,
         }
     }
 
@@ -715,7 +725,8 @@ impl Puller<'_> {
     ) -> Result<(), PullError> {
         let Some(Inserting {
             mut record,
-            rows: tasks,
+            keys,
+            task,
             ..
         }) = inserting.take()
         else {
@@ -723,19 +734,11 @@ impl Puller<'_> {
         };
         self.commit(last).await?;
         let by_row: HashMap<i64, &PullBucket> = rows.values().map(|b| (b.row, b)).collect();
-        // Every task is waited for, even after one failed: none is left writing unseen.
-        let mut failed = None;
-        for (row, keys, task) in tasks {
-            let (plain, ids) = task
-                .await
-                .map_err(|e| PullError::Inconsistent(format!("an insert's task: {e}")))?;
-            let ids = match ids {
-                Ok(ids) => ids,
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    continue;
-                }
-            };
+        let answers = task
+            .await
+            .map_err(|e| PullError::Inconsistent(format!("the inserts' task: {e}")))?;
+        for ((row, keys), (plain, ids)) in keys.into_iter().zip(answers) {
+            let ids = ids?;
             stats.writes += 1;
             stats.inserted += plain.len() as u64;
             count(stats, &by_row, row, plain.len() as u64);
@@ -755,9 +758,6 @@ impl Puller<'_> {
                     print,
                 ));
             }
-        }
-        if let Some(e) = failed {
-            return Err(e.into());
         }
         *last = Some(Unrecorded::of(record));
         Ok(())
