@@ -100,17 +100,25 @@ impl Reading {
     }
 
     async fn answer(mut self) -> Result<RawPage, SourceError> {
-        match (&mut self.task).await {
-            Ok(answer) => answer,
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                // Only a runtime shutting down cancels it, and that ends the scan too.
-                Err(e) => Err(SourceError::Malformed {
-                    url: String::new(),
-                    detail: format!("the page's read was cancelled: {e}"),
-                }),
-            },
-        }
+        joined((&mut self.task).await, "read")
+    }
+}
+
+/// A task's answer: its panic carried on here; a cancellation (only a runtime shutting down
+/// cancels these tasks, and that ends the scan too) as an error naming what was cut.
+fn joined<T>(
+    answer: Result<Result<T, SourceError>, tokio::task::JoinError>,
+    what: &str,
+) -> Result<T, SourceError> {
+    match answer {
+        Ok(answer) => answer,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(SourceError::Malformed {
+                url: String::new(),
+                detail: format!("the page's {what} was cancelled: {e}"),
+            }),
+        },
     }
 }
 
@@ -299,16 +307,10 @@ impl Scanner<'_> {
         let ahead = self
             .guess_next(ctx, plan, &raw, end_q, limit)
             .map(|query| Reading::start(self.source, &ctx.bucket.id, query));
-        let parsed = match tokio::task::spawn_blocking(move || raw.parse()).await {
-            Ok(parsed) => parsed,
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(e) => Err(SourceError::Malformed {
-                    url: String::new(),
-                    detail: format!("the page's parse was cancelled: {e}"),
-                }),
-            },
-        };
+        let parsed = joined(
+            tokio::task::spawn_blocking(move || raw.parse()).await,
+            "parse",
+        );
         (parsed, ahead)
     }
 
