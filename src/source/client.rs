@@ -701,11 +701,7 @@ fn says_no_such_bucket(body: &[u8]) -> bool {
 }
 
 /// An answer parsed, or [`SourceError::Malformed`] saying where and what came instead.
-pub(super) fn parse_answer<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError> {
-    parse(url, bytes)
-}
-
-fn parse<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError> {
+pub(super) fn parse<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, SourceError> {
     serde_json::from_slice(bytes).map_err(|e| SourceError::Malformed {
         url: url.to_owned(),
         // serde's message carries line and column; the snippet shows what came instead.

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use super::client::{parse_answer, SourceError};
+use super::client::{parse, SourceError};
 use serde_json::value::RawValue;
 
 use super::model::PageEvent;
@@ -58,7 +58,7 @@ impl RawPage {
 
     /// All its events as `T`.
     pub(super) fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, SourceError> {
-        parse_answer(&self.url, &self.bytes)
+        parse(&self.url, &self.bytes)
     }
 
     /// How many events the page holds and its last `n` of them, parsed, without parsing the
@@ -171,9 +171,10 @@ mod tests {
         let body = r#"[{"id":3,"timestamp":"2024-01-01T00:00:03Z","duration":1.0,"data":{}},
             not json at all but balanced {},
             {"id":1,"timestamp":"2024-01-01T00:00:01Z","duration":1.0,"data":{"a":1}}]"#;
-        // The middle element is not JSON: the tail of one does not read it, the parse fails.
+        // The middle element is not JSON, so the body is not one array: no tail, even of the
+        // last event alone, which is well formed.
         let raw = RawPage::new("u".into(), body.as_bytes().to_vec(), None);
-        assert!(raw.tail(1).is_none(), "a scalar-looking element is refused");
+        assert!(raw.tail(1).is_none(), "a body that is not JSON has no tail");
         let body = r#"[{"id":3,"timestamp":"2024-01-01T00:00:03Z","duration":1.0,"data":{}},
             {"oops":{}},
             {"id":1,"timestamp":"2024-01-01T00:00:01Z","duration":1.0,"data":{"a":1}}]"#;
