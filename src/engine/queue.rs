@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::state::{Acked, EventHash, Mark, Quarantined};
+use serde_json::value::RawValue;
+
+use crate::state::{hash_hex, ns_to_rfc3339, Acked, EventHash, Mark, Quarantined};
 use crate::upstream::contract::UpEvent;
 
 /// The claim hash of a deletion: no event version hashes to it (it is not a BLAKE3 output
@@ -22,9 +24,23 @@ pub(crate) const DELETION: EventHash = [0xFF; 16];
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
     /// A new or changed version.
-    Event(UpEvent),
+    Event(Outgoing),
     /// The event is gone from aw-server.
-    Deletion { bucket_id: String },
+    Deletion { bucket_id: Arc<str> },
+}
+
+/// What the upload of an event version says beyond what its [`Acked`] holds (the event id, the
+/// hash and the start are there). The wire's strings (the hash in hex, the start in RFC 3339,
+/// the bucket id) are written only when the batch is built ([`Pending::up_event`]): a catch-up
+/// keeps thousands of versions queued, and those three strings per version were three
+/// allocations and half of each version's memory (issue 9: peak RSS).
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    /// Shared by every version read from one page.
+    pub bucket_id: Arc<str>,
+    /// Seconds, as aw-server served it.
+    pub duration: f64,
+    pub data: Box<RawValue>,
 }
 
 /// An event read and found new, changed or deleted, on its way to the upstream.
@@ -40,11 +56,38 @@ pub(crate) struct Pending {
     pub follows_queued: bool,
 }
 
+// What a queued version costs before its data: the three wire strings it held before cost
+// 72 bytes here and about 130 on the heap (issue 9).
+const _: () = assert!(std::mem::size_of::<Pending>() <= 104);
+
 impl Pending {
     pub fn bucket_id(&self) -> &str {
         match &self.body {
             Body::Event(e) => &e.bucket_id,
             Body::Deletion { bucket_id } => bucket_id,
+        }
+    }
+
+    /// The upload of a version, as the upstream receives it.
+    pub fn up_event(acked: &Acked, e: Outgoing) -> UpEvent {
+        UpEvent {
+            bucket_id: e.bucket_id.as_ref().to_owned(),
+            event_id: acked.event_id,
+            hash: hash_hex(&acked.hash),
+            timestamp: ns_to_rfc3339(acked.span.start_ns),
+            duration: e.duration,
+            data: e.data,
+        }
+    }
+}
+
+impl Outgoing {
+    /// Back from the upload (a batch split, or partly refused).
+    pub fn from_up_event(e: UpEvent) -> Outgoing {
+        Outgoing {
+            bucket_id: Arc::from(e.bucket_id),
+            duration: e.duration,
+            data: e.data,
         }
     }
 }
@@ -236,6 +279,24 @@ impl InFlight {
             Some(_) => Claim::Replacing,
             None => Claim::New,
         }
+    }
+
+    /// [`InFlight::claim`] for each version of `pending`, in order, under one lock: those
+    /// already queued are dropped from it, and those that replace a queued version are marked
+    /// [`Pending::follows_queued`].
+    pub fn claim_all(&self, pending: &mut Vec<Pending>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain_mut(|p| {
+            let a = &p.acked;
+            match map.insert((a.row, a.event_id), a.hash) {
+                Some(old) if old == a.hash => false,
+                Some(_) => {
+                    p.follows_queued = true;
+                    true
+                }
+                None => true,
+            }
+        });
     }
 
     pub fn release(&self, row: i64, event_id: i64, hash: EventHash) {

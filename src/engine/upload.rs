@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::queue::{Body, InFlight, Item, Pending, QueueRx};
+use super::queue::{Body, InFlight, Item, Outgoing, Pending, QueueRx};
 use super::Metrics;
 use crate::auth::{AccessToken, AuthError, TokenSource};
 use crate::clock::Clock;
@@ -474,6 +474,7 @@ impl Uploader {
                     for (i, p) in chunk.into_items().into_iter().enumerate_events() {
                         match (i, p.body) {
                             (Some(i), Body::Event(event)) if indexes.contains(&i) => {
+                                let event = Pending::up_event(&p.acked, event);
                                 tracing::warn!(bucket = %event.bucket_id, event_id = p.acked.event_id,
                                     %reason, "the upstream refused an event; it is quarantined (see --status)");
                                 quarantined.push(Quarantined {
@@ -663,12 +664,12 @@ impl Uploader {
         for p in items {
             match p.body {
                 Body::Event(e) => {
-                    events.push(e);
+                    events.push(Pending::up_event(&p.acked, e));
                     order.push(Slot::Event(p.acked));
                 }
                 Body::Deletion { bucket_id } => {
                     deletions.push(Deletion {
-                        bucket_id,
+                        bucket_id: bucket_id.as_ref().to_owned(),
                         event_id: p.acked.event_id,
                     });
                     order.push(Slot::Deletion(p.acked));
@@ -732,13 +733,13 @@ impl Chunk {
             .filter_map(|slot| match slot {
                 Slot::Event(acked) => events.next().map(|e| Pending {
                     acked,
-                    body: Body::Event(e),
+                    body: Body::Event(Outgoing::from_up_event(e)),
                     follows_queued: false,
                 }),
                 Slot::Deletion(acked) => deletions.next().map(|d| Pending {
                     acked,
                     body: Body::Deletion {
-                        bucket_id: d.bucket_id,
+                        bucket_id: d.bucket_id.into(),
                     },
                     follows_queued: false,
                 }),

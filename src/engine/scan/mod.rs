@@ -109,6 +109,8 @@ pub(crate) struct Scanner<'a> {
 /// One bucket being read: what every page is judged against.
 pub(super) struct Ctx<'a> {
     pub bucket: &'a Bucket,
+    /// `bucket.id`, shared by every version queued from this bucket.
+    pub bucket_id: std::sync::Arc<str>,
     pub state: &'a BucketState,
     pub redaction: &'a Redaction,
 }
@@ -200,6 +202,7 @@ impl Scanner<'_> {
     ) -> Result<ScanStats, ScanError> {
         let ctx = Ctx {
             bucket,
+            bucket_id: bucket.id.as_str().into(),
             state,
             redaction,
         };

@@ -292,7 +292,7 @@ impl Scanner<'_> {
                 deletions.push(Pending {
                     acked,
                     body: Body::Deletion {
-                        bucket_id: ctx.bucket.id.clone(),
+                        bucket_id: std::sync::Arc::clone(&ctx.bucket_id),
                     },
                     follows_queued: claim == Claim::Replacing,
                 });

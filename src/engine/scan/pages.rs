@@ -19,13 +19,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use super::{Ctx, ScanError, ScanStats, Scanner};
-use crate::engine::queue::{Body, Claim, Pending};
+use crate::engine::queue::{Body, Outgoing, Pending};
 use crate::source::{EventSource, PageEvent, PageQuery, RawPage, SourceError};
 use crate::state::{
-    hash::event_data_hash, hash_hex, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined,
-    Span,
+    hash::event_data_hash, ns_to_rfc3339, upstream_event_id, Acked, Known, Quarantined, Span,
 };
-use crate::upstream::contract::UpEvent;
 
 /// Slack (ns) when comparing a returned end with the query's end: the servers round durations
 /// through float seconds (Python to microseconds). Python also rounds the query's end *up* to
@@ -33,6 +31,10 @@ use crate::upstream::contract::UpEvent;
 pub(super) const END_TOLERANCE: i64 = 2_000;
 /// Python aw-server answers `end = E` with the events starting up to `E` + 1 ms.
 const PYTHON_END_SLACK: i64 = 1_000_000;
+/// Events queued at a time: a catch-up page's worth at once was a fresh allocation of a
+/// megabyte, past glibc's mmap threshold, faulted in and unmapped for every page (5 % of a
+/// 1M-event catch-up's CPU, perf), and all of it waited for room in the queue at once.
+const SEND_PIECE: usize = 500;
 /// A page whose events all share one timestamp is re-read with a doubled limit, up to this
 /// multiple of the page size.
 const MAX_TIE_GROWTH: usize = 64;
@@ -443,7 +445,7 @@ impl Scanner<'_> {
             .map(|c| c.2)
             .collect();
         let held = self.lookup(state.row, edges).await?;
-        let mut claimed = Vec::with_capacity(meta.len());
+        let mut piece = Vec::with_capacity(SEND_PIECE.min(meta.len()));
         let mut quarantined = Vec::new();
         for (ev, (ret, id, up_id)) in page
             .into_iter()
@@ -494,30 +496,49 @@ impl Scanner<'_> {
                 }
             }
             match self.prepare(ctx, id, up_id, span, event) {
-                Ok(mut p) => {
-                    // Claim before asking the state: the uploader records an acknowledgement
-                    // before it releases the claim, so one of the two checks always sees the
-                    // other side's work and a version is never queued twice.
-                    match self.inflight.claim(state.row, up_id, p.acked.hash) {
-                        Claim::Held => {}
-                        claim => {
-                            p.follows_queued = claim == Claim::Replacing;
-                            claimed.push(p);
-                        }
+                Ok(p) => {
+                    piece.push(p);
+                    if piece.len() >= SEND_PIECE {
+                        let full = std::mem::replace(&mut piece, Vec::with_capacity(SEND_PIECE));
+                        self.queue_piece(state.row, full, out, stats).await?;
                     }
                 }
                 Err(q) => quarantined.push(q),
             }
         }
+        self.queue_piece(state.row, piece, out, stats).await?;
+        if !quarantined.is_empty() {
+            stats.quarantined += quarantined.len() as u64;
+            stats.queued += quarantined.len() as u64;
+            self.tx
+                .send(crate::engine::queue::Item::Quarantine(quarantined))
+                .await
+                .map_err(|_| ScanError::UploaderGone)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the versions of `piece` that are neither queued already nor recorded as they are.
+    ///
+    /// Claimed before the state is asked: the uploader records an acknowledgement before it
+    /// releases the claim, so one of the two checks always sees the other side's work and a
+    /// version is never queued twice.
+    async fn queue_piece(
+        &self,
+        row: i64,
+        mut piece: Vec<Pending>,
+        out: &mut Outcome,
+        stats: &mut ScanStats,
+    ) -> Result<(), ScanError> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        self.inflight.claim_all(&mut piece);
         let known = self
-            .lookup(
-                state.row,
-                claimed.iter().map(|p| p.acked.event_id).collect(),
-            )
+            .lookup(row, piece.iter().map(|p| p.acked.event_id).collect())
             .await?;
         // Filtered in place: this vector is what goes into the queue.
-        let mut batch = claimed;
-        batch.retain(|p| {
+        piece.retain(|p| {
             let a = &p.acked;
             match known.get(&a.event_id) {
                 Some(k) if !k.deleted && k.hash == a.hash => {
@@ -531,20 +552,11 @@ impl Scanner<'_> {
                 }
             }
         });
-        stats.queued += batch.len() as u64;
+        stats.queued += piece.len() as u64;
         self.tx
-            .send_events(batch)
+            .send_events(piece)
             .await
-            .map_err(|_| ScanError::UploaderGone)?;
-        if !quarantined.is_empty() {
-            stats.quarantined += quarantined.len() as u64;
-            stats.queued += quarantined.len() as u64;
-            self.tx
-                .send(crate::engine::queue::Item::Quarantine(quarantined))
-                .await
-                .map_err(|_| ScanError::UploaderGone)?;
-        }
-        Ok(())
+            .map_err(|_| ScanError::UploaderGone)
     }
 
     /// The upload of one event, redacted and hashed; an event whose data cannot be walked
@@ -607,11 +619,8 @@ impl Scanner<'_> {
                 hash,
                 span,
             },
-            body: Body::Event(UpEvent {
-                bucket_id: bucket.id.clone(),
-                event_id: up_id,
-                hash: hash_hex(&hash),
-                timestamp: ns_to_rfc3339(span.start_ns),
+            body: Body::Event(Outgoing {
+                bucket_id: std::sync::Arc::clone(&ctx.bucket_id),
                 duration: event.duration,
                 data: event.data,
             }),

@@ -2,7 +2,7 @@ use super::*;
 use crate::auth::BoxFuture;
 use crate::engine::queue::{queue, Item};
 use crate::state::{Acked, BucketState, DestKey, Span};
-use crate::upstream::contract::{BatchResponse, UpEvent};
+use crate::upstream::contract::BatchResponse;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -165,11 +165,8 @@ fn pending(id: i64, poison: bool) -> Pending {
                 duration_ns: 1,
             },
         },
-        body: Body::Event(UpEvent {
+        body: Body::Event(Outgoing {
             bucket_id: "b".into(),
-            event_id: id,
-            hash: String::new(),
-            timestamp: String::new(),
             duration: 1.0,
             data: crate::source::object_to_raw(&data),
         }),
@@ -484,9 +481,6 @@ async fn a_partial_batch_is_sent_after_the_linger() {
 fn version(id: i64, v: u8, follows_queued: bool) -> Pending {
     let mut p = pending(id, false);
     p.acked.hash = [v; 16];
-    if let Body::Event(e) = &mut p.body {
-        e.hash = v.to_string();
-    }
     p.follows_queued = follows_queued;
     p
 }
@@ -602,7 +596,10 @@ async fn two_versions_of_one_event_never_travel_together() {
     let sink = FakeSink {
         // Version 1 of event 1 is slow to store; everything else quick.
         delay: Some(Box::new(|b| {
-            let slow = b.events.iter().any(|e| e.event_id == 1 && e.hash == "1");
+            let slow = b
+                .events
+                .iter()
+                .any(|e| e.event_id == 1 && e.hash == crate::state::hash_hex(&[1; 16]));
             Duration::from_secs(if slow { 5 } else { 1 })
         })),
         ..Default::default()
@@ -617,8 +614,8 @@ async fn two_versions_of_one_event_never_travel_together() {
     let stats = run(&r, 2, 0, items).await.unwrap();
     assert_eq!(stats.delivered, 8);
     assert_eq!(
-        r.sink.last.lock().unwrap().get(&1).map(String::as_str),
-        Some("2"),
+        r.sink.last.lock().unwrap().get(&1),
+        Some(&crate::state::hash_hex(&[2; 16])),
         "the upstream keeps the newer version"
     );
     let trips = r.sink.trips.lock().unwrap().clone();
