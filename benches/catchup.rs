@@ -4,7 +4,9 @@
 //!   process: aw-server-rust's SQLite schema, index and statements, so its CPU time is what a
 //!   read pattern costs aw-server-rust), and the real Python aw-server 0.12;
 //! * the floor: one `limit=-1` GET per bucket, reading the bytes and nothing else — what no
-//!   client of that source can beat — with the source's CPU time;
+//!   client of that source can beat — with the source's CPU time, measured warm (after one
+//!   untimed read, as the catch-up runs after it) and, with `BENCH_REPEAT=k`, k times, each
+//!   beside a catch-up;
 //! * the stand-in checked against the real aw-server-rust's published figures: its floor, and
 //!   the read pattern of the scan before issue 9 replayed request for request
 //!   ([`support::legacy`]);

@@ -9,6 +9,7 @@
 #
 #   bash scripts/bench.sh
 #   BENCH_SIZES=10000,100000 BENCH_PYTHON=0 BENCH_IDLE=0 bash scripts/bench.sh   # quicker
+#   BENCH_REPEAT=3 …   # the floor and the catch-up measured 3 times, side by side
 #
 # The markdown table goes to stdout and target/bench-catchup.md.
 # BENCH_PULL=1 runs the pull benchmark instead (benches/pull.rs: issue 14's pull against one bulk

@@ -773,7 +773,7 @@ async fn commit_in_order(
     inflight: Arc<InFlight>,
     dry_run: bool,
 ) -> Result<(), StateError> {
-    while let Some(mut step) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
         // Group commit: what arrives within `GROUP_LINGER` goes into one transaction, in order,
         // up to `GROUP_ROWS` rows or until someone waits on a barrier. A transaction writes
         // every page it touched to the WAL again: one per 500-event batch wrote 100,000 pages
@@ -781,34 +781,39 @@ async fn commit_in_order(
         // the acknowledgements queued before it; a crash re-sends what was acknowledged but
         // not yet recorded, which the upstream absorbs as duplicates.
         let deadline = tokio::time::Instant::now() + GROUP_LINGER;
-        while step.barriers.is_empty() && step.commit.rows() < GROUP_ROWS {
+        let mut rows = first.commit.rows();
+        let mut barriers = first.barriers;
+        let mut group = vec![first.commit];
+        while barriers.is_empty() && rows < GROUP_ROWS {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(next)) => {
-                    step.commit.extend(next.commit);
-                    step.barriers.extend(next.barriers);
+                    rows += next.commit.rows();
+                    group.push(next.commit);
+                    barriers.extend(next.barriers);
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        let commit = if dry_run {
-            step.commit
+        let group = if dry_run {
+            group
         } else {
             let store = Arc::clone(&store);
-            let commit = step.commit;
-            tokio::task::spawn_blocking(move || store.commit(&commit).map(|()| commit))
+            tokio::task::spawn_blocking(move || store.commit_all(&group).map(|()| group))
                 .await
                 .map_err(|e| StateError::Task(e.to_string()))??
         };
-        inflight.release_all(
-            commit
-                .acked
-                .iter()
-                .chain(commit.quarantined.iter().map(|q| &q.acked)),
-        );
-        for d in &commit.deleted {
-            inflight.release(d.row, d.event_id, super::queue::DELETION);
+        for commit in &group {
+            inflight.release_all(
+                commit
+                    .acked
+                    .iter()
+                    .chain(commit.quarantined.iter().map(|q| &q.acked)),
+            );
+            for d in &commit.deleted {
+                inflight.release(d.row, d.event_id, super::queue::DELETION);
+            }
         }
-        for b in step.barriers {
+        for b in barriers {
             let _ = b.send(());
         }
     }

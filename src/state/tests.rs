@@ -484,6 +484,44 @@ fn a_commit_of_many_rows_records_each_and_the_later_of_two_versions_wins() {
 }
 
 #[test]
+fn a_group_of_commits_lands_as_one_in_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, row) = one_bucket(&dir);
+    // Event 5 acknowledged in the first commit and again, newer, in the third; the marks of
+    // the group all land, the newest top last; the group counts every version sent.
+    let group = [
+        Commit {
+            acked: (1..=100).rev().map(|id| acked(row, id, 1)).collect(),
+            marks: vec![top(row, 0, 40)],
+            ..Commit::default()
+        },
+        Commit::default(),
+        Commit {
+            acked: vec![acked(row, 5, 8), acked(row, 101, 2)],
+            marks: vec![top(row, 0, 90)],
+            ..Commit::default()
+        },
+    ];
+    s.commit_all(&group).unwrap();
+    let held = s.lookup(row, &(1..=101).collect::<Vec<_>>()).unwrap();
+    assert_eq!(held.len(), 101);
+    assert_eq!(held[&5].hash, [8; 16], "the later version wins");
+    assert_eq!(held[&101].hash, [2; 16]);
+    assert_eq!(held[&100].hash, [1; 16]);
+    let (top_ns, sent): (i64, i64) = s
+        .reader()
+        .query_row(
+            "SELECT top_ns, versions_sent FROM buckets WHERE id = ?1",
+            [row],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((top_ns, sent), (90, 102));
+    s.commit_all(&[Commit::default(), Commit::default()])
+        .unwrap();
+}
+
+#[test]
 fn a_catch_up_newest_first_leaves_the_sent_table_dense() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _, row) = one_bucket(&dir);

@@ -34,7 +34,7 @@ const PYTHON_END_SLACK: i64 = 1_000_000;
 /// Events queued at a time: a catch-up page's worth at once was a fresh allocation of a
 /// megabyte, past glibc's mmap threshold, faulted in and unmapped for every page (5 % of a
 /// 1M-event catch-up's CPU, perf), and all of it waited for room in the queue at once.
-const SEND_PIECE: usize = 500;
+pub(super) const SEND_PIECE: usize = 500;
 /// A page whose events all share one timestamp is re-read with a doubled limit, up to this
 /// multiple of the page size.
 const MAX_TIE_GROWTH: usize = 64;

@@ -584,3 +584,79 @@ async fn a_read_ahead_the_parsed_page_disagrees_with_is_dropped_and_the_right_pa
     assert_eq!(asked[2].end, Some(edge), "{asked:?}");
     assert_eq!(asked[2].limit, 64 + tail as u64 + 8 + 1, "{asked:?}");
 }
+
+/// A catch-up page goes into the queue in pieces of at most [`super::pages::SEND_PIECE`]
+/// events, each event once and in read order: a page's worth at once was a fresh megabyte
+/// (mapped, faulted in, unmapped for every page) and all of it waited for room at once.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_page_is_queued_in_pieces_each_event_once_in_read_order() {
+    use crate::engine::queue::{Body, Item};
+    let piece = super::pages::SEND_PIECE;
+    let page = 3 * piece + 7;
+    let rig = Rig::new(page, page, 300 * SEC);
+    let ids = rig.source.history(T0, i64::try_from(page + 40).unwrap());
+    let bucket = rig.source.bucket();
+    let key = DestKey::new("https://upstream.invalid", "");
+    let dest = rig.store.destination(&key, true).unwrap().unwrap();
+    let state = rig.store.bucket_state(dest, &bucket, None).unwrap();
+    let inflight = InFlight::default();
+    let metrics = Metrics::default();
+    let (tx, mut rx) = queue(10 * page);
+    // What an uploader would take, without one: the pieces, and every barrier answered.
+    let drain = tokio::spawn(async move {
+        let mut pieces = Vec::new();
+        while let Some(item) = rx.recv().await {
+            match item {
+                Item::Events(events) => pieces.push(
+                    events
+                        .iter()
+                        .map(|p| {
+                            assert!(matches!(p.body, Body::Event(_)));
+                            p.acked.event_id
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Item::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Item::Mark(_) | Item::Quarantine(_) => {}
+            }
+        }
+        pieces
+    });
+    let caps = Mutex::new(Caps::default());
+    let redaction = Privacy::default().redaction(&bucket.id, &bucket.bucket_type);
+    {
+        let scanner = Scanner {
+            source: &rig.source,
+            store: &rig.store,
+            inflight: &inflight,
+            metrics: &metrics,
+            tx: &tx,
+            page_size: rig.page_size,
+            catchup_page: rig.catchup_page,
+            lookback_ns: rig.lookback_ns,
+            start_from_ns: None,
+            redaction_key: rig.store.redaction_key(),
+            verify: Verify::Off,
+            caps: &caps,
+        };
+        scanner.scan(&bucket, &state, &redaction).await.unwrap();
+    }
+    drop(tx);
+    let pieces = drain.await.unwrap();
+    assert!(
+        pieces.iter().all(|p| !p.is_empty() && p.len() <= piece),
+        "{:?}",
+        pieces.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        pieces.len() >= 4,
+        "a page of {page} in at least four pieces"
+    );
+    // Newest first, as read; every event once.
+    let queued: Vec<i64> = pieces.concat();
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(queued, newest_first);
+}
