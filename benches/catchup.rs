@@ -378,15 +378,7 @@ async fn catch_up(
 
         ack.clear();
         let home = Home::new(work, &format!("ack-{n}-{port}-{rep}"), &ack.base_url(), "")?;
-        let (_, c) = measured(server, async {
-            let h = Home {
-                dir: home.dir.clone(),
-                config: home.config.clone(),
-            };
-            let usage = tokio::task::spawn_blocking(move || run::once(&h, port)).await??;
-            Ok(((), Some(usage)))
-        })
-        .await?;
+        let c = once_measured(server, &home, &[]).await?;
         eprintln!(
             "bench: {name} {n}: sync → ack {:.2} s",
             c.wall.as_secs_f64()
@@ -432,11 +424,7 @@ async fn catch_up(
             &ack.base_url(),
             "gzip = true",
         )?;
-        let once = move || run::once(&gz, port);
-        let (_, c) = measured(server, async {
-            Ok(((), Some(tokio::task::spawn_blocking(once).await??)))
-        })
-        .await?;
+        let c = once_measured(server, &gz, &[]).await?;
         let got = ack.events()?;
         ensure!(got == n, "gzip = true: {got} events received, expected {n}");
         report.rows.push(row(
@@ -452,15 +440,7 @@ async fn catch_up(
     if is_sqlite {
         // A back-dated insert three days deep, and an idle cycle after it.
         insert_back_dated(port, &buckets[0]).await?;
-        let (_, c) = measured(server, async {
-            let h = Home {
-                dir: home.dir.clone(),
-                config: home.config.clone(),
-            };
-            let usage = tokio::task::spawn_blocking(move || run::once(&h, port)).await??;
-            Ok(((), Some(usage)))
-        })
-        .await?;
+        let c = once_measured(server, &home, &[]).await?;
         let sent = ack.events()?;
         ensure!(
             sent == 1,
@@ -481,17 +461,7 @@ async fn catch_up(
             100.0 * c.source_cpu.as_secs_f64() / catch_up_cpu.max(f64::EPSILON)
         ));
         ack.clear();
-        let (_, c) = measured(server, async {
-            let h = Home {
-                dir: home.dir.clone(),
-                config: home.config.clone(),
-            };
-            let usage =
-                tokio::task::spawn_blocking(move || run::once_with(&h, port, &["--verify"]))
-                    .await??;
-            Ok(((), Some(usage)))
-        })
-        .await?;
+        let c = once_measured(server, &home, &["--verify"]).await?;
         report.rows.push(row(
             name,
             n,
@@ -547,6 +517,22 @@ async fn catch_up(
     Ok(())
 }
 
+/// `aw-sync-samay --once` (and `extra` flags) from `home` against `server`'s source, measured.
+async fn once_measured(
+    server: &Server<'_>,
+    home: &Home,
+    extra: &'static [&'static str],
+) -> anyhow::Result<Cost> {
+    let (port, home) = (server.port(), home.clone());
+    let (_, c) = measured(server, async {
+        let usage =
+            tokio::task::spawn_blocking(move || run::once_with(&home, port, extra)).await??;
+        Ok(((), Some(usage)))
+    })
+    .await?;
+    Ok(c)
+}
+
 /// `--once` from a fresh state into `upstream`; its cost, once the upstream was seen to hold
 /// `expected` events.
 async fn sync_into(
@@ -556,13 +542,8 @@ async fn sync_into(
     dir: &str,
     expected: u64,
 ) -> anyhow::Result<Cost> {
-    let port = server.port();
     let home = Home::new(work, dir, &upstream.base_url, "")?;
-    let (_, c) = measured(server, async {
-        let usage = tokio::task::spawn_blocking(move || run::once(&home, port)).await??;
-        Ok(((), Some(usage)))
-    })
-    .await?;
+    let c = once_measured(server, &home, &[]).await?;
     let held = upstream.held().await?;
     ensure!(
         held == expected,

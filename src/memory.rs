@@ -47,3 +47,64 @@ pub fn give_back_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Byte buffers kept from one use to the next: at most `keep` of them, none larger than
+/// [`MAX_KEPT_BUFFER`]. Clones share the buffers.
+///
+/// Why: the catch-up's large buffers (a page read from aw-server, about a megabyte; a batch's
+/// request body, a few hundred kilobytes) are past the mmap threshold [`tune_allocator`] leaves
+/// at 128 KiB, so a new one each time was a fresh mapping whose pages the kernel faulted in and
+/// zeroed, then unmapped — for buffers of the same size, over and over.
+#[derive(Debug, Clone)]
+pub struct BufferPool {
+    kept: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    keep: usize,
+}
+
+/// A buffer larger than this is not kept: one huge page or batch must not pin its memory.
+pub const MAX_KEPT_BUFFER: usize = 8 * 1024 * 1024;
+
+impl BufferPool {
+    pub fn new(keep: usize) -> BufferPool {
+        BufferPool {
+            kept: std::sync::Arc::default(),
+            keep,
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kept buffer (empty), or a new one.
+    pub fn take(&self) -> Vec<u8> {
+        self.kept().pop().unwrap_or_default()
+    }
+
+    /// Keeps `buffer` for a later [`BufferPool::take`], emptied, unless the pool is full or the
+    /// buffer too large.
+    pub fn give_back(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() > MAX_KEPT_BUFFER {
+            return;
+        }
+        let mut kept = self.kept();
+        if kept.len() < self.keep {
+            buffer.clear();
+            kept.push(buffer);
+        }
+    }
+
+    /// Frees the kept buffers (going idle).
+    pub fn clear(&self) {
+        self.kept().clear();
+    }
+
+    /// The kept buffers' lengths and capacities.
+    #[cfg(test)]
+    pub(crate) fn kept_sizes(&self) -> Vec<(usize, usize)> {
+        self.kept()
+            .iter()
+            .map(|b| (b.len(), b.capacity()))
+            .collect()
+    }
+}

@@ -23,6 +23,7 @@ pub struct Usage {
 }
 
 /// A home directory with its own config, state and logs, so each run has its own device id.
+#[derive(Clone)]
 pub struct Home {
     pub dir: PathBuf,
     pub config: PathBuf,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -17,8 +17,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::model::{Bucket, Event, ServerInfo};
-use super::raw_page::{self, BufferPool, RawPage};
+use super::raw_page::{RawPage, KEPT_PAGE_BUFFERS};
 use crate::http_body::BodyError;
+use crate::memory::BufferPool;
 use crate::printable::printable;
 
 /// aw-server is local: if it cannot accept a connection within this, it is down or wedged.
@@ -153,16 +154,13 @@ impl AwClient {
             http,
             base_url,
             api_key: None,
-            page_buffers: Arc::default(),
+            page_buffers: BufferPool::new(KEPT_PAGE_BUFFERS),
         })
     }
 
     /// Frees the buffers kept for reading pages. Call when going idle.
     pub fn release_buffers(&self) {
-        self.page_buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.page_buffers.clear();
     }
 
     /// aw-server-rust with `[auth] api_key` set refuses every endpoint but `/info` without
@@ -271,7 +269,7 @@ impl AwClient {
             let bytes = read_error_body(response, &url).await?;
             return Err(error_answer(status, &url, Some(bucket_id), &bytes));
         }
-        let buffer = raw_page::take_buffer(&self.page_buffers);
+        let buffer = self.page_buffers.take();
         let bytes = read_body_into(response, &url, MAX_DATA_ANSWER, buffer).await?;
         Ok(RawPage::new(url, bytes, Some(self.page_buffers.clone())))
     }

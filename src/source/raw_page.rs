@@ -9,24 +9,17 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
 
 use super::client::{parse, SourceError};
 use serde_json::value::RawValue;
 
 use super::model::PageEvent;
+use crate::memory::BufferPool;
 
-/// Where a page's buffer goes back to when the page is done with (the client's kept buffers).
-pub(super) type BufferPool = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// How many page buffers are kept. A catch-up page is about a megabyte, past glibc's mmap
-/// threshold, so a new buffer per page was a fresh mapping whose every page the kernel faulted
-/// in and zeroed, then unmapped — an eighth of the 1M-event catch-up's page faults. One: while
-/// a page is parsed the next is read into a buffer of its own, so two alternate; keeping both
-/// saved another fifth of the faults but held a megabyte more at the peak (peak RSS goal 25 MB).
-const KEPT_PAGE_BUFFERS: usize = 1;
-/// A buffer larger than this is not kept: one huge page must not pin its memory.
-const MAX_KEPT_PAGE_BUFFER: usize = 8 * 1024 * 1024;
+/// How many page buffers the client keeps ([`BufferPool`]). One: while a page is parsed the
+/// next is read into a buffer of its own, so two alternate; keeping both saved another fifth of
+/// the faults but held a megabyte more at the peak (peak RSS goal 25 MB).
+pub(super) const KEPT_PAGE_BUFFERS: usize = 1;
 
 /// One page's body, not parsed yet.
 #[derive(Debug)]
@@ -77,27 +70,10 @@ impl RawPage {
 
 impl Drop for RawPage {
     fn drop(&mut self) {
-        let Some(pool) = self.pool.take() else {
-            return;
-        };
-        if self.bytes.capacity() > MAX_KEPT_PAGE_BUFFER {
-            return;
-        }
-        let mut kept = pool.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < KEPT_PAGE_BUFFERS {
-            let mut bytes = std::mem::take(&mut self.bytes);
-            bytes.clear();
-            kept.push(bytes);
+        if let Some(pool) = self.pool.take() {
+            pool.give_back(std::mem::take(&mut self.bytes));
         }
     }
-}
-
-/// A buffer to read a page into: a kept one when there is one.
-pub(super) fn take_buffer(pool: &BufferPool) -> Vec<u8> {
-    pool.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop()
-        .unwrap_or_default()
 }
 
 /// The number of elements of the JSON array `bytes` and the byte ranges of its last `n`, when
@@ -187,13 +163,13 @@ mod tests {
 
     #[test]
     fn a_pages_buffer_goes_back_to_the_pool_up_to_the_kept_number() {
-        let pool: BufferPool = Arc::default();
+        let pool = BufferPool::new(KEPT_PAGE_BUFFERS);
         for _ in 0..3 {
             drop(RawPage::new("u".into(), vec![1; 64], Some(pool.clone())));
         }
         drop(RawPage::new("u".into(), vec![1; 64], None));
-        let kept = pool.lock().unwrap();
+        let kept = pool.kept_sizes();
         assert_eq!(kept.len(), KEPT_PAGE_BUFFERS);
-        assert!(kept.iter().all(|b| b.is_empty() && b.capacity() >= 64));
+        assert!(kept.iter().all(|&(len, cap)| len == 0 && cap >= 64));
     }
 }

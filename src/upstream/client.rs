@@ -22,6 +22,7 @@ use super::contract::{
     BatchRequest, BatchResponse, ErrorResponse, MeResponse, BATCH_PATH, HEALTH_PATH, ME_PATH,
 };
 use crate::auth::AccessToken;
+use crate::memory::BufferPool;
 use crate::printable::printable;
 use crate::retry::{transient_status, Transient};
 
@@ -158,7 +159,7 @@ pub struct UpstreamClient {
     gzip_state: Arc<Mutex<Gzip>>,
     /// Body buffers hyper is done with, for the next bodies (see [`PooledBody`]); emptied when
     /// going idle.
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    bodies: BufferPool,
 }
 
 mod feed;
@@ -184,7 +185,7 @@ impl UpstreamClient {
             gzip,
             last_body_len: Arc::new(AtomicUsize::new(0)),
             gzip_state: Arc::default(),
-            bodies: Arc::default(),
+            bodies: BufferPool::new(KEPT_BODIES),
         })
     }
 
@@ -196,10 +197,7 @@ impl UpstreamClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .release();
-        self.bodies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.bodies.clear();
     }
 
     /// The HTTP client, built again after a release.
@@ -232,8 +230,7 @@ impl UpstreamClient {
     ) -> Result<BatchResponse, UpstreamError> {
         let hint = self.last_body_len.load(Ordering::Relaxed);
         let gzip = self.gzip.then_some(&*self.gzip_state);
-        let kept = self.bodies.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let body = encode_body(batch, gzip, hint, kept.unwrap_or_default()).map_err(|e| {
+        let body = encode_body(batch, gzip, hint, self.bodies.take()).map_err(|e| {
             UpstreamError::Fatal {
                 // Writing into memory only fails on a failing Serialize impl (none exists in the
                 // contract types) or allocation: a bug, not a condition to retry.
@@ -263,7 +260,7 @@ impl UpstreamClient {
             .headers(headers)
             .body(bytes::Bytes::from_owner(PooledBody {
                 bytes: body,
-                pool: Arc::clone(&self.bodies),
+                pool: self.bodies.clone(),
             }))
             .send()
             .await
@@ -514,21 +511,19 @@ fn encode_body(
     })
 }
 
-/// How many request bodies' buffers are kept for the next ones: one being written while one is
+/// How many request bodies' buffers are kept ([`BufferPool`]): one being written while one is
 /// on the wire, as the uploader keeps them by default.
 const KEPT_BODIES: usize = 2;
-/// A buffer larger than this is not kept: one huge batch must not pin its memory.
-const MAX_KEPT_BODY: usize = 8 * 1024 * 1024;
 
 /// A request body that gives its buffer back to the client when hyper drops it.
 ///
-/// Why: a batch's body is a few hundred kilobytes, past glibc's mmap threshold or at the top of
-/// a thread's heap, so each new one was memory the kernel faulted in and zeroed, and each freed
-/// one went back to it — on the 1M-event catch-up 5 % of the sync's CPU (perf: the page faults
-/// of writing the JSON, its copies, the unmapping), for 2,000 buffers of the same size.
+/// Why: a batch's body is a few hundred kilobytes, past the mmap threshold, so each new one was
+/// memory the kernel faulted in and zeroed, and each freed one went back to it — on the
+/// 1M-event catch-up 5 % of the sync's CPU (perf: the page faults of writing the JSON, its
+/// copies, the unmapping), for 2,000 buffers of the same size.
 struct PooledBody {
     bytes: Vec<u8>,
-    pool: Arc<Mutex<Vec<Vec<u8>>>>,
+    pool: BufferPool,
 }
 
 impl AsRef<[u8]> for PooledBody {
@@ -539,13 +534,7 @@ impl AsRef<[u8]> for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.bytes.capacity() > MAX_KEPT_BODY {
-            return;
-        }
-        let mut kept = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < KEPT_BODIES {
-            kept.push(std::mem::take(&mut self.bytes));
-        }
+        self.pool.give_back(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -734,6 +723,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MAX_KEPT_BUFFER;
 
     fn batch_of(n: usize) -> BatchRequest {
         let events = (0..n)
@@ -809,26 +799,23 @@ mod tests {
 
     #[test]
     fn a_bodys_buffer_goes_back_to_the_pool_up_to_the_kept_number() {
-        let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let pool = BufferPool::new(KEPT_BODIES);
         let body = |n: usize| {
             bytes::Bytes::from_owner(PooledBody {
                 bytes: vec![1; n],
-                pool: Arc::clone(&pool),
+                pool: pool.clone(),
             })
         };
         let sent: Vec<bytes::Bytes> = (0..KEPT_BODIES + 2).map(|_| body(64)).collect();
-        assert!(
-            pool.lock().unwrap().is_empty(),
-            "kept while hyper holds them"
-        );
-        drop(body(MAX_KEPT_BODY + 1));
-        assert!(pool.lock().unwrap().is_empty(), "a huge buffer is not kept");
+        assert!(pool.kept_sizes().is_empty(), "kept while hyper holds them");
+        drop(body(MAX_KEPT_BUFFER + 1));
+        assert!(pool.kept_sizes().is_empty(), "a huge buffer is not kept");
         drop(sent);
-        let kept = pool.lock().unwrap();
+        let kept = pool.kept_sizes();
         assert_eq!(kept.len(), KEPT_BODIES);
         assert!(kept
             .iter()
-            .all(|b| b.capacity() >= 64 && b.capacity() <= MAX_KEPT_BODY));
+            .all(|&(_, cap)| (64..=MAX_KEPT_BUFFER).contains(&cap)));
     }
 
     #[test]
