@@ -95,6 +95,8 @@ pub struct Store {
     read: Mutex<Connection>,
     device_id: Uuid,
     redaction_key: [u8; 32],
+    /// `sent` keeps a bucket's rows newest first ([`schema::sent_is_desc`]).
+    sent_desc: bool,
 }
 
 impl Store {
@@ -134,6 +136,7 @@ impl Store {
             }
         }
         schema::add_pull_pending_columns(&write).map_err(err)?;
+        let sent_desc = schema::sent_is_desc(&write).map_err(err)?;
         let existing: Option<String> = write
             .query_row("SELECT value FROM meta WHERE key = 'device_id'", [], |r| {
                 r.get(0)
@@ -171,6 +174,7 @@ impl Store {
             read: Mutex::new(read),
             device_id,
             redaction_key,
+            sent_desc,
         })
     }
 

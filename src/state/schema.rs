@@ -68,8 +68,12 @@ CREATE TABLE IF NOT EXISTS sent (
     start_ns INTEGER NOT NULL,
     end_ns   INTEGER NOT NULL,
     status   INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (bucket, event_id)
+    PRIMARY KEY (bucket, event_id DESC)
 ) WITHOUT ROWID;
+-- `event_id DESC`: a catch-up reads newest first, so each commit's rows sort below every row
+-- of the bucket recorded before them; kept newest first, they land at the edge of the
+-- bucket's range instead of inside it (1M rows in commits of 1,000–10,000, SQLite alone:
+-- 1.0–1.1 s against 1.45–1.55 s). A table made before keeps its order (`Store::sent_desc`).
 -- Only the quarantined rows: what an idle cycle's status count reads, instead of every row
 -- ever delivered.
 CREATE INDEX IF NOT EXISTS sent_quarantined ON sent (bucket) WHERE status = 1;
@@ -195,6 +199,19 @@ pub fn add_pull_pending_columns(conn: &Connection) -> rusqlite::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Whether `sent` keeps a bucket's rows newest first (tables made since `event_id DESC`; see
+/// [`SCHEMA`]), read from the table's own definition: commits write rows in that order.
+pub fn sent_is_desc(conn: &Connection) -> rusqlite::Result<bool> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sent'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(sql.is_some_and(|s| s.contains("event_id DESC")))
 }
 
 /// `sent.status`.

@@ -54,7 +54,11 @@ fn commit(s: &Store, acked: Vec<Acked>, marks: Vec<Mark>) {
 
 /// A store with one destination and bucket `b1`; returns (store, dest, row).
 fn one_bucket(dir: &tempfile::TempDir) -> (Store, DestId, i64) {
-    let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+    one_bucket_at(&dir.path().join("s.sqlite"))
+}
+
+fn one_bucket_at(path: &std::path::Path) -> (Store, DestId, i64) {
+    let s = Store::open(path).unwrap();
     let dest = s
         .destination(&key("https://up", "alice"), true)
         .unwrap()
@@ -549,4 +553,49 @@ fn a_catch_up_newest_first_leaves_the_sent_table_dense() {
     // its rows newest first (every row below the last: pages split with room left over).
     let per_page = n / (pages - empty).max(1);
     assert!(per_page >= 72, "{per_page} rows per page ({pages} pages)");
+}
+
+#[test]
+fn a_new_state_keeps_sent_newest_first_and_an_older_table_keeps_its_order() {
+    // The same commits, newest first as a catch-up makes them, into a new state (`event_id
+    // DESC`) and into one whose `sent` was made before that (ascending): each commit is written
+    // in its table's order, and both hold the same rows afterwards.
+    let mut held = Vec::new();
+    for older in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        if older {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE sent (bucket INTEGER NOT NULL, event_id INTEGER NOT NULL,
+                     hash BLOB NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+                     status INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (bucket, event_id))
+                 WITHOUT ROWID;",
+            )
+            .unwrap();
+        }
+        let (s, _, row) = one_bucket_at(&path);
+        assert_eq!(
+            crate::state::schema::sent_is_desc(&s.reader()).unwrap(),
+            !older,
+            "older table: {older}"
+        );
+        for top in (0..10i64).rev() {
+            let rows = (top * 100..top * 100 + 100)
+                .map(|id| acked(row, id + 1, (id % 7) as u8))
+                .collect();
+            commit(&s, rows, vec![]);
+        }
+        let rows: Vec<(i64, Vec<u8>)> = s
+            .reader()
+            .prepare("SELECT event_id, hash FROM sent WHERE bucket = ?1 ORDER BY event_id")
+            .unwrap()
+            .query_map([row], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 1000);
+        held.push(rows);
+    }
+    assert_eq!(held[0], held[1]);
 }
