@@ -147,7 +147,10 @@ fn container_end(bytes: &[u8], open: usize) -> Option<usize> {
                     return Some(at + 1);
                 }
             }
-            b'"' => at = string_close(bytes, at + 1)?,
+            b'"' => {
+                at = string_end(bytes, at)?;
+                continue;
+            }
             _ => {}
         }
         at += 1;
@@ -155,14 +158,17 @@ fn container_end(bytes: &[u8], open: usize) -> Option<usize> {
     None
 }
 
-/// The index of the quote that closes the string whose contents start at `at`.
-fn string_close(bytes: &[u8], mut at: usize) -> Option<usize> {
+/// The index just past the JSON string starting at `bytes[start]` (a `"`); `None` when it is
+/// never closed. Jumps with `memchr` to each quote or backslash; a backslash escapes the byte
+/// after it (`\"`, `\\`, `\u…`: only the first matters). Shared with the canonical hash's
+/// reader (`state::hash`), which crosses every string of every event's data.
+pub(crate) fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
     loop {
         at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
         if bytes[at] == b'"' {
-            return Some(at);
+            return Some(at + 1);
         }
-        // A backslash escapes the byte after it (`\"`, `\\`, `\u…`: only the first matters).
         at += 2;
     }
 }

@@ -352,19 +352,11 @@ fn sort_members(out: &mut Vec<u8>, body: usize, mut members: Vec<Member<'_>>) {
     }
 }
 
-/// The index just past the string starting at `bytes[start]` (a `"`), skipping escapes.
+/// The index just past the string starting at `bytes[start]` (a `"`), skipping escapes
+/// ([`crate::source::json_string_end`]).
 fn string_end(bytes: &[u8], start: usize) -> Result<usize, DataError> {
-    let mut i = start + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => return Ok(i + 1),
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
-    Err(DataError::Invalid(format!(
-        "unterminated string at byte {start}"
-    )))
+    crate::source::json_string_end(bytes, start)
+        .ok_or_else(|| DataError::Invalid(format!("unterminated string at byte {start}")))
 }
 
 pub fn hash_hex(hash: &EventHash) -> String {
