@@ -33,6 +33,7 @@ pub mod privacy;
 pub mod progress;
 pub mod pull;
 pub mod retry;
+pub mod rfc3339;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -179,6 +179,10 @@ where
         }
 
         fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<DateTime<Utc>, E> {
+            // Both servers' own forms directly; anything else as chrono reads it.
+            if let Some(t) = crate::rfc3339::parse_utc(s) {
+                return Ok(t);
+            }
             match DateTime::parse_from_rfc3339(s) {
                 Ok(t) => Ok(t.with_timezone(&Utc)),
                 Err(_) => s.parse().map_err(E::custom),

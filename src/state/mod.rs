@@ -27,7 +27,6 @@ mod schema;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -282,8 +281,7 @@ fn hash_hex_n(bytes: &[u8]) -> String {
 
 /// Nanoseconds since the epoch as RFC 3339 UTC with nanoseconds, the form sent upstream.
 pub fn ns_to_rfc3339(ns: i64) -> String {
-    chrono::DateTime::<Utc>::from_timestamp_nanos(ns)
-        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    crate::rfc3339::format_ns(ns)
 }
 
 fn classify(path: &Path, source: rusqlite::Error) -> StateError {
