@@ -4,7 +4,7 @@
 //! these do the common forms directly and leave everything else to chrono, which stays the
 //! reference (the tests compare the two on arbitrary instants and strings).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 /// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`: exactly what chrono's
 /// `to_rfc3339_opts(SecondsFormat::Nanos, true)` writes. Every `i64` of nanoseconds falls in
@@ -52,15 +52,9 @@ pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
+    // chrono's constructors check the date and the time (they refuse second 60: a leap second
+    // goes to chrono's parser, with everything else this does not read).
+    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month as u32, day as u32)?;
     let mut at = 19;
     let mut nanos = 0i64;
     if b.get(at) == Some(&b'.') {
@@ -78,17 +72,8 @@ pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
         b"Z" | b"+00:00" => {}
         _ => return None,
     }
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    DateTime::from_timestamp(secs, u32::try_from(nanos).ok()?)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+    let time = date.and_hms_nano_opt(hour as u32, minute as u32, second as u32, nanos as u32)?;
+    Some(time.and_utc())
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
@@ -103,18 +88,6 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// The day count since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
