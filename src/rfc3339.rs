@@ -10,6 +10,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 /// `to_rfc3339_opts(SecondsFormat::Nanos, true)` writes. Every `i64` of nanoseconds falls in
 /// the years 1677–2262, so the year always has four digits.
 pub fn format_ns(ns: i64) -> String {
+    format_ns_ascii(ns).iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`format_ns`] on the stack, for the batch writer (no `String` per event uploaded).
+pub fn format_ns_ascii(ns: i64) -> [u8; 30] {
     let secs = ns.div_euclid(1_000_000_000);
     let nanos = ns.rem_euclid(1_000_000_000);
     let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -31,8 +36,7 @@ pub fn format_ns(ns: i64) -> String {
             value /= 10;
         }
     }
-    // Only ASCII digits went into the template.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    out
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.f…]` followed by `Z` or `+00:00` — what aw-server-rust and Python

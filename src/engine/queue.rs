@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use serde_json::value::RawValue;
 
-use crate::state::{hash_hex, ns_to_rfc3339, Acked, EventHash, Mark, Quarantined};
-use crate::upstream::contract::UpEvent;
+use crate::state::{Acked, EventHash, Mark, Quarantined};
+use crate::upstream::batch::OutEvent;
 
 /// The claim hash of a deletion: no event version hashes to it (it is not a BLAKE3 output
 /// anyone can aim at), so a deletion and a version of the same event never share a claim.
@@ -69,12 +69,12 @@ impl Pending {
     }
 
     /// The upload of a version, as the upstream receives it.
-    pub fn up_event(acked: &Acked, e: Outgoing) -> UpEvent {
-        UpEvent {
-            bucket_id: e.bucket_id.as_ref().to_owned(),
+    pub fn up_event(acked: &Acked, e: Outgoing) -> OutEvent {
+        OutEvent {
+            bucket_id: e.bucket_id,
             event_id: acked.event_id,
-            hash: hash_hex(&acked.hash),
-            timestamp: ns_to_rfc3339(acked.span.start_ns),
+            hash: acked.hash,
+            start_ns: acked.span.start_ns,
             duration: e.duration,
             data: e.data,
         }
@@ -83,9 +83,9 @@ impl Pending {
 
 impl Outgoing {
     /// Back from the upload (a batch split, or partly refused).
-    pub fn from_up_event(e: UpEvent) -> Outgoing {
+    pub fn from_up_event(e: OutEvent) -> Outgoing {
         Outgoing {
-            bucket_id: Arc::from(e.bucket_id),
+            bucket_id: e.bucket_id,
             duration: e.duration,
             data: e.data,
         }

@@ -24,7 +24,8 @@ use crate::auth::{AccessToken, AuthError, TokenSource};
 use crate::clock::Clock;
 use crate::retry::RetryPolicy;
 use crate::state::{Commit, Deleted, Mark, Quarantined, StateError, Store};
-use crate::upstream::contract::{BatchRequest, BucketMeta, Deletion};
+use crate::upstream::batch::Batch;
+use crate::upstream::contract::{BucketMeta, Deletion};
 use crate::upstream::{BatchSink, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -478,7 +479,8 @@ impl Uploader {
                                 tracing::warn!(bucket = %event.bucket_id, event_id = p.acked.event_id,
                                     %reason, "the upstream refused an event; it is quarantined (see --status)");
                                 quarantined.push(Quarantined {
-                                    event_json: serde_json::to_string(&event).unwrap_or_default(),
+                                    event_json: serde_json::to_string(&event.to_up_event())
+                                        .unwrap_or_default(),
                                     acked: p.acked,
                                     reason: reason.clone(),
                                 });
@@ -516,7 +518,7 @@ impl Uploader {
 
     /// Per-bucket delivery counters for progress displays: one map lookup per run of events
     /// of the same bucket (a batch is usually one run).
-    fn count_delivered(&self, request: &BatchRequest) {
+    fn count_delivered(&self, request: &Batch) {
         let mut rest = &request.events[..];
         while let Some(first) = rest.first() {
             let id = &first.bucket_id;
@@ -537,7 +539,7 @@ impl Uploader {
     /// Sends one request until the upstream answers something final for it.
     async fn deliver(
         &self,
-        request: &BatchRequest,
+        request: &Batch,
         gate: &RetryGate,
         token: &mut AccessToken,
         stats: &mut UploadStats,
@@ -677,7 +679,7 @@ impl Uploader {
             }
         }
         Chunk {
-            request: BatchRequest {
+            request: Batch {
                 batch_id: Uuid::new_v4(),
                 device_id: self.device_id,
                 user_id: self.tokens.user_id(),
@@ -715,7 +717,7 @@ const GROUP_ROWS: usize = 10_000;
 /// acknowledgement needs (events and deletions keep their relative order in the request).
 struct Chunk {
     order: Vec<Slot>,
-    request: BatchRequest,
+    request: Batch,
 }
 
 enum Slot {

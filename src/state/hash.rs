@@ -360,14 +360,23 @@ fn string_end(bytes: &[u8], start: usize) -> Result<usize, DataError> {
 }
 
 pub fn hash_hex(hash: &EventHash) -> String {
+    hash_hex_ascii(hash)
+        .iter()
+        .map(|&b| char::from(b))
+        .collect()
+}
+
+/// [`hash_hex`] on the stack: the batch writer puts it on the wire without a `String` per
+/// event (issue 9).
+pub fn hash_hex_ascii(hash: &EventHash) -> [u8; 32] {
     // A table instead of `write!` per byte: this runs once per event uploaded.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for b in hash {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(hash) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
     }
-    s
+    out
 }
 
 /// JSON with object keys sorted at every depth, whatever map type serde_json was built with.

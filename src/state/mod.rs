@@ -33,7 +33,7 @@ use uuid::Uuid;
 pub use bucket::{BucketState, Pass};
 pub use commit::{Acked, Commit, Deleted, Known, Mark, Quarantined};
 pub use destination::{DestId, DestKey};
-pub use hash::{event_hash, event_hash_raw, hash_hex, EventHash, Span};
+pub use hash::{event_hash, event_hash_raw, hash_hex, hash_hex_ascii, EventHash, Span};
 pub use mirror::{aggregate as mirror_aggregate, Aggregate, MirrorEvent};
 pub use pull::{
     CopyPrint, Mapped, PendingInsert, PullBucket, PullDeviceStatus, PullFeed, PullPage,

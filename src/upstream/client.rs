@@ -18,9 +18,8 @@ use reqwest::header::{
 use reqwest::{redirect, StatusCode};
 use url::Url;
 
-use super::contract::{
-    BatchRequest, BatchResponse, ErrorResponse, MeResponse, BATCH_PATH, HEALTH_PATH, ME_PATH,
-};
+use super::batch::BatchBody;
+use super::contract::{BatchResponse, ErrorResponse, MeResponse, BATCH_PATH, HEALTH_PATH, ME_PATH};
 use crate::auth::AccessToken;
 use crate::memory::BufferPool;
 use crate::printable::printable;
@@ -226,7 +225,7 @@ impl UpstreamClient {
     pub async fn send_batch(
         &self,
         token: &AccessToken,
-        batch: &BatchRequest,
+        batch: &impl BatchBody,
     ) -> Result<BatchResponse, UpstreamError> {
         let hint = self.last_body_len.load(Ordering::Relaxed);
         let gzip = self.gzip.then_some(&*self.gzip_state);
@@ -243,7 +242,7 @@ impl UpstreamClient {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(AUTHORIZATION, bearer(token)?);
-        let key = HeaderValue::from_str(&batch.batch_id.to_string()).map_err(|e| {
+        let key = HeaderValue::from_str(&batch.batch_id().to_string()).map_err(|e| {
             UpstreamError::Fatal {
                 status: 0,
                 message: format!("batch id header: {e}"),
@@ -267,7 +266,7 @@ impl UpstreamClient {
             .map_err(network)?;
         Answer::read(response)
             .await?
-            .batch_outcome(batch.events.len(), token)
+            .batch_outcome(batch.event_count(), token)
     }
 
     /// `GET {base_url}/v1/me` with the token: the account it authenticates, or `None` when the
@@ -493,7 +492,7 @@ fn bearer(token: &AccessToken) -> Result<HeaderValue, UpstreamError> {
 /// `out` is a buffer to write into (emptied first): one an earlier body left behind
 /// ([`PooledBody`]), or a new one.
 fn encode_body(
-    batch: &BatchRequest,
+    batch: &impl BatchBody,
     gzip: Option<&Mutex<Gzip>>,
     hint: usize,
     mut out: Vec<u8>,
@@ -502,13 +501,11 @@ fn encode_body(
     out.clear();
     out.reserve(capacity);
     let Some(gzip) = gzip else {
-        serde_json::to_writer(&mut out, batch)?;
+        batch.write_json(&mut out)?;
         return Ok(out);
     };
     let mut gzip = gzip.lock().unwrap_or_else(|p| p.into_inner());
-    gzip.encode(out, |w| {
-        serde_json::to_writer(w, batch).map_err(std::io::Error::from)
-    })
+    gzip.encode(out, |w| batch.write_json(w))
 }
 
 /// How many request bodies' buffers are kept ([`BufferPool`]): one being written while one is
@@ -725,7 +722,7 @@ mod tests {
     use super::*;
     use crate::memory::MAX_KEPT_BUFFER;
 
-    fn batch_of(n: usize) -> BatchRequest {
+    fn batch_of(n: usize) -> super::super::contract::BatchRequest {
         let events = (0..n)
             .map(|i| super::super::contract::UpEvent {
                 bucket_id: "aw-watcher-window_host".into(),
@@ -739,7 +736,7 @@ mod tests {
                 .unwrap(),
             })
             .collect();
-        BatchRequest {
+        super::super::contract::BatchRequest {
             batch_id: uuid::Uuid::nil(),
             device_id: uuid::Uuid::nil(),
             user_id: Some("u".into()),

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use crate::auth::{AccessToken, BoxFuture};
 use crate::engine::CycleReport;
 use crate::printable::printable;
-use crate::upstream::contract::{BatchRequest, BatchResponse};
+use crate::upstream::batch::Batch;
+use crate::upstream::contract::BatchResponse;
 use crate::upstream::{BatchSink, UpstreamError};
 
 /// Sample events kept per bucket.
@@ -51,16 +52,16 @@ impl BatchSink for DryRunSink {
     fn send_batch<'a>(
         &'a self,
         _token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         Box::pin(async move {
             let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
             report.batches += 1;
             for e in &batch.events {
-                let b = report.buckets.entry(e.bucket_id.clone()).or_default();
+                let b = report.buckets.entry(e.bucket_id.to_string()).or_default();
                 b.events += 1;
                 if b.samples.len() < SAMPLES {
-                    if let Ok(v) = serde_json::to_value(e) {
+                    if let Ok(v) = serde_json::to_value(e.to_up_event()) {
                         b.samples.push(v);
                     }
                 }

@@ -1,5 +1,6 @@
 //! The upstream side: the batch API contract and the HTTP client that speaks it.
 
+pub mod batch;
 pub mod client;
 /// The wire types and paths, in their own crate (crates/samay-api) because the server speaks them too.
 pub use samay_api as contract;
@@ -9,7 +10,8 @@ pub mod health;
 pub use client::{UpstreamClient, UpstreamError};
 
 use crate::auth::{AccessToken, BoxFuture};
-use contract::{BatchRequest, BatchResponse, ChangesResponse, DevicesResponse};
+use batch::Batch;
+use contract::{BatchResponse, ChangesResponse, DevicesResponse};
 
 /// Where the uploader sends batches. [`UpstreamClient`] is the real one; the engine's tests
 /// put a scripted fake here to inject faults under paused time.
@@ -18,7 +20,7 @@ pub trait BatchSink: Send + Sync {
     fn send_batch<'a>(
         &'a self,
         token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>>;
 
     /// The account `token` authenticates at this upstream (`GET v1/me`); `None` when the
@@ -60,7 +62,7 @@ impl BatchSink for UpstreamClient {
     fn send_batch<'a>(
         &'a self,
         token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         Box::pin(UpstreamClient::send_batch(self, token, batch))
     }

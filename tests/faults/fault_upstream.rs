@@ -20,7 +20,7 @@ use aw_sync_samay::auth::{AccessToken, BoxFuture};
 use aw_sync_samay::config::{AuthConfig, CallbackMode, TokenStorage};
 use aw_sync_samay::engine::{CycleError, Engine, Settings};
 use aw_sync_samay::retry::RetryPolicy;
-use aw_sync_samay::upstream::contract::{BatchRequest, BatchResponse};
+use aw_sync_samay::upstream::contract::BatchResponse;
 use aw_sync_samay::upstream::{BatchSink, UpstreamClient, UpstreamError};
 use samay_server::{self as devserver, DevServerConfig, OidcConfig, RequestRecord, DEV_CLIENT_ID};
 use samay_testkit::awserver::AwServer;
@@ -346,7 +346,7 @@ impl BatchSink for CountingSink {
     fn send_batch<'a>(
         &'a self,
         token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a aw_sync_samay::upstream::batch::Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         self.sent.fetch_add(1, Ordering::SeqCst);
         Box::pin(self.inner.send_batch(token, batch))

@@ -12,7 +12,8 @@ use aw_sync_samay::privacy::Redaction;
 use aw_sync_samay::source::{AwClient, Bucket, Event, PageEvent, SourceError};
 use aw_sync_samay::state::hash::{check_depth, event_data_hash, DataError, MAX_DATA_DEPTH};
 use aw_sync_samay::state::{Acked, Commit, DestKey, Quarantined, Span, Store};
-use aw_sync_samay::upstream::contract::{BatchRequest, BucketMeta, UpEvent};
+use aw_sync_samay::upstream::batch::{Batch, BatchBody, OutEvent};
+use aw_sync_samay::upstream::contract::BucketMeta;
 use aw_sync_samay::upstream::dry_run::DryRunSink;
 use aw_sync_samay::upstream::BatchSink;
 use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
@@ -77,7 +78,7 @@ fn every_reader(levels: usize) {
     assert!(redaction.apply_raw(&[7; 32], &events[2].data).is_ok());
 
     // The upload's serialization passes the text through as it is.
-    let batch = BatchRequest {
+    let batch = Batch {
         batch_id: uuid::Uuid::new_v4(),
         device_id: uuid::Uuid::new_v4(),
         user_id: None,
@@ -94,19 +95,23 @@ fn every_reader(levels: usize) {
         )]),
         events: events
             .iter()
-            .map(|e| UpEvent {
+            .map(|e| OutEvent {
                 bucket_id: "b".into(),
                 event_id: e.id.unwrap_or(0),
-                hash: "00".into(),
-                timestamp: e.timestamp.to_rfc3339(),
+                hash: [0; 16],
+                start_ns: e.timestamp.timestamp_nanos_opt().expect("in range"),
                 duration: e.duration,
                 data: e.data.clone(),
             })
             .collect(),
         deletions: Vec::new(),
     };
-    let json = serde_json::to_string(&batch).expect("serializes");
+    let json = serde_json::to_string(&batch.request()).expect("serializes");
     assert!(json.contains(&deep));
+    // The body the upstream client writes: the same bytes.
+    let mut body = Vec::new();
+    batch.write_json(&mut body).expect("writes");
+    assert_eq!(String::from_utf8(body).expect("UTF-8"), json);
     // `--dry-run` shows samples: the deep one is skipped, not walked.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -120,7 +125,7 @@ fn every_reader(levels: usize) {
     // The quarantine keeps the payload whole, and `--status` reads it back and renders it.
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("state.sqlite")).expect("state");
-    let event_json = serde_json::to_string(&batch.events[1]).expect("serializes");
+    let event_json = serde_json::to_string(&batch.events[1].to_up_event()).expect("serializes");
     let dest = store
         .destination(&DestKey::new("http://127.0.0.1:1", "dev"), true)
         .expect("destination")

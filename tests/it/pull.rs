@@ -15,9 +15,7 @@ use aw_sync_samay::engine::Engine;
 use aw_sync_samay::pull::{unpull, PullSettings, PullStats};
 use aw_sync_samay::source::{AwClient, Event};
 use aw_sync_samay::state::Store;
-use aw_sync_samay::upstream::contract::{
-    BatchRequest, BatchResponse, ChangesResponse, DevicesResponse,
-};
+use aw_sync_samay::upstream::contract::{BatchResponse, ChangesResponse, DevicesResponse};
 use aw_sync_samay::upstream::{BatchSink, UpstreamClient, UpstreamError};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use samay_aw_double::{AwDouble, AwDoubleConfig, Storage};
@@ -483,7 +481,7 @@ impl BatchSink for CountedUpstream {
     fn send_batch<'a>(
         &'a self,
         token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a aw_sync_samay::upstream::batch::Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         self.asked.other.fetch_add(1, Ordering::SeqCst);
         Box::pin(self.inner.send_batch(token, batch))

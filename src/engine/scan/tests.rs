@@ -24,7 +24,7 @@ use crate::privacy::Privacy;
 use crate::retry::RetryPolicy;
 use crate::source::{Bucket, BucketSpan, EventSource, PageEvent, PageQuery, RawPage, SourceError};
 use crate::state::{DestKey, Store};
-use crate::upstream::contract::{BatchRequest, BatchResponse, BucketMeta};
+use crate::upstream::contract::{BatchResponse, BucketMeta};
 use crate::upstream::{BatchSink, UpstreamError};
 
 const SEC: i64 = 1_000_000_000;
@@ -235,7 +235,7 @@ impl BatchSink for Upstream {
     fn send_batch<'a>(
         &'a self,
         _token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a crate::upstream::batch::Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         let mut versions = self.versions.lock().unwrap();
         for e in &batch.events {

@@ -6,8 +6,10 @@ use crate::upstream::contract::BatchResponse;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-type Rule = Box<dyn Fn(&BatchRequest, &str) -> Option<UpstreamError> + Send + Sync>;
-type Delay = Box<dyn Fn(&BatchRequest) -> Duration + Send + Sync>;
+use crate::upstream::batch::Batch;
+
+type Rule = Box<dyn Fn(&Batch, &str) -> Option<UpstreamError> + Send + Sync>;
+type Delay = Box<dyn Fn(&Batch) -> Duration + Send + Sync>;
 
 /// A scripted upstream: first plays `script`, then applies `rule` to every request.
 #[derive(Default)]
@@ -33,7 +35,7 @@ impl BatchSink for FakeSink {
     fn send_batch<'a>(
         &'a self,
         token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         Box::pin(async move {
             let ids: Vec<i64> = batch.events.iter().map(|e| e.event_id).collect();
@@ -64,7 +66,7 @@ impl BatchSink for FakeSink {
             }
             let mut last = self.last.lock().unwrap();
             for e in &batch.events {
-                last.insert(e.event_id, e.hash.clone());
+                last.insert(e.event_id, crate::state::hash_hex(&e.hash));
             }
             self.stored.lock().unwrap().extend(ids);
             Ok(BatchResponse {
@@ -375,7 +377,11 @@ fn poison_rule(with_indexes: bool) -> Rule {
             .events
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.data_map().is_ok_and(|d| d.contains_key("poison")))
+            .filter(|(_, e)| {
+                e.to_up_event()
+                    .data_map()
+                    .is_ok_and(|d| d.contains_key("poison"))
+            })
             .map(|(i, _)| i)
             .collect();
         (!bad.is_empty()).then(|| UpstreamError::Rejected {
@@ -599,7 +605,7 @@ async fn two_versions_of_one_event_never_travel_together() {
             let slow = b
                 .events
                 .iter()
-                .any(|e| e.event_id == 1 && e.hash == crate::state::hash_hex(&[1; 16]));
+                .any(|e| e.event_id == 1 && e.hash == [1; 16]);
             Duration::from_secs(if slow { 5 } else { 1 })
         })),
         ..Default::default()

@@ -9,7 +9,7 @@ use aw_sync_samay::auth::{AccessToken, BoxFuture, StaticToken};
 use aw_sync_samay::engine::{CycleError, CycleReport, Engine, Settings};
 use aw_sync_samay::retry::RetryPolicy;
 use aw_sync_samay::state::{event_hash, hash_hex, Store};
-use aw_sync_samay::upstream::contract::{BatchRequest, BatchResponse};
+use aw_sync_samay::upstream::contract::BatchResponse;
 use aw_sync_samay::upstream::{BatchSink, UpstreamClient, UpstreamError};
 use chrono::SubsecRound;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -36,7 +36,7 @@ impl BatchSink for CrashSink {
     fn send_batch<'a>(
         &'a self,
         token: &'a AccessToken,
-        batch: &'a BatchRequest,
+        batch: &'a aw_sync_samay::upstream::batch::Batch,
     ) -> BoxFuture<'a, Result<BatchResponse, UpstreamError>> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
