@@ -70,7 +70,7 @@ impl Pending {
     }
 
     /// The upload of a version, as the batch holds it.
-    pub fn up_event(acked: &Acked, e: Outgoing) -> OutEvent {
+    pub fn out_event(acked: &Acked, e: Outgoing) -> OutEvent {
         OutEvent {
             bucket_id: e.bucket_id,
             event_id: acked.event_id,
@@ -84,7 +84,7 @@ impl Pending {
 
 impl Outgoing {
     /// Back from the upload (a batch split, or partly refused).
-    pub fn from_up_event(e: OutEvent) -> Outgoing {
+    pub fn from_out_event(e: OutEvent) -> Outgoing {
         Outgoing {
             bucket_id: e.bucket_id,
             duration: e.duration,

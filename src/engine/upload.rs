@@ -475,7 +475,7 @@ impl Uploader {
                     for (i, p) in chunk.into_items().into_iter().enumerate_events() {
                         match (i, p.body) {
                             (Some(i), Body::Event(event)) if indexes.contains(&i) => {
-                                let event = Pending::up_event(&p.acked, event);
+                                let event = Pending::out_event(&p.acked, event);
                                 tracing::warn!(bucket = %event.bucket_id, event_id = p.acked.event_id,
                                     %reason, "the upstream refused an event; it is quarantined (see --status)");
                                 quarantined.push(Quarantined {
@@ -666,7 +666,7 @@ impl Uploader {
         for p in items {
             match p.body {
                 Body::Event(e) => {
-                    events.push(Pending::up_event(&p.acked, e));
+                    events.push(Pending::out_event(&p.acked, e));
                     order.push(Slot::Event(p.acked));
                 }
                 Body::Deletion { bucket_id } => {
@@ -735,7 +735,7 @@ impl Chunk {
             .filter_map(|slot| match slot {
                 Slot::Event(acked) => events.next().map(|e| Pending {
                     acked,
-                    body: Body::Event(Outgoing::from_up_event(e)),
+                    body: Body::Event(Outgoing::from_out_event(e)),
                     follows_queued: false,
                 }),
                 Slot::Deletion(acked) => deletions.next().map(|d| Pending {
