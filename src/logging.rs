@@ -489,8 +489,11 @@ mod tests {
             "the next oldest goes instead"
         );
         drop(running);
-        let removed = prune_logs(dir.path(), false, 10).expect("prune");
-        assert_eq!(removed, vec![path], "closed, it goes");
+        let removed = crate::lock::once_forks_have_exec_d(|| {
+            let removed = prune_logs(dir.path(), false, 10).expect("prune");
+            (!removed.is_empty()).then_some(removed)
+        });
+        assert_eq!(removed, Some(vec![path]), "closed, it goes");
     }
 
     #[test]
