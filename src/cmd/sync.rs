@@ -202,7 +202,7 @@ pub async fn run(
                 // Going idle until the next cycle: nothing the cycle leaves behind may wake
                 // the process before then (issue 5).
                 upstream.release_connections();
-                engine.source.release_buffers();
+                engine.source.release_pages();
                 aw_sync_samay::memory::give_back_free_memory();
                 lifecycle::rearm_timers().await;
                 outcome

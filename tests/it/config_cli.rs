@@ -592,7 +592,17 @@ fn one_instance_per_aw_server_across_processes() {
     assert!(stdout.contains("LOCK=acquired"), "{stdout}");
 
     drop(held);
-    let (_, stdout, _) = run(iso.child("lock", &path));
+    // Free once any child another test forked while `held` was open has exec'd: an `flock`
+    // belongs to the open file, and such a child holds a copy of the descriptor until its exec
+    // closes it (see `lock::once_forks_have_exec_d`). Bounded, so a lock that stays held fails.
+    let mut stdout = String::new();
+    for _ in 0..40 {
+        stdout = run(iso.child("lock", &path)).1;
+        if !stdout.contains("LOCK=busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(stdout.contains("LOCK=acquired"), "{stdout}");
 }
 

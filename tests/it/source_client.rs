@@ -733,3 +733,121 @@ async fn requests_carry_bearer_key_loopback_host_and_encoded_times() {
         "{request}"
     );
 }
+
+/// A keep-alive HTTP/1.1 server on loopback that answers `[]` to event pages and `0` to
+/// counts, counting the connections it accepted and those its client closed.
+async fn keep_alive_server() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).into_owned();
+                        request.drain(..end + 4);
+                        let body = if head.contains("/events/count") {
+                            "0"
+                        } else {
+                            "[]"
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if sock.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted, closed)
+}
+
+/// A catch-up's pages travel over one kept connection (a new one per megabyte page made
+/// aw-server wait on TCP's window growing again each time: `benches/catchup.rs`); every other
+/// request, and the pages once released for going idle, leave nothing open that aw-server
+/// could close and so wake an idle daemon (issue 5).
+#[tokio::test]
+async fn pages_keep_one_connection_until_released_and_nothing_else_keeps_one() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted, closed) = keep_alive_server().await;
+    let client = AwClient::new("127.0.0.1", port).expect("client");
+    for _ in 0..3 {
+        let page = client
+            .get_events_raw("b", None, Some(at(12, 0, 0)), Some(5000))
+            .await
+            .expect("page");
+        assert_eq!(page.parse().expect("parse").len(), 0);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "three pages, one connection"
+    );
+
+    for _ in 0..2 {
+        assert_eq!(client.event_count("b").await.expect("count"), 0);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "each count on its own connection"
+    );
+    let settled = |n: usize| {
+        let closed = std::sync::Arc::clone(&closed);
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while closed.load(Ordering::SeqCst) < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(
+        settled(2).await,
+        "the counts' connections are closed by the client"
+    );
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        2,
+        "the pages' connection is kept"
+    );
+
+    client.release_pages();
+    assert!(
+        settled(3).await,
+        "released: the pages' connection is closed"
+    );
+    client
+        .get_events_raw("b", None, None, Some(5000))
+        .await
+        .expect("page after the release");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "a new one after the release"
+    );
+}
