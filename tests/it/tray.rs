@@ -313,15 +313,26 @@ async fn the_tray_menu_logs_in_syncs_pauses_and_logs_out() {
     })
     .await;
     host.click(&item, "Sync now").await;
-    let failed = host
-        .wait_for_menu(&item, "the failure", |l| {
-            status_of(l).starts_with("(Upstream unreachable — retrying in ")
-        })
-        .await;
-    assert_eq!(
-        host.item_property(&item, "IconName").await,
-        "dialog-warning"
-    );
+    // The menu and the icon are two reads, and a cycle may start between them: the one
+    // "Resume syncing" started can fail on the fault first, before the click's cycle runs. So
+    // both are read until they show the failure together (bounded).
+    let deadline = Instant::now() + WAIT;
+    let failed = loop {
+        let failed = host
+            .wait_for_menu(&item, "the failure", |l| {
+                status_of(l).starts_with("(Upstream unreachable — retrying in ")
+            })
+            .await;
+        let icon = host.item_property(&item, "IconName").await;
+        if icon == "dialog-warning" {
+            break failed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failure's status line came with the icon {icon:?}, not \"dialog-warning\""
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert!(failed.contains(&"Log out".into()), "{failed:?}");
     dev.faults().clear();
 
