@@ -185,6 +185,25 @@ impl AwClient {
         *self.pages_http.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// A page's GET over the kept connection. A kept connection can be closed by aw-server
+    /// just as the request goes out (aw-server-rust closes one idle for 5 s, e.g. while the
+    /// upload catches up): the request is sent once more, on a new connection, unless it timed
+    /// out or the connection could not even be made (then aw-server is not there).
+    async fn send_page(&self, url: &str) -> Result<reqwest::Response, SourceError> {
+        let http = self.pages_http()?;
+        match self.authorized(http.request(Method::GET, url)).send().await {
+            Err(e) if !e.is_timeout() && !e.is_connect() => {
+                tracing::debug!(
+                    url,
+                    "the kept connection failed ({e}); once more on a new one"
+                );
+                self.send(self.authorized(http.request(Method::GET, url)), url)
+                    .await
+            }
+            sent => sent.map_err(|source| unreachable(url, source)),
+        }
+    }
+
     /// The client pages are read with, built again after a release.
     fn pages_http(&self) -> Result<reqwest::Client, SourceError> {
         let mut slot = self.pages_http.lock().unwrap_or_else(|p| p.into_inner());
@@ -298,8 +317,7 @@ impl AwClient {
             query.push(("limit", l));
         }
         let url = self.url(&["buckets", bucket_id, "events"], &query);
-        let request = self.authorized(self.pages_http()?.request(Method::GET, &url));
-        let response = self.send(request, &url).await?;
+        let response = self.send_page(&url).await?;
         let status = response.status();
         if !status.is_success() {
             let bytes = read_error_body(response, &url).await?;

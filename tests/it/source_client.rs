@@ -735,8 +735,12 @@ async fn requests_carry_bearer_key_loopback_host_and_encoded_times() {
 }
 
 /// A keep-alive HTTP/1.1 server on loopback that answers `[]` to event pages and `0` to
-/// counts, counting the connections it accepted and those its client closed.
-async fn keep_alive_server() -> (
+/// counts, counting the connections it accepted and those its client closed. With
+/// `answers: Some(n)`, a connection's request after its `n`th is read and the connection
+/// closed without an answer, as a server closing an idle connection just as a request arrives.
+async fn keep_alive_server(
+    answers: Option<usize>,
+) -> (
     u16,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -754,6 +758,7 @@ async fn keep_alive_server() -> (
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
+                let mut answered = 0;
                 loop {
                     let n = sock.read(&mut buf).await.unwrap_or(0);
                     if n == 0 {
@@ -764,6 +769,10 @@ async fn keep_alive_server() -> (
                     while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&request[..end]).into_owned();
                         request.drain(..end + 4);
+                        if answers.is_some_and(|n| answered == n) {
+                            return;
+                        }
+                        answered += 1;
                         let body = if head.contains("/events/count") {
                             "0"
                         } else {
@@ -791,7 +800,7 @@ async fn keep_alive_server() -> (
 #[tokio::test]
 async fn pages_keep_one_connection_until_released_and_nothing_else_keeps_one() {
     use std::sync::atomic::Ordering;
-    let (port, accepted, closed) = keep_alive_server().await;
+    let (port, accepted, closed) = keep_alive_server(None).await;
     let client = AwClient::new("127.0.0.1", port).expect("client");
     for _ in 0..3 {
         let page = client
@@ -850,4 +859,22 @@ async fn pages_keep_one_connection_until_released_and_nothing_else_keeps_one() {
         4,
         "a new one after the release"
     );
+}
+
+/// A kept connection aw-server closes just as a page's request goes out (aw-server-rust closes
+/// one idle for 5 s): the page is asked again on a new connection, not reported as aw-server
+/// being unreachable.
+#[tokio::test]
+async fn a_page_whose_kept_connection_was_closed_is_asked_again_on_a_new_one() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted, _) = keep_alive_server(Some(1)).await;
+    let client = AwClient::new("127.0.0.1", port).expect("client");
+    for n in 1..=3 {
+        let page = client
+            .get_events_raw("b", None, None, Some(5000))
+            .await
+            .unwrap_or_else(|e| panic!("page {n}: {e}"));
+        assert_eq!(page.parse().expect("parse").len(), 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), n, "page {n}");
+    }
 }
