@@ -793,10 +793,11 @@ async fn keep_alive_server(
     (port, accepted, closed)
 }
 
-/// A catch-up's pages travel over one kept connection (a new one per megabyte page made
-/// aw-server wait on TCP's window growing again each time: `benches/catchup.rs`); every other
-/// request, and the pages once released for going idle, leave nothing open that aw-server
-/// could close and so wake an idle daemon (issue 5).
+/// A catch-up's pages travel over one kept connection (a new one per megabyte page cost a
+/// connect, an accept and a transfer from TCP's initial window each time: 5 % of a 1M-event
+/// catch-up's wall time, `benches/catchup.rs`); every other request, and the pages once released
+/// for going idle, leave nothing open that aw-server could close and so wake an idle daemon
+/// (issue 5).
 #[tokio::test]
 async fn pages_keep_one_connection_until_released_and_nothing_else_keeps_one() {
     use std::sync::atomic::Ordering;
