@@ -98,7 +98,7 @@ impl BatchBody for BatchRequest {
     }
 
     fn write_json<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<()> {
-        serde_json::to_writer(out, self).map_err(io::Error::from)
+        value(out, self)
     }
 }
 
