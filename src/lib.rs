@@ -29,6 +29,7 @@ pub mod memory;
 pub mod once;
 pub mod orphan;
 pub mod paths;
+pub mod priority;
 pub mod privacy;
 pub mod progress;
 pub mod pull;

@@ -25,6 +25,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mode = Mode::of(&args);
     aw_sync_samay::memory::tune_allocator();
+    // Before any thread starts, so every one inherits it (priority.rs).
+    if matches!(mode, Mode::Daemon | Mode::Once | Mode::DryRun) {
+        if let Err(e) = aw_sync_samay::priority::run_as_batch() {
+            eprintln!("aw-sync-samay: cannot run as a batch job (SCHED_BATCH), running as is: {e}");
+        }
+    }
     // Only the daemon shows a tray icon; on macOS it gets the main thread for it (tray/).
     aw_sync_samay::tray::run_main(mode == Mode::Daemon, move || run(args, mode))
 }

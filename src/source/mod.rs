@@ -38,6 +38,10 @@ pub trait EventSource: Send + Sync {
         query: PageQuery,
     ) -> BoxFuture<'static, Result<RawPage, SourceError>>;
 
+    /// This source as an owned handle: a page's reading task asks for the next page itself,
+    /// as soon as the page's last events say which that is, without waiting for the scan.
+    fn owned(&self) -> std::sync::Arc<dyn EventSource>;
+
     /// [`EventSource::page_raw`], parsed.
     fn page<'a>(
         &'a self,
@@ -90,6 +94,11 @@ impl EventSource for AwClient {
                 .get_events_raw(&bucket, q.start.map(at), q.end.map(at), Some(q.limit))
                 .await
         })
+    }
+
+    fn owned(&self) -> std::sync::Arc<dyn EventSource> {
+        // A clone shares the connection pool and the page buffers.
+        std::sync::Arc::new(self.clone())
     }
 
     fn event<'a>(

@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::{Ctx, ScanError, ScanStats, Scanner};
 use crate::engine::queue::{Body, Outgoing, Pending};
@@ -71,7 +72,7 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    fn query(&self, end: Option<i64>, limit: usize) -> PageQuery {
+    pub(super) fn query(&self, end: Option<i64>, limit: usize) -> PageQuery {
         PageQuery {
             start: self.start,
             end,
@@ -88,20 +89,59 @@ pub(super) const AHEAD_TAIL: usize = 32;
 /// scan parses and processes the page before it (both on aw-server's side and on ours, in
 /// turn, they were the catch-up's critical path: measured per thread, issue 9). Dropped
 /// unread (a wrong guess, an error), it is cancelled.
-struct Reading {
-    query: PageQuery,
-    task: tokio::task::JoinHandle<Result<RawPage, SourceError>>,
+///
+/// A reading started with its plan asks for the page after it itself, as soon as its body is
+/// in and [`Reading::go`] was called: the page's last events say which that is
+/// ([`guess_next`]). Asked by the scan instead, that request waited for the scan's thread,
+/// busy hashing the page before: 1.4–1.6 ms a page on average, aw-server idle meanwhile
+/// (a 1M-event catch-up, measured per page). `go` keeps the pages in memory as many as
+/// before: the scan calls it when it starts waiting for this page, where it used to ask for
+/// the next one itself.
+pub(super) struct Reading {
+    pub(super) query: PageQuery,
+    go: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(RawPage, Option<Reading>), SourceError>>,
 }
 
 impl Reading {
-    fn start(source: &dyn EventSource, bucket: &str, query: PageQuery) -> Reading {
+    pub(super) fn start(
+        source: &Arc<dyn EventSource>,
+        bucket: &str,
+        query: PageQuery,
+        chain: Option<Plan>,
+    ) -> Reading {
+        let read = source.page_raw(bucket, query);
+        let (go, ready) = tokio::sync::oneshot::channel();
+        let next = chain.map(|plan| (Arc::clone(source), bucket.to_owned(), plan));
+        let task = tokio::spawn(async move {
+            let raw = read.await?;
+            let ahead = match next {
+                Some((source, bucket, plan)) if ready.await.is_ok() => {
+                    guess_next(&bucket, &plan, &raw, query.end, query.limit)
+                        .map(|q| Reading::start(&source, &bucket, q, Some(plan)))
+                }
+                _ => None,
+            };
+            Ok((raw, ahead))
+        });
         Reading {
             query,
-            task: tokio::spawn(source.page_raw(bucket, query)),
+            go: Some(go),
+            task,
         }
     }
 
-    async fn answer(mut self) -> Result<RawPage, SourceError> {
+    /// Lets the task ask for the next page once this one is in.
+    pub(super) fn go(&mut self) {
+        if let Some(go) = self.go.take() {
+            // Gone: the task failed or ended; its answer says so.
+            let _ = go.send(());
+        }
+    }
+
+    /// The page, with the reading of the page after it when the task started one.
+    pub(super) async fn answer(mut self) -> Result<(RawPage, Option<Reading>), SourceError> {
+        self.go();
         joined((&mut self.task).await, "read")
     }
 }
@@ -192,14 +232,13 @@ impl Scanner<'_> {
         let mut limit = plan.first_limit.max(1);
         // Ids of the previous page that the current one returns again.
         let mut seen: HashSet<i64> = HashSet::new();
+        let source = self.source.owned();
         stats.requests += 1;
-        let first = Reading::start(self.source, bucket, plan.query(end_q, limit))
-            .answer()
-            .await?;
-        let (first, mut ahead) = self
-            .parse_reading_ahead(ctx, &plan, first, end_q, limit)
-            .await;
-        let mut page = first?;
+        let (first, mut ahead) =
+            Reading::start(&source, bucket, plan.query(end_q, limit), Some(plan))
+                .answer()
+                .await?;
+        let mut page = parse(first).await?;
         loop {
             if ahead.is_some() {
                 stats.requests += 1;
@@ -221,7 +260,7 @@ impl Scanner<'_> {
                 .is_some_and(|b| out.events + page.len() as u64 >= b);
             let next = match oldest {
                 Some(o) if full && !below_floor && !over_budget => {
-                    Some(self.next_query(ctx, &page, o, end_q, limit, plan.limit)?)
+                    Some(next_query(bucket, &page, o, end_q, limit, plan.limit)?)
                 }
                 _ => None,
             };
@@ -229,7 +268,7 @@ impl Scanner<'_> {
             // tail; otherwise asked for now (a wrong guess is dropped, which cancels it).
             let reading = next.as_ref().map(|&(end, limit, _)| {
                 let query = plan.query(Some(end), limit);
-                match ahead.take() {
+                let mut reading = match ahead.take() {
                     Some(a) if a.query == query => {
                         stats.read_ahead += 1;
                         a
@@ -240,20 +279,19 @@ impl Scanner<'_> {
                             tracing::debug!(%bucket, guessed = ?w.query, ?query, "the page read ahead was not the next one; dropped");
                         }
                         stats.requests += 1;
-                        Reading::start(self.source, bucket, query)
+                        Reading::start(&source, bucket, query, Some(plan))
                     }
-                }
+                };
+                // Where the scan used to ask for the page after it.
+                reading.go();
+                reading
             });
             if ahead.take().is_some() {
                 stats.read_ahead_wrong += 1;
             }
             let fetch_next = async {
-                let (reading, &(end, limit, _)) = (reading?, next.as_ref()?);
-                Some(match reading.answer().await {
-                    Ok(raw) => {
-                        self.parse_reading_ahead(ctx, &plan, raw, Some(end), limit)
-                            .await
-                    }
+                Some(match reading?.answer().await {
+                    Ok((raw, ahead)) => (parse(raw).await, ahead),
                     Err(e) => (Err(e), None),
                 })
             };
@@ -290,102 +328,6 @@ impl Scanner<'_> {
             limit = next_limit;
             seen = next_seen;
         }
-    }
-
-    /// Parses a page, having first asked for the page after it when its last events tell
-    /// which that is ([`RawPage::tail`]): aw-server then answers it while this one is parsed
-    /// and processed. The guess is checked against the parsed page before its answer is used.
-    ///
-    /// The parse runs on the blocking pool: the scan's own thread meanwhile processes the page
-    /// before (the two are joined in [`Scanner::read`]).
-    async fn parse_reading_ahead(
-        &self,
-        ctx: &Ctx<'_>,
-        plan: &Plan,
-        raw: RawPage,
-        end_q: Option<i64>,
-        limit: usize,
-    ) -> (Result<Vec<PageEvent>, SourceError>, Option<Reading>) {
-        let ahead = self
-            .guess_next(ctx, plan, &raw, end_q, limit)
-            .map(|query| Reading::start(self.source, &ctx.bucket.id, query));
-        let parsed = joined(
-            tokio::task::spawn_blocking(move || raw.parse()).await,
-            "parse",
-        );
-        (parsed, ahead)
-    }
-
-    /// The query [`Scanner::next_query`] will make after `raw`, from its last events alone;
-    /// `None` when there will be none or it cannot tell.
-    fn guess_next(
-        &self,
-        ctx: &Ctx<'_>,
-        plan: &Plan,
-        raw: &RawPage,
-        end_q: Option<i64>,
-        limit: usize,
-    ) -> Option<PageQuery> {
-        if plan.budget.is_some() {
-            return None;
-        }
-        let (count, tail) = raw.tail(AHEAD_TAIL)?;
-        let o = tail
-            .iter()
-            .filter_map(|e| e.timestamp.timestamp_nanos_opt())
-            .min()?;
-        if count < limit || plan.floor.is_some_and(|f| o < f) {
-            return None;
-        }
-        let (end, limit, _) = self
-            .next_query(ctx, &tail, o, end_q, limit, plan.limit)
-            .ok()?;
-        Some(plan.query(Some(end), limit))
-    }
-
-    /// The query after a full page whose oldest start is `o`: `(end, limit, ids of this page
-    /// the next one returns again)`.
-    fn next_query(
-        &self,
-        ctx: &Ctx<'_>,
-        page: &[PageEvent],
-        o: i64,
-        end_q: Option<i64>,
-        limit: usize,
-        page_limit: usize,
-    ) -> Result<(i64, usize, HashSet<i64>), ScanError> {
-        let o2 = page
-            .iter()
-            .filter_map(|e| e.timestamp.timestamp_nanos_opt())
-            .filter(|&s| s > o)
-            .min();
-        let q = o2.map_or(ceil_us(o), |o2| floor_us(o2).max(ceil_us(o)));
-        let again = |q: i64| -> HashSet<i64> {
-            page.iter()
-                .filter(|e| {
-                    e.timestamp
-                        .timestamp_nanos_opt()
-                        .is_some_and(|s| s <= q.saturating_add(PYTHON_END_SLACK))
-                })
-                .filter_map(|e| e.id)
-                .collect()
-        };
-        if end_q.map_or(true, |e| q < e) {
-            let seen = again(q);
-            return Ok((q, page_limit.max(1) + seen.len(), seen));
-        }
-        // Every event of the page starts in the last microsecond below the edge: the same
-        // edge again with a wider page.
-        let wider = limit.saturating_mul(2);
-        if wider > page_limit.max(1).saturating_mul(MAX_TIE_GROWTH) {
-            return Err(ScanError::TooManyTies(
-                limit,
-                ctx.bucket.id.clone(),
-                ns_to_rfc3339(o),
-            ));
-        }
-        let e = end_q.unwrap_or(q);
-        Ok((e, wider, again(e)))
     }
 
     fn count_read(&self, bucket: &str, n: u64, stats: &mut ScanStats) {
@@ -687,4 +629,83 @@ impl Clip {
             _ => k.start_ns < ret.start_ns && beyond,
         }
     }
+}
+
+/// Parses a page on the blocking pool: the scan's own thread meanwhile processes the page
+/// before (the two are joined in [`Scanner::read`]).
+async fn parse(raw: RawPage) -> Result<Vec<PageEvent>, SourceError> {
+    joined(
+        tokio::task::spawn_blocking(move || raw.parse()).await,
+        "parse",
+    )
+}
+
+/// The query [`next_query`] will make after `raw`, read with `end_q` and `limit`, from its
+/// last events alone ([`RawPage::tail`]); `None` when there will be none or it cannot tell.
+/// A guess: the scan checks it against the parsed page before it uses its answer.
+fn guess_next(
+    bucket: &str,
+    plan: &Plan,
+    raw: &RawPage,
+    end_q: Option<i64>,
+    limit: u64,
+) -> Option<PageQuery> {
+    if plan.budget.is_some() {
+        return None;
+    }
+    let limit = usize::try_from(limit).ok()?;
+    let (count, tail) = raw.tail(AHEAD_TAIL)?;
+    let o = tail
+        .iter()
+        .filter_map(|e| e.timestamp.timestamp_nanos_opt())
+        .min()?;
+    if count < limit || plan.floor.is_some_and(|f| o < f) {
+        return None;
+    }
+    let (end, limit, _) = next_query(bucket, &tail, o, end_q, limit, plan.limit).ok()?;
+    Some(plan.query(Some(end), limit))
+}
+
+/// The query after a full page whose oldest start is `o`: `(end, limit, ids of this page
+/// the next one returns again)`.
+fn next_query(
+    bucket: &str,
+    page: &[PageEvent],
+    o: i64,
+    end_q: Option<i64>,
+    limit: usize,
+    page_limit: usize,
+) -> Result<(i64, usize, HashSet<i64>), ScanError> {
+    let o2 = page
+        .iter()
+        .filter_map(|e| e.timestamp.timestamp_nanos_opt())
+        .filter(|&s| s > o)
+        .min();
+    let q = o2.map_or(ceil_us(o), |o2| floor_us(o2).max(ceil_us(o)));
+    let again = |q: i64| -> HashSet<i64> {
+        page.iter()
+            .filter(|e| {
+                e.timestamp
+                    .timestamp_nanos_opt()
+                    .is_some_and(|s| s <= q.saturating_add(PYTHON_END_SLACK))
+            })
+            .filter_map(|e| e.id)
+            .collect()
+    };
+    if end_q.map_or(true, |e| q < e) {
+        let seen = again(q);
+        return Ok((q, page_limit.max(1) + seen.len(), seen));
+    }
+    // Every event of the page starts in the last microsecond below the edge: the same
+    // edge again with a wider page.
+    let wider = limit.saturating_mul(2);
+    if wider > page_limit.max(1).saturating_mul(MAX_TIE_GROWTH) {
+        return Err(ScanError::TooManyTies(
+            limit,
+            bucket.to_owned(),
+            ns_to_rfc3339(o),
+        ));
+    }
+    let e = end_q.unwrap_or(q);
+    Ok((e, wider, again(e)))
 }

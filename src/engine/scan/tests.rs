@@ -69,11 +69,12 @@ enum Req {
 }
 
 /// The scripted aw-server: one bucket, changed by the test between cycles.
-#[derive(Default)]
+/// Clones share everything: a clone is what [`EventSource::owned`] hands the page readers.
+#[derive(Default, Clone)]
 struct Script {
-    events: Mutex<Vec<Ev>>,
-    next_id: Mutex<i64>,
-    requests: Mutex<Vec<Req>>,
+    events: Arc<Mutex<Vec<Ev>>>,
+    next_id: Arc<Mutex<i64>>,
+    requests: Arc<Mutex<Vec<Req>>>,
 }
 
 impl Script {
@@ -148,6 +149,10 @@ impl Script {
 }
 
 impl EventSource for Script {
+    fn owned(&self) -> Arc<dyn EventSource> {
+        Arc::new(self.clone())
+    }
+
     fn page_raw(
         &self,
         _bucket: &str,
@@ -659,4 +664,63 @@ async fn a_catch_up_page_is_queued_in_pieces_each_event_once_in_read_order() {
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(queued, newest_first);
+}
+
+/// A page's reading asks for the page after it by itself, as soon as its body is in and the
+/// scan has let it ([`super::pages::Reading::go`]) — nobody polls it in between, so the request
+/// no longer waits for the scan's thread — and never before it is let: the pages in memory stay
+/// as many as when the scan asked itself.
+#[tokio::test(start_paused = true)]
+async fn a_page_reading_asks_for_the_next_page_itself_once_let_and_not_before() {
+    use super::pages::{Plan, Reading};
+    use std::time::Duration;
+    let script = Script::default();
+    script.history(T0, 30);
+    let source: Arc<dyn EventSource> = Arc::new(script.clone());
+    let plan = Plan {
+        start: None,
+        end: None,
+        floor: None,
+        first_limit: 10,
+        limit: 10,
+        budget: None,
+        near: None,
+    };
+    let pages = |s: &Script| {
+        s.take_requests()
+            .into_iter()
+            .filter_map(|r| match r {
+                Req::Page(q) => Some(q),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut first = Reading::start(&source, BUCKET, plan.query(None, 10), Some(plan));
+    // The first page is read; its task, not let, waits. (Paused time moves on only when every
+    // task is idle, so this second passes with the task parked, whatever it would do.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pages(&script), vec![plan.query(None, 10)]);
+
+    first.go();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let, it asked for the second page — nobody awaited the first — ending one distinct start
+    // above the first page's oldest (minutes 29 down to 20 read: the next page ends at minute
+    // 21, its limit two more for the two edge events it returns again).
+    let second_query = plan.query(Some(T0 + 21 * 60 * SEC), 12);
+    assert_eq!(pages(&script), vec![second_query]);
+
+    // The second page's own reading is not let yet: it asks for nothing more.
+    let (raw, second) = first.answer().await.expect("the first page");
+    assert_eq!(raw.parse().expect("parses").len(), 10);
+    let second = second.expect("the first page's reading started the second's");
+    assert_eq!(second.query, second_query);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pages(&script), vec![]);
+    let (raw, third) = second.answer().await.expect("the second page");
+    assert_eq!(raw.parse().expect("parses").len(), 12);
+    assert!(
+        third.is_some(),
+        "let by its answer, the second asked for the third"
+    );
+    assert_eq!(pages(&script).len(), 1);
 }

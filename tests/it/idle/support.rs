@@ -36,21 +36,24 @@ pub(super) const WAIT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // What the kernel says about a process
 
+/// The threads of `pid` (`/proc/<pid>/task/<tid>`): their ids and directories.
+fn tasks(pid: u32) -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((tid, task.path()))
+        })
+        .collect()
+}
+
 /// Context switches (voluntary + involuntary) of each thread of `pid`, with the thread's name.
 pub(super) fn switches(pid: u32) -> BTreeMap<u32, (String, u64)> {
     let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.filter_map(Result::ok) {
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = task.path();
+    for (tid, dir) in tasks(pid) {
         let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
             continue; // exited between the listing and the read
         };
@@ -61,6 +64,31 @@ pub(super) fn switches(pid: u32) -> BTreeMap<u32, (String, u64)> {
             .sum();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         out.insert(tid, (comm.trim().to_string(), count));
+    }
+    out
+}
+
+/// The scheduling policy of each thread of `pid` (`/proc/<pid>/task/<tid>/stat`, field 41:
+/// 0 normal, 3 `SCHED_BATCH`), with the thread's name.
+pub(super) fn policies(pid: u32) -> BTreeMap<u32, (String, u32)> {
+    let mut out = BTreeMap::new();
+    for (tid, dir) in tasks(pid) {
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue; // exited between the listing and the read
+        };
+        // `pid (comm) state ...`: the name may hold spaces and parentheses; fields count
+        // from after its last `)`, where field 3 (state) is the first.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(policy) = policy {
+            out.insert(tid, (name, policy));
+        }
     }
     out
 }

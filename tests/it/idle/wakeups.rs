@@ -60,6 +60,20 @@ async fn an_idle_daemon_never_wakes_between_cycles_and_asks_one_request_per_buck
         cpu_secs(pid)
     );
 
+    // Every thread the daemon has started by now — the runtime's workers, the blocking pool's
+    // SQLite and parse threads — runs as a batch job, so its wakeups never preempt aw-server
+    // (src/priority.rs).
+    let policies = policies(pid);
+    assert!(
+        policies.len() > 2,
+        "the daemon's threads were not read: {policies:?}"
+    );
+    let not_batch: Vec<_> = policies.values().filter(|(_, p)| *p != 3).collect();
+    assert!(
+        not_batch.is_empty(),
+        "threads of the daemon not under SCHED_BATCH (3): {not_batch:?}"
+    );
+
     // Between cycle 1 and cycle 2 (after uploads and SQLite work on the blocking pool): no
     // thread of the daemon is scheduled at all.
     let from = settle(pid).await;
