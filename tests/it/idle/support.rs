@@ -134,12 +134,9 @@ pub(super) fn cpu_secs(pid: u32) -> f64 {
 /// On-CPU time of the live threads, in nanoseconds (`/proc/<pid>/task/*/schedstat`): finer than
 /// [`cpu_secs`]'s 10 ms ticks.
 pub(super) fn on_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+    tasks(pid)
+        .into_iter()
+        .filter_map(|(_, dir)| std::fs::read_to_string(dir.join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
