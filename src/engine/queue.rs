@@ -5,6 +5,7 @@
 //! the reader waits, and aw-server keeps the data — nothing is ever dropped, and memory does
 //! not grow with the backlog.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
@@ -313,9 +314,13 @@ impl InFlight {
         }
     }
 
+    /// One lookup per event: a `get` and then a `remove` looked the key up twice, in a table
+    /// larger than the cache during a catch-up (1 % of its CPU, perf).
     fn release_locked(map: &mut IdMap, row: i64, event_id: i64, hash: EventHash) {
-        if map.get(&(row, event_id)) == Some(&hash) {
-            map.remove(&(row, event_id));
+        if let Entry::Occupied(e) = map.entry((row, event_id)) {
+            if *e.get() == hash {
+                e.remove();
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ mod write;
 pub use client::{short_cause, AwClient, SourceError, MAX_DATA_ANSWER, MAX_SMALL_ANSWER};
 pub use model::{object_to_raw, Bucket, BucketSpan, Event, PageEvent, ServerInfo};
 pub(crate) use raw_page::string_end as json_string_end;
-pub use raw_page::RawPage;
+pub use raw_page::{RawPage, Tail};
 
 use crate::auth::BoxFuture;
 

@@ -654,15 +654,16 @@ fn guess_next(
         return None;
     }
     let limit = usize::try_from(limit).ok()?;
-    let (count, tail) = raw.tail(AHEAD_TAIL)?;
+    let tail = raw.tail(AHEAD_TAIL)?;
     let o = tail
+        .events
         .iter()
         .filter_map(|e| e.timestamp.timestamp_nanos_opt())
         .min()?;
-    if count < limit || plan.floor.is_some_and(|f| o < f) {
+    if !tail.may_fill(limit) || plan.floor.is_some_and(|f| o < f) {
         return None;
     }
-    let (end, limit, _) = next_query(bucket, &tail, o, end_q, limit, plan.limit).ok()?;
+    let (end, limit, _) = next_query(bucket, &tail.events, o, end_q, limit, plan.limit).ok()?;
     Some(plan.query(Some(end), limit))
 }
 

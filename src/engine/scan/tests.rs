@@ -563,6 +563,34 @@ async fn a_catch_up_reads_each_page_ahead_once_from_the_tail_of_the_one_above() 
     assert_eq!(distinct.len(), asked.len(), "{asked:?}");
 }
 
+/// Catch-up pages of over 64 KiB have their tails read from their ends and their counts
+/// estimated (`RawPage::tail`): each page is still asked for ahead, once, from the one
+/// above. A last page that large but not full is taken for one that may be: the page below
+/// it is asked for, and dropped once the parse shows the pass ended.
+#[tokio::test(start_paused = true)]
+async fn large_catch_up_pages_are_read_ahead_from_their_ends() {
+    for (last, wasted) in [(300, 0), (700, 1)] {
+        let rig = Rig::new(100, 1_000, 300 * SEC);
+        let ids = rig.source.history(T0, 100 + 2 * 1_000 + last);
+        let stats = rig.cycle().await;
+        let (sent, _) = rig.upstream.take();
+        let all: Vec<(i64, f64)> = ids.iter().map(|&id| (id, 60.0)).collect();
+        assert_eq!(sent, once(&all));
+        let asked = pages(&rig.source.take_requests());
+        let big = asked.iter().filter(|q| q.limit >= 1_000).count();
+        assert!(big >= 3, "{asked:?}");
+        assert_eq!(
+            stats.read_ahead,
+            asked.len() as u64 - 1 - wasted,
+            "last page {last}: {stats:?} {asked:?}"
+        );
+        assert_eq!(
+            stats.read_ahead_wrong, wasted,
+            "last page {last}: {stats:?}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_read_ahead_the_parsed_page_disagrees_with_is_dropped_and_the_right_page_read() {
     // The first catch-up page ends in more events at one start than its tail shows: the
