@@ -460,6 +460,25 @@ mod tests {
         })
     }
 
+    /// `elements` as an array, compact or pretty, cut after `cut` bytes when that is shorter;
+    /// whether it is whole.
+    fn body_of(
+        elements: &[serde_json::Value],
+        pretty: bool,
+        cut: Option<usize>,
+    ) -> (Vec<u8>, bool) {
+        let mut body = if pretty {
+            serde_json::to_vec_pretty(elements).unwrap()
+        } else {
+            serde_json::to_vec(elements).unwrap()
+        };
+        let whole = cut.is_none_or(|c| c >= body.len());
+        if let Some(c) = cut {
+            body.truncate(c.min(body.len()));
+        }
+        (body, whole)
+    }
+
     proptest::proptest! {
         #![proptest_config(crate::proptest_config(256))]
 
@@ -474,14 +493,7 @@ mod tests {
             pretty: bool,
             cut in proptest::option::of(0usize..400),
         ) {
-            let mut body = if pretty {
-                serde_json::to_vec_pretty(&elements).unwrap()
-            } else {
-                serde_json::to_vec(&elements).unwrap()
-            };
-            if let Some(c) = cut {
-                body.truncate(c.min(body.len()));
-            }
+            let (body, _) = body_of(&elements, pretty, cut);
             let skim = last_elements(&body, n).map(|(count, spans)| {
                 let texts: Vec<String> = spans
                     .into_iter()
@@ -503,15 +515,7 @@ mod tests {
             pretty: bool,
             cut in proptest::option::of(0usize..400),
         ) {
-            let mut body = if pretty {
-                serde_json::to_vec_pretty(&elements).unwrap()
-            } else {
-                serde_json::to_vec(&elements).unwrap()
-            };
-            let whole = cut.is_none_or(|c| c >= body.len());
-            if let Some(c) = cut {
-                body.truncate(c.min(body.len()));
-            }
+            let (body, whole) = body_of(&elements, pretty, cut);
             let rev = last_elements_rev(&body, n);
             if let Some((_, spans)) = &rev {
                 for r in spans {
