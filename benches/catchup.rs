@@ -236,8 +236,8 @@ struct Cost {
     source_cpu: Duration,
     requests: Option<u64>,
     sync: Option<Usage>,
-    /// This process's own CPU meanwhile: the acknowledging upstream (and the clock's polling),
-    /// on the same cores as the sync and its source.
+    /// This process's own CPU meanwhile: the acknowledging upstream (and the sampling of the
+    /// sync's peak RSS), on the same cores as the sync and its source.
     harness_cpu: Duration,
 }
 

@@ -374,7 +374,7 @@ mod tests {
         assert!(raw.parse().is_err());
     }
 
-    /// `n` events as aw-server-rust sends them (newest first, compact), ≈ 130 bytes each.
+    /// `n` events as aw-server-rust sends them (newest first, compact), ≈ 120 bytes each.
     fn page_body(n: usize) -> Vec<u8> {
         let events: Vec<serde_json::Value> = (0..n)
             .rev()
