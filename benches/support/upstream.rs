@@ -129,6 +129,15 @@ pub fn count_events(body: &[u8]) -> Option<usize> {
     None
 }
 
+impl Inner {
+    /// Forgets what was received; the arena keeps its memory.
+    fn reset(&mut self) {
+        self.arena.clear();
+        self.bodies.clear();
+        self.requests = 0;
+    }
+}
+
 fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     inner.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -206,10 +215,7 @@ impl AckUpstream {
 
     /// Forgets what was received (between runs).
     pub fn clear(&self) {
-        let mut g = lock(&self.inner);
-        g.arena.clear();
-        g.bodies.clear();
-        g.requests = 0;
+        lock(&self.inner).reset();
     }
 
     /// [`AckUpstream::clear`], and room for `bytes` of bodies in memory already faulted in,
@@ -219,9 +225,7 @@ impl AckUpstream {
     /// Copied into memory touched beforehand, the body's own buffer is freed and reused.
     pub fn prepare(&self, bytes: usize) {
         let mut g = lock(&self.inner);
-        g.arena.clear();
-        g.bodies.clear();
-        g.requests = 0;
+        g.reset();
         g.arena.reserve(bytes);
         for b in g.arena.spare_capacity_mut() {
             b.write(0);

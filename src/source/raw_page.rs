@@ -186,11 +186,11 @@ fn last_elements_rev(bytes: &[u8], n: usize) -> Option<(Option<usize>, VecDeque<
     }
     at = skip_ws_rev(bytes, at - 1);
     let mut spans = VecDeque::with_capacity(n.min(64) + 1);
+    if at > 0 && bytes[at - 1] == b'[' {
+        // An empty array.
+        return (skip_ws_rev(bytes, at - 1) == 0).then_some((Some(0), spans));
+    }
     loop {
-        if at > 0 && bytes[at - 1] == b'[' && spans.is_empty() {
-            // An empty array.
-            return (skip_ws_rev(bytes, at - 1) == 0).then_some((Some(0), spans));
-        }
         if spans.len() == n {
             return Some((None, spans));
         }
