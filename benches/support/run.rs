@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::procfs;
-
 /// 16 characters at least: samay-server refuses shorter static tokens.
 pub const TOKEN: &str = "bench-token-0123456789";
 
@@ -20,6 +18,9 @@ pub struct Usage {
     pub sys: Duration,
     /// Peak resident set size, bytes (see [`watch_peak_rss`]).
     pub max_rss: u64,
+    /// The largest file-backed part of the resident set seen while it ran (`RssFile`: the
+    /// binary's code and read-only data and the shared libraries' pages mapped in), bytes.
+    pub max_rss_file: u64,
 }
 
 /// A home directory with its own config, state and logs, so each run has its own device id.
@@ -95,24 +96,35 @@ pub fn wait_with_usage(child: &mut Child, started: Instant) -> anyhow::Result<(i
             user: tv(usage.ru_utime),
             sys: tv(usage.ru_stime),
             max_rss: 0, // see watch_peak_rss
+            max_rss_file: 0,
         },
     ))
 }
 
-/// Samples the child's `VmHWM` (its peak RSS so far) every 5 ms until it exits.
+/// Samples the child's `VmHWM` (its peak RSS so far) and `RssFile` every 5 ms until it exits;
+/// returns both peaks, bytes.
 ///
 /// Not `ru_maxrss`: Linux carries the RSS high-water mark of the process image *before* `exec`
 /// into it, and a child spawned from this benchmark starts as a copy of it (the benchmark holds
 /// a million-event source and the received batches), which made `ru_maxrss` report hundreds of
 /// MB the sync never used. `VmHWM` belongs to the address space `exec` created.
-fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
+fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
-        let mut peak = 0;
-        while let Ok(kb) = procfs::status_kb(pid, "VmHWM") {
-            peak = peak.max(kb);
+        let (mut peak, mut file) = (0, 0);
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let kb = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            };
+            // A process that has exited but is not yet reaped has no VmHWM line.
+            let Some(hwm) = kb("VmHWM") else { break };
+            peak = peak.max(hwm);
+            file = file.max(kb("RssFile").unwrap_or(0));
             std::thread::sleep(Duration::from_millis(5));
         }
-        peak * 1024
+        (peak * 1024, file * 1024)
     })
 }
 
@@ -133,7 +145,7 @@ pub fn once_with(home: &Home, aw_port: u16, extra: &[&str]) -> anyhow::Result<Us
     let mut child = cmd.spawn().context("start aw-sync-samay")?;
     let peak = watch_peak_rss(child.id());
     let (code, mut usage) = wait_with_usage(&mut child, started)?;
-    usage.max_rss = peak.join().unwrap_or(0);
+    (usage.max_rss, usage.max_rss_file) = peak.join().unwrap_or((0, 0));
     if code != 0 {
         let out = std::fs::read_to_string(home.dir.join("stdout.txt")).unwrap_or_default();
         let err = std::fs::read_to_string(home.dir.join("stderr.txt")).unwrap_or_default();

@@ -1,7 +1,8 @@
 //! The packaging files are valid for the tools that read them: the systemd user unit for
 //! systemd (`systemd-analyze verify`), the launchd agent for an XML plist reader (`xmllint`),
 //! the aw-qt snippet for a TOML parser, and `scripts/install.sh` for bash — and the installer
-//! really installs the binary and registers the deep-link handler, in a throwaway HOME.
+//! really installs the binary and registers the deep-link handler, in a throwaway HOME; the
+//! release binary's layout script (`packaging/linux/hot-text.ld`) for both linkers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -389,4 +390,151 @@ fn install_sh_installs_next_to_aw_qt() {
     let out = run_install(&home, &[], &["--bogus"]);
     assert!(!out.status.success());
     assert!(output_text(&out).contains("unknown option --bogus"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The release binary's code layout (build.rs, packaging/linux/hot-text.ld)
+
+const HOT_TEXT: &str = "linux/hot-text.ld";
+
+/// The layout script names what a catch-up runs: a list written from a run that never reached
+/// the sync (or cut short) would leave its code cold again, and only the benchmark's peak RSS
+/// would say so.
+#[test]
+fn the_hot_text_list_names_the_catch_ups_code() {
+    let text = read(&packaging(HOT_TEXT));
+    let patterns: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("*("))
+        .collect();
+    assert!(
+        patterns.len() > 1000,
+        "only {} patterns in {HOT_TEXT}",
+        patterns.len()
+    );
+    // `*(.text.NAME* .text.unlikely.NAME*)`, NAME of a symbol's characters only.
+    let name_chars = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_$.*".contains(&b))
+    };
+    for pattern in &patterns {
+        let inner = pattern
+            .strip_prefix("*(.text.")
+            .and_then(|p| p.strip_suffix("*)"));
+        let well_formed = inner
+            .and_then(|p| p.split_once("* .text.unlikely."))
+            .is_some_and(|(a, b)| a == b && name_chars(a));
+        assert!(well_formed, "malformed pattern {pattern:?}");
+    }
+    for (what, needle) in [
+        ("the page parser", "8raw_page7RawPage5parse17h*"),
+        ("the range query", "6source6client8AwClient"),
+        ("the batch writer", "8upstream5batch"),
+        ("SQLite's statement loop", ".text.sqlite3VdbeExec*"),
+        ("SQLite's B-tree insert", ".text.sqlite3BtreeInsert*"),
+        ("tokio's worker", "5tokio7runtime9scheduler"),
+    ] {
+        assert!(
+            text.contains(needle),
+            "{HOT_TEXT} names no function of {what} ({needle})"
+        );
+    }
+}
+
+/// The directory of the linker rustc uses on Linux (its own LLD, behind a `gcc-ld` wrapper), if
+/// this toolchain ships it.
+fn rust_lld_dir() -> Option<PathBuf> {
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    let dir = sysroot
+        .join("lib/rustlib")
+        .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+        .join("bin/gcc-ld");
+    dir.join("ld.lld").is_file().then_some(dir)
+}
+
+/// Both linkers a Linux build uses read the script as an addition to their default layout and
+/// place what it names — by name or in its cold form (`.text.unlikely.`) — in `.text.hot`,
+/// ahead of `.text`, where everything else stays: a C program whose functions carry names
+/// from the list, linked the way rustc links (gcc driving LLD) and with GNU ld.
+#[test]
+fn the_hot_text_script_places_the_named_functions_together_with_both_linkers() {
+    if !on_path("gcc") || !on_path("objdump") {
+        panic!("gcc and objdump are needed (Debian packages gcc and binutils)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("main.c");
+    std::fs::write(
+        &source,
+        "int sqlite3VdbeExec(int x) { return x * 3 + 1; }\n\
+         __attribute__((cold, noinline)) int sqlite3VdbeHalt(int x) { return x * 7 + 3; }\n\
+         __attribute__((noinline)) int not_in_the_list(int x) { return x * 5 + 2; }\n\
+         int main(int argc, char **argv) {\n\
+             (void)argv;\n\
+             return sqlite3VdbeExec(argc) + sqlite3VdbeHalt(argc) + not_in_the_list(argc);\n\
+         }\n",
+    )
+    .expect("write main.c");
+    let script = packaging(HOT_TEXT);
+    let mut linkers: Vec<(&str, Vec<String>)> = vec![("GNU ld", vec!["-fuse-ld=bfd".into()])];
+    if let Some(lld) = rust_lld_dir() {
+        linkers.push((
+            "rustc's LLD",
+            vec![format!("-B{}", lld.display()), "-fuse-ld=lld".into()],
+        ));
+    }
+    for (linker, flags) in linkers {
+        let exe = dir
+            .path()
+            .join(format!("main-{}", linker.replace([' ', '\''], "_")));
+        let out = Command::new("gcc")
+            .args(["-O1", "-ffunction-sections", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .args(&flags)
+            .arg(format!("-Wl,-T,{}", script.display()))
+            .output()
+            .expect("run gcc");
+        assert!(
+            out.status.success(),
+            "{linker}: link failed:\n{}",
+            output_text(&out)
+        );
+        let out = Command::new("objdump")
+            .arg("-t")
+            .arg(&exe)
+            .output()
+            .expect("objdump");
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let section_of = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.split_whitespace().last() == Some(name))
+                .and_then(|l| l.split_whitespace().find(|w| w.starts_with(".text")))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            section_of("sqlite3VdbeExec").as_deref(),
+            Some(".text.hot"),
+            "{linker}"
+        );
+        assert_eq!(
+            section_of("sqlite3VdbeHalt").as_deref(),
+            Some(".text.hot"),
+            "{linker}: a cold function the list names"
+        );
+        assert_eq!(
+            section_of("not_in_the_list").as_deref(),
+            Some(".text"),
+            "{linker}"
+        );
+        // With no arguments argc is 1: 4 + 10 + 7.
+        let run = Command::new(&exe).output().expect("run the linked program");
+        assert_eq!(run.status.code(), Some(21), "{linker}: the program runs");
+    }
 }
