@@ -409,8 +409,8 @@ async fn catch_up(
             let wall = c.wall.as_secs_f64() / fl.wall;
             let cpu = c.source_cpu.as_secs_f64() / fl.cpu.max(f64::EPSILON);
             let rss = u.max_rss as f64 / 1e6;
-            // How much of it is the program's files mapped in (build.rs: the code laid out so
-            // that what a sync runs is together).
+            // How much of it is the program's files mapped in (packaging/build.rs: the code laid out
+            // so that what a sync runs is together).
             let file = u.max_rss_file as f64 / MIB;
             report.checks.push(match server {
                 Server::Sqlite(_) => format!(

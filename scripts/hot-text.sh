@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Writes packaging/linux/hot-text.ld: the functions a sync runs, which build.rs has the linker
-# place together at the start of the release binary's code (why: build.rs). Run it after a
+# Writes packaging/linux/hot-text.ld: the functions a sync runs, which packaging/build.rs has
+# the linker place together at the start of the release binary's code (why: there). Run it after a
 # change that moves the catch-up or the idle cycle onto other code (a new dependency, a
 # rewritten reader), then `bash scripts/bench.sh` shows the peak RSS it gives.
 #
-#   bash scripts/hot-text.sh            # ≈ 5 min build + ≈ 2 min under callgrind
+#   bash scripts/hot-text.sh            # ≈ 12 min of release builds + ≈ 2 min under callgrind
 #
 # How: an unstripped release build runs the benchmark's catch-ups of 10k and 100k events, the
 # back-dated insert, `--verify` and the idle daemon under valgrind's callgrind, which names

@@ -393,7 +393,7 @@ fn install_sh_installs_next_to_aw_qt() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The release binary's code layout (build.rs, packaging/linux/hot-text.ld)
+// The release binary's code layout (packaging/build.rs, packaging/linux/hot-text.ld)
 
 const HOT_TEXT: &str = "linux/hot-text.ld";
 
@@ -464,9 +464,10 @@ fn rust_lld_dir() -> Option<PathBuf> {
 /// from the list, linked the way rustc links (gcc driving LLD) and with GNU ld.
 #[test]
 fn the_hot_text_script_places_the_named_functions_together_with_both_linkers() {
-    if !on_path("gcc") || !on_path("objdump") {
-        panic!("gcc and objdump are needed (Debian packages gcc and binutils)");
-    }
+    assert!(
+        on_path("gcc") && on_path("objdump"),
+        "gcc and objdump are needed (Debian packages gcc and binutils)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let source = dir.path().join("main.c");
     std::fs::write(
