@@ -775,8 +775,7 @@ async fn idle_cost(report: &mut Report, ack: &AckUpstream, work: &Path) -> anyho
             tokio::time::sleep(Duration::from_secs(INTERVAL_S - 3)).await;
             between.push(procfs::context_switches(pid)?.saturating_sub(sw0));
         }
-        let rss = procfs::status_kb(pid, "VmRSS")?;
-        let hwm = procfs::status_kb(pid, "VmHWM")?;
+        let [rss, hwm] = procfs::status_kbs(pid, ["VmRSS", "VmHWM"])?;
         anyhow::Ok((cpu, requests, between, rss, hwm))
     }
     .await;

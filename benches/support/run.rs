@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::procfs;
+
 /// 16 characters at least: samay-server refuses shorter static tokens.
 pub const TOKEN: &str = "bench-token-0123456789";
 
@@ -111,17 +113,9 @@ pub fn wait_with_usage(child: &mut Child, started: Instant) -> anyhow::Result<(i
 fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
         let (mut peak, mut file) = (0, 0);
-        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let kb = |key: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            };
-            // A process that has exited but is not yet reaped has no VmHWM line.
-            let Some(hwm) = kb("VmHWM") else { break };
+        while let Ok([hwm, rss_file]) = procfs::status_kbs(pid, ["VmHWM", "RssFile"]) {
             peak = peak.max(hwm);
-            file = file.max(kb("RssFile").unwrap_or(0));
+            file = file.max(rss_file);
             std::thread::sleep(Duration::from_millis(5));
         }
         (peak * 1024, file * 1024)

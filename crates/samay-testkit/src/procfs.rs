@@ -5,12 +5,24 @@ use anyhow::Context;
 
 /// A value of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
 pub fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let [kb] = status_kbs(pid, [key])?;
+    Ok(kb)
+}
+
+/// Several values of `/proc/<pid>/status` in kB, from one read of it (so they are of one
+/// moment). An error when the process is gone or a key is missing (an exited process that is
+/// not yet reaped has no memory lines).
+pub fn status_kbs<const N: usize>(pid: u32, keys: [&str; N]) -> anyhow::Result<[u64; N]> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("{key} not in /proc/{pid}/status"))
+    let mut values = [0; N];
+    for (value, key) in values.iter_mut().zip(keys) {
+        *value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("{key} not in /proc/{pid}/status"))?;
+    }
+    Ok(values)
 }
 
 /// Context switches of every thread of `pid` so far: each one is a wakeup.
