@@ -732,3 +732,65 @@ async fn buckets_deleted_or_created_mid_run_are_handled_without_failing_the_cycl
     engine.run_cycle().await.unwrap();
     rig.assert_exact("m-new").await;
 }
+
+/// A cycle's reads of aw-server share one connection, and none is kept once the daemon goes
+/// idle (`release_pages`): the next cycle opens a new one. Each read made and closed its own
+/// connection before — a seventh of an idle cycle's CPU (perf, issue 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycles_reads_share_one_connection_released_when_idle() {
+    use samay_aw_double::{AwDouble, AwDoubleConfig};
+    use std::sync::atomic::AtomicU64;
+    let rig = Rig::new().await;
+    let double = AwDouble::spawn(AwDoubleConfig::default())
+        .await
+        .expect("double starts");
+    let t0 = chrono::Utc::now() - ChronoDuration::days(1);
+    for bucket in ["a-window", "b-afk", "c-web"] {
+        double
+            .create_bucket(bucket, "currentwindow", "aw-watcher-window", "host")
+            .expect("bucket");
+        let events: Vec<_> = (0..5)
+            .map(|i| {
+                samay_aw_double::event(
+                    t0 + ChronoDuration::minutes(i),
+                    30.0,
+                    json!({"app": bucket, "n": i}),
+                )
+            })
+            .collect();
+        double.insert(bucket, &events).expect("events");
+    }
+    let (gets, others) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (g, o) = (Arc::clone(&gets), Arc::clone(&others));
+    double.set_request_hook(Some(Arc::new(move |method, _uri| {
+        if method == hyper::Method::GET { &g } else { &o }.fetch_add(1, Ordering::SeqCst);
+        None
+    })));
+    let mut engine = rig.engine();
+    engine.source = samay_testkit::double_client(&double).expect("double client");
+    let first = engine.run_cycle().await.expect("first cycle");
+    assert_eq!(first.upload.delivered, 15, "{first:?}");
+    engine.source.release_pages();
+
+    for cycle in 1..=2 {
+        let (gets0, others0, conns0) = (
+            gets.load(Ordering::SeqCst),
+            others.load(Ordering::SeqCst),
+            double.connections(),
+        );
+        let idle = engine.run_cycle().await.expect("idle cycle");
+        engine.source.release_pages();
+        assert_eq!(idle.upload.delivered, 0, "{idle:?}");
+        let reads = gets.load(Ordering::SeqCst) - gets0;
+        let writes = others.load(Ordering::SeqCst) - others0;
+        assert!(
+            reads >= 5,
+            "the info, the bucket list and a read per bucket: {reads}"
+        );
+        assert_eq!(
+            double.connections() - conns0,
+            1 + writes,
+            "cycle {cycle}: {reads} reads on one new connection, each of {writes} writes on its own"
+        );
+    }
+}

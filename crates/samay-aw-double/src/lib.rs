@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     version: &'static str,
     /// HTTP requests answered (all routes), for benchmarks and tests that count traffic.
     requests: AtomicU64,
+    /// Connections accepted, for tests of how a client reuses them.
+    connections: AtomicU64,
     hook: RwLock<Option<RequestHook>>,
 }
 
@@ -203,6 +205,7 @@ impl AwDouble {
             testing: cfg.testing,
             version: VERSION,
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             hook: RwLock::new(None),
         });
         let double = AwDouble {
@@ -235,6 +238,11 @@ impl AwDouble {
     /// HTTP requests received so far, every route and every status.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Installs (or, with `None`, removes) the [`RequestHook`] every later request passes
@@ -448,6 +456,7 @@ async fn accept_loop(
             },
         };
         while connections.try_join_next().is_some() {}
+        shared.connections.fetch_add(1, Ordering::Relaxed);
         connections.spawn(serve_connection(stream, router.clone(), shared.clone()));
     }
     drop(listener);
