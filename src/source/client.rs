@@ -140,7 +140,7 @@ pub struct AwClient {
     /// (`benches/catchup.rs`): 4.05 s mean wall time against 4.27 s, 1.17–2.18× the floor
     /// (median 1.50×) against 1.33–1.82× (median 1.59×); peak RSS 1.0 MiB higher on average
     /// (21.8–23.5 against 20.7–23.3 MiB).
-    pages_http: Arc<Mutex<Option<reqwest::Client>>>,
+    reads_http: Arc<Mutex<Option<reqwest::Client>>>,
     /// `http://host:port`, no trailing slash.
     base_url: String,
     api_key: Option<String>,
@@ -172,11 +172,11 @@ impl AwClient {
         // for 5 s and then closes it, which would wake the idle daemon once per cycle, and a
         // pool with an idle timeout runs a reaper timer as long as it lives (issue 5: no
         // wakeups between cycles). Within a cycle its reads share one kept connection
-        // (`pages_http`, released when the daemon goes idle); writes go on a new one each.
+        // (`reads_http`, released when the daemon goes idle); writes go on a new one each.
         let http = http_client(0)?;
         Ok(AwClient {
             http,
-            pages_http: Arc::default(),
+            reads_http: Arc::default(),
             base_url,
             api_key: None,
             page_buffers: BufferPool::new(KEPT_PAGE_BUFFERS),
@@ -188,7 +188,7 @@ impl AwClient {
     /// keep their connection until they are read.
     pub fn release_pages(&self) {
         self.page_buffers.clear();
-        *self.pages_http.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.reads_http.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// A GET over the kept connection (pages, and every other read of a cycle). A kept
@@ -197,7 +197,7 @@ impl AwClient {
     /// more, on a new connection, unless it timed out or the connection could not even be made
     /// (then aw-server is not there). Only reads: a write sent twice could be applied twice.
     async fn send_get(&self, url: &str) -> Result<reqwest::Response, SourceError> {
-        let http = self.pages_http()?;
+        let http = self.reads_http()?;
         match self.authorized(http.request(Method::GET, url)).send().await {
             Err(e) if !e.is_timeout() && !e.is_connect() => {
                 tracing::debug!(
@@ -212,8 +212,8 @@ impl AwClient {
     }
 
     /// The client a cycle reads with, built again after a release.
-    fn pages_http(&self) -> Result<reqwest::Client, SourceError> {
-        let mut slot = self.pages_http.lock().unwrap_or_else(|p| p.into_inner());
+    fn reads_http(&self) -> Result<reqwest::Client, SourceError> {
+        let mut slot = self.reads_http.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(http) = slot.as_ref() {
             return Ok(http.clone());
         }
