@@ -16,8 +16,8 @@
 /// by the kernel (perf: page faults 5.5 % of a 1M-event catch-up's samples, half of them in the
 /// socket reads' copy into a new buffer), then unmapped. Measured on that catch-up
 /// (benches/catchup.rs, alternating runs, 4 + 4 in each order): the sync's system time
-/// 0.45–0.60 s against 0.61–0.75 s (−25 %), peak RSS about 1 MiB higher (19.6–20.6 MiB against
-/// 18.9–20.3); 2 MiB saved nothing more. Before the code's layout and the kept buffers
+/// 0.45–0.64 s against 0.61–0.75 s (mean 0.51 against 0.67, −24 %), peak RSS 0.8 MiB higher on
+/// average (19.6–20.6 MiB against 18.9–20.3); 2 MiB saved nothing more. Before the code's layout and the kept buffers
 /// ([`BufferPool`]) the same change cost 3.5 MB of peak RSS and was not kept. The megabyte pages
 /// themselves stay above it and are kept in a [`BufferPool`].
 pub const MMAP_THRESHOLD: usize = 512 * 1024;

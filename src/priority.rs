@@ -15,7 +15,7 @@
 //! about 6,000, and the catch-up took 1.47–1.55× the floor instead of 1.58–1.62× (means).
 //! Syncthing does the same in spirit (its `setLowPriority`, on by default, lowers its
 //! niceness). A lower niceness (`nice 10`) was measured here too and not kept: it cut the
-//! stand-in's wait but not the wall time (README, "What bounds the wall time").
+//! stand-in's wait but not the wall time (docs/performance.md, "What bounds the wall time").
 
 use std::io;
 
