@@ -787,10 +787,18 @@ async fn a_cycles_reads_share_one_connection_released_when_idle() {
             reads >= 5,
             "the info, the bucket list and a read per bucket: {reads}"
         );
-        assert_eq!(
-            double.connections() - conns0,
-            1 + writes,
-            "cycle {cycle}: {reads} reads on one new connection, each of {writes} writes on its own"
+        // hyper hands a connection back to its pool from a task of its own once the answer
+        // has been read; a read asked before that task ran opens another (and the pool then
+        // keeps one of the two). So under load a cycle's reads may open two or three, never one
+        // each: the kept connection is what makes them fewer than the reads.
+        let opened = double.connections() - conns0 - writes;
+        assert!(
+            opened >= 1,
+            "cycle {cycle}: the connection released before the cycle was used again"
+        );
+        assert!(
+            opened < reads,
+            "cycle {cycle}: {reads} reads opened {opened} connections (each write its own: {writes})"
         );
     }
 }
