@@ -180,6 +180,8 @@ struct PassResult {
     /// The newest start covered (`i64::MIN` for an empty bucket).
     top: i64,
     new_ids: u64,
+    /// Of `new_ids`, those starting at or below the top the pass started from.
+    late_new_ids: u64,
     /// Distinct events read.
     events: u64,
     /// It read down to the bucket's first event.
@@ -242,6 +244,14 @@ impl Scanner<'_> {
         };
         let r = self.pass(&ctx, None, top, floor, &mut stats).await?;
         new_ids += r.new_ids;
+        // A late event (new, yet starting at or below the top this pass started from) may have
+        // been inserted since the state last agreed with aw-server — or been there already,
+        // hidden from a cycle that saw the count and the listing unchanged because another
+        // event was deleted between the two cycles. Counted as new, such an event would stand
+        // in for that deletion: a back-dated insert the count does show would be taken for
+        // it and never looked for. So after a late event the count proves nothing and every
+        // range is compared (a request or two per range where nothing differs).
+        let late = r.late_new_ids > 0;
         if top.is_none() {
             if let Some(s) = self.start_from_ns.filter(|_| !r.bottom) {
                 // Events running across `start_from` are sent whole; the pass stopped at the
@@ -254,6 +264,7 @@ impl Scanner<'_> {
                     limit: self.page_size,
                     budget: None,
                     near: None,
+                    known_top: None,
                 };
                 let out = self
                     .read(&ctx, plan, false, &mut NoProgress, &mut stats)
@@ -264,6 +275,8 @@ impl Scanner<'_> {
         // Otherwise the count must be what the state knew plus what is new.
         let expected = if r.bottom && floor.is_none() && knew_nothing {
             Some(r.events)
+        } else if late {
+            None
         } else {
             state.count.map(|c| c + new_ids)
         };
@@ -312,6 +325,9 @@ impl Scanner<'_> {
             limit: self.catchup_page,
             budget: None,
             near: Some(self.lookback_ns),
+            // A pass from the newest event: what it finds at or below the top it started from
+            // is late. A resumed pass is the rest of a catch-up: none of it is.
+            known_top: if from.is_none() { hi } else { None },
         };
         let mut progress = PassProgress {
             row: state.row,
@@ -337,6 +353,7 @@ impl Scanner<'_> {
         Ok(PassResult {
             top,
             new_ids: out.new_ids,
+            late_new_ids: out.late_new_ids,
             events: out.events,
             bottom: out.reached.is_none(),
         })
@@ -374,8 +391,13 @@ impl Scanner<'_> {
         if expected == Some(count) {
             return self.mark(agreed(count)).await;
         }
-        tracing::info!(bucket = %ctx.bucket.id, count, ?expected,
-            "aw-server's count differs from what the state knows: looking for inserts and deletions below the newest data");
+        if expected.is_some() {
+            tracing::info!(bucket = %ctx.bucket.id, count, ?expected,
+                "aw-server's count differs from what the state knows: looking for inserts and deletions below the newest data");
+        } else {
+            tracing::info!(bucket = %ctx.bucket.id, count,
+                "the count cannot tell what changed (a late event was read, or no count was recorded yet): comparing aw-server and the state range by range");
+        }
         let delta = expected.map(|e| count as i64 - e as i64);
         let found = self.narrow(ctx, count, delta, floor, stats).await?;
         let after = expected.map(|e| (e + found.new).saturating_sub(found.deleted));
@@ -419,6 +441,7 @@ impl Scanner<'_> {
                 limit,
                 budget: Some(budget),
                 near: None,
+                known_top: None,
             };
             let mut progress = VerifyProgress {
                 row: state.row,

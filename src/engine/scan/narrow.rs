@@ -235,6 +235,7 @@ impl Scanner<'_> {
             limit: self.page_size,
             budget: None,
             near: None,
+            known_top: None,
         };
         let out = self.read(ctx, plan, true, &mut NoProgress, stats).await?;
         let seen: HashSet<i64> = out
@@ -326,18 +327,21 @@ fn starting_in(mirror: &[MirrorEvent], (s, t): (i64, i64)) -> impl Iterator<Item
 }
 
 /// The ranges [`Scanner::narrow`] looks at, newest first: `[floor, HIGHEST]`, then below the
-/// floor spans of 1, 2, 4, … days, the last reaching down to `lo`. Each boundary is moved into
-/// the middle of a nearby event (see [`cut`]) when one is there.
+/// floor spans of 1, 2, 4, … days, the last reaching down to `lo` once a span would reach below
+/// the oldest event the state knows (below it, one range: the doubling would only go on asking
+/// about decades of nothing). Each boundary is moved into the middle of a nearby event (see
+/// [`cut`]) when one is there.
 fn groups(sorted: &[MirrorEvent], lo: i64, floor: Option<i64>) -> Vec<(i64, i64)> {
     let Some(floor) = floor.filter(|&f| f > lo) else {
         return vec![(lo, HIGHEST)];
     };
+    let oldest = sorted.first().map_or(i64::MAX, |e| e.start_ns);
     let mut bounds = vec![HIGHEST, snap(sorted, floor)];
     let mut span = DAY;
     loop {
         let last = *bounds.last().unwrap_or(&lo);
         let next = last.saturating_sub(span);
-        if next <= lo {
+        if next <= lo || next < oldest {
             bounds.push(lo);
             break;
         }
@@ -485,6 +489,19 @@ mod tests {
         assert_eq!(spans, vec![1, 2, 4, 8], "{g:?}");
         // No floor: one range.
         assert_eq!(groups(&m, 0, None), vec![(0, HIGHEST)]);
+        // Nothing known that old: the doubling stops below the oldest known event, and one
+        // range reaches down to the bottom.
+        let late: Vec<_> = m
+            .iter()
+            .map(|e| ev(e.event_id, e.start_ns + 1_000 * DAY, e.end_ns + 1_000 * DAY))
+            .collect();
+        let g = groups(&late, 0, Some(floor + 1_000 * DAY));
+        assert_eq!(g.len(), 6, "1, 2, 4 and 8 days, then the rest: {g:?}");
+        assert_eq!(g.last().map(|r| r.0), Some(0));
+        assert_eq!(
+            groups(&[], 0, Some(floor)),
+            vec![(floor, HIGHEST), (0, floor)]
+        );
     }
 
     #[test]

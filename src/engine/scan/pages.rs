@@ -69,6 +69,9 @@ pub(super) struct Plan {
     pub budget: Option<u64>,
     /// Count the events within this many ns of the newest one read ([`Outcome::near`]).
     pub near: Option<i64>,
+    /// The newest start the state had covered before this read (a pass's `hi`): a new event
+    /// starting at or below it is late ([`Outcome::late_new_ids`]).
+    pub known_top: Option<i64>,
 }
 
 impl Plan {
@@ -181,6 +184,13 @@ pub(super) struct Outcome {
     pub ids: Option<HashMap<i64, i64>>,
     /// Events read whose id the state did not know: what they add to aw-server's count.
     pub new_ids: u64,
+    /// Of [`Outcome::new_ids`], those starting at or below [`Plan::known_top`]: inserted late
+    /// since the state last agreed with aw-server, or there already and hidden from that
+    /// agreement (an insert and a deletion between two cycles leave the count as it was). The
+    /// count cannot tell which; `Scanner::scan` then compares every range.
+    pub late_new_ids: u64,
+    /// [`Plan::known_top`], for counting [`Outcome::late_new_ids`].
+    known_top: Option<i64>,
     /// Distinct events read.
     pub events: u64,
     /// Events read within [`Plan::near`] of the newest (the next pass's first page size).
@@ -226,6 +236,7 @@ impl Scanner<'_> {
         let bucket = &ctx.bucket.id;
         let mut out = Outcome {
             ids: collect_ids.then(HashMap::new),
+            known_top: plan.known_top,
             ..Default::default()
         };
         let mut end_q = plan.end.map(ceil_us);
@@ -490,6 +501,9 @@ impl Scanner<'_> {
                 Some(k) if !k.deleted => true,
                 _ => {
                     out.new_ids += 1;
+                    if out.known_top.is_some_and(|t| a.span.start_ns <= t) {
+                        out.late_new_ids += 1;
+                    }
                     true
                 }
             }
