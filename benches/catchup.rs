@@ -18,8 +18,9 @@
 //!   the ack upstream received checked against the source (timestamps and durations within
 //!   1 µs, data equal, each event exactly once); (`BENCH_GZIP`, stand-in only) the catch-up with
 //!   `gzip = true`, as to an upstream on another machine;
-//! * after the catch-up: a back-dated insert three days deep (what finding it costs), and
-//!   `--once --verify` (re-reading and re-hashing everything);
+//! * after the catch-up: a back-dated insert three days deep (what finding it costs), a late
+//!   insert ten minutes below the newest event (the pass finds it, then every range is
+//!   compared), and `--once --verify` (re-reading and re-hashing everything);
 //! * the idle cost: 10 buckets with nothing new, the daemon's CPU and requests per cycle, RSS and
 //!   the context switches between cycles.
 //!
@@ -455,7 +456,7 @@ async fn catch_up(
 
     if is_sqlite {
         // A back-dated insert three days deep, and an idle cycle after it.
-        insert_back_dated(port, &buckets[0]).await?;
+        insert_back_dated(port, &buckets[0], chrono::TimeDelta::days(3)).await?;
         let c = once_measured(server, &home, &[]).await?;
         let sent = ack.events()?;
         ensure!(
@@ -477,6 +478,27 @@ async fn catch_up(
             100.0 * c.source_cpu.as_secs_f64() / catch_up_cpu.max(f64::EPSILON)
         ));
         ack.clear();
+        // A late insert: ten minutes below the newest event, within the lookback every pass
+        // reads. The pass finds it; since it may have been hidden from an earlier cycle by a
+        // deletion, the count then proves nothing and every range is compared.
+        insert_back_dated(port, &buckets[1], chrono::TimeDelta::minutes(10)).await?;
+        let c = once_measured(server, &home, &[]).await?;
+        let sent = ack.events()?;
+        ensure!(sent == 1, "the late insert: {sent} events sent, expected 1");
+        report.rows.push(row(
+            name,
+            n,
+            "then: one event inserted ten minutes below the newest (late), found",
+            &c,
+            fl,
+        ));
+        report.after.push(format!(
+            "{n} events: one event inserted ten minutes below the newest is found and sent in {:.2} s with {} requests (every range compared) and {:.2} s of source CPU",
+            c.wall.as_secs_f64(),
+            c.requests.unwrap_or(0),
+            c.source_cpu.as_secs_f64(),
+        ));
+        ack.clear();
         let c = once_measured(server, &home, &["--verify"]).await?;
         report.rows.push(row(
             name,
@@ -495,8 +517,8 @@ async fn catch_up(
         ack.clear();
     }
 
-    // The stand-in's rows gained the back-dated insert.
-    let expected = n as u64 + u64::from(is_sqlite);
+    // The stand-in's rows gained the back-dated and the late insert.
+    let expected = n as u64 + 2 * u64::from(is_sqlite);
     if flag("BENCH_DEV") {
         let dev = DevServer::start(work, &format!("dev-{n}-{port}"))?;
         let c = sync_into(server, &dev, work, &format!("dev-{n}-{port}"), expected).await?;
@@ -599,8 +621,12 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// POSTs one event three days before the newest of `bucket`.
-async fn insert_back_dated(port: u16, bucket: &str) -> anyhow::Result<()> {
+/// POSTs one event `before` the newest of `bucket`.
+async fn insert_back_dated(
+    port: u16,
+    bucket: &str,
+    before: chrono::TimeDelta,
+) -> anyhow::Result<()> {
     let newest: Vec<Event> = http()
         .get(format!(
             "http://127.0.0.1:{port}/api/0/buckets/{bucket}/events?limit=1"
@@ -610,7 +636,7 @@ async fn insert_back_dated(port: u16, bucket: &str) -> anyhow::Result<()> {
         .error_for_status()?
         .json()
         .await?;
-    let t = newest.first().context("an empty bucket")?.timestamp - chrono::TimeDelta::days(3)
+    let t = newest.first().context("an empty bucket")?.timestamp - before
         + chrono::TimeDelta::milliseconds(1_234);
     http()
         .post(format!(
