@@ -456,13 +456,9 @@ async fn catch_up(
 
     if is_sqlite {
         // A back-dated insert three days deep, and an idle cycle after it.
-        insert_back_dated(port, &buckets[0], chrono::TimeDelta::days(3)).await?;
-        let c = once_measured(server, &home, &[]).await?;
-        let sent = ack.events()?;
-        ensure!(
-            sent == 1,
-            "the back-dated insert: {sent} events sent, expected 1"
-        );
+        let c = insert_and_sync(server, &home, ack, &buckets[0], chrono::TimeDelta::days(3))
+            .await
+            .context("the back-dated insert")?;
         report.rows.push(row(
             name,
             n,
@@ -477,14 +473,18 @@ async fn catch_up(
             c.source_cpu.as_secs_f64(),
             100.0 * c.source_cpu.as_secs_f64() / catch_up_cpu.max(f64::EPSILON)
         ));
-        ack.clear();
         // A late insert: ten minutes below the newest event, within the lookback every pass
         // reads. The pass finds it; since it may have been hidden from an earlier cycle by a
         // deletion, the count then proves nothing and every range is compared.
-        insert_back_dated(port, &buckets[1], chrono::TimeDelta::minutes(10)).await?;
-        let c = once_measured(server, &home, &[]).await?;
-        let sent = ack.events()?;
-        ensure!(sent == 1, "the late insert: {sent} events sent, expected 1");
+        let c = insert_and_sync(
+            server,
+            &home,
+            ack,
+            &buckets[1],
+            chrono::TimeDelta::minutes(10),
+        )
+        .await
+        .context("the late insert")?;
         report.rows.push(row(
             name,
             n,
@@ -498,7 +498,6 @@ async fn catch_up(
             c.requests.unwrap_or(0),
             c.source_cpu.as_secs_f64(),
         ));
-        ack.clear();
         let c = once_measured(server, &home, &["--verify"]).await?;
         report.rows.push(row(
             name,
@@ -619,6 +618,23 @@ fn verdict(ok: bool) -> &'static str {
     } else {
         "NOT met"
     }
+}
+
+/// One event inserted `before` the newest of `bucket`, then `--once`: its cost, once the
+/// acknowledging upstream was seen to receive exactly that event (cleared after).
+async fn insert_and_sync(
+    server: &Server<'_>,
+    home: &Home,
+    ack: &AckUpstream,
+    bucket: &str,
+    before: chrono::TimeDelta,
+) -> anyhow::Result<Cost> {
+    insert_back_dated(server.port(), bucket, before).await?;
+    let c = once_measured(server, home, &[]).await?;
+    let sent = ack.events()?;
+    ensure!(sent == 1, "{sent} events sent, expected 1");
+    ack.clear();
+    Ok(c)
 }
 
 /// POSTs one event `before` the newest of `bucket`.
