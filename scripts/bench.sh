@@ -9,7 +9,8 @@
 #
 #   bash scripts/bench.sh
 #   BENCH_SIZES=10000,100000 BENCH_PYTHON=0 BENCH_IDLE=0 bash scripts/bench.sh   # quicker
-#   BENCH_REPEAT=3 …   # the floor and the catch-up measured 3 times, side by side
+#   BENCH_REPEAT=3 …   # the floor and the catch-up measured 3 times, side by side (default 5;
+#                      # the goals are judged on the median pair)
 #
 # The markdown table goes to stdout and target/bench-catchup.md.
 # BENCH_PULL=1 runs the pull benchmark instead (benches/pull.rs: issue 14's pull against one bulk
