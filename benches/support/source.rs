@@ -25,6 +25,16 @@ impl SqliteDouble {
     /// Starts the double on a free port with `events` synthetic events (seed 42, a week ending
     /// a minute ago) in a database file under `work`, and waits until it serves.
     pub fn start(work: &Path, name: &str, events: usize) -> anyhow::Result<SqliteDouble> {
+        SqliteDouble::start_spanning(work, name, events, 7)
+    }
+
+    /// [`SqliteDouble::start`] with the events spread over `days` instead of a week.
+    pub fn start_spanning(
+        work: &Path,
+        name: &str,
+        events: usize,
+        days: u32,
+    ) -> anyhow::Result<SqliteDouble> {
         let db = work.join(format!("{name}.sqlite"));
         let _ = std::fs::remove_file(&db);
         let mut child = Command::new(samay_testkit::built_binary("samay-aw-double"))
@@ -35,6 +45,8 @@ impl SqliteDouble {
             .arg(events.to_string())
             .arg("--hostname")
             .arg("synthetic")
+            .arg("--span-days")
+            .arg(days.to_string())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
             .spawn()
