@@ -28,7 +28,7 @@
 //!   the context switches between cycles.
 //!
 //! ```text
-//! cargo bench --bench catchup                      # everything (≈ 10 min on 2 cores)
+//! cargo bench --bench catchup                      # everything (≈ 7 min on 2 cores)
 //! BENCH_SIZES=100000 BENCH_PYTHON=0 cargo bench --bench catchup
 //! BENCH_SIZES=1000000 BENCH_PYTHON=0 BENCH_IDLE=0 BENCH_DEV=0 BENCH_LEGACY=0 bash scripts/bench.sh
 //!                                                  # the 1M catch-up: ack vs samay-server/PostgreSQL
@@ -343,17 +343,42 @@ async fn legacy_over_a_year(report: &mut Report, n: usize, work: &Path) -> anyho
         &c,
         fl,
     ));
-    let client = AwClient::new("127.0.0.1", port)?;
-    let (replayed, c) = measured(&server, async {
+    let (replayed, c) = replay_legacy(report, &server, name, n, &buckets, fl).await?;
+    let cpu = c.source_cpu.as_secs_f64();
+    let within = (RUST_LEGACY_CPU * 0.7..=RUST_LEGACY_CPU * 1.3).contains(&cpu);
+    report.checks.push(format!(
+        "the scan before issue 9, over {n} events spread over a year: {cpu:.1} s of source CPU for {} range reads and {} fetches by id (aw-server-rust: {RUST_LEGACY_CPU} s for 1,564 and 2,050: {}); {:.1}× the floor's CPU on the same data (aw-server-rust ≈ {:.1}×)",
+        replayed.ranges,
+        replayed.fetches,
+        if within { "within 30 %" } else { "NOT within 30 %" },
+        cpu / fl.cpu.max(f64::EPSILON),
+        RUST_LEGACY_CPU / RUST_FLOOR_CPU,
+    ));
+    Ok(())
+}
+
+/// The read pattern of the scan before issue 9 replayed against `server`, measured, its row
+/// added (as a multiple of `fl`).
+async fn replay_legacy(
+    report: &mut Report,
+    server: &Server<'_>,
+    name: &str,
+    n: usize,
+    buckets: &[String],
+    fl: Floor,
+) -> anyhow::Result<(support::legacy::Replayed, Cost)> {
+    let client = AwClient::new("127.0.0.1", server.port())?;
+    let (replayed, c) = measured(server, async {
         Ok((
-            support::legacy::replay(&client, &buckets, Utc::now()).await?,
+            support::legacy::replay(&client, buckets, Utc::now()).await?,
             None,
         ))
     })
     .await?;
-    let cpu = c.source_cpu.as_secs_f64();
     eprintln!(
-        "bench: {name} {n}: floor {:.2} s of source CPU, legacy pattern {cpu:.2} s",
+        "bench: {name} {n}: legacy pattern {:.2} s, source CPU {:.2} s (the floor's {:.2} s)",
+        c.wall.as_secs_f64(),
+        c.source_cpu.as_secs_f64(),
         fl.cpu
     );
     report.rows.push(row(
@@ -366,16 +391,7 @@ async fn legacy_over_a_year(report: &mut Report, n: usize, work: &Path) -> anyho
         &c,
         fl,
     ));
-    let within = (RUST_LEGACY_CPU * 0.7..=RUST_LEGACY_CPU * 1.3).contains(&cpu);
-    report.checks.push(format!(
-        "the scan before issue 9, over {n} events spread over a year: {cpu:.1} s of source CPU for {} range reads and {} fetches by id (aw-server-rust: {RUST_LEGACY_CPU} s for 1,564 and 2,050: {}); {:.1}× the floor's CPU on the same data (aw-server-rust ≈ {:.1}×)",
-        replayed.ranges,
-        replayed.fetches,
-        if within { "within 30 %" } else { "NOT within 30 %" },
-        cpu / fl.cpu.max(f64::EPSILON),
-        RUST_LEGACY_CPU / RUST_FLOOR_CPU,
-    ));
-    Ok(())
+    Ok((replayed, c))
 }
 
 /// Floor, the legacy pattern (stand-in only), sync into the ack upstream (verified), a deep
@@ -435,29 +451,7 @@ async fn catch_up(
             ));
         }
         if is_sqlite && rep == 0 && flag("BENCH_LEGACY") {
-            let client = AwClient::new("127.0.0.1", port)?;
-            let (replayed, c) = measured(server, async {
-                Ok((
-                    support::legacy::replay(&client, &buckets, Utc::now()).await?,
-                    None,
-                ))
-            })
-            .await?;
-            eprintln!(
-                "bench: {name} {n}: legacy pattern {:.2} s, source CPU {:.2} s",
-                c.wall.as_secs_f64(),
-                c.source_cpu.as_secs_f64()
-            );
-            report.rows.push(row(
-                name,
-                n,
-                &format!(
-                    "the scan before issue 9, replayed ({} range reads, {} fetches by id)",
-                    replayed.ranges, replayed.fetches
-                ),
-                &c,
-                fl,
-            ));
+            replay_legacy(report, server, name, n, &buckets, fl).await?;
         }
 
         ack.prepare(n * ACK_BYTES_PER_EVENT);

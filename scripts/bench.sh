@@ -5,7 +5,7 @@
 # the same run, with the source's CPU time, into an acknowledging upstream (every event checked)
 # and into samay-dev-server; the read pattern before issue 9 replayed; a deep back-dated insert
 # and `--once --verify` after the catch-up; then the idle cost. Release build (LTO): ≈ 5 min to
-# build, ≈ 10 min to run on 2 cores.
+# build, ≈ 7 min to run on 2 cores.
 #
 #   bash scripts/bench.sh
 #   BENCH_SIZES=10000,100000 BENCH_PYTHON=0 BENCH_IDLE=0 bash scripts/bench.sh   # quicker
